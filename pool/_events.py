@@ -1,0 +1,76 @@
+"""What the pool tells its user about itself: events as they happen, and counters."""
+
+from __future__ import annotations
+
+import collections
+import statistics
+from dataclasses import dataclass, field
+
+
+
+@dataclass(frozen=True)
+class PoolEvent:
+    """One thing that happened in the pool, passed to ``Pool(on_event=...)``.
+
+    ``kind`` is one of: worker_started, worker_exited, worker_killed, worker_recycled,
+    attempt_started, attempt_completed, attempt_failed, retry_scheduled, session_bound,
+    session_lost, session_closed.
+    """
+
+    kind: str
+    time: float
+    worker_id: int | None = None
+    pid: int | None = None
+    activity: str | None = None
+    call_id: int | None = None
+    attempt: int | None = None
+    session_id: str | None = None
+    cause: BaseException | None = None
+    error: BaseException | None = None
+    delay: float | None = None
+    duration: float | None = None
+    tasks: int | None = None
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot from ``pool.stats()``. Latencies are submit-to-result, in seconds."""
+
+    completed: int
+    failed: int
+    workers: int
+    queued: int
+    latency_p50: float | None
+    latency_p90: float | None
+    latency_p99: float | None
+
+
+@dataclass
+class Stats:
+    """Counters kept by the supervisor (loop thread)."""
+
+    n_completed: int = 0
+    n_failed: int = 0
+    # a bounded window keeps percentiles about recent calls and memory flat
+    latencies: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=10_000)
+    )
+
+    def completed(self, latency: float) -> None:
+        self.n_completed += 1
+        self.latencies.append(latency)
+
+    def failed(self) -> None:
+        self.n_failed += 1
+
+    def snapshot(self, workers: int, queued: int) -> PoolStats:
+        lat = sorted(self.latencies)
+        p50 = p90 = p99 = None
+        if len(lat) >= 2:
+            q = statistics.quantiles(lat, n=100, method="inclusive")
+            p50, p90, p99 = q[49], q[89], q[98]
+        elif lat:
+            p50 = p90 = p99 = lat[0]
+        return PoolStats(self.n_completed, self.n_failed, workers, queued, p50, p90, p99)
+
+

@@ -1,0 +1,426 @@
+"""``Pool``: the public face of the runtime. Loop management and the calling API only.
+
+The supervisor (and its scheduler) live on one event loop: the caller's, under ``async with``,
+or a private uvloop loop on a background thread, under ``with``. Calls are validated and their
+arguments pickled in the calling thread; only the finished ``Call`` crosses to the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import os
+import threading
+import types
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, Literal
+
+from pool._events import PoolEvent, PoolStats
+from pool._protocol import dumps
+from pool._scheduler import Call
+from pool._supervisor import Supervisor, SupervisorConfig
+from sdk import _context
+from sdk._definition import ActivityDefinition, activities_in_module, get_definition
+from sdk._errors import (
+    ActivityInputError,
+    PoolClosedError,
+    StickyWorkerSessionMissingError,
+)
+from sdk._retry import RetryPolicy
+
+ActivityRef = Callable[..., Any] | str
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class Pool:
+    """A supervised pool of worker processes that run activities.
+
+    Use as ``async with Pool(...) as pool`` (on the running loop) or ``with Pool(...) as pool``
+    (the supervisor runs on a background thread). Entering returns once every worker is ready.
+    """
+
+    def __init__(
+        self,
+        activities: Iterable[Callable[..., Any] | types.ModuleType | str] = (),
+        *,
+        workers: int | None = None,
+        max_tasks_per_worker: int | None = None,
+        max_memory_per_worker: int | None = None,
+        start_method: Literal["spawn"] = "spawn",
+        retry_policy: RetryPolicy | None = None,
+        cancel_grace: float = 1.0,
+        start_timeout: float = 60.0,
+        shutdown_timeout: float = 5.0,
+        prefetch: int = 1,
+        thread_limit: int | Literal["auto"] | None = "auto",
+        on_event: Callable[[PoolEvent], None] | None = None,
+        on_output: Callable[[int, str | None, str], None] | None = None,
+    ) -> None:
+        if workers is None:
+            workers = os.cpu_count() or 1
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive int, got {workers!r}")
+        if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
+            raise ValueError("max_tasks_per_worker must be >= 1 or None")
+        if max_memory_per_worker is not None and max_memory_per_worker < 1:
+            raise ValueError("max_memory_per_worker must be a positive byte count or None")
+        if start_method != "spawn":
+            raise ValueError(f"unsupported start_method {start_method!r}; only 'spawn' for now")
+        if prefetch < 0:
+            raise ValueError("prefetch must be >= 0")
+        if cancel_grace < 0 or start_timeout <= 0 or shutdown_timeout <= 0:
+            raise ValueError("cancel_grace must be >= 0; start and shutdown timeouts > 0")
+        if thread_limit == "auto":
+            thread_limit = max(1, (os.cpu_count() or 1) // workers)
+        preload: list[str] = []
+        for item in activities:
+            if isinstance(item, types.ModuleType | str):
+                defs = activities_in_module(item)
+                name = item if isinstance(item, str) else item.__name__
+                if defs or name not in preload:
+                    preload.append(name)
+            else:
+                defn = get_definition(item)
+                if defn.module not in preload:
+                    preload.append(defn.module)
+        self._config = SupervisorConfig(
+            workers=workers,
+            prefetch=prefetch,
+            cancel_grace=cancel_grace,
+            start_timeout=start_timeout,
+            shutdown_timeout=shutdown_timeout,
+            max_tasks_per_worker=max_tasks_per_worker,
+            max_memory_per_worker=max_memory_per_worker,
+            thread_limit=thread_limit if isinstance(thread_limit, int) else None,
+            preload=tuple(preload),
+        )
+        self._default_policy = retry_policy or RetryPolicy()
+        self._policies: dict[int, RetryPolicy] = {}
+        self._on_event = on_event
+        self._on_output = on_output
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._sup: Supervisor | None = None
+        self._closed = False
+        self._dispatcher_token: contextvars.Token[Any] | None = None
+        self._sessions_hooked: set[str] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def __aenter__(self) -> Pool:
+        await self._start_on(asyncio.get_running_loop())
+        self._dispatcher_token = _context.set_dispatcher(self)
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._dispatcher_token is not None:
+            _context.reset_dispatcher(self._dispatcher_token)
+            self._dispatcher_token = None
+        await self.aclose(cancel=exc_type is not None)
+
+    def __enter__(self) -> Pool:
+        loop = _new_loop()
+        started = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(started.set)
+            loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="activitypool-supervisor", daemon=True)
+        self._thread.start()
+        started.wait()
+        try:
+            asyncio.run_coroutine_threadsafe(self._start_on(loop), loop).result()
+        except BaseException:
+            self._stop_thread()
+            raise
+        self._dispatcher_token = _context.set_dispatcher(self)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._dispatcher_token is not None:
+            try:
+                _context.reset_dispatcher(self._dispatcher_token)
+            except ValueError:  # exited in another context; the var dies with it
+                pass
+            self._dispatcher_token = None
+        self.close(cancel=exc_type is not None)
+
+    async def _start_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._sup is not None:
+            raise RuntimeError("this Pool was already started; make a new one")
+        self._loop = loop
+        self._sup = Supervisor(loop, self._config, self._on_event, self._on_output)
+        try:
+            await self._sup.start()
+        except BaseException:
+            self._closed = True
+            await self._sup.close(cancel=True)
+            raise
+
+    async def aclose(self, cancel: bool = False) -> None:
+        """Drain (or, with ``cancel``, fail what is outstanding), then stop every worker."""
+        self._closed = True
+        sup = self._sup
+        if sup is None or self._loop is None:
+            return
+        if asyncio.get_running_loop() is self._loop:
+            await sup.close(cancel=cancel)
+        else:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(sup.close(cancel), self._loop))
+
+    def close(self, cancel: bool = False) -> None:
+        """Blocking close from outside the pool's loop."""
+        self._closed = True
+        sup, loop = self._sup, self._loop
+        if sup is None or loop is None:
+            return
+        if self._thread is None:
+            raise RuntimeError("this pool runs on your event loop: use 'await pool.aclose()'")
+        try:
+            if loop.is_running():
+                asyncio.run_coroutine_threadsafe(sup.close(cancel), loop).result()
+        finally:
+            self._stop_thread()
+
+    def _stop_thread(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if loop.is_running():
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+        self._thread = None
+
+    # -- calling ---------------------------------------------------------------------------
+    def _prepare(
+        self, fn: ActivityRef | ActivityDefinition, args: tuple, kwargs: dict, session: Any
+    ) -> Call:
+        if self._closed or self._sup is None:
+            raise PoolClosedError("the pool is closed" if self._closed else "the pool is not started")
+        defn = fn if isinstance(fn, ActivityDefinition) else get_definition(fn)
+        sid = None
+        if defn.sticky_to_worker:
+            if session is None:
+                raise StickyWorkerSessionMissingError(
+                    f"activity {defn.name!r} is sticky_to_worker: call it inside "
+                    "run_sticky_worker_session() or pool.sticky_session()"
+                )
+            sid = session.session_id
+            if sid not in self._sessions_hooked:
+                self._sessions_hooked.add(sid)
+                session.on_close(self._session_closed)
+        args, kwargs = defn.validate_args(args, kwargs)
+        try:
+            payload = dumps((args, kwargs))
+        except Exception as exc:
+            raise ActivityInputError(
+                f"arguments of activity {defn.name!r} cannot be pickled: {exc!r}"
+            ) from exc
+        policy = self._policies.get(id(defn))
+        if policy is None:
+            policy = self._policies[id(defn)] = defn.retry_policy(self._default_policy)
+        return self._sup.new_call(defn, policy, payload, None, sid)
+
+    def _session_closed(self, session: Any) -> None:
+        sid = session.session_id
+        self._sessions_hooked.discard(sid)
+        loop, sup = self._loop, self._sup
+        if loop is None or sup is None or loop.is_closed():
+            return
+        if _on_loop(loop):
+            sup.release_session(sid)
+        else:
+            loop.call_soon_threadsafe(sup.release_session, sid)
+
+    async def dispatch(
+        self, defn: ActivityDefinition, args: tuple, kwargs: dict, session: Any
+    ) -> Any:
+        """The ambient-dispatcher entry used by ``await my_activity(...)`` inside the pool."""
+        call = self._prepare(defn, args, kwargs, session)
+        loop = asyncio.get_running_loop()
+        sup = self._sup
+        assert sup is not None
+        if loop is not self._loop:
+            return await asyncio.wrap_future(self._submit_call(call))
+        fut = loop.create_future()
+        call.waiter = fut
+        sup.submit(call)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            sup.cancel(call)
+            raise
+
+    async def execute(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> Any:
+        """Run one activity in the pool and return its result (or raise its error)."""
+        return await self.dispatch(
+            get_definition(fn), args, kwargs, _context_session()
+        )
+
+    def submit(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        """Start one activity; a ``concurrent.futures.Future`` for its result. Cancel it to cancel."""
+        return self._submit_call(self._prepare(fn, args, kwargs, _context_session()))
+
+    def run(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> Any:
+        """Blocking call from a thread that is not the pool's loop."""
+        if self._loop is not None and _on_loop(self._loop):
+            raise RuntimeError("pool.run() would block the pool's own loop: use 'await pool.execute()'")
+        return self.submit(fn, *args, **kwargs).result()
+
+    def map(self, fn: ActivityRef, iterable: Iterable[Any], *, session: Any = None) -> Iterator[Any]:
+        """Call ``fn(item)`` for every item; results in input order. Blocking iterator."""
+        if self._loop is not None and _on_loop(self._loop):
+            raise RuntimeError("pool.map() would block the pool's own loop: use 'pool.amap()'")
+        futures = self._submit_all(fn, iterable, session)
+        return _results_in_order(futures)
+
+    async def amap(
+        self, fn: ActivityRef, iterable: Iterable[Any], *, session: Any = None
+    ) -> AsyncIterator[Any]:
+        """``map`` for async code: an async iterator of results in input order."""
+        futures = self._submit_all(fn, iterable, session)
+        try:
+            for fut in futures:
+                yield await asyncio.wrap_future(fut)
+        finally:
+            for fut in futures:
+                fut.cancel()
+
+    def _submit_all(
+        self, fn: ActivityRef, iterable: Iterable[Any], session: Any
+    ) -> list[concurrent.futures.Future[Any]]:
+        session = session if session is not None else _context_session()
+        defn = get_definition(fn)
+        calls = [self._prepare(defn, (item,), {}, session) for item in iterable]
+        futures = [self._attach_future(call) for call in calls]
+        loop, sup = self._loop, self._sup
+        assert loop is not None and sup is not None
+        if _on_loop(loop):
+            sup.submit_many(calls)
+        else:
+            loop.call_soon_threadsafe(sup.submit_many, calls)
+        return futures
+
+    def _attach_future(self, call: Call) -> concurrent.futures.Future[Any]:
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        call.waiter = fut
+        loop, sup = self._loop, self._sup
+        assert loop is not None and sup is not None
+
+        def on_done(f: concurrent.futures.Future[Any]) -> None:
+            if f.cancelled() and not loop.is_closed():
+                loop.call_soon_threadsafe(sup.cancel, call)
+
+        fut.add_done_callback(on_done)
+        return fut
+
+    def _submit_call(self, call: Call) -> concurrent.futures.Future[Any]:
+        fut = self._attach_future(call)
+        loop, sup = self._loop, self._sup
+        assert loop is not None and sup is not None
+        if _on_loop(loop):
+            sup.submit(call)
+        else:
+            loop.call_soon_threadsafe(sup.submit, call)
+        return fut
+
+    # -- sessions --------------------------------------------------------------------------
+    def sticky_session(self) -> PoolSession:
+        """A sticky session bound to this pool: sync and async context manager."""
+        return PoolSession(self)
+
+    # -- introspection ---------------------------------------------------------------------
+    def stats(self) -> PoolStats:
+        sup = self._sup
+        if sup is None:
+            return PoolStats(0, 0, 0, 0, None, None, None)
+        sched = sup.scheduler
+        return sup.stats.snapshot(sched.live_workers(), len(sched.queue))
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the live worker processes (a snapshot)."""
+        sup = self._sup
+        if sup is None:
+            return []
+        return [h.proc.pid for h in list(sup.handles.values()) if not h.proc.reaped and not h.eof]
+
+    @property
+    def workers(self) -> int:
+        return self._config.workers
+
+
+class PoolSession:
+    """``pool.sticky_session()``: execute/run/submit/map pinned to one worker."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.session = _context.StickyWorkerSession()
+        self._ambient: Any = None
+
+    @property
+    def session_id(self) -> str:
+        return self.session.session_id
+
+    def __enter__(self) -> PoolSession:
+        # the session is also ambient inside the block, so `await sticky_activity()` uses it
+        self._ambient = _context.run_sticky_worker_session(self.session)
+        self._ambient.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._ambient is not None:
+            self._ambient.__exit__(None, None, None)
+            self._ambient = None
+        self.session.close()
+
+    async def __aenter__(self) -> PoolSession:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.__exit__(*exc)
+
+    async def execute(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> Any:
+        return await self.pool.dispatch(get_definition(fn), args, kwargs, self.session)
+
+    def submit(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        return self.pool._submit_call(self.pool._prepare(fn, args, kwargs, self.session))
+
+    def run(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> Any:
+        return self.submit(fn, *args, **kwargs).result()
+
+    def map(self, fn: ActivityRef, iterable: Iterable[Any]) -> Iterator[Any]:
+        return self.pool.map(fn, iterable, session=self.session)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _context_session() -> Any:
+    return _context.get_sticky_worker_session()
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _results_in_order(futures: list[concurrent.futures.Future[Any]]) -> Iterator[Any]:
+    try:
+        for fut in futures:
+            yield fut.result()
+    finally:
+        for fut in futures:
+            fut.cancel()
+

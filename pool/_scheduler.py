@@ -1,0 +1,763 @@
+"""The pool's decisions, as a pure state machine: no I/O, no clock of its own, no threads.
+
+The supervisor feeds it events (a call submitted, a worker ready, a result, a heartbeat, a worker
+gone, the clock reaching the next deadline) with the current monotonic time, and it answers
+through the narrow ``Effects`` port (send this attempt to that worker, kill that worker, resolve
+that call...). Unit tests drive it with a fake port and a fake clock.
+
+It owns the only deadline structure of the pool: a heap of start-to-close, heartbeat,
+schedule-to-close, retry-backoff, cancel-grace and worker-start deadlines. Entries are never
+removed in place; each carries the generation of what it guards and is dropped when popped stale.
+The supervisor arms one timer for ``next_deadline()``.
+
+Per worker the scheduler keeps what it sent and in which order: the running attempt and up to
+``prefetch`` attempts queued in the worker's pipe (sent while it was busy, so the worker starts
+the next one without a round trip). A worker answers every RUN exactly once, in order, so when a
+reply comes the next queued attempt is the one now running. When a worker dies its prefetched
+attempts go back to the head of the queue without counting an attempt.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sdk._definition import ActivityDefinition
+from sdk._errors import (
+    ActivityError,
+    ActivityTimeoutError,
+    PoolClosedError,
+    StickySessionLostError,
+    TimeoutType,
+    WorkerCrashedError,
+)
+from sdk._retry import RetryPolicy
+
+
+class CallState(enum.Enum):
+    QUEUED = "queued"  # waiting for a worker (in the queue or a session's queue)
+    SENT = "sent"  # in a worker's pipe behind its running attempt
+    RUNNING = "running"
+    BACKOFF = "backoff"  # failed, waiting to retry
+    DONE = "done"
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    RETIRING = "retiring"  # asked to shut down gracefully
+    DEAD = "dead"
+
+
+@dataclass(eq=False, slots=True)
+class Call:
+    """One caller's request across all its attempts. Owned by the scheduler."""
+
+    id: int
+    defn: ActivityDefinition
+    policy: RetryPolicy
+    payload: Any  # opaque to the scheduler: the pickled arguments
+    waiter: Any  # opaque: how the supervisor reaches the caller
+    session: str | None = None  # sticky session id; None for non-sticky calls
+    state: CallState = CallState.QUEUED
+    attempt: int = 0  # attempts dispatched so far (the running one included)
+    seq: int = 0  # the wire id of the current dispatch; replies for older seqs are stale
+    gen: int = 0  # bumped on every state change; deadline entries of older gens are stale
+    worker: int | None = None
+    heartbeat_details: Any = None
+    heartbeat_deadline: float = 0.0
+    schedule_deadline: float | None = None
+    cancelled: bool = False
+    submitted_at: float = 0.0
+    started_at: float = 0.0
+
+
+@dataclass(eq=False, slots=True)
+class WorkerSlot:
+    id: int
+    state: WorkerState = WorkerState.STARTING
+    running: Call | None = None
+    sent: deque[Call] = field(default_factory=deque)  # prefetched, in pipe order
+    sticky: deque[Call] = field(default_factory=deque)  # sticky calls waiting for this worker
+    sessions: set[str] = field(default_factory=set)
+    tasks_done: int = 0
+    recycle: bool = False
+    gen: int = 0
+    startup_failures: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class Session:
+    id: str
+    worker: int | None = None
+    lost: BaseException | None = None
+    closing: bool = False
+    active: int = 0  # calls of this session not yet done
+
+
+class Effects(Protocol):
+    """What the scheduler asks of the outside world. Never called re-entrantly into it."""
+
+    def spawn(self, worker_id: int) -> None: ...
+    def send_run(self, worker_id: int, call: Call) -> None: ...
+    def send_cancel(self, worker_id: int, seq: int) -> None: ...
+    def close_session(self, worker_id: int, session_id: str) -> None: ...
+    def kill(self, worker_id: int) -> None: ...
+    def retire(self, worker_id: int) -> None: ...
+    def resolve(self, call: Call, value: Any) -> None: ...
+    def reject(self, call: Call, exc: BaseException) -> None: ...
+    def event(self, kind: str, **fields: Any) -> None: ...
+
+
+class _Deadline(enum.IntEnum):
+    START_TO_CLOSE = 1
+    HEARTBEAT = 2
+    SCHEDULE_TO_CLOSE = 3
+    RETRY = 4
+    CANCEL_GRACE = 5
+    WORKER_START = 6
+
+
+# After this many workers in a row die before their handshake, the pool stops respawning and
+# fails what is queued: a broken environment must surface as an error, not a fork loop.
+MAX_STARTUP_FAILURES = 3
+
+
+class Scheduler:
+    def __init__(
+        self,
+        effects: Effects,
+        *,
+        workers: int,
+        prefetch: int = 1,
+        cancel_grace: float = 1.0,
+        start_timeout: float = 60.0,
+        max_tasks_per_worker: int | None = None,
+        events: bool = False,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        self.fx = effects
+        self.size = workers
+        self.prefetch = prefetch
+        self.cancel_grace = cancel_grace
+        self.start_timeout = start_timeout
+        self.max_tasks = max_tasks_per_worker
+        self.events = events
+        self.workers: dict[int, WorkerSlot] = {}
+        self.idle: deque[WorkerSlot] = deque()
+        self.queue: deque[Call] = deque()
+        self.sessions: dict[str, Session] = {}
+        self.calls: dict[int, Call] = {}  # every call not yet DONE
+        self.closed = False
+        self.broken: BaseException | None = None
+        self._heap: list[tuple[float, int, _Deadline, Any, int]] = []
+        self._order = itertools.count()
+        self._wids = itertools.count(1)
+        self._seqs = itertools.count(1)
+        self._consecutive_start_failures = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self, now: float) -> None:
+        for _ in range(self.size):
+            self._spawn(now)
+
+    def _spawn(self, now: float) -> None:
+        slot = WorkerSlot(next(self._wids))
+        self.workers[slot.id] = slot
+        self._push(now + self.start_timeout, _Deadline.WORKER_START, slot, slot.gen)
+        self.fx.spawn(slot.id)
+
+    def live_workers(self) -> int:
+        return sum(1 for w in self.workers.values() if w.state is not WorkerState.DEAD)
+
+    def worker_ready(self, wid: int, now: float) -> None:
+        slot = self.workers.get(wid)
+        if slot is None or slot.state is not WorkerState.STARTING:
+            return
+        self._consecutive_start_failures = 0
+        slot.state = WorkerState.IDLE
+        slot.gen += 1
+        if self.events:
+            self.fx.event("worker_started", worker_id=wid)
+        self._became_idle(slot, now)
+
+    def close(self) -> None:
+        """No more submissions; workers retire once everything in flight is done."""
+        self.closed = True
+        self._maybe_retire_all()
+
+    def cancel_all(self, now: float) -> None:
+        """Close and fail everything outstanding with PoolClosedError; kill busy workers."""
+        self.closed = True
+        for call in list(self.calls.values()):
+            self._finish(call, error=PoolClosedError("the pool was closed before this call finished"))
+        for slot in list(self.workers.values()):
+            if slot.state in (WorkerState.BUSY, WorkerState.STARTING):
+                self._worker_gone(slot, now, kill=True, cause=None, respawn=False)
+        self._maybe_retire_all()
+
+    def _maybe_retire_all(self) -> None:
+        if not self.closed or self.calls:
+            return
+        for slot in self.workers.values():
+            if slot.state in (WorkerState.IDLE, WorkerState.STARTING):
+                slot.state = WorkerState.RETIRING
+                slot.gen += 1
+                self.fx.retire(slot.id)
+
+    @property
+    def drained(self) -> bool:
+        return self.closed and not self.calls
+
+    # -- submissions ---------------------------------------------------------------------
+    def submit(self, call: Call, now: float) -> None:
+        if self.closed:
+            self.fx.reject(call, PoolClosedError("the pool is closed"))
+            return
+        if self.broken is not None:
+            self.fx.reject(call, self.broken)
+            return
+        call.submitted_at = now
+        self.calls[call.id] = call
+        if call.defn.schedule_to_close_timeout is not None:
+            call.schedule_deadline = now + call.defn.schedule_to_close_timeout
+            self._push(call.schedule_deadline, _Deadline.SCHEDULE_TO_CLOSE, call, -1)
+        if call.session is not None:
+            session = self.sessions.get(call.session)
+            if session is None:
+                session = self.sessions[call.session] = Session(call.session)
+            if session.lost is not None:
+                self._finish(call, error=self._session_lost_error(session))
+                return
+            session.active += 1
+        self._enqueue(call, now)
+
+    def _enqueue(self, call: Call, now: float, front: bool = False) -> None:
+        call.state = CallState.QUEUED
+        call.gen += 1
+        call.worker = None
+        if call.session is None:
+            if front:
+                self.queue.appendleft(call)
+            else:
+                self.queue.append(call)
+            self._pump(now)
+            return
+        session = self.sessions.get(call.session)
+        if session is None or session.lost is not None:
+            lost = session or Session(call.session, lost=PoolClosedError("session closed"))
+            self._finish(call, error=self._session_lost_error(lost))
+            return
+        if session.worker is None:
+            slot = self._choose_session_worker()
+            if slot is None:  # every worker is gone: the pool is closing or broken
+                self._finish(call, error=self.broken or PoolClosedError("no worker to bind to"))
+                return
+            session.worker = slot.id
+            slot.sessions.add(session.id)
+            if self.events:
+                self.fx.event("session_bound", worker_id=slot.id, session_id=session.id)
+        slot = self.workers[session.worker]
+        if front:
+            slot.sticky.appendleft(call)
+        else:
+            slot.sticky.append(call)
+        if slot.state is WorkerState.IDLE:
+            self._pump(now)
+
+    def _choose_session_worker(self) -> WorkerSlot | None:
+        best: WorkerSlot | None = None
+        best_key: tuple[int, int, int] | None = None
+        for slot in self.workers.values():
+            if slot.state in (WorkerState.DEAD, WorkerState.RETIRING) or slot.recycle:
+                continue
+            key = (len(slot.sessions), 0 if slot.state is WorkerState.IDLE else 1, slot.id)
+            if best_key is None or key < best_key:
+                best, best_key = slot, key
+        return best
+
+    # -- dispatch ------------------------------------------------------------------------
+    def _pump(self, now: float) -> None:
+        """Give work to idle workers, then prefetch onto busy ones."""
+        idle = self.idle
+        for _ in range(len(idle)):
+            slot = idle.popleft()
+            if slot.state is not WorkerState.IDLE:
+                continue  # stale entry
+            call = self._next_for(slot)
+            if call is None:
+                idle.append(slot)
+                continue
+            self._start(slot, call, now)
+        if self.prefetch and self.queue and not idle:
+            for slot in self.workers.values():
+                if not self.queue:
+                    break
+                if (
+                    slot.state is WorkerState.BUSY
+                    and not slot.recycle
+                    and len(slot.sent) < self.prefetch
+                    and not slot.sticky
+                ):
+                    call = self._pop_queue()
+                    if call is None:
+                        break
+                    self._dispatch(slot, call)
+                    call.state = CallState.SENT
+                    slot.sent.append(call)
+
+    def _pop_queue(self) -> Call | None:
+        queue = self.queue
+        while queue:
+            call = queue.popleft()
+            if call.state is CallState.QUEUED:
+                return call
+        return None
+
+    def _next_for(self, slot: WorkerSlot) -> Call | None:
+        while slot.sticky and slot.sticky[0].state is not CallState.QUEUED:
+            slot.sticky.popleft()
+        while self.queue and self.queue[0].state is not CallState.QUEUED:
+            self.queue.popleft()
+        if slot.recycle and not slot.sessions:
+            return None
+        sticky = slot.sticky[0] if slot.sticky else None
+        plain = self.queue[0] if self.queue and not slot.recycle else None
+        if sticky is not None and (plain is None or sticky.id < plain.id):
+            return slot.sticky.popleft()
+        if plain is not None:
+            return self.queue.popleft()
+        return None
+
+    def _dispatch(self, slot: WorkerSlot, call: Call) -> None:
+        call.attempt += 1
+        call.seq = next(self._seqs)
+        call.gen += 1
+        call.worker = slot.id
+        self.fx.send_run(slot.id, call)
+
+    def _start(self, slot: WorkerSlot, call: Call, now: float) -> None:
+        """``call`` becomes the running attempt of an idle worker."""
+        self._dispatch(slot, call)
+        slot.state = WorkerState.BUSY
+        self._running(slot, call, now)
+
+    def _running(self, slot: WorkerSlot, call: Call, now: float) -> None:
+        slot.running = call
+        call.state = CallState.RUNNING
+        call.started_at = now
+        gen = call.gen
+        if call.cancelled:
+            self._push(now + self.cancel_grace, _Deadline.CANCEL_GRACE, call, gen)
+            return
+        defn = call.defn
+        if defn.start_to_close_timeout is not None:
+            self._push(now + defn.start_to_close_timeout, _Deadline.START_TO_CLOSE, call, gen)
+        if defn.heartbeat_timeout is not None:
+            call.heartbeat_deadline = now + defn.heartbeat_timeout
+            self._push(call.heartbeat_deadline, _Deadline.HEARTBEAT, call, gen)
+        if self.events:
+            self.fx.event(
+                "attempt_started",
+                worker_id=slot.id,
+                activity=defn.name,
+                call_id=call.id,
+                attempt=call.attempt,
+            )
+
+    def _became_idle(self, slot: WorkerSlot, now: float) -> None:
+        """The running attempt ended; promote what was prefetched or take new work."""
+        slot.running = None
+        if slot.sent:
+            self._running(slot, slot.sent.popleft(), now)
+            return
+        if self._maybe_recycle(slot, now):
+            return
+        slot.state = WorkerState.IDLE
+        if self.closed and not self.calls:
+            self._maybe_retire_all()
+            return
+        call = self._next_for(slot)
+        if call is not None:
+            self._start(slot, call, now)
+            if self.queue and self.prefetch:
+                self._pump(now)
+        else:
+            self.idle.append(slot)
+
+    def _maybe_recycle(self, slot: WorkerSlot, now: float) -> bool:
+        if self.max_tasks is not None and slot.tasks_done >= self.max_tasks:
+            slot.recycle = True
+        if not slot.recycle or slot.sessions:
+            return False
+        slot.state = WorkerState.RETIRING
+        slot.gen += 1
+        if self.events:
+            self.fx.event("worker_recycled", worker_id=slot.id, tasks=slot.tasks_done)
+        self.fx.retire(slot.id)
+        if not self.closed:
+            self._spawn(now)
+        return True
+
+    def request_recycle(self, wid: int, now: float) -> None:
+        """Recycle a worker (e.g. over its memory limit) as soon as it is free and unpinned."""
+        slot = self.workers.get(wid)
+        if slot is None or slot.state is WorkerState.DEAD:
+            return
+        slot.recycle = True
+        if slot.state is WorkerState.IDLE and self._maybe_recycle(slot, now):
+            pass
+
+    # -- replies -------------------------------------------------------------------------
+    def _current(self, wid: int, seq: int) -> tuple[WorkerSlot, Call] | None:
+        slot = self.workers.get(wid)
+        if slot is None or slot.running is None or slot.running.seq != seq:
+            return None
+        return slot, slot.running
+
+    def result(self, wid: int, seq: int, value: Any, now: float) -> None:
+        found = self._current(wid, seq)
+        if found is None:
+            return
+        slot, call = found
+        slot.tasks_done += 1
+        if self.events:
+            self.fx.event(
+                "attempt_completed",
+                worker_id=wid,
+                activity=call.defn.name,
+                call_id=call.id,
+                attempt=call.attempt,
+                duration=now - call.started_at,
+            )
+        if not call.cancelled:
+            self._finish(call, value=value)
+        else:
+            call.gen += 1
+        self._became_idle(slot, now)
+
+    def failure(self, wid: int, seq: int, exc: BaseException, now: float) -> None:
+        found = self._current(wid, seq)
+        if found is None:
+            return
+        slot, call = found
+        slot.tasks_done += 1
+        if call.cancelled:
+            call.gen += 1
+        else:
+            # an ordinary exception keeps a sticky session on its worker: retry there
+            self._attempt_failed(call, exc, now)
+        self._became_idle(slot, now)
+
+    def heartbeat(self, wid: int, seq: int, details: Any, now: float) -> None:
+        found = self._current(wid, seq)
+        if found is None:
+            return
+        call = found[1]
+        call.heartbeat_details = details
+        if call.defn.heartbeat_timeout is not None:
+            # the heap entry is re-pushed lazily when it fires early (see _fire)
+            call.heartbeat_deadline = now + call.defn.heartbeat_timeout
+
+    def _attempt_failed(self, call: Call, exc: BaseException, now: float) -> None:
+        if self.events:
+            self.fx.event(
+                "attempt_failed",
+                worker_id=call.worker,
+                activity=call.defn.name,
+                call_id=call.id,
+                attempt=call.attempt,
+                error=exc,
+            )
+        policy = call.policy
+        if not policy.is_retryable(exc) or policy.exhausted(call.attempt) or self.closed:
+            self._finish(call, error=self._final_error(call, exc))
+            return
+        delay = getattr(exc, "next_retry_delay", None)
+        if delay is None:
+            delay = policy.delay(call.attempt)
+        call.state = CallState.BACKOFF
+        call.gen += 1
+        call.worker = None
+        if self.events:
+            self.fx.event(
+                "retry_scheduled",
+                activity=call.defn.name,
+                call_id=call.id,
+                attempt=call.attempt + 1,
+                delay=delay,
+            )
+        self._push(now + delay, _Deadline.RETRY, call, call.gen)
+
+    def _final_error(self, call: Call, exc: BaseException) -> BaseException:
+        err = ActivityError(
+            f"activity {call.defn.name!r} failed after {call.attempt} attempt"
+            f"{'s' if call.attempt != 1 else ''}: {type(exc).__name__}: {exc}",
+            attempts=call.attempt,
+            remote_traceback=getattr(exc, "remote_traceback_text", None),
+        )
+        err.__cause__ = exc
+        return err
+
+    def _finish(self, call: Call, value: Any = None, error: BaseException | None = None) -> None:
+        if call.state is CallState.DONE:
+            return
+        call.state = CallState.DONE
+        call.gen += 1
+        self.calls.pop(call.id, None)
+        if call.session is not None:
+            session = self.sessions.get(call.session)
+            if session is not None:
+                session.active -= 1
+                if session.closing and session.active <= 0:
+                    self._drop_session(session)
+        if error is not None:
+            self.fx.reject(call, error)
+        else:
+            self.fx.resolve(call, value)
+        if self.closed and not self.calls:
+            self._maybe_retire_all()
+
+    # -- cancellation --------------------------------------------------------------------
+    def cancel(self, call_id: int, now: float) -> None:
+        """The caller gave up on this call: stop it, and kill its worker if it will not stop."""
+        call = self.calls.get(call_id)
+        if call is None or call.state is CallState.DONE:
+            return
+        import asyncio  # only for the exception type
+
+        cause = asyncio.CancelledError("the caller cancelled this call")
+        state = call.state
+        call.cancelled = True
+        if state in (CallState.QUEUED, CallState.BACKOFF):
+            self._finish(call, error=cause)
+            return
+        slot = self.workers[call.worker] if call.worker is not None else None
+        if call.session is not None and slot is not None and state is CallState.RUNNING:
+            # sticky: the session's state in that worker is now unknown; the worker goes
+            self._worker_gone(slot, now, kill=True, cause=cause)
+            return
+        self._finish(call, error=cause)
+        call.state = state  # still occupies the worker until it answers (or is killed)
+        if slot is not None:
+            self.fx.send_cancel(slot.id, call.seq)
+            if state is CallState.RUNNING:
+                self._push(now + self.cancel_grace, _Deadline.CANCEL_GRACE, call, call.gen)
+
+    # -- sessions ------------------------------------------------------------------------
+    def close_session(self, session_id: str) -> None:
+        session = self.sessions.get(session_id)
+        if session is None:
+            return
+        session.closing = True
+        if session.active <= 0:
+            self._drop_session(session)
+
+    def _drop_session(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+        if session.worker is None:
+            return
+        slot = self.workers.get(session.worker)
+        if slot is not None and slot.state is not WorkerState.DEAD:
+            slot.sessions.discard(session.id)
+            self.fx.close_session(slot.id, session.id)
+            if self.events:
+                self.fx.event("session_closed", worker_id=slot.id, session_id=session.id)
+
+    def _session_lost_error(self, session: Session) -> StickySessionLostError:
+        err = StickySessionLostError(
+            f"sticky session {session.id} lost its worker {session.worker}", session_id=session.id
+        )
+        err.__cause__ = session.lost
+        return err
+
+    # -- workers leaving -----------------------------------------------------------------
+    def worker_exited(self, wid: int, crash: WorkerCrashedError, now: float) -> None:
+        """The process is gone (pipe EOF and reaped). Expected after retire/kill; else a crash."""
+        slot = self.workers.get(wid)
+        if slot is None:
+            return
+        if slot.state is WorkerState.DEAD or slot.state is WorkerState.RETIRING:
+            slot.state = WorkerState.DEAD
+            del self.workers[wid]
+            return
+        if slot.state is WorkerState.STARTING:
+            self._consecutive_start_failures += 1
+            if self._consecutive_start_failures >= MAX_STARTUP_FAILURES:
+                self.broken = WorkerCrashedError(
+                    f"workers keep dying before they are ready (last: {crash})",
+                    exitcode=crash.exitcode,
+                    signal=crash.signal,
+                    pid=crash.pid,
+                    worker_id=wid,
+                )
+        self._worker_gone(slot, now, kill=False, cause=crash)
+        del self.workers[wid]
+
+    def kill_worker(self, wid: int, cause: BaseException, now: float) -> None:
+        """The shell found the worker unusable (e.g. a protocol error): kill it, fail its attempt."""
+        slot = self.workers.get(wid)
+        if slot is not None and slot.state is not WorkerState.DEAD:
+            self._worker_gone(slot, now, kill=True, cause=cause)
+
+    def _worker_gone(
+        self,
+        slot: WorkerSlot,
+        now: float,
+        *,
+        kill: bool,
+        cause: BaseException | None,
+        respawn: bool = True,
+    ) -> None:
+        """Take a worker out: its running attempt fails with ``cause``, prefetched work goes back."""
+        was = slot.state
+        slot.state = WorkerState.DEAD
+        slot.gen += 1
+        if kill:
+            self.fx.kill(slot.id)
+        if self.events:
+            self.fx.event("worker_killed" if kill else "worker_exited", worker_id=slot.id, cause=cause)
+        running, slot.running = slot.running, None
+        # prefetched attempts never started: back to the head of the queue, attempt not counted
+        for call in reversed(slot.sent):
+            call.attempt -= 1
+            if call.state is not CallState.DONE:
+                self._requeue_front(call, now)
+        slot.sent.clear()
+        for sid in list(slot.sessions):
+            session = self.sessions.get(sid)
+            if session is not None:
+                session.lost = cause or WorkerCrashedError(
+                    "the worker was stopped", exitcode=None, signal=None, pid=None, worker_id=slot.id
+                )
+        sticky, slot.sticky = list(slot.sticky), deque()
+        if running is not None and running.state is not CallState.DONE:
+            if running.session is not None:
+                session = self.sessions.get(running.session)
+                if session is not None:
+                    self._finish(running, error=self._session_lost_error(session))
+            else:
+                self._attempt_failed(running, cause or WorkerCrashedError(
+                    "the worker was stopped", exitcode=None, signal=None, pid=None, worker_id=slot.id
+                ), now)
+        for call in sticky:
+            if call.state is not CallState.DONE and call.session in self.sessions:
+                self._finish(call, error=self._session_lost_error(self.sessions[call.session]))
+        if self.events:
+            for sid in slot.sessions:
+                self.fx.event("session_lost", worker_id=slot.id, session_id=sid, cause=cause)
+        slot.sessions.clear()
+        if respawn and not self.closed and self.broken is None and was is not WorkerState.RETIRING:
+            self._spawn(now)
+        elif self.broken is not None:
+            self._fail_queue(self.broken)
+        self._pump(now)
+
+    def _requeue_front(self, call: Call, now: float) -> None:
+        call.state = CallState.QUEUED
+        call.gen += 1
+        call.worker = None
+        self.queue.appendleft(call)
+
+    def _fail_queue(self, exc: BaseException) -> None:
+        for call in list(self.calls.values()):
+            if call.state in (CallState.QUEUED, CallState.BACKOFF):
+                self._finish(call, error=exc)
+
+    # -- deadlines -----------------------------------------------------------------------
+    def _push(self, when: float, kind: _Deadline, obj: Any, gen: int) -> None:
+        heapq.heappush(self._heap, (when, next(self._order), kind, obj, gen))
+        if len(self._heap) > 4096 and len(self._heap) > 4 * (len(self.calls) + len(self.workers)):
+            self._compact()
+
+    def _compact(self) -> None:
+        self._heap = [e for e in self._heap if self._valid(e[2], e[3], e[4])]
+        heapq.heapify(self._heap)
+
+    def _valid(self, kind: _Deadline, obj: Any, gen: int) -> bool:
+        if kind is _Deadline.WORKER_START:
+            return bool(obj.gen == gen and obj.state is WorkerState.STARTING)
+        if kind is _Deadline.SCHEDULE_TO_CLOSE:
+            return bool(obj.state is not CallState.DONE)
+        if kind is _Deadline.CANCEL_GRACE:
+            return bool(obj.gen == gen)
+        return bool(obj.gen == gen and obj.state is not CallState.DONE)
+
+    def next_deadline(self) -> float | None:
+        heap = self._heap
+        while heap and not self._valid(heap[0][2], heap[0][3], heap[0][4]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def advance(self, now: float) -> None:
+        """The clock reached ``now``: fire every deadline due."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, _, kind, obj, gen = heapq.heappop(heap)
+            if self._valid(kind, obj, gen):
+                self._fire(kind, obj, gen, now)
+
+    def _fire(self, kind: _Deadline, obj: Any, gen: int, now: float) -> None:
+        if kind is _Deadline.RETRY:
+            if obj.state is CallState.BACKOFF:
+                self._enqueue(obj, now)
+            return
+        if kind is _Deadline.WORKER_START:
+            slot: WorkerSlot = obj
+            crash = WorkerCrashedError(
+                f"worker {slot.id} did not become ready in {self.start_timeout:g}s",
+                exitcode=None,
+                signal=None,
+                pid=None,
+                worker_id=slot.id,
+            )
+            self._consecutive_start_failures += 1
+            if self._consecutive_start_failures >= MAX_STARTUP_FAILURES:
+                self.broken = crash
+            self._worker_gone(slot, now, kill=True, cause=crash)
+            return
+        call: Call = obj
+        if kind is _Deadline.SCHEDULE_TO_CLOSE:
+            self._timeout(call, TimeoutType.SCHEDULE_TO_CLOSE, now)
+            return
+        if call.state is not CallState.RUNNING:
+            return
+        if kind is _Deadline.HEARTBEAT and now < call.heartbeat_deadline:
+            self._push(call.heartbeat_deadline, _Deadline.HEARTBEAT, call, gen)
+            return
+        if kind is _Deadline.CANCEL_GRACE:
+            assert call.worker is not None
+            self._worker_gone(self.workers[call.worker], now, kill=True, cause=None)
+            return
+        self._timeout(
+            call,
+            TimeoutType.HEARTBEAT if kind is _Deadline.HEARTBEAT else TimeoutType.START_TO_CLOSE,
+            now,
+        )
+
+    def _timeout(self, call: Call, type: TimeoutType, now: float) -> None:
+        limit = {
+            TimeoutType.START_TO_CLOSE: call.defn.start_to_close_timeout,
+            TimeoutType.HEARTBEAT: call.defn.heartbeat_timeout,
+            TimeoutType.SCHEDULE_TO_CLOSE: call.defn.schedule_to_close_timeout,
+        }[type]
+        exc = ActivityTimeoutError(
+            f"activity {call.defn.name!r} attempt {call.attempt}: "
+            f"{type.value.lower().replace('_', '-')} timeout of {limit:g}s",
+            type=type,
+            last_heartbeat_details=call.heartbeat_details,
+        )
+        if call.state is CallState.RUNNING and call.worker is not None:
+            slot = self.workers[call.worker]
+            if type is TimeoutType.SCHEDULE_TO_CLOSE and call.session is None:
+                # the call is over whatever the policy says; the worker must stop running it
+                self._finish(call, error=self._final_error(call, exc))
+            self._worker_gone(slot, now, kill=True, cause=exc)
+            return
+        self._finish(call, error=self._final_error(call, exc))

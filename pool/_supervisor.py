@@ -1,0 +1,581 @@
+"""The imperative shell around the scheduler: processes, pipes, the one timer, the callers.
+
+Data flow (everything below runs on one event loop thread, the supervisor's)::
+
+    caller ──execute/submit──▶ Supervisor.submit ──▶ Scheduler (pure: who runs what, when)
+                                                        │ Effects: send_run / kill / spawn / resolve
+                                                        ▼
+    caller ◀──future── Supervisor.resolve ◀── Scheduler ◀── frames ◀── WorkerHandle (pipe pair)
+                                                                          ▲        │ RUN
+                                                                 RESULT / │        ▼
+                                                               FAILURE /  worker process
+                                                               HEARTBEAT  (pool._worker) ─▶ activity
+
+Ownership: the loop thread owns every attribute here and everything in the scheduler. Other
+threads reach in only through ``loop.call_soon_threadsafe``. The scheduler owns all deadlines;
+this class arms a single loop timer for the earliest one (``_rearm``).
+
+Worker death is seen without polling: EOF on the reply pipe, then the pidfd (or a non-blocking
+waitpid) gives the exit status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import os
+import pickle
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pool._events import PoolEvent, PoolStats, Stats
+from pool._process import WorkerProcess, spawn_worker, worker_env
+from pool._protocol import FailureInfo, Frame, FrameReader, Kind, ProtocolError, RunMeta, dumps, encode
+from pool._scheduler import Call, Scheduler, WorkerState
+from sdk._errors import ApplicationError, RemoteTraceback, WorkerCrashedError
+
+log = logging.getLogger("activitypool")
+worker_log = logging.getLogger("activitypool.worker")
+
+# Bytes read from a worker per readiness callback: large enough that a burst of results or a
+# big payload needs few callbacks.
+READ_SIZE = 1 << 20
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    """The supervisor's side of one worker process. Owned by the loop thread."""
+
+    id: int
+    proc: WorkerProcess
+    reader: FrameReader = field(default_factory=FrameReader)
+    outbox: collections.deque[memoryview] = field(default_factory=collections.deque)
+    output_tail: bytes = b""
+    eof: bool = False
+    gone: bool = False  # reported to the scheduler as exited
+    activity: str | None = None  # what it runs, for tagging its output
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    workers: int
+    prefetch: int
+    cancel_grace: float
+    start_timeout: float
+    shutdown_timeout: float
+    max_tasks_per_worker: int | None
+    max_memory_per_worker: int | None
+    thread_limit: int | None
+    preload: tuple[str, ...]
+
+
+class Supervisor:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        config: SupervisorConfig,
+        on_event: Callable[[PoolEvent], None] | None = None,
+        on_output: Callable[[int, str | None, str], None] | None = None,
+    ) -> None:
+        self.loop = loop
+        self.config = config
+        self.on_event = on_event
+        self.on_output = on_output
+        self.handles: dict[int, WorkerHandle] = {}
+        self.scheduler = Scheduler(
+            self,
+            workers=config.workers,
+            prefetch=config.prefetch,
+            cancel_grace=config.cancel_grace,
+            start_timeout=config.start_timeout,
+            max_tasks_per_worker=config.max_tasks_per_worker,
+            events=on_event is not None,
+        )
+        self.stats = Stats()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._ready: asyncio.Future[None] = loop.create_future()
+        self._all_gone: asyncio.Future[None] = loop.create_future()
+        self._call_ids = itertools.count(1)
+        self._env: dict[str, str] = {}
+        self._init_body = b""
+        self._psutil: Any = None
+
+    # -- lifecycle (loop thread) -----------------------------------------------------------
+    async def start(self) -> None:
+        self._env = worker_env(self.config.thread_limit)
+        pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self._env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (pkg_root, self._env.get("PYTHONPATH", "")) if p
+        )
+        main = sys.modules.get("__main__")
+        main_path = getattr(main, "__file__", None)
+        self._init_body = pickle.dumps(
+            {
+                "sys_path": list(sys.path),
+                "preload": list(self.config.preload),
+                "main_path": os.path.abspath(main_path) if main_path else None,
+            },
+            protocol=5,
+        )
+        self.scheduler.start(time.monotonic())
+        self._after()
+        await self._ready
+
+    def _check_ready(self) -> None:
+        if self._ready.done():
+            return
+        sched = self.scheduler
+        if sched.broken is not None:
+            self._ready.set_exception(sched.broken)
+        elif sum(1 for w in sched.workers.values() if w.state is WorkerState.STARTING) == 0:
+            self._ready.set_result(None)
+
+    async def close(self, cancel: bool = False) -> None:
+        sched = self.scheduler
+        if cancel:
+            sched.cancel_all(time.monotonic())
+        else:
+            sched.close()
+        self._after()
+        self._check_all_gone()
+        if not self._all_gone.done():
+            try:
+                if cancel:
+                    await asyncio.wait_for(asyncio.shield(self._all_gone), self.config.shutdown_timeout)
+                else:
+                    await asyncio.shield(self._all_gone)
+            except asyncio.TimeoutError:
+                pass
+            except asyncio.CancelledError:
+                self.kill_all()
+                raise
+        self.kill_all()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def kill_all(self) -> None:
+        """Last resort and final sweep: no process outlives the pool."""
+        for handle in list(self.handles.values()):
+            handle.proc.kill_tree()
+            self._forget(handle)
+            handle.proc.wait()
+
+    def _check_all_gone(self) -> None:
+        if not self._all_gone.done() and self.scheduler.drained and not self.handles:
+            self._all_gone.set_result(None)
+
+    # -- callers (loop thread) -------------------------------------------------------------
+    def new_call(self, defn: Any, policy: Any, payload: Any, waiter: Any, session: str | None) -> Call:
+        return Call(next(self._call_ids), defn, policy, payload, waiter, session)
+
+    def submit(self, call: Call) -> None:
+        self.scheduler.submit(call, time.monotonic())
+        self._after()
+
+    def submit_many(self, calls: list[Call]) -> None:
+        now = time.monotonic()
+        for call in calls:
+            self.scheduler.submit(call, now)
+        self._after()
+
+    def cancel(self, call: Call) -> None:
+        self.scheduler.cancel(call.id, time.monotonic())
+        self._after()
+
+    def release_session(self, session_id: str) -> None:
+        self.scheduler.close_session(session_id)
+        self._after()
+
+    # -- the one timer ---------------------------------------------------------------------
+    def _after(self) -> None:
+        """After every event: re-arm the timer for the scheduler's earliest deadline."""
+        when = self.scheduler.next_deadline()
+        timer = self._timer
+        if when is None:
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
+            return
+        if timer is not None:
+            if self._timer_at <= when:
+                return  # it fires first; the callback re-arms
+            timer.cancel()
+        self._timer_at = when
+        self._timer = self.loop.call_later(max(0.0, when - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.scheduler.advance(time.monotonic())
+        self._after()
+
+    # -- Effects (called by the scheduler) -------------------------------------------------
+    def spawn(self, worker_id: int) -> None:
+        proc = spawn_worker(self._env)
+        handle = WorkerHandle(worker_id, proc)
+        self.handles[worker_id] = handle
+        loop = self.loop
+        loop.add_reader(proc.from_worker, self._on_readable, handle)
+        loop.add_reader(proc.output, self._on_output, handle)
+        init = pickle.loads(self._init_body)
+        init["worker_id"] = worker_id
+        self._write(handle, encode(Kind.INIT, 0, pickle.dumps(init, protocol=5)))
+
+    def send_run(self, worker_id: int, call: Call) -> None:
+        handle = self.handles[worker_id]
+        defn = call.defn
+        now_wall = time.time()
+        meta = RunMeta(
+            defn.module,
+            defn.qualname,
+            defn.name,
+            str(call.id),
+            call.attempt,
+            call.session,
+            now_wall + defn.start_to_close_timeout if defn.start_to_close_timeout else None,
+            defn.heartbeat_timeout,
+            call.heartbeat_details,
+        )
+        body, buffers = call.payload
+        handle.activity = defn.name
+        self._write(handle, encode(Kind.RUN, call.seq, pickle.dumps(meta, protocol=5), body, buffers))
+
+    def send_cancel(self, worker_id: int, seq: int) -> None:
+        handle = self.handles.get(worker_id)
+        if handle is None:
+            return
+        self._write(handle, encode(Kind.CANCEL, seq))
+        handle.proc.signal_worker(signal.SIGUSR1)
+
+    def close_session(self, worker_id: int, session_id: str) -> None:
+        handle = self.handles.get(worker_id)
+        if handle is not None:
+            self._write(handle, encode(Kind.CLOSE_SESSION, 0, pickle.dumps(session_id, protocol=5)))
+
+    def kill(self, worker_id: int) -> None:
+        handle = self.handles.get(worker_id)
+        if handle is None:
+            return
+        handle.proc.kill_tree()
+        # stop listening now: whatever it wrote last is about an attempt already decided
+        self._stop_reading(handle)
+        self._watch_exit(handle)
+
+    def retire(self, worker_id: int) -> None:
+        handle = self.handles.get(worker_id)
+        if handle is None:
+            return
+        self._write(handle, encode(Kind.SHUTDOWN))
+        # a worker that ignores SHUTDOWN (stuck in teardown) is killed after the grace period
+        self.loop.call_later(self.config.shutdown_timeout, self._retire_overdue, handle)
+
+    def _retire_overdue(self, handle: WorkerHandle) -> None:
+        if handle.id in self.handles and not handle.proc.reaped:
+            log.warning("worker %d did not exit after shutdown; killing it", handle.id)
+            handle.proc.kill_tree()
+
+    def resolve(self, call: Call, value: Any) -> None:
+        self.stats.completed(time.monotonic() - call.submitted_at)
+        _set_result(call.waiter, value)
+
+    def reject(self, call: Call, exc: BaseException) -> None:
+        self.stats.failed()
+        _set_exception(call.waiter, exc)
+
+    def event(self, kind: str, **fields: Any) -> None:
+        if self.on_event is None:
+            return
+        wid = fields.get("worker_id")
+        handle = self.handles.get(wid) if wid is not None else None
+        if handle is not None:
+            fields.setdefault("pid", handle.proc.pid)
+        try:
+            self.on_event(PoolEvent(kind=kind, time=time.time(), **fields))
+        except Exception:
+            log.exception("on_event callback failed")
+
+    # -- I/O -------------------------------------------------------------------------------
+    def _write(self, handle: WorkerHandle, parts: list[bytes | memoryview]) -> None:
+        if handle.eof or handle.proc.fds_closed:
+            return
+        if handle.outbox:
+            handle.outbox.extend(memoryview(p).cast("B") for p in parts if len(p))
+            return
+        fd = handle.proc.to_worker
+        views = [memoryview(p).cast("B") for p in parts if len(p)]
+        try:
+            n = os.writev(fd, views)
+        except BlockingIOError:
+            n = 0
+        except (BrokenPipeError, OSError):
+            return  # it is dying; EOF on its reply pipe reports that
+        total = sum(v.nbytes for v in views)
+        if n == total:
+            return
+        for v in views:
+            if n >= v.nbytes:
+                n -= v.nbytes
+                continue
+            handle.outbox.append(v[n:])
+            n = 0
+        self.loop.add_writer(fd, self._on_writable, handle)
+
+    def _on_writable(self, handle: WorkerHandle) -> None:
+        fd = handle.proc.to_worker
+        box = handle.outbox
+        try:
+            while box:
+                n = os.writev(fd, list(itertools.islice(box, 64)))
+                while n:
+                    head = box[0]
+                    if n >= head.nbytes:
+                        n -= head.nbytes
+                        box.popleft()
+                    else:
+                        box[0] = head[n:]
+                        n = 0
+        except BlockingIOError:
+            return
+        except OSError:
+            box.clear()
+        self.loop.remove_writer(fd)
+
+    def _on_readable(self, handle: WorkerHandle) -> None:
+        try:
+            data = os.read(handle.proc.from_worker, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._on_eof(handle)
+            return
+        try:
+            frames = handle.reader.feed(data)
+            for frame in frames:
+                self._on_frame(handle, frame)
+        except ProtocolError as exc:
+            log.error("worker %d sent a malformed frame (%s); killing it", handle.id, exc)
+            crash = WorkerCrashedError(
+                f"protocol error from worker {handle.id}: {exc}",
+                exitcode=None,
+                signal=None,
+                pid=handle.proc.pid,
+                worker_id=handle.id,
+            )
+            self.scheduler.kill_worker(handle.id, crash, time.monotonic())
+        self._after()
+
+    def _on_frame(self, handle: WorkerHandle, frame: Frame) -> None:
+        kind = frame.kind
+        sched = self.scheduler
+        now = time.monotonic()
+        if kind is Kind.RESULT:
+            try:
+                value = frame.load()
+            except BaseException as exc:
+                err = ApplicationError(
+                    f"the result could not be unpickled in the supervisor: {exc!r}",
+                    type=type(exc).__name__,
+                    non_retryable=True,
+                )
+                sched.failure(handle.id, frame.seq, err, now)
+                return
+            sched.result(handle.id, frame.seq, value, now)
+            if self.config.max_memory_per_worker is not None:
+                self._check_memory(handle, now)
+        elif kind is Kind.FAILURE:
+            sched.failure(handle.id, frame.seq, _rebuild_failure(frame), now)
+        elif kind is Kind.HEARTBEAT:
+            try:
+                details = frame.load()
+            except BaseException as exc:
+                details = f"<heartbeat details could not be unpickled: {exc!r}>"
+            sched.heartbeat(handle.id, frame.seq, details, now)
+        elif kind is Kind.READY:
+            sched.worker_ready(handle.id, now)
+            self._check_ready()
+        else:
+            raise ProtocolError(f"unexpected frame {kind.name} from a worker")
+
+    def _check_memory(self, handle: WorkerHandle, now: float) -> None:
+        limit = self.config.max_memory_per_worker
+        assert limit is not None
+        try:
+            import psutil
+
+            rss = psutil.Process(handle.proc.pid).memory_info().rss
+        except Exception:
+            return
+        if rss > limit:
+            self.scheduler.request_recycle(handle.id, now)
+
+    def _on_output(self, handle: WorkerHandle) -> None:
+        try:
+            data = os.read(handle.proc.output, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.loop.remove_reader(handle.proc.output)
+            if handle.output_tail:
+                self._emit_output(handle, handle.output_tail)
+                handle.output_tail = b""
+            return
+        data = handle.output_tail + data
+        *lines, handle.output_tail = data.split(b"\n")
+        for line in lines:
+            self._emit_output(handle, line)
+
+    def _emit_output(self, handle: WorkerHandle, line: bytes) -> None:
+        text = line.decode("utf-8", "replace")
+        if self.on_output is not None:
+            self.on_output(handle.id, handle.activity, text)
+        worker_log.info(
+            "[worker %d %s] %s",
+            handle.id,
+            handle.activity or "-",
+            text,
+            extra={"worker_id": handle.id, "activity": handle.activity},
+        )
+
+    def _on_eof(self, handle: WorkerHandle) -> None:
+        self._stop_reading(handle)
+        self._watch_exit(handle)
+
+    def _stop_reading(self, handle: WorkerHandle) -> None:
+        if not handle.eof:
+            handle.eof = True
+            self.loop.remove_reader(handle.proc.from_worker)
+            if handle.outbox:
+                handle.outbox.clear()
+                self.loop.remove_writer(handle.proc.to_worker)
+
+    def _watch_exit(self, handle: WorkerHandle) -> None:
+        proc = handle.proc
+        if proc.poll():
+            self._exited(handle)
+        elif proc.pidfd is not None:
+            self.loop.add_reader(proc.pidfd, self._on_pidfd, handle)
+        else:  # no pidfd: it closed its pipe, so it is exiting; a short blocking wait
+            proc.wait()
+            self._exited(handle)
+
+    def _on_pidfd(self, handle: WorkerHandle) -> None:
+        if handle.proc.poll():
+            assert handle.proc.pidfd is not None
+            self.loop.remove_reader(handle.proc.pidfd)
+            self._exited(handle)
+
+    def _exited(self, handle: WorkerHandle) -> None:
+        if handle.gone:
+            return
+        handle.gone = True
+        proc = handle.proc
+        # drain what it printed last before the fds go
+        with contextlib.suppress(OSError):
+            while True:
+                data = os.read(proc.output, 65536)
+                if not data:
+                    break
+                handle.output_tail += data
+        if handle.output_tail:
+            for line in handle.output_tail.split(b"\n"):
+                if line:
+                    self._emit_output(handle, line)
+            handle.output_tail = b""
+        self._forget(handle)
+        how = f"signal {proc.signal}" if proc.signal is not None else f"exit code {proc.exitcode}"
+        crash = WorkerCrashedError(
+            f"worker {handle.id} (pid {proc.pid}) died with {how}"
+            + (f" while running {handle.activity!r}" if handle.activity else ""),
+            exitcode=proc.exitcode,
+            signal=proc.signal,
+            pid=proc.pid,
+            worker_id=handle.id,
+        )
+        self.scheduler.worker_exited(handle.id, crash, time.monotonic())
+        self._check_ready()
+        self._after()
+        self._check_all_gone()
+
+    def _forget(self, handle: WorkerHandle) -> None:
+        proc = handle.proc
+        if proc.fds_closed:
+            self.handles.pop(handle.id, None)
+            return
+        loop = self.loop
+        for fd in (proc.from_worker, proc.output, proc.pidfd):
+            if fd is not None:
+                with contextlib.suppress(Exception):
+                    loop.remove_reader(fd)
+        with contextlib.suppress(Exception):
+            loop.remove_writer(proc.to_worker)
+        proc.close_fds()
+        self.handles.pop(handle.id, None)
+
+
+def _rebuild_failure(frame: Frame) -> BaseException:
+    """The exception a worker reported, with the remote traceback attached."""
+    try:
+        info: FailureInfo = frame.load()
+    except BaseException as exc:
+        return ApplicationError(f"a failure report could not be unpickled: {exc!r}", non_retryable=True)
+    exc_obj: BaseException | None = None
+    if info.exc is not None:
+        try:
+            exc_obj = pickle.loads(info.exc)
+        except BaseException:
+            exc_obj = None
+    if not isinstance(exc_obj, BaseException):
+        exc_obj = ApplicationError(
+            f"{info.type_name}: {info.message}", type=info.type_name, non_retryable=info.non_retryable
+        )
+    elif info.non_retryable and not (isinstance(exc_obj, ApplicationError) and exc_obj.non_retryable):
+        inner = exc_obj
+        inner.__cause__ = RemoteTraceback(info.traceback)
+        exc_obj = ApplicationError(info.message, type=info.type_name, non_retryable=True)
+        exc_obj.__cause__ = inner
+    else:
+        exc_obj.__cause__ = RemoteTraceback(info.traceback)
+    with contextlib.suppress(Exception):
+        exc_obj.remote_traceback_text = info.traceback  # type: ignore[attr-defined]
+    return exc_obj
+
+
+def _set_result(waiter: Any, value: Any) -> None:
+    if isinstance(waiter, asyncio.Future):
+        if not waiter.done():
+            waiter.set_result(value)
+    elif isinstance(waiter, concurrent.futures.Future):
+        if waiter.set_running_or_notify_cancel():
+            waiter.set_result(value)
+    else:
+        waiter(value, None)
+
+
+def _set_exception(waiter: Any, exc: BaseException) -> None:
+    if isinstance(waiter, asyncio.Future):
+        if not waiter.done():
+            if isinstance(exc, asyncio.CancelledError):
+                waiter.cancel()
+            else:
+                waiter.set_exception(exc)
+    elif isinstance(waiter, concurrent.futures.Future):
+        if waiter.set_running_or_notify_cancel():
+            waiter.set_exception(exc)
+    else:
+        waiter(None, exc)
+
+
+__all__ = ["PoolStats", "Supervisor", "SupervisorConfig", "dumps"]

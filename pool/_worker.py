@@ -1,0 +1,407 @@
+"""The worker process: read RUN frames, run activities, answer each with RESULT or FAILURE.
+
+Kept light on purpose: it imports the protocol and the sdk, never uvloop, psutil or supervisor
+code (tests/integration/test_worker_light.py checks). Started as ``python -m pool._worker RFD WFD
+PARENT_PID``; stdout and stderr are a pipe the supervisor reads, so ``print`` never touches the
+protocol channel.
+
+Threads: the main thread runs activities and owns the read side of the channel. A heartbeat
+flusher thread exists only after the first coalesced heartbeat; it shares the write side under
+``_write_lock``. Cancellation arrives as a CANCEL frame followed by SIGUSR1, whose handler drains
+the channel while an activity runs (the main thread is not reading then).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from typing import Any
+
+from pool._protocol import FailureInfo, Frame, FrameReader, Kind, ProtocolError, RunMeta, dumps, encode
+from sdk import _context
+from sdk._definition import ActivityDefinition
+from sdk._depends import ResourceCache
+from sdk._errors import ApplicationError
+
+# Coalescing window for heartbeats: at most one HEARTBEAT frame per window, and the latest
+# details are on the wire at most this long after they were given (the contract says 100 ms).
+HEARTBEAT_WINDOW = 0.05
+CANCEL_SIGNAL = signal.SIGUSR1
+
+
+def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        n = os.writev(fd, views)
+        while n:
+            head = views[0]
+            if n >= head.nbytes:
+                n -= head.nbytes
+                views.pop(0)
+            else:
+                views[0] = head[n:]
+                n = 0
+
+
+def _set_parent_death_signal(parent: int) -> None:
+    """Die with the supervisor: PR_SET_PDEATHSIG, then close the race with getppid()."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            PR_SET_PDEATHSIG = 1
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - exotic libc
+            pass
+    if os.getppid() != parent:
+        os._exit(1)  # the supervisor died before we could register
+
+
+class Worker:
+    def __init__(self, rfd: int, wfd: int) -> None:
+        self.rfd = rfd
+        self.wfd = wfd
+        self.reader = FrameReader()
+        self.pending: deque[Frame] = deque()  # frames read but not yet handled
+        self.cancelled_seqs: set[int] = set()  # CANCELs for RUNs not yet started
+        self.worker_id: int | None = None
+        self.main_path: str | None = None
+        self.functions: dict[tuple[str, str], ActivityDefinition] = {}
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.loop: Any = None  # asyncio loop, made on the first async activity
+        self.resources = ResourceCache(run_coroutine=self._run_coroutine)
+        self._write_lock = threading.Lock()
+        # state of the attempt being run (main thread; the signal handler reads it)
+        self.current_seq = 0
+        self.running = False
+        self.cancel_requested = False
+        self.task: Any = None
+        # heartbeat coalescing (main thread writes; flusher reads under _write_lock)
+        self.hb_details: Any = None
+        self.hb_pending = False
+        self.hb_next = 0.0
+        self.hb_window = HEARTBEAT_WINDOW
+        self.hb_seq = 0
+        self._flusher: threading.Thread | None = None
+        self._flush_event = threading.Event()
+
+    # -- channel -------------------------------------------------------------------------
+    def send(self, parts: list[bytes | memoryview]) -> None:
+        with self._write_lock:
+            _write_all(self.wfd, parts)
+
+    def next_frame(self) -> Frame | None:
+        while not self.pending:
+            data = os.read(self.rfd, 1 << 20)
+            if not data:
+                return None
+            self.pending.extend(self.reader.feed(data))
+        return self.pending.popleft()
+
+    def _drain_nonblocking(self) -> None:
+        os.set_blocking(self.rfd, False)
+        try:
+            while True:
+                try:
+                    data = os.read(self.rfd, 1 << 20)
+                except BlockingIOError:
+                    return
+                if not data:
+                    return
+                self.pending.extend(self.reader.feed(data))
+        finally:
+            os.set_blocking(self.rfd, True)
+
+    def _on_cancel_signal(self, signum: int, frame: Any) -> None:
+        if not self.running:
+            return  # the main loop reads the CANCEL frame itself
+        self._drain_nonblocking()
+        keep: deque[Frame] = deque()
+        for f in self.pending:
+            if f.kind is Kind.CANCEL:
+                self._note_cancel(f.seq)
+            else:
+                keep.append(f)
+        self.pending = keep
+
+    def _note_cancel(self, seq: int) -> None:
+        if self.running and seq == self.current_seq:
+            self.cancel_requested = True
+            task, loop = self.task, self.loop
+            if task is not None and loop is not None:
+                loop.call_soon_threadsafe(task.cancel)
+        else:
+            self.cancelled_seqs.add(seq)
+
+    # -- main loop -----------------------------------------------------------------------
+    def serve(self) -> int:
+        init = self.next_frame()
+        if init is None:
+            return 0
+        if init.kind is not Kind.INIT:
+            raise ProtocolError(f"expected INIT, got {init.kind.name}")
+        self.setup(init.load())
+        self.send(encode(Kind.READY, 0, dumps({"pid": os.getpid()})[0]))
+        signal.signal(CANCEL_SIGNAL, self._on_cancel_signal)
+        try:
+            while True:
+                frame = self.next_frame()
+                if frame is None or frame.kind is Kind.SHUTDOWN:
+                    return 0
+                kind = frame.kind
+                if kind is Kind.RUN:
+                    if frame.seq in self.cancelled_seqs:
+                        self.cancelled_seqs.discard(frame.seq)
+                        self.fail(frame.seq, _cancelled_error(), non_retryable=True)
+                    else:
+                        self.run(frame)
+                elif kind is Kind.CANCEL:
+                    self._note_cancel(frame.seq)
+                elif kind is Kind.CLOSE_SESSION:
+                    self.sessions.pop(frame.load(), None)
+                else:
+                    raise ProtocolError(f"unexpected frame {kind.name} in a worker")
+        finally:
+            self.resources.close()
+
+    def setup(self, init: dict[str, Any]) -> None:
+        self.worker_id = init["worker_id"]
+        sys.path[:] = init["sys_path"]
+        self.main_path = init.get("main_path")
+        for name in init.get("preload", ()):
+            try:
+                self.import_module(name)
+            except BaseException:
+                # reported on the first call that needs it, where it is that call's error
+                print(f"activitypool: worker could not preload {name!r}", file=sys.stderr)
+                traceback.print_exc()
+
+    def import_module(self, name: str) -> Any:
+        if name != "__main__":
+            return importlib.import_module(name)
+        mod = sys.modules.get("__mp_main__")
+        if mod is not None:
+            return mod
+        if not self.main_path:
+            raise ImportError("activity defined in __main__, but the supervisor has no main file")
+        # Run the supervisor's main script as a module (its `if __name__ == "__main__"` block
+        # stays off) and alias it, so pickles that name __main__ resolve here too.
+        spec = importlib.util.spec_from_file_location("__mp_main__", self.main_path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["__mp_main__"] = mod
+        try:
+            spec.loader.exec_module(mod)
+        except BaseException:
+            del sys.modules["__mp_main__"]
+            raise
+        sys.modules["__main__"] = mod
+        return mod
+
+    def lookup(self, module: str, qualname: str) -> ActivityDefinition:
+        key = (module, qualname)
+        defn = self.functions.get(key)
+        if defn is None:
+            obj: Any = self.import_module(module)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+            defn = obj.__activity_definition__
+            self.functions[key] = defn
+        return defn
+
+    def run(self, frame: Frame) -> None:
+        seq = frame.seq
+        try:
+            meta: RunMeta = frame.load()
+            args, kwargs = frame.load2()
+        except BaseException as exc:
+            self.fail(seq, exc, non_retryable=True)
+            return
+        try:
+            defn = self.lookup(meta.module, meta.qualname)
+        except BaseException as exc:
+            self.fail(seq, exc, non_retryable=True, note=f"worker could not load {meta.name!r}")
+            return
+        session_state = {}
+        if meta.session_id is not None:
+            session_state = self.sessions.setdefault(meta.session_id, {})
+        info = _context.ActivityInfo(
+            activity_id=meta.activity_id,
+            name=meta.name,
+            attempt=meta.attempt,
+            worker_id=self.worker_id,
+            pid=os.getpid(),
+            session_id=meta.session_id,
+            started_at=time.time(),
+            deadline=meta.deadline,
+            heartbeat_timeout=meta.heartbeat_timeout,
+            heartbeat_details=meta.heartbeat_details,
+        )
+        ctx = _context.ActivityContext(
+            info=info,
+            heartbeat=self.heartbeat,
+            is_cancelled=self.is_cancelled,
+            session_state=session_state,
+            resources=self.resources,
+        )
+        self.current_seq = seq
+        self.cancel_requested = False
+        self.hb_pending = False
+        self.hb_next = 0.0
+        hb_timeout = meta.heartbeat_timeout
+        self.hb_window = min(HEARTBEAT_WINDOW, hb_timeout / 4) if hb_timeout else HEARTBEAT_WINDOW
+        token = _context.set_activity(ctx)
+        try:
+            if defn.depends_params():
+                kwargs = {**self.resources.resolve(defn), **kwargs}
+            self.running = True
+            if defn.is_async:
+                result = self._run_async(defn, args, kwargs)
+            else:
+                result = defn.fn(*args, **kwargs)
+            self.running = False
+            result = defn.validate_result(result)
+        except SystemExit:
+            raise
+        except BaseException as exc:
+            self.running = False
+            self.task = None
+            self._flush_heartbeat()
+            self.fail(seq, exc)
+            return
+        finally:
+            self.running = False
+            _context.reset_activity(token)
+        self._flush_heartbeat()
+        try:
+            body, buffers = dumps(result)
+        except BaseException as exc:
+            self.fail(seq, exc, non_retryable=True, note=f"result of {meta.name!r} cannot be pickled")
+            return
+        self.send(encode(Kind.RESULT, seq, body, buffers=buffers))
+
+    def _run_async(self, defn: ActivityDefinition, args: tuple, kwargs: dict) -> Any:
+        loop = self._ensure_loop()
+        self.task = loop.create_task(defn.fn(*args, **kwargs))
+        try:
+            return loop.run_until_complete(self.task)
+        finally:
+            self.task = None
+
+    def _ensure_loop(self) -> Any:
+        if self.loop is None:
+            import asyncio
+
+            self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
+        return self.loop
+
+    def _run_coroutine(self, coro: Any) -> Any:
+        return self._ensure_loop().run_until_complete(coro)
+
+    def is_cancelled(self) -> bool:
+        return self.cancel_requested
+
+    def fail(
+        self, seq: int, exc: BaseException, *, non_retryable: bool = False, note: str | None = None
+    ) -> None:
+        tb = "".join(traceback.format_exception(exc))
+        if note:
+            tb = f"{note}\n{tb}"
+        try:
+            raw: bytes | None = pickle.dumps(exc, protocol=5)
+        except BaseException:
+            raw = None
+        if isinstance(exc, ApplicationError) and exc.non_retryable:
+            non_retryable = True
+        message = str(exc)
+        if note:
+            message = f"{note}: {type(exc).__name__}: {message}"
+        info = FailureInfo(raw, type(exc).__qualname__, message, tb, non_retryable)
+        self.send(encode(Kind.FAILURE, seq, pickle.dumps(info, protocol=5)))
+
+    # -- heartbeats ----------------------------------------------------------------------
+    def heartbeat(self, details: Any) -> None:
+        # Hot path: store, and put on the wire at most once per window. The first beat of a
+        # window goes inline so that an activity which then blocks in C holding the GIL has
+        # still delivered recent details; the trailing one is sent by the flusher thread.
+        self.hb_details = details
+        now = time.monotonic()
+        if now >= self.hb_next:
+            self.hb_next = now + self.hb_window
+            self.hb_pending = False
+            self._send_heartbeat(self.current_seq, details)
+        elif not self.hb_pending:
+            self.hb_seq = self.current_seq
+            self.hb_pending = True
+            if self._flusher is None:
+                self._flusher = threading.Thread(
+                    target=self._flush_loop, name="activitypool-heartbeat", daemon=True
+                )
+                self._flusher.start()
+            self._flush_event.set()
+
+    def _send_heartbeat(self, seq: int, details: Any) -> None:
+        body, buffers = _dump_details(details)
+        self.send(encode(Kind.HEARTBEAT, seq, body, buffers=buffers))
+
+    def _flush_heartbeat(self) -> None:
+        """Before RESULT/FAILURE: deliver details the window held back."""
+        if self.hb_pending:
+            self.hb_pending = False
+            self._send_heartbeat(self.current_seq, self.hb_details)
+
+    def _flush_loop(self) -> None:
+        while True:
+            self._flush_event.wait()
+            self._flush_event.clear()
+            delay = self.hb_next - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            with self._write_lock:
+                if not self.hb_pending:
+                    continue
+                self.hb_pending = False
+                seq, details = self.hb_seq, self.hb_details
+                self.hb_next = time.monotonic() + self.hb_window
+                body, buffers = _dump_details(details)
+                _write_all(self.wfd, encode(Kind.HEARTBEAT, seq, body, buffers=buffers))
+
+
+def _dump_details(details: Any) -> tuple[bytes, list[Any]]:
+    try:
+        return dumps(details)
+    except Exception:
+        # details that cannot be pickled still prove liveness; keep their repr
+        return dumps(f"<unpicklable heartbeat details: {details!r}>")
+
+
+def _cancelled_error() -> BaseException:
+    import asyncio
+
+    return asyncio.CancelledError("cancelled before it started")
+
+
+def main(argv: list[str]) -> int:
+    rfd, wfd, parent = (int(a) for a in argv[:3])
+    _set_parent_death_signal(parent)
+    # Ctrl-C goes to the supervisor, which stops workers in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    except AttributeError:  # pragma: no cover
+        pass
+    return Worker(rfd, wfd).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,344 @@
+"""``run_activities_locally()``: run activity calls in the calling process, without a pool.
+
+Calls get what a pool gives them except process isolation and heartbeat enforcement: argument
+and result validation, retries with backoff, start-to-close and schedule-to-close timeouts, an
+activity context (``activity.info()``, heartbeats recorded and handed to the next attempt),
+Depends resources (made once per runner, torn down when it exits) and the sticky-session check.
+
+A sync activity runs in a daemon thread of its own so that its timeout can be enforced. A thread
+cannot be killed: on timeout the call fails at once and ``activity.is_cancelled()`` turns True,
+but code that never looks keeps running in the background (a pool kills its process instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from ._context import (
+    ActivityContext,
+    ActivityInfo,
+    StickyWorkerSession,
+    _current_activity,
+    get_sticky_worker_session,
+    reset_dispatcher,
+    set_dispatcher,
+)
+from ._definition import ActivityDefinition, get_definition
+from ._depends import ResourceCache
+from ._errors import (
+    ActivityError,
+    ActivityTimeoutError,
+    ApplicationError,
+    StickyWorkerSessionMissingError,
+    TimeoutType,
+)
+from ._retry import RetryPolicy
+
+__all__ = ["LocalRunner", "run_activities_locally"]
+
+# How long a timed-out async activity gets to unwind after its cancellation before the call
+# fails anyway; a coroutine that swallows CancelledError must not hang the caller.
+_CANCEL_GRACE = 1.0
+
+_NO_DETAILS = object()
+
+
+class _Recorder:
+    """Keeps the latest heartbeat details of one attempt."""
+
+    __slots__ = ("details",)
+
+    def __init__(self) -> None:
+        self.details: Any = _NO_DETAILS
+
+    def __call__(self, details: Any) -> None:
+        self.details = details
+
+
+class LocalRunner:
+    """Runs activity calls in this process; the ambient dispatcher while entered.
+
+    Use as ``with`` (then :meth:`run`) or ``async with`` (then ``await`` activities or
+    :meth:`execute`).
+    """
+
+    def __init__(self, *, retry_policy: RetryPolicy | None = None) -> None:
+        self.retry_policy = retry_policy if retry_policy is not None else RetryPolicy()
+        self._tokens: list[contextvars.Token[Any]] = []
+        # Private loop for the sync API, created on first run(); the cache's async factories and
+        # teardowns run on it so async resources stay on one loop.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._resources = ResourceCache(run_coroutine=self._run_on_private_loop)
+        self._warned_heartbeat: set[str] = set()
+        self._session_state: dict[str, dict[str, Any]] = {}
+
+    # -- context management --------------------------------------------------------------------
+
+    def __enter__(self) -> LocalRunner:
+        self._tokens.append(set_dispatcher(self))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        reset_dispatcher(self._tokens.pop())
+        self._resources.close()
+        if self._loop is not None:
+            loop, self._loop = self._loop, None
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+
+    async def __aenter__(self) -> LocalRunner:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._resources.aclose()
+        self.__exit__(exc_type, exc, tb)
+
+    def _run_on_private_loop(self, coro: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            coro.close()
+            raise RuntimeError("LocalRunner: cannot block on a coroutine inside a running loop")
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(coro)
+
+    # -- calling -------------------------------------------------------------------------------
+
+    async def execute(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> Any:
+        """Run one call (an activity or its registered name) and return its result."""
+        return await self.dispatch(get_definition(fn), args, kwargs, get_sticky_worker_session())
+
+    def run(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> Any:
+        """Blocking :meth:`execute`; only outside a running event loop."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError(
+                "LocalRunner.run() blocks and cannot be called inside a running event loop; "
+                "use 'await runner.execute(...)'"
+            )
+        return self._run_on_private_loop(self.execute(fn, *args, **kwargs))
+
+    async def dispatch(
+        self,
+        defn: ActivityDefinition,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        session: StickyWorkerSession | None,
+    ) -> Any:
+        """Run ``defn`` with retries and timeouts (the Dispatcher protocol)."""
+        if defn.sticky_to_worker and session is None:
+            raise StickyWorkerSessionMissingError(
+                f"activity {defn.name!r} is sticky_to_worker and must be called inside "
+                "run_sticky_worker_session()"
+            )
+        args, kwargs = defn.validate_args(args, kwargs)
+        if defn.heartbeat_timeout is not None and defn.name not in self._warned_heartbeat:
+            self._warned_heartbeat.add(defn.name)
+            warnings.warn(
+                f"activity {defn.name!r}: heartbeat_timeout is not enforced by "
+                "run_activities_locally()",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        policy = defn.retry_policy(self.retry_policy)
+        loop = asyncio.get_running_loop()
+        activity_id = uuid.uuid4().hex
+        overall_deadline = (
+            loop.time() + defn.schedule_to_close_timeout
+            if defn.schedule_to_close_timeout is not None
+            else None
+        )
+        state = self._state_for(session)
+        details: Any = None
+        attempt = 1
+        while True:
+            recorder = _Recorder()
+            try:
+                timeout, timeout_type = defn.start_to_close_timeout, TimeoutType.START_TO_CLOSE
+                if overall_deadline is not None:
+                    remaining = overall_deadline - loop.time()
+                    if remaining <= 0:
+                        raise ActivityTimeoutError(
+                            f"activity {defn.name!r}: schedule_to_close_timeout "
+                            f"({defn.schedule_to_close_timeout}s) expired",
+                            type=TimeoutType.SCHEDULE_TO_CLOSE,
+                            last_heartbeat_details=details,
+                        )
+                    if timeout is None or remaining < timeout:
+                        timeout, timeout_type = remaining, TimeoutType.SCHEDULE_TO_CLOSE
+                cancelled = threading.Event()
+                now = time.time()
+                ctx = ActivityContext(
+                    info=ActivityInfo(
+                        activity_id=activity_id,
+                        name=defn.name,
+                        attempt=attempt,
+                        worker_id=None,
+                        pid=os.getpid(),
+                        session_id=session.session_id if session is not None else None,
+                        started_at=now,
+                        deadline=now + timeout if timeout is not None else None,
+                        heartbeat_timeout=None,  # not enforced here
+                        heartbeat_details=details,
+                    ),
+                    heartbeat=recorder,
+                    is_cancelled=cancelled.is_set,
+                    session_state=state,
+                    resources=self._resources,
+                )
+                try:
+                    result = await self._attempt(defn, ctx, cancelled, args, kwargs, timeout)
+                finally:
+                    if recorder.details is not _NO_DETAILS:
+                        details = recorder.details
+                if result is _TIMED_OUT:
+                    raise ActivityTimeoutError(
+                        f"activity {defn.name!r} attempt {attempt}: "
+                        f"{timeout_type.value.lower()} timeout ({timeout:.3g}s)",
+                        type=timeout_type,
+                        last_heartbeat_details=details,
+                    )
+                return defn.validate_result(result)
+            except Exception as exc:
+                if not policy.is_retryable(exc) or policy.exhausted(attempt):
+                    raise ActivityError(
+                        f"activity {defn.name!r} failed after {attempt} attempt(s): "
+                        f"{type(exc).__name__}: {exc}",
+                        attempts=attempt,
+                    ) from exc
+                delay = policy.delay(attempt)
+                if isinstance(exc, ApplicationError) and exc.next_retry_delay is not None:
+                    delay = exc.next_retry_delay
+                if overall_deadline is not None:
+                    # Waking at the deadline fails the call with a schedule-to-close timeout.
+                    delay = max(0.0, min(delay, overall_deadline - loop.time()))
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def _attempt(
+        self,
+        defn: ActivityDefinition,
+        ctx: ActivityContext,
+        cancelled: threading.Event,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Any:
+        """One attempt; returns the result or ``_TIMED_OUT``."""
+        provided = {*defn._binder.positional[: len(args)], *kwargs} if args else kwargs
+        injected = await self._resources.aresolve(defn, provided)
+        if injected:
+            kwargs = {**injected, **kwargs}
+        run_ctx = contextvars.copy_context()
+        run_ctx.run(_current_activity.set, ctx)
+        loop = asyncio.get_running_loop()
+        if defn.is_async:
+            fut: asyncio.Future[Any] = loop.create_task(defn.fn(*args, **kwargs), context=run_ctx)
+        else:
+            fut = loop.create_future()
+            thread = threading.Thread(
+                target=_run_in_thread,
+                args=(loop, fut, run_ctx, defn.fn, args, kwargs),
+                name=f"activity-{defn.name}",
+                daemon=True,
+            )
+            thread.start()
+        try:
+            done, _ = await asyncio.wait({fut}, timeout=timeout)
+        except asyncio.CancelledError:
+            cancelled.set()
+            fut.cancel()
+            raise
+        if done:
+            return fut.result()
+        cancelled.set()
+        fut.cancel()
+        if defn.is_async:
+            await asyncio.wait({fut}, timeout=_CANCEL_GRACE)
+        return _TIMED_OUT
+
+    def _state_for(self, session: StickyWorkerSession | None) -> dict[str, Any]:
+        if session is None:
+            return {}
+        state = self._session_state.get(session.session_id)
+        if state is None:
+            state = self._session_state[session.session_id] = {}
+            session.on_close(self._drop_session_state)
+        return state
+
+    def _drop_session_state(self, session: StickyWorkerSession) -> None:
+        self._session_state.pop(session.session_id, None)
+
+
+_TIMED_OUT = object()
+
+
+def _run_in_thread(
+    loop: asyncio.AbstractEventLoop,
+    fut: asyncio.Future[Any],
+    ctx: contextvars.Context,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    try:
+        result = ctx.run(fn, *args, **kwargs)
+    except BaseException as exc:
+        _post(loop, fut, None, exc)
+    else:
+        _post(loop, fut, result, None)
+
+
+def _post(
+    loop: asyncio.AbstractEventLoop,
+    fut: asyncio.Future[Any],
+    result: Any,
+    exc: BaseException | None,
+) -> None:
+    def deliver() -> None:
+        if fut.done():  # timed out or cancelled meanwhile
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    try:
+        loop.call_soon_threadsafe(deliver)
+    except RuntimeError:
+        pass  # the loop is closed: nobody waits for this result any more
+
+
+def run_activities_locally(*, retry_policy: RetryPolicy | None = None) -> LocalRunner:
+    """A :class:`LocalRunner`: ``with``/``async with`` it to run activity calls in-process.
+
+    ``retry_policy`` gives the defaults for retry fields an activity leaves unset.
+    """
+    return LocalRunner(retry_policy=retry_policy)
