@@ -27,6 +27,11 @@ THREAD_LIMIT_VARS = (
 )
 
 
+# Not "-m pool._worker": that would run the worker module as __main__, and activity modules
+# (or the user's main script, re-run as __mp_main__) could not tell they are in a worker.
+WORKER_BOOT = "import sys; from pool._worker import main; sys.exit(main(sys.argv[1:]))"
+
+
 @dataclass(eq=False)
 class WorkerProcess:
     pid: int
@@ -112,7 +117,7 @@ def worker_env(thread_limit: int | None) -> dict[str, str]:
 
 
 def spawn_worker(env: dict[str, str]) -> WorkerProcess:
-    """Start ``python -m pool._worker`` with one pipe pair and an output pipe."""
+    """Start a worker process with one pipe pair and an output pipe."""
     req_r, req_w = os.pipe()
     rep_r, rep_w = os.pipe()
     out_r, out_w = os.pipe()
@@ -120,7 +125,7 @@ def spawn_worker(env: dict[str, str]) -> WorkerProcess:
     try:
         os.set_inheritable(req_r, True)
         os.set_inheritable(rep_w, True)
-        argv = [sys.executable, "-m", "pool._worker", str(req_r), str(rep_w), str(os.getpid())]
+        argv = [sys.executable, "-c", WORKER_BOOT, str(req_r), str(rep_w), str(os.getpid())]
         pid = os.posix_spawn(
             sys.executable,
             argv,

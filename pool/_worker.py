@@ -1,8 +1,8 @@
 """The worker process: read RUN frames, run activities, answer each with RESULT or FAILURE.
 
 Kept light on purpose: it imports the protocol and the sdk, never uvloop, psutil or supervisor
-code (tests/integration/test_worker_light.py checks). Started as ``python -m pool._worker RFD WFD
-PARENT_PID``; stdout and stderr are a pipe the supervisor reads, so ``print`` never touches the
+code (tests/integration/test_worker_light.py checks). Started by ``pool._process.spawn_worker``
+as ``main([RFD, WFD, PARENT_PID])``; stdout and stderr are a pipe the supervisor reads, so ``print`` never touches the
 protocol channel.
 
 Threads: the main thread runs activities and owns the read side of the channel. A heartbeat

@@ -71,9 +71,16 @@ class FakeDispatcher:
 def make_ctx(resources: ResourceCache | None = None, **info: Any) -> tuple[ActivityContext, list]:
     beats: list[Any] = []
     fields: dict[str, Any] = {
-        "activity_id": "a1", "name": "n", "attempt": 1, "worker_id": 3, "pid": os.getpid(),
-        "session_id": None, "started_at": time.time(), "deadline": None,
-        "heartbeat_timeout": None, "heartbeat_details": None,
+        "activity_id": "a1",
+        "name": "n",
+        "attempt": 1,
+        "worker_id": 3,
+        "pid": os.getpid(),
+        "session_id": None,
+        "started_at": time.time(),
+        "deadline": None,
+        "heartbeat_timeout": None,
+        "heartbeat_details": None,
     }
     fields.update(info)
     ctx = ActivityContext(
@@ -144,7 +151,9 @@ def test_ambient_dispatcher_used_by_async_wrapper() -> None:
         token = set_dispatcher(fake)
         try:
             assert current_dispatcher() is fake
-            plain = await ctx_async_outer(1, )
+            plain = await ctx_async_outer(
+                1,
+            )
             async with run_sticky_worker_session() as session:
                 in_session = await ctx_async_inner(x=5)
             return plain, in_session, session
@@ -153,8 +162,10 @@ def test_ambient_dispatcher_used_by_async_wrapper() -> None:
 
     plain, in_session, session = asyncio.run(main())
     assert plain == in_session == "dispatched"
-    assert fake.calls == [("ctx_async_outer", (1,), {}, None),
-                          ("ctx_async_inner", (), {"x": 5}, session)]
+    assert fake.calls == [
+        ("ctx_async_outer", (1,), {}, None),
+        ("ctx_async_inner", (), {"x": 5}, session),
+    ]
     assert current_dispatcher() is None
 
 

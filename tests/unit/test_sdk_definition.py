@@ -171,8 +171,6 @@ def test_retry_policy_override_and_merge() -> None:
 
 def test_retry_policy_conflicting_intervals_give_way() -> None:
     d = get_definition(defn_full_options)
-    only_max = types.SimpleNamespace()
-    del only_max
     default = RetryPolicy(initial_interval=5.0, maximum_interval=10.0)
     p = d.retry_policy(default)
     assert p.initial_interval == 0.01 and p.maximum_interval == 2.0
@@ -210,8 +208,10 @@ def test_redecorating_same_function_replaces_and_duplicate_name_fails() -> None:
     with pytest.raises(ActivityDefinitionError, match="already used"):
         _fresh(src, module="sdk_test_other_mod")
     with pytest.raises(ActivityDefinitionError, match="defn_bare_sync"):
-        _fresh("from sdk import activity\n@activity\ndef defn_bare_sync():\n    pass\n",
-               module="sdk_test_third_mod")
+        _fresh(
+            "from sdk import activity\n@activity\ndef defn_bare_sync():\n    pass\n",
+            module="sdk_test_third_mod",
+        )
     # a renamed activity in a reloaded module drops its old name
     _fresh("from sdk import activity\n@activity(name='defn_renamed')\ndef f(x):\n    return x\n")
     assert lookup("defn_reloadable") is None and lookup("defn_renamed") is not None
@@ -304,9 +304,12 @@ def test_none_timeouts_allowed_and_single_error_type() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"time_window_in_sec": 0, "max_execution": 1},
-               {"time_window_in_sec": 1, "max_execution": 0},
-               {"time_window_in_sec": 1, "max_execution": 1, "key": 5}]
+    "kwargs",
+    [
+        {"time_window_in_sec": 0, "max_execution": 1},
+        {"time_window_in_sec": 1, "max_execution": 0},
+        {"time_window_in_sec": 1, "max_execution": 1, "key": 5},
+    ],
 )
 def test_rate_limit_validation(kwargs: dict) -> None:
     with pytest.raises(ValueError):
@@ -341,8 +344,9 @@ def test_validate_args_models_custom_classes_and_numpy() -> None:
     d = get_definition(defn_typed)
     c = Custom()
     arr = np.arange(3)
-    args, kwargs = d.validate_args((1,), {"point": {"x": "1", "y": 2}, "items": ["1.5"],
-                                          "c": c, "arr": arr})
+    args, kwargs = d.validate_args(
+        (1,), {"point": {"x": "1", "y": 2}, "items": ["1.5"], "c": c, "arr": arr}
+    )
     assert args == (1,)
     assert kwargs["point"] == Point(x=1, y=2)
     assert kwargs["items"] == [1.5]

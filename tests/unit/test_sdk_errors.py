@@ -41,8 +41,14 @@ def test_hierarchy() -> None:
 
 
 @pytest.mark.parametrize(
-    "cls", [ActivityDefinitionError, ActivityInputError, StickyWorkerSessionMissingError,
-            PoolClosedError, ActivityPoolError]
+    "cls",
+    [
+        ActivityDefinitionError,
+        ActivityInputError,
+        StickyWorkerSessionMissingError,
+        PoolClosedError,
+        ActivityPoolError,
+    ],
 )
 def test_plain_errors_pickle(cls: type[Exception]) -> None:
     e = roundtrip(cls("boom"))
@@ -62,18 +68,34 @@ def test_activity_error_pickles_with_cause() -> None:
 
 
 def test_application_error_fields_and_pickle() -> None:
-    e = ApplicationError("bad", 1, {"a": 2}, type="Mine", non_retryable=True,
-                         next_retry_delay=timedelta(milliseconds=1500))
+    e = ApplicationError(
+        "bad",
+        1,
+        {"a": 2},
+        type="Mine",
+        non_retryable=True,
+        next_retry_delay=timedelta(milliseconds=1500),
+    )
     assert e.details == (1, {"a": 2})
     assert e.next_retry_delay == 1.5
     r = roundtrip(e)
     assert isinstance(r, ApplicationError)
     assert (r.message, r.details, r.type, r.non_retryable, r.next_retry_delay) == (
-        "bad", (1, {"a": 2}), "Mine", True, 1.5)
+        "bad",
+        (1, {"a": 2}),
+        "Mine",
+        True,
+        1.5,
+    )
     assert str(r) == "bad"
     d = ApplicationError()
     assert (d.message, d.details, d.type, d.non_retryable, d.next_retry_delay) == (
-        "", (), None, False, None)
+        "",
+        (),
+        None,
+        False,
+        None,
+    )
     assert ApplicationError("x", next_retry_delay=2).next_retry_delay == 2.0
 
 

@@ -1,0 +1,34 @@
+"""Shared fixtures: every test that starts processes fails if one is left behind."""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+import pytest
+
+
+def _children() -> dict[int, psutil.Process]:
+    return {p.pid: p for p in psutil.Process().children(recursive=True)}
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes(request: pytest.FixtureRequest):
+    """Fail the test if a process it started is still alive shortly after it ends."""
+    before = set(_children())
+    yield
+    deadline = time.monotonic() + 2.0
+    while True:
+        left = {
+            pid: p
+            for pid, p in _children().items()
+            if pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        }
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    if left:
+        desc = ", ".join(f"{pid} {' '.join(p.cmdline()[:4])}" for pid, p in left.items())
+        for p in left.values():
+            p.kill()
+        pytest.fail(f"processes left behind by {request.node.name}: {desc}")

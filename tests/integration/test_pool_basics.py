@@ -1,0 +1,201 @@
+"""Calling activities in real workers: every calling style, validation, payloads, output."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+
+import psutil
+import pytest
+
+import sdk
+from pool import Pool
+from tests.integration import activities as acts
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def test_async_with_execute_and_seed_style():
+    async with Pool([acts], workers=2) as pool:
+        assert await pool.execute(acts.add, 1, 2) == 3
+        # seed style: awaiting an async activity inside the pool dispatches it
+        assert await acts.async_add(2, 3) == 5
+        assert await pool.execute(acts.async_add, 4, 5) == 9
+        assert await pool.execute("custom_activity_name", 4) == 40
+        pids = set(pool.worker_pids())
+        assert len(pids) == 2
+        assert await pool.execute(acts.pid_of) in pids
+        assert os.getpid() not in pids
+
+
+def test_sync_with_run_submit_map():
+    with Pool([acts.add, acts.echo], workers=2) as pool:
+        assert pool.run(acts.add, 2, 2) == 4
+        fut = pool.submit(acts.add, 3, 3)
+        assert isinstance(fut, concurrent.futures.Future)
+        assert fut.result(timeout=10) == 6
+        assert list(pool.map(acts.echo, range(200))) == list(range(200))
+        assert list(pool.map(acts.echo, [])) == []
+
+
+def test_entry_returns_with_ready_workers_and_exit_leaves_none():
+    with Pool([acts], workers=2) as pool:
+        pids = pool.worker_pids()
+        assert len(pids) == 2
+        for pid in pids:
+            assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_plain_def_activity_called_directly_is_a_plain_call():
+    with Pool([acts], workers=1):
+        assert acts.pid_of() == os.getpid()
+
+
+async def test_async_activity_without_pool_runs_in_process():
+    assert await acts.async_add(1, 1) == 2
+
+
+def test_input_validation_happens_in_the_caller():
+    with Pool([acts], workers=1) as pool:
+        assert pool.run(acts.add, "3", 4) == 7  # lax mode coerces, the coerced value is sent
+        with pytest.raises(sdk.ActivityInputError):
+            pool.run(acts.add, "not a number", 4)
+        with pytest.raises(sdk.ActivityInputError):
+            pool.run(acts.add, 1)
+        with pytest.raises(sdk.ActivityInputError):
+            pool.run("no_such_activity")
+        with pytest.raises(sdk.ActivityInputError):
+            pool.run(acts.echo, lambda: None)  # cannot be pickled
+        assert pool.stats().completed == 1  # nothing else was dispatched
+        assert pool.run(acts.add, 1, 1) == 2
+
+
+def test_bad_results_and_exceptions_are_errors_of_that_call_only():
+    with Pool([acts], workers=1) as pool:
+        with pytest.raises(sdk.ActivityError, match="cannot be pickled"):
+            pool.run(acts.unpicklable_result)
+        with pytest.raises(sdk.ActivityError) as info:
+            pool.run(acts.raise_unpicklable)
+        assert "Unpicklable" in str(info.value.__cause__)
+        assert "has a lock" in str(info.value.__cause__)
+        with pytest.raises(sdk.ActivityError) as info:
+            pool.run(acts.raise_bad_init)
+        assert "BadInit" in str(info.value.__cause__)
+        assert "raise BadInit" in info.value.remote_traceback
+        assert pool.run(acts.add, 1, 1) == 2
+
+
+def test_worker_that_cannot_import_the_module():
+    from tests.integration import worker_unimportable
+
+    with Pool([acts.add], workers=1) as pool:
+        with pytest.raises(sdk.ActivityError, match="refuses to load in a worker"):
+            pool.run(worker_unimportable.cannot_load)
+        assert pool.run(acts.add, 1, 1) == 2
+
+
+def test_remote_exception_keeps_type_and_traceback():
+    with Pool([acts], workers=1) as pool:
+        with pytest.raises(sdk.ActivityError) as info:
+            pool.run(acts.key_error)
+        cause = info.value.__cause__
+        assert isinstance(cause, KeyError)
+        assert isinstance(cause.__cause__, sdk.RemoteTraceback)
+        assert 'raise KeyError("missing")' in str(cause.__cause__)
+
+
+def test_large_payload_round_trip():
+    data = os.urandom(8 * 1024 * 1024)
+    with Pool([acts], workers=2) as pool:
+        assert pool.run(acts.big_payload, data) == data[::-1]
+        np = pytest.importorskip("numpy")
+        arr = np.arange(3_000_000, dtype=np.float64)
+        back = pool.run(acts.echo, arr)
+        assert isinstance(back, np.ndarray) and (back == arr).all()
+
+
+def test_worker_output_reaches_supervisor_tagged(caplog):
+    seen: list[tuple[int, str | None, str]] = []
+    with caplog.at_level(logging.INFO, logger="activitypool.worker"):
+        with Pool([acts], workers=1, on_output=lambda w, a, line: seen.append((w, a, line))) as pool:
+            assert pool.run(acts.chatty, 7) == 7
+            assert pool.run(acts.add, 1, 2) == 3  # the protocol is intact after prints
+    lines = [line for _, _, line in seen]
+    assert any(line.startswith("stdout line from pid") for line in lines)
+    assert "stderr line" in lines
+    assert "raw fd write" in lines
+    assert any("a log record" in line for line in lines)
+    assert all(wid == 1 for wid, _, _ in seen)
+    assert ("chatty" in {a for _, a, _ in seen})
+    assert any("[worker 1 chatty] stderr line" in r.getMessage() for r in caplog.records)
+
+
+def test_info_fields_and_nested_calls():
+    with Pool([acts], workers=1) as pool:
+        info = pool.run(acts.info_fields)
+        assert info["attempt"] == 1
+        assert info["worker_id"] == 1
+        assert info["pid"] == pool.worker_pids()[0]
+        assert info["session_id"] is None
+        assert info["deadline"] is not None
+        assert info["name"] == "info_fields"
+        (inner_value, inner_pid, _), outer_pid, attempt = pool.run(acts.outer, 1)
+        assert inner_value == 2 and inner_pid == outer_pid and attempt == 1
+
+
+def test_depends_made_once_per_worker_and_torn_down(tmp_path, monkeypatch):
+    monkeypatch.setenv("AP_TEST_TEARDOWN_DIR", str(tmp_path))
+    with Pool([acts], workers=1) as pool:
+        first = pool.run(acts.uses_resource, 1)
+        second = pool.run(acts.uses_resource, 2)
+        assert first[1] == second[1] == pool.worker_pids()[0]
+        assert first[2] == second[2]  # the same object both times
+        pid = first[1]
+    assert (tmp_path / f"teardown-{pid}").read_text() == "done"
+
+
+async def test_pool_closed_errors():
+    pool = Pool([acts], workers=1)
+    async with pool:
+        pass
+    with pytest.raises(sdk.PoolClosedError):
+        await pool.execute(acts.add, 1, 2)
+
+
+def test_pool_options_are_validated():
+    with pytest.raises(ValueError):
+        Pool(workers=0)
+    with pytest.raises(ValueError):
+        Pool(max_tasks_per_worker=0)
+    with pytest.raises(ValueError):
+        Pool(prefetch=-1)
+
+
+def test_max_tasks_per_worker_recycles():
+    with Pool([acts], workers=1, max_tasks_per_worker=2) as pool:
+        pids = [pool.run(acts.pid_of) for _ in range(5)]
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
+
+
+async def test_events_and_stats():
+    events: list[str] = []
+    async with Pool([acts], workers=1, on_event=lambda e: events.append(e.kind)) as pool:
+        await pool.execute(acts.add, 1, 2)
+        with pytest.raises(sdk.ActivityError):
+            await pool.execute(acts.flaky, 9)
+        stats = pool.stats()
+    assert stats.completed == 1 and stats.failed == 1
+    assert stats.latency_p50 is not None
+    for kind in ("worker_started", "attempt_started", "attempt_completed", "attempt_failed",
+                 "retry_scheduled"):
+        assert kind in events
+
+
+async def test_many_concurrent_calls_all_complete():
+    async with Pool([acts], workers=2) as pool:
+        results = await asyncio.gather(*(pool.execute(acts.add, i, i) for i in range(500)))
+    assert results == [2 * i for i in range(500)]

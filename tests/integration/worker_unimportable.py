@@ -1,0 +1,14 @@
+"""Imports fine in the supervisor, fails in a worker: the error must reach the call."""
+
+import sys
+
+from sdk import activity
+
+
+@activity(retry_policy_max_attempts=1)
+def cannot_load() -> int:
+    return 1
+
+
+if "pool._worker" in sys.modules:
+    raise ImportError("this module refuses to load in a worker")
