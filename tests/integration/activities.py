@@ -50,6 +50,13 @@ def sleep_for(seconds: float) -> int:
     return os.getpid()
 
 
+@activity(retry_policy_max_attempts=1)
+def write_pid_and_sleep(path: str, seconds: float) -> int:
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return os.getpid()
+
+
 @activity(retry_policy_max_attempts=5, **FAST)
 def flaky(failures: int) -> int:
     """Fails its first ``failures`` attempts, then returns the attempt number."""
