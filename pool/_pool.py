@@ -273,16 +273,19 @@ class Pool:
 
     def run(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> Any:
         """Blocking call from a thread that is not the pool's loop."""
-        if self._loop is not None and _on_loop(self._loop):
-            raise RuntimeError("pool.run() would block the pool's own loop: use 'await pool.execute()'")
+        self._refuse_on_loop("run")
         return self.submit(fn, *args, **kwargs).result()
 
     def map(self, fn: ActivityRef, iterable: Iterable[Any], *, session: Any = None) -> Iterator[Any]:
         """Call ``fn(item)`` for every item; results in input order. Blocking iterator."""
-        if self._loop is not None and _on_loop(self._loop):
-            raise RuntimeError("pool.map() would block the pool's own loop: use 'pool.amap()'")
+        self._refuse_on_loop("map")
         futures = self._submit_all(fn, iterable, session)
         return _results_in_order(futures)
+
+    def _refuse_on_loop(self, what: str) -> None:
+        if self._loop is not None and _on_loop(self._loop):
+            instead = "await pool.execute()" if what == "run" else "pool.amap()"
+            raise RuntimeError(f"{what}() would block the pool's own event loop: use {instead}")
 
     async def amap(
         self, fn: ActivityRef, iterable: Iterable[Any], *, session: Any = None
@@ -396,6 +399,7 @@ class PoolSession:
         return self.pool._submit_call(self.pool._prepare(fn, args, kwargs, self.session))
 
     def run(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> Any:
+        self.pool._refuse_on_loop("run")
         return self.submit(fn, *args, **kwargs).result()
 
     def map(self, fn: ActivityRef, iterable: Iterable[Any]) -> Iterator[Any]:

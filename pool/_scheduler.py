@@ -161,6 +161,8 @@ class Scheduler:
         self._wids = itertools.count(1)
         self._seqs = itertools.count(1)
         self._consecutive_start_failures = 0
+        self.n_starting = 0  # workers spawned but not yet ready (no prefetch until all are up)
+        self._now = 0.0  # the time of the event being handled, for paths that need it
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -170,6 +172,7 @@ class Scheduler:
     def _spawn(self, now: float) -> None:
         slot = WorkerSlot(next(self._wids))
         self.workers[slot.id] = slot
+        self.n_starting += 1
         self._push(now + self.start_timeout, _Deadline.WORKER_START, slot, slot.gen)
         self.fx.spawn(slot.id)
 
@@ -177,10 +180,12 @@ class Scheduler:
         return sum(1 for w in self.workers.values() if w.state is not WorkerState.DEAD)
 
     def worker_ready(self, wid: int, now: float) -> None:
+        self._now = now
         slot = self.workers.get(wid)
         if slot is None or slot.state is not WorkerState.STARTING:
             return
         self._consecutive_start_failures = 0
+        self.n_starting -= 1
         slot.state = WorkerState.IDLE
         slot.gen += 1
         if self.events:
@@ -217,6 +222,7 @@ class Scheduler:
 
     # -- submissions ---------------------------------------------------------------------
     def submit(self, call: Call, now: float) -> None:
+        self._now = now
         if self.closed:
             self.fx.reject(call, PoolClosedError("the pool is closed"))
             return
@@ -232,10 +238,10 @@ class Scheduler:
             session = self.sessions.get(call.session)
             if session is None:
                 session = self.sessions[call.session] = Session(call.session)
+            session.active += 1
             if session.lost is not None:
                 self._finish(call, error=self._session_lost_error(session))
                 return
-            session.active += 1
         self._enqueue(call, now)
 
     def _enqueue(self, call: Call, now: float, front: bool = False) -> None:
@@ -295,7 +301,8 @@ class Scheduler:
                 idle.append(slot)
                 continue
             self._start(slot, call, now)
-        if self.prefetch and self.queue and not idle:
+        if self.prefetch and self.queue and not idle and not self.n_starting:
+            max_tasks = self.max_tasks
             for slot in self.workers.values():
                 if not self.queue:
                     break
@@ -304,6 +311,7 @@ class Scheduler:
                     and not slot.recycle
                     and len(slot.sent) < self.prefetch
                     and not slot.sticky
+                    and (max_tasks is None or slot.tasks_done + 1 + len(slot.sent) < max_tasks)
                 ):
                     call = self._pop_queue()
                     if call is None:
@@ -325,10 +333,8 @@ class Scheduler:
             slot.sticky.popleft()
         while self.queue and self.queue[0].state is not CallState.QUEUED:
             self.queue.popleft()
-        if slot.recycle and not slot.sessions:
-            return None
         sticky = slot.sticky[0] if slot.sticky else None
-        plain = self.queue[0] if self.queue and not slot.recycle else None
+        plain = self.queue[0] if self.queue else None
         if sticky is not None and (plain is None or sticky.id < plain.id):
             return slot.sticky.popleft()
         if plain is not None:
@@ -350,12 +356,12 @@ class Scheduler:
 
     def _running(self, slot: WorkerSlot, call: Call, now: float) -> None:
         slot.running = call
-        call.state = CallState.RUNNING
         call.started_at = now
         gen = call.gen
-        if call.cancelled:
+        if call.cancelled:  # already answered; it only occupies the worker until it stops
             self._push(now + self.cancel_grace, _Deadline.CANCEL_GRACE, call, gen)
             return
+        call.state = CallState.RUNNING
         defn = call.defn
         if defn.start_to_close_timeout is not None:
             self._push(now + defn.start_to_close_timeout, _Deadline.START_TO_CLOSE, call, gen)
@@ -376,6 +382,8 @@ class Scheduler:
         slot.running = None
         if slot.sent:
             self._running(slot, slot.sent.popleft(), now)
+            if self.queue:
+                self._pump(now)  # keep the pipe full: the worker should never wait for us
             return
         if self._maybe_recycle(slot, now):
             return
@@ -422,6 +430,7 @@ class Scheduler:
         return slot, slot.running
 
     def result(self, wid: int, seq: int, value: Any, now: float) -> None:
+        self._now = now
         found = self._current(wid, seq)
         if found is None:
             return
@@ -443,6 +452,7 @@ class Scheduler:
         self._became_idle(slot, now)
 
     def failure(self, wid: int, seq: int, exc: BaseException, now: float) -> None:
+        self._now = now
         found = self._current(wid, seq)
         if found is None:
             return
@@ -476,7 +486,7 @@ class Scheduler:
                 error=exc,
             )
         policy = call.policy
-        if not policy.is_retryable(exc) or policy.exhausted(call.attempt) or self.closed:
+        if not policy.is_retryable(exc) or policy.exhausted(call.attempt):
             self._finish(call, error=self._final_error(call, exc))
             return
         delay = getattr(exc, "next_retry_delay", None)
@@ -527,6 +537,7 @@ class Scheduler:
     # -- cancellation --------------------------------------------------------------------
     def cancel(self, call_id: int, now: float) -> None:
         """The caller gave up on this call: stop it, and kill its worker if it will not stop."""
+        self._now = now
         call = self.calls.get(call_id)
         if call is None or call.state is CallState.DONE:
             return
@@ -543,8 +554,9 @@ class Scheduler:
             # sticky: the session's state in that worker is now unknown; the worker goes
             self._worker_gone(slot, now, kill=True, cause=cause)
             return
+        # The caller is answered now. The call stays the worker's running (or prefetched)
+        # attempt in slot.running / slot.sent until the worker answers or is killed.
         self._finish(call, error=cause)
-        call.state = state  # still occupies the worker until it answers (or is killed)
         if slot is not None:
             self.fx.send_cancel(slot.id, call.seq)
             if state is CallState.RUNNING:
@@ -569,6 +581,8 @@ class Scheduler:
             self.fx.close_session(slot.id, session.id)
             if self.events:
                 self.fx.event("session_closed", worker_id=slot.id, session_id=session.id)
+            if slot.recycle and slot.state is WorkerState.IDLE:
+                self._maybe_recycle(slot, self._now)
 
     def _session_lost_error(self, session: Session) -> StickySessionLostError:
         err = StickySessionLostError(
@@ -580,6 +594,7 @@ class Scheduler:
     # -- workers leaving -----------------------------------------------------------------
     def worker_exited(self, wid: int, crash: WorkerCrashedError, now: float) -> None:
         """The process is gone (pipe EOF and reaped). Expected after retire/kill; else a crash."""
+        self._now = now
         slot = self.workers.get(wid)
         if slot is None:
             return
@@ -617,6 +632,8 @@ class Scheduler:
     ) -> None:
         """Take a worker out: its running attempt fails with ``cause``, prefetched work goes back."""
         was = slot.state
+        if was is WorkerState.STARTING:
+            self.n_starting -= 1
         slot.state = WorkerState.DEAD
         slot.gen += 1
         if kill:
@@ -686,7 +703,7 @@ class Scheduler:
         if kind is _Deadline.SCHEDULE_TO_CLOSE:
             return bool(obj.state is not CallState.DONE)
         if kind is _Deadline.CANCEL_GRACE:
-            return bool(obj.gen == gen)
+            return bool(obj.gen == gen)  # the call is DONE: the caller was answered already
         return bool(obj.gen == gen and obj.state is not CallState.DONE)
 
     def next_deadline(self) -> float | None:
@@ -697,6 +714,7 @@ class Scheduler:
 
     def advance(self, now: float) -> None:
         """The clock reached ``now``: fire every deadline due."""
+        self._now = now
         heap = self._heap
         while heap and heap[0][0] <= now:
             when, _, kind, obj, gen = heapq.heappop(heap)
@@ -726,14 +744,15 @@ class Scheduler:
         if kind is _Deadline.SCHEDULE_TO_CLOSE:
             self._timeout(call, TimeoutType.SCHEDULE_TO_CLOSE, now)
             return
+        if kind is _Deadline.CANCEL_GRACE:
+            slot = self.workers.get(call.worker) if call.worker is not None else None
+            if slot is not None and slot.running is call and slot.state is WorkerState.BUSY:
+                self._worker_gone(slot, now, kill=True, cause=None)
+            return
         if call.state is not CallState.RUNNING:
             return
         if kind is _Deadline.HEARTBEAT and now < call.heartbeat_deadline:
             self._push(call.heartbeat_deadline, _Deadline.HEARTBEAT, call, gen)
-            return
-        if kind is _Deadline.CANCEL_GRACE:
-            assert call.worker is not None
-            self._worker_gone(self.workers[call.worker], now, kill=True, cause=None)
             return
         self._timeout(
             call,
@@ -753,6 +772,12 @@ class Scheduler:
             type=type,
             last_heartbeat_details=call.heartbeat_details,
         )
+        if call.state is CallState.SENT and call.worker is not None:
+            # queued in a worker's pipe: answer now, and have the worker skip it
+            call.cancelled = True
+            self._finish(call, error=self._final_error(call, exc))
+            self.fx.send_cancel(call.worker, call.seq)
+            return
         if call.state is CallState.RUNNING and call.worker is not None:
             slot = self.workers[call.worker]
             if type is TimeoutType.SCHEDULE_TO_CLOSE and call.session is None:

@@ -558,7 +558,8 @@ def _set_result(waiter: Any, value: Any) -> None:
         if not waiter.done():
             waiter.set_result(value)
     elif isinstance(waiter, concurrent.futures.Future):
-        if waiter.set_running_or_notify_cancel():
+        # PENDING until now, so the caller could cancel() at any time before this
+        if not waiter.done() and waiter.set_running_or_notify_cancel():
             waiter.set_result(value)
     else:
         waiter(value, None)
@@ -572,7 +573,7 @@ def _set_exception(waiter: Any, exc: BaseException) -> None:
             else:
                 waiter.set_exception(exc)
     elif isinstance(waiter, concurrent.futures.Future):
-        if waiter.set_running_or_notify_cancel():
+        if not waiter.done() and waiter.set_running_or_notify_cancel():
             waiter.set_exception(exc)
     else:
         waiter(None, exc)

@@ -1,0 +1,1 @@
+"""Benchmarks: activitypool beside its peers, measured in one run (``python -m benchmarks.bench``)."""
