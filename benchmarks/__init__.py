@@ -1,1 +1,1 @@
-"""Benchmarks: activitypool beside its peers, measured in one run (``python -m benchmarks.bench``)."""
+"""Benchmarks: activitypool beside its peers in one run (``python -m benchmarks.bench``)."""

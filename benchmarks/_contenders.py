@@ -29,6 +29,9 @@ GRACE = 3.0
 # Helper processes that libraries keep for the life of the interpreter, not per pool.
 HELPER_MARKERS = ("resource_tracker", "semaphore_tracker", "forkserver")
 
+# Problems seen while cleaning up (a pool's close failed, a process outlived its pool).
+problems: list[str] = []
+
 
 class Broken(Exception):
     """The pool refuses work after a failure (e.g. ``BrokenProcessPool``)."""
@@ -153,8 +156,10 @@ class Contender:
             self.close()
         except BaseException as exc:
             self.close_error = f"{type(exc).__name__}: {exc}"
+            problems.append(f"{self.name}: close failed: {self.close_error}")
         finally:
             self.leaked = sweep()
+            problems.extend(f"{self.name}: outlived close, killed: {p}" for p in self.leaked)
 
     # work
     def fn(self, key: str) -> Callable[..., Any]:
@@ -410,6 +415,7 @@ class RawPipe:
                         os.kill(self.pid, signal.SIGKILL)
                         os.waitpid(self.pid, 0)
                         self.leaked.append(f"pid {self.pid} (raw pipe child)")
+                        problems.append(f"{self.name}: child did not exit, killed")
                         break
                     time.sleep(0.005)
             except ChildProcessError:

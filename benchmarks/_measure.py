@@ -174,7 +174,9 @@ def render(rows: list[RowResult], previous: Mapping[str, Any] | None = None) -> 
     return "\n".join(out)
 
 
-def _versus(previous: Mapping[str, Any], row: str, metric: str, contender: str, cell: Summary) -> str:
+def _versus(
+    previous: Mapping[str, Any], row: str, metric: str, contender: str, cell: Summary
+) -> str:
     try:
         before = previous["rows"][row]["metrics"][metric]["results"][contender]["median"]
     except (KeyError, TypeError):

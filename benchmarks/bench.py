@@ -36,7 +36,6 @@ import psutil
 from benchmarks import _activities, _contenders
 from benchmarks._contenders import (
     PEERS,
-    WAIT,
     ActivityPool,
     Broken,
     Contender,
@@ -58,6 +57,8 @@ from benchmarks._measure import (
 MiB = 1 << 20
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 AP = "activitypool"
+# BLAS/OpenMP thread-count variables: set by hand, they make the thread_limit row moot.
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ def _ms(seconds: float) -> float:
     return seconds * 1e3
 
 
-def _contenders_for(row: str) -> Iterator[Contender]:
+def _contenders_for() -> Iterator[Contender]:
     yield ActivityPool()
     for peer in PEERS:
         yield peer()
@@ -221,7 +222,7 @@ def _sequential_async(cfg: Config) -> dict[str, Summary]:
 
 
 def row_noop(cfg: Config, row: RowResult) -> None:
-    for contender in _contenders_for(row.key):
+    for contender in _contenders_for():
 
         def body(notes: Notes, c: Contender = contender) -> Mapping[str, Summary]:
             with c:
@@ -259,7 +260,7 @@ def _check(results: list[Any], n: int) -> None:
 
 def row_throughput(cfg: Config, row: RowResult) -> None:
     n = cfg.tasks
-    for contender in _contenders_for(row.key):
+    for contender in _contenders_for():
 
         def body(notes: Notes, c: Contender = contender) -> Mapping[str, Summary]:
             if c.name == "multiprocessing.Pool":
@@ -297,7 +298,9 @@ def _nbytes(value: Any) -> int:
     return value if isinstance(value, int) else memoryview(value).nbytes
 
 
-def _round_trips(cfg: Config, data: dict[str, Any], echo: Callable[[Any], Any]) -> dict[str, Summary]:
+def _round_trips(
+    cfg: Config, data: dict[str, Any], echo: Callable[[Any], Any]
+) -> dict[str, Summary]:
     for value in data.values():  # warm-up, and the echo must come back whole
         if _nbytes(echo(value)) != memoryview(value).nbytes:
             raise AssertionError("the payload came back with another size")
@@ -317,7 +320,7 @@ def _round_trips(cfg: Config, data: dict[str, Any], echo: Callable[[Any], Any]) 
 def row_payload(cfg: Config, row: RowResult) -> None:
     data = _payloads(cfg)
     try:
-        for contender in _contenders_for(row.key):
+        for contender in _contenders_for():
 
             def body(notes: Notes, c: Contender = contender) -> Mapping[str, Summary]:
                 with c:
@@ -359,7 +362,7 @@ def _next_task(c: Contender, notes: Notes, metric: str) -> None:
 
 
 def row_recovery(cfg: Config, row: RowResult) -> None:
-    for contender in _contenders_for(row.key):
+    for contender in _contenders_for():
 
         def body(notes: Notes, c: Contender = contender) -> Mapping[str, Summary]:
             tmp = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
@@ -379,10 +382,8 @@ def row_recovery(cfg: Config, row: RowResult) -> None:
                         try:
                             fut.result(cfg.error_wait)
                         except TimeoutError:
-                            notes.lack(
-                                "error",
-                                f"no error: the in-flight task is lost (waited {cfg.error_wait:g} s)",
-                            )
+                            lost = f"no error: the task is lost (waited {cfg.error_wait:g} s)"
+                            notes.lack("error", lost)
                             notes.add("next task sent after giving up on the lost one", "next")
                         except Exception as exc:
                             sample["error"] = _ms(time.perf_counter() - t_kill)
@@ -405,7 +406,7 @@ def row_recovery(cfg: Config, row: RowResult) -> None:
 
 
 def row_timeout(cfg: Config, row: RowResult) -> None:
-    for contender in _contenders_for(row.key):
+    for contender in _contenders_for():
         if not (contender.activitypool or contender.has_task_timeout):
             not_available(row, contender.name, "no per-task timeout: the worker stays busy")
             continue
@@ -600,10 +601,12 @@ def _start_method(pid: int) -> str:
 
 
 def row_numpy(cfg: Config, row: RowResult) -> None:
-    preset = [v for v in _contenders.THREAD_VARS if v in os.environ]
+    preset = [v for v in THREAD_VARS if v in os.environ]
     for limit, name in ((None, f"{AP} thread_limit=None"), ("auto", row.base)):
 
-        def body(notes: Notes, limit: str | None = limit) -> Mapping[str, Summary]:
+        def body(
+            notes: Notes, limit: str | None = limit, name: str = name
+        ) -> Mapping[str, Summary]:
             notes.add(f"{cfg.numpy_items} items of 8 matmuls 256x256")
             if preset:
                 notes.add(f"{', '.join(preset)} set in the environment: both runs are limited")
@@ -802,8 +805,9 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = True
         print("interrupted: printing what was measured", file=sys.stderr)
     finally:
-        for leak in sweep(grace=1.0, helpers=True):
-            print(f"cleaned up at exit: {leak}", file=sys.stderr)
+        for leak in sweep(grace=1.0):
+            _contenders.problems.append(f"at exit: stray process killed: {leak}")
+        sweep(grace=0.0, helpers=True)  # the libraries' resource trackers, kept per interpreter
     seconds = time.perf_counter() - t_start
 
     print()

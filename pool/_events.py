@@ -7,7 +7,6 @@ import statistics
 from dataclasses import dataclass, field
 
 
-
 @dataclass(frozen=True)
 class PoolEvent:
     """One thing that happened in the pool, passed to ``Pool(on_event=...)``.
@@ -72,5 +71,3 @@ class Stats:
         elif lat:
             p50 = p90 = p99 = lat[0]
         return PoolStats(self.n_completed, self.n_failed, workers, queued, p50, p90, p99)
-
-

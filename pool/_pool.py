@@ -175,7 +175,9 @@ class Pool:
         if asyncio.get_running_loop() is self._loop:
             await sup.close(cancel=cancel)
         else:
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(sup.close(cancel), self._loop))
+            await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(sup.close(cancel), self._loop)
+            )
 
     def close(self, cancel: bool = False) -> None:
         """Blocking close from outside the pool's loop."""
@@ -206,7 +208,9 @@ class Pool:
         self, fn: ActivityRef | ActivityDefinition, args: tuple, kwargs: dict, session: Any
     ) -> Call:
         if self._closed or self._sup is None:
-            raise PoolClosedError("the pool is closed" if self._closed else "the pool is not started")
+            raise PoolClosedError(
+                "the pool is closed" if self._closed else "the pool is not started"
+            )
         defn = fn if isinstance(fn, ActivityDefinition) else get_definition(fn)
         sid = None
         if defn.sticky_to_worker:
@@ -263,12 +267,12 @@ class Pool:
 
     async def execute(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> Any:
         """Run one activity in the pool and return its result (or raise its error)."""
-        return await self.dispatch(
-            get_definition(fn), args, kwargs, _context_session()
-        )
+        return await self.dispatch(get_definition(fn), args, kwargs, _context_session())
 
-    def submit(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
-        """Start one activity; a ``concurrent.futures.Future`` for its result. Cancel it to cancel."""
+    def submit(
+        self, fn: ActivityRef, /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[Any]:
+        """Start one activity; returns a ``concurrent.futures.Future``. Cancelling it cancels."""
         return self._submit_call(self._prepare(fn, args, kwargs, _context_session()))
 
     def run(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> Any:
@@ -276,7 +280,9 @@ class Pool:
         self._refuse_on_loop("run")
         return self.submit(fn, *args, **kwargs).result()
 
-    def map(self, fn: ActivityRef, iterable: Iterable[Any], *, session: Any = None) -> Iterator[Any]:
+    def map(
+        self, fn: ActivityRef, iterable: Iterable[Any], *, session: Any = None
+    ) -> Iterator[Any]:
         """Call ``fn(item)`` for every item; results in input order. Blocking iterator."""
         self._refuse_on_loop("map")
         futures = self._submit_all(fn, iterable, session)
@@ -395,7 +401,9 @@ class PoolSession:
     async def execute(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> Any:
         return await self.pool.dispatch(get_definition(fn), args, kwargs, self.session)
 
-    def submit(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+    def submit(
+        self, fn: ActivityRef, /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[Any]:
         return self.pool._submit_call(self.pool._prepare(fn, args, kwargs, self.session))
 
     def run(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> Any:
@@ -427,4 +435,3 @@ def _results_in_order(futures: list[concurrent.futures.Future[Any]]) -> Iterator
     finally:
         for fut in futures:
             fut.cancel()
-

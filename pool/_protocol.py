@@ -4,7 +4,7 @@ Nothing here schedules, spawns or kills. Both ends import this module; it stays 
 
 A frame is a fixed header followed by a body::
 
-    <I size> <I split> <B kind> <B nbuf> <2 pad> <Q seq> | nbuf x <Q len> | pickle | pickle2 | buffers
+    <I size> <I split> <B kind> <B nbuf> <2x> <Q seq> | nbuf x <Q len> | pickle | pickle2 | bufs
 
 ``seq`` names the attempt a frame is about (0 when none), so a body that fails to unpickle
 still fails exactly one call. ``split`` lets a frame carry two pickles: RUN sends the attempt's
@@ -18,7 +18,6 @@ pickle stream; ``nbuf`` (high bits of ``kind``) says how many follow, each prefi
 from __future__ import annotations
 
 import enum
-import os
 import pickle
 import struct
 from collections.abc import Iterator
@@ -198,17 +197,3 @@ def _split(kind: Kind, seq: int, raw: memoryview, split: int, nbuf: int) -> Fram
             raise ProtocolError("split beyond the frame")
         return Frame(kind, seq, raw[:split], raw[split:], buffers)
     return Frame(kind, seq, raw, None, buffers)
-
-
-def read_exact(fd: int, n: int) -> bytes:
-    """Blocking read of exactly n bytes (the worker side); b"" on EOF before any byte."""
-    chunks = []
-    while n:
-        chunk = os.read(fd, n)
-        if not chunk:
-            if chunks:
-                raise ProtocolError("channel closed mid-frame")
-            return b""
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)

@@ -201,7 +201,9 @@ class Scheduler:
         """Close and fail everything outstanding with PoolClosedError; kill busy workers."""
         self.closed = True
         for call in list(self.calls.values()):
-            self._finish(call, error=PoolClosedError("the pool was closed before this call finished"))
+            self._finish(
+                call, error=PoolClosedError("the pool was closed before this call finished")
+            )
         for slot in list(self.workers.values()):
             if slot.state in (WorkerState.BUSY, WorkerState.STARTING):
                 self._worker_gone(slot, now, kill=True, cause=None, respawn=False)
@@ -616,7 +618,7 @@ class Scheduler:
         del self.workers[wid]
 
     def kill_worker(self, wid: int, cause: BaseException, now: float) -> None:
-        """The shell found the worker unusable (e.g. a protocol error): kill it, fail its attempt."""
+        """The shell found the worker unusable (a protocol error): kill it, fail its attempt."""
         slot = self.workers.get(wid)
         if slot is not None and slot.state is not WorkerState.DEAD:
             self._worker_gone(slot, now, kill=True, cause=cause)
@@ -630,7 +632,7 @@ class Scheduler:
         cause: BaseException | None,
         respawn: bool = True,
     ) -> None:
-        """Take a worker out: its running attempt fails with ``cause``, prefetched work goes back."""
+        """Take a worker out: its attempt fails with ``cause``; prefetched work goes back."""
         was = slot.state
         if was is WorkerState.STARTING:
             self.n_starting -= 1
@@ -639,7 +641,9 @@ class Scheduler:
         if kill:
             self.fx.kill(slot.id)
         if self.events:
-            self.fx.event("worker_killed" if kill else "worker_exited", worker_id=slot.id, cause=cause)
+            self.fx.event(
+                "worker_killed" if kill else "worker_exited", worker_id=slot.id, cause=cause
+            )
         running, slot.running = slot.running, None
         # prefetched attempts never started: back to the head of the queue, attempt not counted
         for call in reversed(slot.sent):
@@ -651,7 +655,11 @@ class Scheduler:
             session = self.sessions.get(sid)
             if session is not None:
                 session.lost = cause or WorkerCrashedError(
-                    "the worker was stopped", exitcode=None, signal=None, pid=None, worker_id=slot.id
+                    "the worker was stopped",
+                    exitcode=None,
+                    signal=None,
+                    pid=None,
+                    worker_id=slot.id,
                 )
         sticky, slot.sticky = list(slot.sticky), deque()
         if running is not None and running.state is not CallState.DONE:
@@ -660,9 +668,18 @@ class Scheduler:
                 if session is not None:
                     self._finish(running, error=self._session_lost_error(session))
             else:
-                self._attempt_failed(running, cause or WorkerCrashedError(
-                    "the worker was stopped", exitcode=None, signal=None, pid=None, worker_id=slot.id
-                ), now)
+                self._attempt_failed(
+                    running,
+                    cause
+                    or WorkerCrashedError(
+                        "the worker was stopped",
+                        exitcode=None,
+                        signal=None,
+                        pid=None,
+                        worker_id=slot.id,
+                    ),
+                    now,
+                )
         for call in sticky:
             if call.state is not CallState.DONE and call.session in self.sessions:
                 self._finish(call, error=self._session_lost_error(self.sessions[call.session]))
@@ -717,7 +734,7 @@ class Scheduler:
         self._now = now
         heap = self._heap
         while heap and heap[0][0] <= now:
-            when, _, kind, obj, gen = heapq.heappop(heap)
+            _, _, kind, obj, gen = heapq.heappop(heap)
             if self._valid(kind, obj, gen):
                 self._fire(kind, obj, gen, now)
 
@@ -745,9 +762,9 @@ class Scheduler:
             self._timeout(call, TimeoutType.SCHEDULE_TO_CLOSE, now)
             return
         if kind is _Deadline.CANCEL_GRACE:
-            slot = self.workers.get(call.worker) if call.worker is not None else None
-            if slot is not None and slot.running is call and slot.state is WorkerState.BUSY:
-                self._worker_gone(slot, now, kill=True, cause=None)
+            owner = self.workers.get(call.worker) if call.worker is not None else None
+            if owner is not None and owner.running is call and owner.state is WorkerState.BUSY:
+                self._worker_gone(owner, now, kill=True, cause=None)
             return
         if call.state is not CallState.RUNNING:
             return

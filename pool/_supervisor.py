@@ -38,7 +38,16 @@ from typing import Any
 
 from pool._events import PoolEvent, PoolStats, Stats
 from pool._process import WorkerProcess, spawn_worker, worker_env
-from pool._protocol import FailureInfo, Frame, FrameReader, Kind, ProtocolError, RunMeta, dumps, encode
+from pool._protocol import (
+    FailureInfo,
+    Frame,
+    FrameReader,
+    Kind,
+    ProtocolError,
+    RunMeta,
+    dumps,
+    encode,
+)
 from pool._scheduler import Call, Scheduler, WorkerState
 from sdk._errors import ApplicationError, RemoteTraceback, WorkerCrashedError
 
@@ -150,10 +159,12 @@ class Supervisor:
         if not self._all_gone.done():
             try:
                 if cancel:
-                    await asyncio.wait_for(asyncio.shield(self._all_gone), self.config.shutdown_timeout)
+                    await asyncio.wait_for(
+                        asyncio.shield(self._all_gone), self.config.shutdown_timeout
+                    )
                 else:
                     await asyncio.shield(self._all_gone)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             except asyncio.CancelledError:
                 self.kill_all()
@@ -175,7 +186,9 @@ class Supervisor:
             self._all_gone.set_result(None)
 
     # -- callers (loop thread) -------------------------------------------------------------
-    def new_call(self, defn: Any, policy: Any, payload: Any, waiter: Any, session: str | None) -> Call:
+    def new_call(
+        self, defn: Any, policy: Any, payload: Any, waiter: Any, session: str | None
+    ) -> Call:
         return Call(next(self._call_ids), defn, policy, payload, waiter, session)
 
     def submit(self, call: Call) -> None:
@@ -247,7 +260,9 @@ class Supervisor:
         )
         body, buffers = call.payload
         handle.activity = defn.name
-        self._write(handle, encode(Kind.RUN, call.seq, pickle.dumps(meta, protocol=5), body, buffers))
+        self._write(
+            handle, encode(Kind.RUN, call.seq, pickle.dumps(meta, protocol=5), body, buffers)
+        )
 
     def send_cancel(self, worker_id: int, seq: int) -> None:
         handle = self.handles.get(worker_id)
@@ -530,7 +545,9 @@ def _rebuild_failure(frame: Frame) -> BaseException:
     try:
         info: FailureInfo = frame.load()
     except BaseException as exc:
-        return ApplicationError(f"a failure report could not be unpickled: {exc!r}", non_retryable=True)
+        return ApplicationError(
+            f"a failure report could not be unpickled: {exc!r}", non_retryable=True
+        )
     exc_obj: BaseException | None = None
     if info.exc is not None:
         try:
@@ -539,9 +556,13 @@ def _rebuild_failure(frame: Frame) -> BaseException:
             exc_obj = None
     if not isinstance(exc_obj, BaseException):
         exc_obj = ApplicationError(
-            f"{info.type_name}: {info.message}", type=info.type_name, non_retryable=info.non_retryable
+            f"{info.type_name}: {info.message}",
+            type=info.type_name,
+            non_retryable=info.non_retryable,
         )
-    elif info.non_retryable and not (isinstance(exc_obj, ApplicationError) and exc_obj.non_retryable):
+    elif info.non_retryable and not (
+        isinstance(exc_obj, ApplicationError) and exc_obj.non_retryable
+    ):
         inner = exc_obj
         inner.__cause__ = RemoteTraceback(info.traceback)
         exc_obj = ApplicationError(info.message, type=info.type_name, non_retryable=True)

@@ -2,8 +2,8 @@
 
 Kept light on purpose: it imports the protocol and the sdk, never uvloop, psutil or supervisor
 code (tests/integration/test_worker_light.py checks). Started by ``pool._process.spawn_worker``
-as ``main([RFD, WFD, PARENT_PID])``; stdout and stderr are a pipe the supervisor reads, so ``print`` never touches the
-protocol channel.
+as ``main([RFD, WFD, PARENT_PID])``; stdout and stderr are a pipe the supervisor reads, so
+``print`` never touches the protocol channel.
 
 Threads: the main thread runs activities and owns the read side of the channel. A heartbeat
 flusher thread exists only after the first coalesced heartbeat; it shares the write side under
@@ -25,7 +25,16 @@ import traceback
 from collections import deque
 from typing import Any
 
-from pool._protocol import FailureInfo, Frame, FrameReader, Kind, ProtocolError, RunMeta, dumps, encode
+from pool._protocol import (
+    FailureInfo,
+    Frame,
+    FrameReader,
+    Kind,
+    ProtocolError,
+    RunMeta,
+    dumps,
+    encode,
+)
 from sdk import _context
 from sdk._definition import ActivityDefinition
 from sdk._depends import ResourceCache
@@ -285,7 +294,9 @@ class Worker:
         try:
             body, buffers = dumps(result)
         except BaseException as exc:
-            self.fail(seq, exc, non_retryable=True, note=f"result of {meta.name!r} cannot be pickled")
+            self.fail(
+                seq, exc, non_retryable=True, note=f"result of {meta.name!r} cannot be pickled"
+            )
             return
         self.send(encode(Kind.RESULT, seq, body, buffers=buffers))
 

@@ -321,3 +321,8 @@ def allocate_forever() -> None:
     chunks = []
     while True:
         chunks.append(bytearray(50 * 1024 * 1024))
+
+
+@activity
+def imported_modules() -> list:
+    return sorted(sys.modules)

@@ -121,7 +121,9 @@ def test_large_payload_round_trip():
 def test_worker_output_reaches_supervisor_tagged(caplog):
     seen: list[tuple[int, str | None, str]] = []
     with caplog.at_level(logging.INFO, logger="activitypool.worker"):
-        with Pool([acts], workers=1, on_output=lambda w, a, line: seen.append((w, a, line))) as pool:
+        with Pool(
+            [acts], workers=1, on_output=lambda w, a, line: seen.append((w, a, line))
+        ) as pool:
             assert pool.run(acts.chatty, 7) == 7
             assert pool.run(acts.add, 1, 2) == 3  # the protocol is intact after prints
     lines = [line for _, _, line in seen]
@@ -130,7 +132,7 @@ def test_worker_output_reaches_supervisor_tagged(caplog):
     assert "raw fd write" in lines
     assert any("a log record" in line for line in lines)
     assert all(wid == 1 for wid, _, _ in seen)
-    assert ("chatty" in {a for _, a, _ in seen})
+    assert "chatty" in {a for _, a, _ in seen}
     assert any("[worker 1 chatty] stderr line" in r.getMessage() for r in caplog.records)
 
 
@@ -190,8 +192,13 @@ async def test_events_and_stats():
         stats = pool.stats()
     assert stats.completed == 1 and stats.failed == 1
     assert stats.latency_p50 is not None
-    for kind in ("worker_started", "attempt_started", "attempt_completed", "attempt_failed",
-                 "retry_scheduled"):
+    for kind in (
+        "worker_started",
+        "attempt_started",
+        "attempt_completed",
+        "attempt_failed",
+        "retry_scheduled",
+    ):
         assert kind in events
 
 

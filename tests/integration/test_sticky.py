@@ -80,21 +80,19 @@ def test_lost_worker_fails_that_session_only():
 
 
 def test_sticky_timeout_loses_the_session_with_the_timeout_as_cause():
-    with Pool([acts], workers=1) as pool:
-        with pool.sticky_session() as s:
-            s.run(acts.load_model, "a")
-            with pytest.raises(sdk.StickySessionLostError) as info:
-                s.run(acts.sticky_hang)
-            cause = info.value.__cause__
-            assert isinstance(cause, sdk.ActivityTimeoutError)
-            assert cause.type is sdk.TimeoutType.START_TO_CLOSE
+    with Pool([acts], workers=1) as pool, pool.sticky_session() as s:
+        s.run(acts.load_model, "a")
+        with pytest.raises(sdk.StickySessionLostError) as info:
+            s.run(acts.sticky_hang)
+        cause = info.value.__cause__
+        assert isinstance(cause, sdk.ActivityTimeoutError)
+        assert cause.type is sdk.TimeoutType.START_TO_CLOSE
 
 
 def test_ordinary_failure_retries_on_the_same_worker():
-    with Pool([acts], workers=2) as pool:
-        with pool.sticky_session() as s:
-            pid = s.run(acts.load_model, "a")
-            assert s.run(acts.sticky_flaky) == (pid, 2)
+    with Pool([acts], workers=2) as pool, pool.sticky_session() as s:
+        pid = s.run(acts.load_model, "a")
+        assert s.run(acts.sticky_flaky) == (pid, 2)
 
 
 async def test_sticky_cancel_kills_and_loses_session():
@@ -116,8 +114,7 @@ async def test_sticky_cancel_kills_and_loses_session():
 
 
 def test_worker_with_pinned_session_is_not_recycled():
-    with Pool([acts], workers=1, max_tasks_per_worker=2) as pool:
-        with pool.sticky_session() as s:
-            pid = s.run(acts.load_model, "a")
-            pids = {s.run(acts.predict, str(i))[0] for i in range(5)}
-            assert pids == {pid}
+    with Pool([acts], workers=1, max_tasks_per_worker=2) as pool, pool.sticky_session() as s:
+        pid = s.run(acts.load_model, "a")
+        pids = {s.run(acts.predict, str(i))[0] for i in range(5)}
+        assert pids == {pid}
