@@ -14,12 +14,13 @@ import os
 import threading
 import types
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from functools import partial
 from typing import Any, Literal
 
 from pool._events import PoolEvent, PoolStats
 from pool._protocol import dumps
 from pool._scheduler import Call
-from pool._supervisor import Supervisor, SupervisorConfig
+from pool._supervisor import FaultRule, Supervisor, SupervisorConfig
 from sdk import _context
 from sdk._definition import ActivityDefinition, activities_in_module, get_definition
 from sdk._errors import (
@@ -342,6 +343,50 @@ class Pool:
         else:
             loop.call_soon_threadsafe(sup.submit, call)
         return fut
+
+    # -- fault injection (for tests of your own retry logic) -----------------------------
+    def inject_fault(
+        self,
+        fn: ActivityRef,
+        fault: Literal["hang", "crash", "exit", "raise", "oom"],
+        *,
+        attempt: int | None = 1,
+        times: int | None = 1,
+        exit_code: int = 1,
+        exception: BaseException | None = None,
+        memory: int = 256 << 20,
+    ) -> None:
+        """Make attempt ``attempt`` of ``fn`` misbehave in its worker, deterministically.
+
+        ``hang`` sleeps forever (the deadlines must catch it); ``crash`` SIGKILLs the worker;
+        ``exit`` calls ``os._exit(exit_code)``; ``raise`` raises ``exception``; ``oom`` allocates
+        ``memory`` bytes then dies by SIGKILL as under the kernel's OOM killer. ``attempt=None``
+        matches every attempt; the rule is used ``times`` times (None: until cleared).
+        """
+        defn = get_definition(fn)
+        if fault not in ("hang", "crash", "exit", "raise", "oom"):
+            raise ValueError(f"unknown fault {fault!r}")
+        if fault == "raise" and not isinstance(exception, BaseException):
+            raise ValueError("fault='raise' needs exception=<an exception instance>")
+        if attempt is not None and attempt < 1:
+            raise ValueError("attempt is 1-based")
+        arg: Any = {"exit": exit_code, "raise": exception, "oom": memory}.get(fault)
+        self._on_loop_thread(FaultRule(defn.name, attempt, fault, arg, times))
+
+    def clear_faults(self) -> None:
+        """Drop every injected fault."""
+        self._on_loop_thread(None)
+
+    def _on_loop_thread(self, rule: FaultRule | None) -> None:
+        loop, sup = self._loop, self._sup
+        if loop is None or sup is None:
+            raise PoolClosedError("the pool is not started")
+        action = sup.clear_faults if rule is None else partial(sup.add_fault, rule)
+        if _on_loop(loop):
+            action()
+        else:
+            # queued before any call submitted after this returns: FIFO on the loop
+            loop.call_soon_threadsafe(action)
 
     # -- sessions --------------------------------------------------------------------------
     def sticky_session(self) -> PoolSession:

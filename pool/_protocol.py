@@ -64,6 +64,7 @@ class RunMeta:
     deadline: float | None  # time.time() based, informational for activity.info()
     heartbeat_timeout: float | None
     heartbeat_details: Any
+    fault: tuple[str, Any] | None = None  # injected by Pool.inject_fault, for users' tests
 
 
 @dataclass(slots=True)

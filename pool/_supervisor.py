@@ -73,6 +73,17 @@ class WorkerHandle:
     activity: str | None = None  # what it runs, for tagging its output
 
 
+@dataclass(eq=False)
+class FaultRule:
+    """Make attempt ``attempt`` (None: every attempt) of activity ``name`` misbehave."""
+
+    name: str
+    attempt: int | None
+    kind: str  # hang | crash | exit | raise | oom
+    arg: Any
+    remaining: int | None  # None: forever
+
+
 @dataclass(frozen=True)
 class SupervisorConfig:
     workers: int
@@ -116,7 +127,7 @@ class Supervisor:
         self._call_ids = itertools.count(1)
         self._env: dict[str, str] = {}
         self._init_body = b""
-        self._psutil: Any = None
+        self.faults: dict[str, list[FaultRule]] = {}
 
     # -- lifecycle (loop thread) -----------------------------------------------------------
     async def start(self) -> None:
@@ -205,6 +216,25 @@ class Supervisor:
         self.scheduler.cancel(call.id, time.monotonic())
         self._after()
 
+    def add_fault(self, rule: FaultRule) -> None:
+        self.faults.setdefault(rule.name, []).append(rule)
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+
+    def _fault_for(self, name: str, attempt: int) -> tuple[str, Any] | None:
+        rules = self.faults.get(name)
+        if not rules:
+            return None
+        for rule in rules:
+            if rule.attempt is None or rule.attempt == attempt:
+                if rule.remaining is not None:
+                    rule.remaining -= 1
+                    if rule.remaining <= 0:
+                        rules.remove(rule)
+                return (rule.kind, rule.arg)
+        return None
+
     def release_session(self, session_id: str) -> None:
         self.scheduler.close_session(session_id)
         self._after()
@@ -257,6 +287,7 @@ class Supervisor:
             now_wall + defn.start_to_close_timeout if defn.start_to_close_timeout else None,
             defn.heartbeat_timeout,
             call.heartbeat_details,
+            self._fault_for(defn.name, call.attempt) if self.faults else None,
         )
         body, buffers = call.payload
         handle.activity = defn.name

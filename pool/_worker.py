@@ -273,6 +273,8 @@ class Worker:
             if defn.depends_params():
                 kwargs = {**self.resources.resolve(defn), **kwargs}
             self.running = True
+            if meta.fault is not None:
+                _inject_fault(*meta.fault)
             if defn.is_async:
                 result = self._run_async(defn, args, kwargs)
             else:
@@ -386,6 +388,28 @@ class Worker:
                 self.hb_next = time.monotonic() + self.hb_window
                 body, buffers = _dump_details(details)
                 _write_all(self.wfd, encode(Kind.HEARTBEAT, seq, body, buffers=buffers))
+
+
+def _inject_fault(kind: str, arg: Any) -> None:
+    """Misbehave on purpose (Pool.inject_fault), exactly as a real activity could."""
+    if kind == "hang":
+        while True:
+            time.sleep(3600)
+    if kind == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "exit":
+        sys.stdout.flush()
+        os._exit(arg)
+    if kind == "raise":
+        raise arg
+    if kind == "oom":
+        # grow to the given size, then die as the kernel's OOM killer would make us die;
+        # bounded so that a test never takes the machine's memory
+        hog = []
+        for _ in range(max(1, arg // (16 << 20))):
+            hog.append(bytearray(16 << 20))
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise ValueError(f"unknown fault {kind!r}")
 
 
 def _dump_details(details: Any) -> tuple[bytes, list[Any]]:
