@@ -26,6 +26,8 @@ from benchmarks import _activities
 WAIT = 120.0
 # How long a pool's processes may take to exit after close before they count as leaked.
 GRACE = 3.0
+# How long a peer's close may take before it counts as hung (the sweep then kills its processes).
+CLOSE_LIMIT = 5.0
 # Helper processes that libraries keep for the life of the interpreter, not per pool.
 HELPER_MARKERS = ("resource_tracker", "semaphore_tracker", "forkserver")
 
@@ -113,7 +115,7 @@ def bounded(fn: Callable[[], Any], timeout: float, what: str) -> None:
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        raise TimeoutError(f"{what} did not return within {timeout:.0f} s")
+        raise TimeoutError(f"{what}() hung (gave up after {timeout:g} s)")
     if errors:
         raise errors[0]
 
@@ -159,7 +161,8 @@ class Contender:
             problems.append(f"{self.name}: close failed: {self.close_error}")
         finally:
             self.leaked = sweep()
-            problems.extend(f"{self.name}: outlived close, killed: {p}" for p in self.leaked)
+            if self.leaked:
+                problems.append(f"{self.name}: {len(self.leaked)} process(es) outlived close")
 
     # work
     def fn(self, key: str) -> Callable[..., Any]:
@@ -258,7 +261,7 @@ class ProcessPoolExecutor(Contender):
 
     def close(self) -> None:
         ex = self.ex
-        bounded(lambda: ex.shutdown(wait=True, cancel_futures=True), 10.0, "PPE shutdown")
+        bounded(lambda: ex.shutdown(wait=True, cancel_futures=True), CLOSE_LIMIT, "shutdown")
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -300,7 +303,7 @@ class MultiprocessingPool(Contender):
             pool.terminate()
             pool.join()
 
-        bounded(stop, 10.0, "multiprocessing.Pool terminate")
+        bounded(stop, CLOSE_LIMIT, "terminate")
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         return _MpFuture(self.pool.apply_async(fn, args))
@@ -320,7 +323,7 @@ class Loky(Contender):
 
     def close(self) -> None:
         ex = self.ex
-        bounded(lambda: ex.shutdown(wait=True, kill_workers=True), 10.0, "loky shutdown")
+        bounded(lambda: ex.shutdown(wait=True, kill_workers=True), CLOSE_LIMIT, "shutdown")
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -350,9 +353,9 @@ class Pebble(Contender):
 
         def stop() -> None:
             pool.stop()
-            pool.join(timeout=5.0)
+            pool.join()
 
-        bounded(stop, 10.0, "pebble stop")
+        bounded(stop, CLOSE_LIMIT, "stop")
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.pool.schedule(fn, args=args)

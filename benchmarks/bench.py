@@ -13,6 +13,7 @@ benchmarks/results/latest.json (or --json), which a later run can --compare agai
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import contextlib
 import json
@@ -78,6 +79,8 @@ class Config:
     numpy_items: int = 200
     error_wait: float = 5.0  # how long an in-flight error may take before "it never came"
     replace_wait: float = 3.0  # how long a replacement worker may take before "none came"
+    settle: float = 0.3  # pause before each repetition that kills a worker: pools refill
+    close_limit: float = 5.0  # a peer's close taking longer counts as hung
 
 
 FULL = Config()
@@ -89,8 +92,10 @@ QUICK = replace(
     payloads=tuple((k, label, n, kind, 1) for k, label, n, kind, _ in FULL.payloads),
     heartbeats=100_000,
     numpy_items=20,
-    error_wait=2.0,
-    replace_wait=1.5,
+    error_wait=1.0,
+    replace_wait=0.5,
+    settle=0.2,
+    close_limit=1.0,
 )
 
 # -- cells -------------------------------------------------------------------------------------
@@ -126,8 +131,9 @@ def cell(row: RowResult, name: str, body: Body) -> None:
     except Exception as exc:
         got, failure = {}, _describe(exc, detail=True)
     finally:
-        for leak in sweep():
-            _contenders.problems.append(f"{row.key}/{name}: stray process killed: {leak}")
+        strays = sweep()
+        if strays:
+            _contenders.problems.append(f"{name}: {len(strays)} stray process(es) after the cell")
     for problem in _contenders.problems[problems_before:]:
         notes.add(f"PROBLEM: {problem}")
     cells: dict[str, Summary | NotAvailable] = {}
@@ -150,11 +156,15 @@ def not_available(row: RowResult, name: str, reason: str) -> None:
 
 
 def _describe(exc: BaseException, detail: bool = False) -> str:
+    """``Outer <- Cause`` type names (``Broken``, this script's own wrapper, left out)."""
+    if isinstance(exc, Broken) and exc.__cause__ is not None:
+        exc = exc.__cause__
     text = type(exc).__name__
     if exc.__cause__ is not None:
         text += f" <- {type(exc.__cause__).__name__}"
-    if detail and str(exc):
-        text += f": {str(exc).splitlines()[0][:100]}"
+    message = str(exc).strip()
+    if detail and message and message != type(exc).__name__:
+        text += f": {message.splitlines()[0][:100]}"
     return text
 
 
@@ -301,16 +311,18 @@ def _nbytes(value: Any) -> int:
 def _round_trips(
     cfg: Config, data: dict[str, Any], echo: Callable[[Any], Any]
 ) -> dict[str, Summary]:
-    for value in data.values():  # warm-up, and the echo must come back whole
+    def checked(value: Any) -> None:
         if _nbytes(echo(value)) != memoryview(value).nbytes:
             raise AssertionError("the payload came back with another size")
+
+    checked(data[cfg.payloads[0][0]])  # warm-up
 
     def once() -> dict[str, float]:
         sample = {}
         for key, _, size, _, calls in cfg.payloads:
             t0 = time.perf_counter()
             for _ in range(calls):
-                echo(data[key])
+                checked(data[key])
             sample[key] = size * calls / (time.perf_counter() - t0) / 1e6
         return sample
 
@@ -373,6 +385,7 @@ def row_recovery(cfg: Config, row: RowResult) -> None:
                     counter = iter(range(1_000_000))
 
                     def once() -> dict[str, float]:
+                        time.sleep(cfg.settle)
                         sample = {}
                         path = tmp / f"pid-{next(counter)}"
                         fut = c.submit(sleeper, str(path), 60.0)
@@ -421,6 +434,7 @@ def row_timeout(cfg: Config, row: RowResult) -> None:
                 forever = c.fn("sleep_forever")
 
                 def once() -> dict[str, float]:
+                    time.sleep(cfg.settle)
                     t0 = time.perf_counter()
                     exc = c.submit_with_timeout(forever, 0.2).exception(10.0)
                     elapsed = time.perf_counter() - t0
@@ -449,6 +463,7 @@ def row_heartbeat(cfg: Config, row: RowResult) -> None:
             c.call(c.fn("noop"), 0)
 
             def once() -> dict[str, float]:
+                time.sleep(cfg.settle)
                 exc = c.submit(_activities.ap_stop_beating).exception(10.0)
                 seen = time.monotonic()
                 if exc is None:
@@ -479,10 +494,10 @@ def _wait_new_child(old: set[int], timeout: float) -> float | None:
 def _why_no_replacement(c: Contender) -> str:
     try:
         c.submit(c.fn("noop"), 1).result(2.0)
-    except (Broken, concurrent.futures.BrokenExecutor) as exc:
-        return f"the kill broke the pool ({_describe(exc)})"
     except TimeoutError:
         return "no replacement, and the pool hangs"
+    except Exception as exc:
+        return f"the kill broke the pool ({_describe(exc, detail=True)})"
     return "no new worker process"
 
 
@@ -527,14 +542,18 @@ def row_coldstart(cfg: Config, row: RowResult) -> None:
 
 def row_hbcost(cfg: Config, row: RowResult) -> None:
     def body(notes: Notes) -> Mapping[str, Summary]:
+        turns: list[float] = []
         with ActivityPool() as c:
 
             def once() -> dict[str, float]:
                 per_beat, per_turn = c.call(_activities.ap_heartbeat_cost, cfg.heartbeats)
-                notes.add(f"{cfg.heartbeats:,} calls; an empty loop turn is {per_turn:.0f} ns")
+                turns.append(per_turn)
                 return {"ns": per_beat}
 
-            return repeat(cfg.reps, once)
+            got = repeat(cfg.reps, once)
+        loop = statistics.median(turns)
+        notes.add(f"{cfg.heartbeats:,} calls in one activity; includes a loop turn ({loop:.0f} ns)")
+        return got
 
     cell(row, AP, body)
 
@@ -558,7 +577,7 @@ def row_memory(cfg: Config, row: RowResult) -> None:
             def once() -> dict[str, float]:
                 with make() as c:
                     c.submit_all(c.fn("noop"), range(4))
-                    time.sleep(0.3)
+                    time.sleep(cfg.settle)
                     pids = c.worker_pids()
                     if len(pids) != 2:
                         raise AssertionError(f"expected 2 worker processes, found {pids}")
@@ -577,7 +596,7 @@ def row_memory(cfg: Config, row: RowResult) -> None:
         def once() -> dict[str, float]:
             proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
             try:
-                time.sleep(0.5)
+                time.sleep(0.2 + cfg.settle)
                 return _memory([proc.pid])
             finally:
                 proc.kill()
@@ -784,6 +803,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", type=Path, help="an earlier JSON file: add now/before")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
+    _contenders.CLOSE_LIMIT = cfg.close_limit
     specs = select(args.only)
     previous = json.loads(args.compare.read_text()) if args.compare else None
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -814,9 +834,9 @@ def main(argv: list[str] | None = None) -> int:
     print(render(rows, previous))
     print()
     if _contenders.problems:
-        print("Problems:")
-        for problem in _contenders.problems:
-            print(f"  - {problem}")
+        print("Problems seen (and cleaned up):")
+        for problem, count in collections.Counter(_contenders.problems).items():
+            print(f"  - {problem}" + (f" (x{count})" if count > 1 else ""))
     mode = "quick" if args.quick else "full"
     print(f"Total: {seconds:.1f} s ({mode} run, {cfg.reps} repetitions, 2 workers each)")
 
