@@ -18,9 +18,9 @@ pickle stream; ``nbuf`` (high bits of ``kind``) says how many follow, each prefi
 from __future__ import annotations
 
 import enum
+import os
 import pickle
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,15 +138,48 @@ class Frame:
         return pickle.loads(self.body2, buffers=self.buffers)
 
 
-class FrameReader:
-    """Incremental decoder: feed bytes, iterate complete frames."""
+# Small reads stay below glibc's mmap threshold (128 KiB): a 1 MiB os.read() would mmap and
+# munmap a fresh buffer on every call, which costs more than the round trip it serves.
+READ_CHUNK = 64 * 1024
+# A frame at least this large is read straight into its own buffer (one copy, no regrowth).
+BIG_FRAME = 256 * 1024
+_KINDS = {int(k): k for k in Kind}
 
-    __slots__ = ("_buf",)
+
+class FrameReader:
+    """Incremental decoder of one channel: ``read(fd)`` or ``feed(bytes)`` give whole frames."""
+
+    __slots__ = ("_big", "_big_at", "_big_head", "_buf")
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._big: bytearray | None = None  # body of a large frame being filled in place
+        self._big_at = 0
+        self._big_head: tuple[int, int, int, int] = (0, 0, 0, 0)
 
-    def feed(self, data: bytes) -> Iterator[Frame]:
+    def read(self, fd: int) -> list[Frame] | None:
+        """One read from ``fd``: the frames it completed, or None on EOF.
+
+        ``BlockingIOError`` passes through for a non-blocking fd with nothing to read.
+        """
+        big = self._big
+        if big is not None:
+            with memoryview(big) as view:
+                n = os.readv(fd, [view[self._big_at :]])
+            if n == 0:
+                return None
+            self._big_at += n
+            if self._big_at < len(big):
+                return []
+            self._big = None
+            kind, split, nbuf, seq = self._big_head
+            return [_split(_KINDS[kind], seq, memoryview(big), split, nbuf)]
+        data = os.read(fd, READ_CHUNK)
+        if not data:
+            return None
+        return self.feed(data)
+
+    def feed(self, data: bytes) -> list[Frame]:
         buf = self._buf
         buf += data
         pos = 0
@@ -155,26 +188,34 @@ class FrameReader:
         frames: list[Frame] = []
         while n - pos >= hsize:
             size, split, kind, nbuf, seq = HEADER.unpack_from(buf, pos)
+            k = _KINDS.get(kind)
+            if k is None:
+                raise ProtocolError(f"unknown frame kind {kind}")
             if size >= MAX_FRAME:
                 raise ProtocolError(f"frame of {size} bytes")
-            end = pos + hsize + size
+            start = pos + hsize
+            end = start + size
             if end > n:
+                if size >= BIG_FRAME:
+                    # fill the rest of this frame in place instead of growing the buffer
+                    big = bytearray(size)
+                    have = n - start
+                    big[:have] = buf[start:n]
+                    self._big, self._big_at = big, have
+                    self._big_head = (kind, split, nbuf, seq)
+                    pos = n
                 break
-            try:
-                k = Kind(kind)
-            except ValueError:
-                raise ProtocolError(f"unknown frame kind {kind}") from None
-            # bytes() detaches the frame from the growing buffer; large frames are rare
-            raw = memoryview(bytes(buf[pos + hsize : end]))
+            with memoryview(buf) as view:
+                raw = memoryview(view[start:end].tobytes())
             frames.append(_split(k, seq, raw, split, nbuf))
             pos = end
         if pos:
             del buf[:pos]
-        return iter(frames)
+        return frames
 
     @property
     def pending(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + (len(self._big) - self._big_at if self._big is not None else 0)
 
 
 def _split(kind: Kind, seq: int, raw: memoryview, split: int, nbuf: int) -> Frame:

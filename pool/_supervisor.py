@@ -54,10 +54,6 @@ from sdk._errors import ApplicationError, RemoteTraceback, WorkerCrashedError
 log = logging.getLogger("activitypool")
 worker_log = logging.getLogger("activitypool.worker")
 
-# Bytes read from a worker per readiness callback: large enough that a burst of results or a
-# big payload needs few callbacks.
-READ_SIZE = 1 << 20
-
 
 @dataclass(eq=False)
 class WorkerHandle:
@@ -397,16 +393,15 @@ class Supervisor:
 
     def _on_readable(self, handle: WorkerHandle) -> None:
         try:
-            data = os.read(handle.proc.from_worker, READ_SIZE)
+            frames = handle.reader.read(handle.proc.from_worker)
         except BlockingIOError:
             return
         except OSError:
-            data = b""
-        if not data:
+            frames = None
+        if frames is None:
             self._on_eof(handle)
             return
         try:
-            frames = handle.reader.feed(data)
             for frame in frames:
                 self._on_frame(handle, frame)
         except ProtocolError as exc:

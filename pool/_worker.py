@@ -110,10 +110,10 @@ class Worker:
 
     def next_frame(self) -> Frame | None:
         while not self.pending:
-            data = os.read(self.rfd, 1 << 20)
-            if not data:
+            frames = self.reader.read(self.rfd)
+            if frames is None:
                 return None
-            self.pending.extend(self.reader.feed(data))
+            self.pending.extend(frames)
         return self.pending.popleft()
 
     def _drain_nonblocking(self) -> None:
@@ -121,12 +121,12 @@ class Worker:
         try:
             while True:
                 try:
-                    data = os.read(self.rfd, 1 << 20)
+                    frames = self.reader.read(self.rfd)
                 except BlockingIOError:
                     return
-                if not data:
+                if frames is None:
                     return
-                self.pending.extend(self.reader.feed(data))
+                self.pending.extend(frames)
         finally:
             os.set_blocking(self.rfd, True)
 
