@@ -64,6 +64,7 @@ class Pool:
         thread_limit: int | Literal["auto"] | None = "auto",
         on_event: Callable[[PoolEvent], None] | None = None,
         on_output: Callable[[int, str | None, str], None] | None = None,
+        ambient: bool = True,
     ) -> None:
         if workers is None:
             workers = os.cpu_count() or 1
@@ -105,6 +106,7 @@ class Pool:
         )
         self._default_policy = retry_policy or RetryPolicy()
         self._policies: dict[int, RetryPolicy] = {}
+        self._ambient = ambient  # entering makes this pool the dispatcher of `await activity()`
         self._on_event = on_event
         self._on_output = on_output
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -117,13 +119,12 @@ class Pool:
     # -- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> Pool:
         await self._start_on(asyncio.get_running_loop())
-        self._dispatcher_token = _context.set_dispatcher(self)
+        if self._ambient:
+            self._dispatcher_token = _context.set_dispatcher(self)
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if self._dispatcher_token is not None:
-            _context.reset_dispatcher(self._dispatcher_token)
-            self._dispatcher_token = None
+        self._reset_dispatcher()
         await self.aclose(cancel=exc_type is not None)
 
     def __enter__(self) -> Pool:
@@ -143,17 +144,20 @@ class Pool:
         except BaseException:
             self._stop_thread()
             raise
-        self._dispatcher_token = _context.set_dispatcher(self)
+        if self._ambient:
+            self._dispatcher_token = _context.set_dispatcher(self)
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close(cancel=exc_type is not None)
+
+    def _reset_dispatcher(self) -> None:
         if self._dispatcher_token is not None:
             try:
                 _context.reset_dispatcher(self._dispatcher_token)
-            except ValueError:  # exited in another context; the var dies with it
+            except ValueError:  # closed from another context; the variable dies with it
                 pass
             self._dispatcher_token = None
-        self.close(cancel=exc_type is not None)
 
     async def _start_on(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._sup is not None:
@@ -170,6 +174,7 @@ class Pool:
     async def aclose(self, cancel: bool = False) -> None:
         """Drain (or, with ``cancel``, fail what is outstanding), then stop every worker."""
         self._closed = True
+        self._reset_dispatcher()
         sup = self._sup
         if sup is None or self._loop is None:
             return
@@ -181,10 +186,11 @@ class Pool:
             )
 
     def close(self, cancel: bool = False) -> None:
-        """Blocking close from outside the pool's loop."""
+        """Blocking close of a ``with`` pool; idempotent. ``cancel`` fails what is outstanding."""
         self._closed = True
+        self._reset_dispatcher()
         sup, loop = self._sup, self._loop
-        if sup is None or loop is None:
+        if sup is None or loop is None or (self._thread is None and loop.is_closed()):
             return
         if self._thread is None:
             raise RuntimeError("this pool runs on your event loop: use 'await pool.aclose()'")

@@ -379,21 +379,18 @@ class LeakGuard:
 
 def _start_pool(options: dict[str, Any]) -> tuple[Pool, _OutputCapture]:
     from pool._pool import Pool
-    from sdk._context import current_dispatcher, set_dispatcher
 
     options = dict(options)
     activities = options.pop("activities", ())
     if isinstance(activities, str) or not isinstance(activities, Collection):
         activities = [activities]
     capture = _OutputCapture(options.pop("on_output", None))
-    pool = Pool(activities, on_output=capture, **options)
     # `with` semantics: the supervisor runs on a background thread, so sync tests block on
-    # run()/map() and async tests await execute() from their own loop. Entering makes the pool
-    # the ambient dispatcher; undo that at once: a session pool would stay ambient for every
-    # later test. The fixtures make their pool ambient for one test (_ambient).
-    previous = current_dispatcher()
+    # run()/map() and async tests await execute() from their own loop. Not ambient: a session
+    # pool would stay ambient for every later test; the fixtures make their pool ambient for one
+    # test (_ambient).
+    pool = Pool(activities, on_output=capture, ambient=False, **options)
     pool.__enter__()
-    set_dispatcher(previous)
     _live_pools.add(pool)
     return pool, capture
 
@@ -413,15 +410,11 @@ def _ambient(pool: Pool) -> Iterator[None]:
             pass
 
 
-class _Cancel(Exception):
-    """Passed to ``Pool.__exit__`` so that it closes with ``cancel=True``."""
-
-
 def _close_pool(pool: Pool) -> BaseException | None:
     """Close with cancel=True: bounded (busy workers are killed), never drains abandoned work."""
     _live_pools.discard(pool)
     try:
-        pool.__exit__(_Cancel, _Cancel(), None)
+        pool.close(cancel=True)
     except BaseException as exc:
         return exc
     return None

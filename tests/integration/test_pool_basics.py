@@ -206,3 +206,23 @@ async def test_many_concurrent_calls_all_complete():
     async with Pool([acts], workers=2) as pool:
         results = await asyncio.gather(*(pool.execute(acts.add, i, i) for i in range(500)))
     assert results == [2 * i for i in range(500)]
+
+
+async def test_ambient_false_does_not_capture_awaited_activities():
+    async with Pool([acts], workers=1, ambient=False) as pool:
+        # not dispatched: runs in this process as a plain coroutine
+        assert await acts.async_add(1, 2) == 3
+        assert pool.stats().completed == 0
+        assert await pool.execute(acts.async_add, 1, 2) == 3
+
+
+def test_close_is_idempotent_and_cancels():
+    pool = Pool([acts], workers=1)
+    pool.__enter__()
+    fut = pool.submit(acts.ignores_cancel)
+    pool.close(cancel=True)
+    pool.close()
+    with pytest.raises(sdk.PoolClosedError):
+        fut.result(timeout=5)
+    with pytest.raises(sdk.PoolClosedError):
+        pool.run(acts.add, 1, 1)
