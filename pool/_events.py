@@ -12,7 +12,8 @@ class PoolEvent:
     """One thing that happened in the pool, passed to ``Pool(on_event=...)``.
 
     ``kind`` is one of: worker_started, worker_exited, worker_killed, worker_recycled,
-    attempt_started, attempt_completed, attempt_failed, retry_scheduled, session_bound,
+    attempt_started, attempt_completed, attempt_failed, attempt_requeued (prefetched onto a worker
+    that died; back in the queue, attempt not counted), retry_scheduled, session_bound,
     session_lost, session_closed.
     """
 

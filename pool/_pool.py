@@ -60,7 +60,7 @@ class Pool:
         cancel_grace: float = 1.0,
         start_timeout: float = 60.0,
         shutdown_timeout: float = 5.0,
-        prefetch: int = 1,
+        prefetch: int = 32,
         thread_limit: int | Literal["auto"] | None = "auto",
         on_event: Callable[[PoolEvent], None] | None = None,
         on_output: Callable[[int, str | None, str], None] | None = None,

@@ -123,6 +123,11 @@ class _Deadline(enum.IntEnum):
     WORKER_START = 6
 
 
+# How much work (in seconds of the activity's average run time) prefetch keeps queued in each
+# busy worker's pipe: enough that a worker finishing a short call finds the next one waiting,
+# little enough that a newly idle worker rarely watches calls wait behind a busy one.
+PREFETCH_HORIZON = 0.002
+
 # After this many workers in a row die before their handshake, the pool stops respawning and
 # fails what is queued: a broken environment must surface as an error, not a fork loop.
 MAX_STARTUP_FAILURES = 3
@@ -163,6 +168,7 @@ class Scheduler:
         self._consecutive_start_failures = 0
         self.n_starting = 0  # workers spawned but not yet ready (no prefetch until all are up)
         self._now = 0.0  # the time of the event being handled, for paths that need it
+        self._durations: dict[str, float] = {}  # moving average run time per activity name
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -304,23 +310,38 @@ class Scheduler:
                 continue
             self._start(slot, call, now)
         if self.prefetch and self.queue and not idle and not self.n_starting:
-            max_tasks = self.max_tasks
+            self._prefetch()
+
+    def _prefetch(self) -> None:
+        """Queue work in busy workers' pipes, about PREFETCH_HORIZON seconds of it each.
+
+        Depth adapts to how long the activity at the head of the queue takes: no-op calls fill
+        the pipe (the worker never waits for a round trip), long calls get one spare at most, so
+        a call does not wait behind a long one while another worker could have run it.
+        """
+        max_tasks = self.max_tasks
+        progress = True
+        while progress and self.queue:
+            progress = False
+            head = self.queue[0]
+            avg = self._durations.get(head.defn.name)
+            depth = self.prefetch if avg is None else int(PREFETCH_HORIZON / max(avg, 1e-6))
+            depth = max(1, min(self.prefetch, depth))
             for slot in self.workers.values():
-                if not self.queue:
-                    break
                 if (
                     slot.state is WorkerState.BUSY
+                    and len(slot.sent) < depth
                     and not slot.recycle
-                    and len(slot.sent) < self.prefetch
                     and not slot.sticky
                     and (max_tasks is None or slot.tasks_done + 1 + len(slot.sent) < max_tasks)
                 ):
                     call = self._pop_queue()
                     if call is None:
-                        break
+                        return
                     self._dispatch(slot, call)
                     call.state = CallState.SENT
                     slot.sent.append(call)
+                    progress = True
 
     def _pop_queue(self) -> Call | None:
         queue = self.queue
@@ -438,6 +459,10 @@ class Scheduler:
             return
         slot, call = found
         slot.tasks_done += 1
+        name = call.defn.name
+        took = now - call.started_at
+        avg = self._durations.get(name)
+        self._durations[name] = took if avg is None else avg + (took - avg) * 0.2
         if self.events:
             self.fx.event(
                 "attempt_completed",
@@ -650,6 +675,14 @@ class Scheduler:
             call.attempt -= 1
             if call.state is not CallState.DONE:
                 self._requeue_front(call, now)
+                if self.events:
+                    self.fx.event(
+                        "attempt_requeued",
+                        worker_id=slot.id,
+                        activity=call.defn.name,
+                        call_id=call.id,
+                        attempt=call.attempt + 1,
+                    )
         slot.sent.clear()
         for sid in list(slot.sessions):
             session = self.sessions.get(sid)

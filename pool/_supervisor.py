@@ -44,14 +44,16 @@ from pool._protocol import (
     FrameReader,
     Kind,
     ProtocolError,
-    RunMeta,
     dumps,
     encode,
+    encode_small,
 )
 from pool._scheduler import Call, Scheduler, WorkerState
 from sdk._errors import ApplicationError, RemoteTraceback, WorkerCrashedError
 
 log = logging.getLogger("activitypool")
+# writev() takes at most this many buffers (Linux IOV_MAX)
+IOV_MAX = 1024
 worker_log = logging.getLogger("activitypool.worker")
 
 
@@ -62,7 +64,8 @@ class WorkerHandle:
     id: int
     proc: WorkerProcess
     reader: FrameReader = field(default_factory=FrameReader)
-    outbox: collections.deque[memoryview] = field(default_factory=collections.deque)
+    unsent: list[bytes | memoryview] = field(default_factory=list)  # this event's frames
+    outbox: collections.deque[memoryview] = field(default_factory=collections.deque)  # pipe full
     output_tail: bytes = b""
     eof: bool = False
     gone: bool = False  # reported to the scheduler as exited
@@ -124,6 +127,7 @@ class Supervisor:
         self._env: dict[str, str] = {}
         self._init_body = b""
         self.faults: dict[str, list[FaultRule]] = {}
+        self._dirty: list[WorkerHandle] = []  # handles with frames queued in this event
 
     # -- lifecycle (loop thread) -----------------------------------------------------------
     async def start(self) -> None:
@@ -237,14 +241,13 @@ class Supervisor:
 
     # -- the one timer ---------------------------------------------------------------------
     def _after(self) -> None:
-        """After every event: re-arm the timer for the scheduler's earliest deadline."""
+        """After every event: send what it queued, re-arm the timer for the next deadline."""
+        if self._dirty:
+            self._flush()
         when = self.scheduler.next_deadline()
-        timer = self._timer
         if when is None:
-            if timer is not None:
-                timer.cancel()
-                self._timer = None
-            return
+            return  # an armed timer may fire for nothing; cheaper than cancelling per call
+        timer = self._timer
         if timer is not None:
             if self._timer_at <= when:
                 return  # it fires first; the callback re-arms
@@ -273,7 +276,7 @@ class Supervisor:
         handle = self.handles[worker_id]
         defn = call.defn
         now_wall = time.time()
-        meta = RunMeta(
+        meta = (  # a RunMeta, as a plain tuple (see RunMeta)
             defn.module,
             defn.qualname,
             defn.name,
@@ -287,9 +290,11 @@ class Supervisor:
         )
         body, buffers = call.payload
         handle.activity = defn.name
-        self._write(
-            handle, encode(Kind.RUN, call.seq, pickle.dumps(meta, protocol=5), body, buffers)
-        )
+        meta_body = pickle.dumps(meta, protocol=5)
+        if buffers:
+            self._write(handle, encode(Kind.RUN, call.seq, meta_body, body, buffers))
+        else:
+            self._write(handle, [encode_small(Kind.RUN, call.seq, meta_body, body)])
 
     def send_cancel(self, worker_id: int, seq: int) -> None:
         handle = self.handles.get(worker_id)
@@ -347,28 +352,59 @@ class Supervisor:
 
     # -- I/O -------------------------------------------------------------------------------
     def _write(self, handle: WorkerHandle, parts: list[bytes | memoryview]) -> None:
-        if handle.eof or handle.proc.fds_closed:
+        """Queue frames for a worker; ``_flush`` sends each worker's batch in one syscall."""
+        if handle.eof:
             return
-        if handle.outbox:
-            handle.outbox.extend(memoryview(p).cast("B") for p in parts if len(p))
-            return
-        fd = handle.proc.to_worker
-        views = [memoryview(p).cast("B") for p in parts if len(p)]
-        try:
-            n = os.writev(fd, views)
-        except BlockingIOError:
-            n = 0
-        except (BrokenPipeError, OSError):
-            return  # it is dying; EOF on its reply pipe reports that
-        total = sum(v.nbytes for v in views)
-        if n == total:
-            return
-        for v in views:
-            if n >= v.nbytes:
-                n -= v.nbytes
+        if not handle.unsent:
+            self._dirty.append(handle)
+        handle.unsent.extend(parts)
+
+    def _flush(self) -> None:
+        dirty = self._dirty
+        for handle in dirty:
+            parts, handle.unsent = handle.unsent, []
+            if handle.eof or handle.proc.fds_closed:
                 continue
-            handle.outbox.append(v[n:])
-            n = 0
+            if handle.outbox:  # the pipe is full already: keep the order
+                handle.outbox.extend(memoryview(p).cast("B") for p in parts if len(p))
+                continue
+            self._send_now(handle, parts)
+        dirty.clear()
+
+    def _send_now(self, handle: WorkerHandle, parts: list[bytes | memoryview]) -> None:
+        fd = handle.proc.to_worker
+        if len(parts) == 1:
+            data = parts[0]
+        elif all(type(p) is bytes for p in parts) and len(parts) < 4096:
+            data = b"".join(parts)
+        else:
+            data = b""
+        if data:
+            try:
+                n = os.write(fd, data)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                return  # it is dying; EOF on its reply pipe reports that
+            if n == len(data):
+                return
+            handle.outbox.append(memoryview(data).cast("B")[n:])
+        else:
+            views = [memoryview(p).cast("B") for p in parts if len(p)]
+            try:
+                n = os.writev(fd, views[:IOV_MAX])
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                return
+            for v in views:
+                if n >= v.nbytes:
+                    n -= v.nbytes
+                    continue
+                handle.outbox.append(v[n:])
+                n = 0
+            if not handle.outbox:
+                return
         self.loop.add_writer(fd, self._on_writable, handle)
 
     def _on_writable(self, handle: WorkerHandle) -> None:
@@ -376,7 +412,7 @@ class Supervisor:
         box = handle.outbox
         try:
             while box:
-                n = os.writev(fd, list(itertools.islice(box, 64)))
+                n = os.writev(fd, list(itertools.islice(box, IOV_MAX)))
                 while n:
                     head = box[0]
                     if n >= head.nbytes:

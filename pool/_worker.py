@@ -34,6 +34,7 @@ from pool._protocol import (
     RunMeta,
     dumps,
     encode,
+    encode_small,
 )
 from sdk import _context
 from sdk._definition import ActivityDefinition
@@ -44,6 +45,42 @@ from sdk._errors import ApplicationError
 # details are on the wire at most this long after they were given (the contract says 100 ms).
 HEARTBEAT_WINDOW = 0.05
 CANCEL_SIGNAL = signal.SIGUSR1
+# A pipe write up to PIPE_BUF is atomic and, with a reader draining, completes in one call.
+SMALL_WRITE = 4096
+
+
+class _WorkerContext(_context.ActivityContext):
+    """The running attempt's context; ``info`` is built only if the activity asks for it."""
+
+    def __init__(self, worker: Worker, meta: RunMeta) -> None:  # no super(): nothing to copy
+        self._worker = worker
+        self._meta = meta
+        self._info: _context.ActivityInfo | None = None
+        self._started_at = time.time()
+        self.heartbeat = worker.heartbeat
+        self.is_cancelled = worker.is_cancelled
+        self.resources = worker.resources
+        self.extra = {}
+        sid = meta.session_id
+        self.session_state = worker.sessions.setdefault(sid, {}) if sid is not None else {}
+
+    @property
+    def info(self) -> _context.ActivityInfo:  # type: ignore[override]
+        if self._info is None:
+            meta = self._meta
+            self._info = _context.ActivityInfo(
+                activity_id=meta.activity_id,
+                name=meta.name,
+                attempt=meta.attempt,
+                worker_id=self._worker.worker_id,
+                pid=os.getpid(),
+                session_id=meta.session_id,
+                started_at=self._started_at,
+                deadline=meta.deadline,
+                heartbeat_timeout=meta.heartbeat_timeout,
+                heartbeat_details=meta.heartbeat_details,
+            )
+        return self._info
 
 
 def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
@@ -230,7 +267,7 @@ class Worker:
     def run(self, frame: Frame) -> None:
         seq = frame.seq
         try:
-            meta: RunMeta = frame.load()
+            meta = RunMeta(*frame.load())
             args, kwargs = frame.load2()
         except BaseException as exc:
             self.fail(seq, exc, non_retryable=True)
@@ -240,28 +277,7 @@ class Worker:
         except BaseException as exc:
             self.fail(seq, exc, non_retryable=True, note=f"worker could not load {meta.name!r}")
             return
-        session_state = {}
-        if meta.session_id is not None:
-            session_state = self.sessions.setdefault(meta.session_id, {})
-        info = _context.ActivityInfo(
-            activity_id=meta.activity_id,
-            name=meta.name,
-            attempt=meta.attempt,
-            worker_id=self.worker_id,
-            pid=os.getpid(),
-            session_id=meta.session_id,
-            started_at=time.time(),
-            deadline=meta.deadline,
-            heartbeat_timeout=meta.heartbeat_timeout,
-            heartbeat_details=meta.heartbeat_details,
-        )
-        ctx = _context.ActivityContext(
-            info=info,
-            heartbeat=self.heartbeat,
-            is_cancelled=self.is_cancelled,
-            session_state=session_state,
-            resources=self.resources,
-        )
+        ctx = _WorkerContext(self, meta)
         self.current_seq = seq
         self.cancel_requested = False
         self.hb_pending = False
@@ -292,7 +308,8 @@ class Worker:
         finally:
             self.running = False
             _context.reset_activity(token)
-        self._flush_heartbeat()
+        if self.hb_pending:
+            self._flush_heartbeat()
         try:
             body, buffers = dumps(result)
         except BaseException as exc:
@@ -300,7 +317,15 @@ class Worker:
                 seq, exc, non_retryable=True, note=f"result of {meta.name!r} cannot be pickled"
             )
             return
-        self.send(encode(Kind.RESULT, seq, body, buffers=buffers))
+        if buffers:
+            self.send(encode(Kind.RESULT, seq, body, buffers=buffers))
+        else:
+            data = encode_small(Kind.RESULT, seq, body)
+            with self._write_lock:
+                if len(data) <= SMALL_WRITE:
+                    os.write(self.wfd, data)
+                else:
+                    _write_all(self.wfd, [data])
 
     def _run_async(self, defn: ActivityDefinition, args: tuple, kwargs: dict) -> Any:
         loop = self._ensure_loop()

@@ -1,4 +1,8 @@
-"""The ``@activity`` decorator, the frozen :class:`ActivityDefinition`, and the registry."""
+"""The ``@activity`` decorator, the frozen :class:`ActivityDefinition`, and the registry.
+
+pydantic is imported on first use (the first check built from a type hint), never at import
+time: workers import this module and most never validate arguments (the supervisor does).
+"""
 
 from __future__ import annotations
 
@@ -12,14 +16,15 @@ import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, ParamSpec, Protocol, TypeVar, overload
-
-import pydantic
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 
 from . import _context
 from ._depends import Depends, default_resource_cache
 from ._errors import ActivityDefinitionError, ActivityInputError, ApplicationError
 from ._retry import RetryPolicy
+
+if TYPE_CHECKING:
+    import pydantic
 
 __all__ = [
     "ActivityDefinition",
@@ -81,6 +86,8 @@ def _make_check(hint: Any) -> _Check | None:
     """The check for a resolved type hint, or None when nothing is to be checked."""
     if hint is Any or hint is inspect.Parameter.empty:
         return None
+    import pydantic  # lazily: see the module docstring
+
     try:
         return _Check(pydantic.TypeAdapter(hint), None)
     except Exception:
@@ -111,7 +118,6 @@ class _Binder:
     positional_only: frozenset[str]
     keyword: frozenset[str]  # names that may be given by keyword
     required: tuple[str, ...]  # names without a default
-    checks: dict[str, _Check]
 
 
 @dataclass(frozen=True)
@@ -157,17 +163,22 @@ class ActivityDefinition:
             return {k: v for k, v in raw.items() if not isinstance(v, str)}
 
     @functools.cached_property
-    def _binder(self) -> _Binder:
-        params = list(self._signature.parameters.values())
+    def _checks(self) -> dict[str, _Check]:
+        """Per-parameter checks (kept apart from :attr:`_binder`, which must not need pydantic)."""
         hints = self._hints
         checks: dict[str, _Check] = {}
-        for p in params:
+        for p in self._signature.parameters.values():
             if isinstance(p.default, Depends) or p.name not in hints:
                 continue
             # For *args / **kwargs the hint is that of each element (checked one by one).
             check = _make_check(hints[p.name])
             if check is not None:
                 checks[p.name] = check
+        return checks
+
+    @functools.cached_property
+    def _binder(self) -> _Binder:
+        params = list(self._signature.parameters.values())
         return _Binder(
             simple=all(
                 p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
@@ -184,7 +195,6 @@ class ActivityDefinition:
                 in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
             ),
             required=tuple(p.name for p in params if p.default is inspect.Parameter.empty),
-            checks=checks,
         )
 
     @functools.cached_property
@@ -248,6 +258,7 @@ class ActivityDefinition:
         Raises :class:`ActivityInputError` naming the activity and the parameter.
         """
         b = self._binder
+        checks = self._checks
         if not b.simple:
             return self._validate_with_bind(args, kwargs)
         npos = len(args)
@@ -270,16 +281,16 @@ class ActivityDefinition:
                 raise ActivityInputError(
                     f"activity {self.name!r}: missing required argument {name!r}"
                 )
-        if not b.checks:
+        if not checks:
             return args, kwargs
         new_args = list(args)
         for i, name in enumerate(given_pos):
-            check = b.checks.get(name)
+            check = checks.get(name)
             if check is not None:
                 new_args[i] = self._check(check, name, args[i])
         new_kwargs = dict(kwargs)
         for name, value in kwargs.items():
-            check = b.checks.get(name)
+            check = checks.get(name)
             if check is not None:
                 new_kwargs[name] = self._check(check, name, value)
         return tuple(new_args), new_kwargs
@@ -291,7 +302,7 @@ class ActivityDefinition:
             bound = self._signature.bind(*args, **kwargs)
         except TypeError as e:
             raise ActivityInputError(f"activity {self.name!r}: {e}") from None
-        checks = self._binder.checks
+        checks = self._checks
         params = self._signature.parameters
         for name, value in bound.arguments.items():
             check = checks.get(name)
@@ -309,7 +320,8 @@ class ActivityDefinition:
     def _check(self, check: _Check, name: str, value: Any) -> Any:
         try:
             return check(value)
-        except (pydantic.ValidationError, TypeError, ValueError) as e:
+        # pydantic.ValidationError is a ValueError: caught here without importing pydantic.
+        except (TypeError, ValueError) as e:
             raise ActivityInputError(
                 f"activity {self.name!r}: invalid value for parameter {name!r}: {e}"
             ) from None
@@ -324,7 +336,8 @@ class ActivityDefinition:
             return value
         try:
             return check(value)
-        except (pydantic.ValidationError, TypeError, ValueError) as e:
+        # pydantic.ValidationError is a ValueError: caught here without importing pydantic.
+        except (TypeError, ValueError) as e:
             raise ApplicationError(
                 f"activity {self.name!r} returned an invalid result: {e}",
                 type="ResultValidationError",

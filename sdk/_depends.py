@@ -5,11 +5,13 @@ resource on first use, keyed by the factory's identity, and tears them down in r
 creation when closed. A factory may be a sync or async function, a sync or async generator
 function (the code after ``yield`` is the teardown), or return a sync or async context manager
 (entered when made, exited at close).
+
+asyncio is imported only when an async factory or teardown has to run from synchronous code, so
+that importing the sdk (as every worker does) does not load it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import inspect
 import logging
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ._definition import ActivityDefinition
 
 __all__ = ["Depends", "ResourceCache", "default_resource_cache"]
@@ -188,6 +192,8 @@ class ResourceCache:
     def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         if self._run_coroutine is not None:
             return self._run_coroutine(coro)
+        import asyncio  # lazily: see the module docstring
+
         try:
             asyncio.get_running_loop()
         except RuntimeError:

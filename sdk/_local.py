@@ -8,11 +8,13 @@ Depends resources (made once per runner, torn down when it exits) and the sticky
 A sync activity runs in a daemon thread of its own so that its timeout can be enforced. A thread
 cannot be killed: on timeout the call fails at once and ``activity.is_cancelled()`` turns True,
 but code that never looks keeps running in the background (a pool kills its process instead).
+
+asyncio is imported by the methods that use it, not at module level: ``import sdk`` (which every
+worker process does) must not load it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import os
 import threading
@@ -21,7 +23,7 @@ import uuid
 import warnings
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._context import (
     ActivityContext,
@@ -42,6 +44,9 @@ from ._errors import (
     TimeoutType,
 )
 from ._retry import RetryPolicy
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["LocalRunner", "run_activities_locally"]
 
@@ -115,6 +120,8 @@ class LocalRunner:
         self.__exit__(exc_type, exc, tb)
 
     def _run_on_private_loop(self, coro: Any) -> Any:
+        import asyncio
+
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -134,6 +141,8 @@ class LocalRunner:
 
     def run(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> Any:
         """Blocking :meth:`execute`; only outside a running event loop."""
+        import asyncio
+
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -153,6 +162,8 @@ class LocalRunner:
         session: StickyWorkerSession | None,
     ) -> Any:
         """Run ``defn`` with retries and timeouts (the Dispatcher protocol)."""
+        import asyncio
+
         if defn.sticky_to_worker and session is None:
             raise StickyWorkerSessionMissingError(
                 f"activity {defn.name!r} is sticky_to_worker and must be called inside "
@@ -252,6 +263,8 @@ class LocalRunner:
         timeout: float | None,
     ) -> Any:
         """One attempt; returns the result or ``_TIMED_OUT``."""
+        import asyncio
+
         provided = {*defn._binder.positional[: len(args)], *kwargs} if args else kwargs
         injected = await self._resources.aresolve(defn, provided)
         if injected:

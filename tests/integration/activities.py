@@ -326,3 +326,8 @@ def allocate_forever() -> None:
 @activity
 def imported_modules() -> list:
     return sorted(sys.modules)
+
+
+@activity(retry_policy_max_attempts=3, **FAST)
+def attempt_of(x: int) -> tuple:
+    return x, activity.info().attempt, os.getpid()
