@@ -12,12 +12,21 @@ metadata and the call's arguments, which the caller pickled once (retries reuse 
 
 Bodies are pickle protocol 5. Objects that expose out-of-band buffers (numpy arrays,
 ``pickle.PickleBuffer``) are written after the pickle as raw buffers, without a copy into the
-pickle stream; ``nbuf`` (high bits of ``kind``) says how many follow, each prefixed by its length.
+pickle stream; ``nbuf`` says how many follow, their lengths in the table before the pickles.
+
+Large frames do not go through the pipe. When a body reaches ``SHM_MIN`` bytes the sender
+writes it (table, pickles, buffers: the same layout) into a file in ``/dev/shm`` and sends a
+frame whose kind has ``SHM_FLAG`` set and whose body is the file's name. The receiver maps the
+file copy-on-write and unlinks it at once, so out-of-band buffers (numpy arrays) arrive without
+a copy and the name is gone before anything can leak it. Names are
+``activitypool-<supervisor pid>-<worker id>-<s|w><n>`` so that the supervisor can sweep what
+a dead worker, or a frame that was never read, left behind (``sweep_segments``).
 """
 
 from __future__ import annotations
 
 import enum
+import mmap
 import os
 import pickle
 import struct
@@ -31,6 +40,13 @@ PROTOCOL = 5
 OOB_MIN = 64 * 1024
 # A frame larger than this is refused as malformed rather than allocated.
 MAX_FRAME = 1 << 31
+# Frames at least this large travel through shared memory: below it the pipe is cheaper than
+# creating, mapping and unlinking a file; above it the pipe's 64 KiB-at-a-time copies and
+# wake-ups dominate.
+SHM_MIN = 1 << 20
+SHM_FLAG = 0x80
+SHM_DIR = "/dev/shm"
+SHM_PREFIX = "activitypool-"
 
 
 class Kind(enum.IntEnum):
@@ -104,8 +120,13 @@ def encode(
     body: bytes = b"",
     body2: bytes = b"",
     buffers: list[pickle.PickleBuffer] | None = None,
+    shm_name: str | None = None,
 ) -> list[bytes | memoryview]:
-    """A frame as a list of chunks for ``os.writev`` (buffers are not copied)."""
+    """A frame as a list of chunks for ``os.writev`` (buffers are not copied).
+
+    With ``shm_name`` (and a body of at least ``SHM_MIN`` bytes) the body goes into that
+    shared-memory file and the frame only names it.
+    """
     raws = [b.raw() for b in buffers] if buffers else []
     if len(raws) > 255:
         raise ValueError("too many out-of-band buffers in one message")
@@ -114,15 +135,82 @@ def encode(
     if size >= MAX_FRAME:
         raise ValueError(f"message of {size} bytes is too large for one frame")
     split = len(body) if body2 else 0
-    parts: list[bytes | memoryview] = [HEADER.pack(size, split, kind, len(raws), seq)]
-    if table:
-        parts.append(table)
-    if body:
-        parts.append(body)
-    if body2:
-        parts.append(body2)
-    parts.extend(raws)
-    return parts
+    chunks: list[bytes | memoryview] = [c for c in (table, body, body2) if c]
+    chunks.extend(raws)
+    if shm_name is not None and size >= SHM_MIN:
+        _write_segment(shm_name, chunks, size)
+        name = shm_name.encode()
+        return [HEADER.pack(len(name), split, kind | SHM_FLAG, len(raws), seq), name]
+    return [HEADER.pack(size, split, kind, len(raws), seq), *chunks]
+
+
+def _write_segment(name: str, chunks: list[bytes | memoryview], size: int) -> None:
+    fd = os.open(os.path.join(SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        offset = 0
+        views = [memoryview(c).cast("B") for c in chunks]
+        while views:
+            n = os.pwritev(fd, views[:1024], offset)
+            offset += n
+            while n:
+                head = views[0]
+                if n >= head.nbytes:
+                    n -= head.nbytes
+                    views.pop(0)
+                else:
+                    views[0] = head[n:]
+                    n = 0
+    except BaseException:
+        _unlink(name)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _open_segment(name: str) -> memoryview:
+    """Map a segment copy-on-write (arrays built on it stay writable) and unlink it."""
+    if "/" in name or not name.startswith(SHM_PREFIX):
+        raise ProtocolError(f"bad shared-memory segment name {name!r}")
+    path = os.path.join(SHM_DIR, name)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise ProtocolError(f"shared-memory segment {name!r} is missing: {exc}") from None
+    try:
+        os.unlink(path)
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return memoryview(b"")
+        mapped = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+    return memoryview(mapped)
+
+
+def _unlink(name: str) -> None:
+    try:
+        os.unlink(os.path.join(SHM_DIR, name))
+    except OSError:
+        pass
+
+
+def shm_available() -> bool:
+    return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK)
+
+
+def sweep_segments(prefix: str) -> list[str]:
+    """Unlink every segment whose name starts with ``prefix``; returns what was removed."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return removed
+    for name in names:
+        if name.startswith(prefix):
+            _unlink(name)
+            removed.append(name)
+    return removed
 
 
 def encode_small(kind: Kind, seq: int, body: bytes = b"", body2: bytes = b"") -> bytes:
@@ -197,7 +285,7 @@ class FrameReader:
         frames: list[Frame] = []
         while n - pos >= hsize:
             size, split, kind, nbuf, seq = HEADER.unpack_from(buf, pos)
-            k = _KINDS.get(kind)
+            k = _KINDS.get(kind & ~SHM_FLAG)
             if k is None:
                 raise ProtocolError(f"unknown frame kind {kind}")
             if size >= MAX_FRAME:
@@ -216,6 +304,8 @@ class FrameReader:
                 break
             with memoryview(buf) as view:
                 raw = memoryview(view[start:end].tobytes())
+            if kind & SHM_FLAG:
+                raw = _open_segment(raw.tobytes().decode())
             frames.append(_split(k, seq, raw, split, nbuf))
             pos = end
         if pos:

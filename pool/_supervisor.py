@@ -39,6 +39,7 @@ from typing import Any
 from pool._events import PoolEvent, PoolStats, Stats
 from pool._process import WorkerProcess, spawn_worker, worker_env
 from pool._protocol import (
+    SHM_PREFIX,
     FailureInfo,
     Frame,
     FrameReader,
@@ -47,6 +48,8 @@ from pool._protocol import (
     dumps,
     encode,
     encode_small,
+    shm_available,
+    sweep_segments,
 )
 from pool._scheduler import Call, Scheduler, WorkerState
 from sdk._errors import ApplicationError, RemoteTraceback, WorkerCrashedError
@@ -54,6 +57,9 @@ from sdk._errors import ApplicationError, RemoteTraceback, WorkerCrashedError
 log = logging.getLogger("activitypool")
 # writev() takes at most this many buffers (Linux IOV_MAX)
 IOV_MAX = 1024
+# Bodies up to this size are copied into one bytes object with their header (one write);
+# larger ones go out as separate buffers, or through shared memory.
+SMALL_BODY = 64 * 1024
 worker_log = logging.getLogger("activitypool.worker")
 
 
@@ -70,6 +76,7 @@ class WorkerHandle:
     eof: bool = False
     gone: bool = False  # reported to the scheduler as exited
     activity: str | None = None  # what it runs, for tagging its output
+    segments: dict[int, str] = field(default_factory=dict)  # seq -> segment it has not read
 
 
 @dataclass(eq=False)
@@ -128,6 +135,8 @@ class Supervisor:
         self._init_body = b""
         self.faults: dict[str, list[FaultRule]] = {}
         self._dirty: list[WorkerHandle] = []  # handles with frames queued in this event
+        # names of shared-memory segments: activitypool-<our pid>-<worker id>-...
+        self._shm_prefix = f"{SHM_PREFIX}{os.getpid()}-" if shm_available() else None
 
     # -- lifecycle (loop thread) -----------------------------------------------------------
     async def start(self) -> None:
@@ -191,6 +200,8 @@ class Supervisor:
             handle.proc.kill_tree()
             self._forget(handle)
             handle.proc.wait()
+        if self._shm_prefix is not None:
+            sweep_segments(self._shm_prefix)
 
     def _check_all_gone(self) -> None:
         if not self._all_gone.done() and self.scheduler.drained and not self.handles:
@@ -270,6 +281,8 @@ class Supervisor:
         loop.add_reader(proc.output, self._on_output, handle)
         init = pickle.loads(self._init_body)
         init["worker_id"] = worker_id
+        if self._shm_prefix is not None:
+            init["shm_prefix"] = f"{self._shm_prefix}{worker_id}-"
         self._write(handle, encode(Kind.INIT, 0, pickle.dumps(init, protocol=5)))
 
     def send_run(self, worker_id: int, call: Call) -> None:
@@ -291,10 +304,14 @@ class Supervisor:
         body, buffers = call.payload
         handle.activity = defn.name
         meta_body = pickle.dumps(meta, protocol=5)
-        if buffers:
-            self._write(handle, encode(Kind.RUN, call.seq, meta_body, body, buffers))
-        else:
+        if not buffers and len(body) < SMALL_BODY:
             self._write(handle, [encode_small(Kind.RUN, call.seq, meta_body, body)])
+            return
+        shm_name = None
+        if self._shm_prefix is not None:
+            shm_name = f"{self._shm_prefix}{worker_id}-s{call.seq}"
+            handle.segments[call.seq] = shm_name
+        self._write(handle, encode(Kind.RUN, call.seq, meta_body, body, buffers, shm_name))
 
     def send_cancel(self, worker_id: int, seq: int) -> None:
         handle = self.handles.get(worker_id)
@@ -456,6 +473,8 @@ class Supervisor:
         kind = frame.kind
         sched = self.scheduler
         now = time.monotonic()
+        if handle.segments and kind is not Kind.HEARTBEAT:
+            handle.segments.pop(frame.seq, None)  # it answered, so it read (and unlinked) it
         if kind is Kind.RESULT:
             try:
                 value = frame.load()
@@ -572,6 +591,9 @@ class Supervisor:
                     self._emit_output(handle, line)
             handle.output_tail = b""
         self._forget(handle)
+        if self._shm_prefix is not None:
+            # segments it never read, or wrote for frames we will never read
+            sweep_segments(f"{self._shm_prefix}{handle.id}-")
         how = f"signal {proc.signal}" if proc.signal is not None else f"exit code {proc.exitcode}"
         crash = WorkerCrashedError(
             f"worker {handle.id} (pid {proc.pid}) died with {how}"

@@ -120,6 +120,7 @@ class Worker:
         self.pending: deque[Frame] = deque()  # frames read but not yet handled
         self.cancelled_seqs: set[int] = set()  # CANCELs for RUNs not yet started
         self.worker_id: int | None = None
+        self.shm_prefix: str | None = None  # where large results go (None: through the pipe)
         self.main_path: str | None = None
         self.functions: dict[tuple[str, str], ActivityDefinition] = {}
         self.sessions: dict[str, dict[str, Any]] = {}
@@ -221,6 +222,7 @@ class Worker:
 
     def setup(self, init: dict[str, Any]) -> None:
         self.worker_id = init["worker_id"]
+        self.shm_prefix = init.get("shm_prefix")
         sys.path[:] = init["sys_path"]
         self.main_path = init.get("main_path")
         for name in init.get("preload", ()):
@@ -317,8 +319,9 @@ class Worker:
                 seq, exc, non_retryable=True, note=f"result of {meta.name!r} cannot be pickled"
             )
             return
-        if buffers:
-            self.send(encode(Kind.RESULT, seq, body, buffers=buffers))
+        if buffers or len(body) > SMALL_WRITE:
+            shm_name = f"{self.shm_prefix}w{seq}" if self.shm_prefix else None
+            self.send(encode(Kind.RESULT, seq, body, buffers=buffers, shm_name=shm_name))
         else:
             data = encode_small(Kind.RESULT, seq, body)
             with self._write_lock:

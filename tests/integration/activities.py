@@ -331,3 +331,16 @@ def imported_modules() -> list:
 @activity(retry_policy_max_attempts=3, **FAST)
 def attempt_of(x: int) -> tuple:
     return x, activity.info().attempt, os.getpid()
+
+
+@activity(retry_policy_max_attempts=1)
+def leave_segment_and_die() -> None:
+    """Simulate a worker killed after writing a result segment the supervisor never read."""
+    name = f"activitypool-{os.getppid()}-{activity.info().worker_id}-wleftover"
+    Path("/dev/shm", name).write_bytes(b"x" * 1024)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@activity(retry_policy_max_attempts=1)
+def array_sum(arr) -> float:
+    return float(arr.sum())
