@@ -227,6 +227,8 @@ class Pool:
                     "run_sticky_worker_session() or pool.sticky_session()"
                 )
             sid = session.session_id
+            if session.closed:
+                raise ActivityInputError(f"sticky session {sid} is closed; start a new one")
             if sid not in self._sessions_hooked:
                 self._sessions_hooked.add(sid)
                 session.on_close(self._session_closed)
@@ -405,7 +407,7 @@ class Pool:
         if sup is None:
             return PoolStats(0, 0, 0, 0, None, None, None)
         sched = sup.scheduler
-        return sup.stats.snapshot(sched.live_workers(), len(sched.queue))
+        return sup.stats.snapshot(sched.live_workers(), sched.queued())
 
     def worker_pids(self) -> list[int]:
         """Pids of the live worker processes (a snapshot)."""

@@ -82,17 +82,16 @@ class WorkerProcess:
         """SIGKILL the worker, its process group and every descendant psutil can see."""
         if self.reaped:
             return
-        try:
-            children = psutil.Process(self.pid).children(recursive=True)
-        except psutil.Error:
-            children = []
+        # the process group catches what the activity started; the walk catches children that
+        # left the group (setsid). Walk first: once the worker dies its children are orphaned.
+        children = _descendants(self.pid)
         with contextlib.suppress(OSError):
             os.killpg(self.pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
             os.kill(self.pid, signal.SIGKILL)
         for child in children:
-            with contextlib.suppress(psutil.Error):
-                child.kill()
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGKILL)
 
     def signal_worker(self, signum: int) -> None:
         if not self.reaped:
@@ -119,6 +118,33 @@ def _grow_pipe(fd: int) -> None:
         return
     with contextlib.suppress(OSError):  # over /proc/sys/fs/pipe-max-size: keep the default
         fcntl.fcntl(fd, setpipe, PIPE_SIZE)
+
+
+# Linux with CONFIG_PROC_CHILDREN lists a thread's children in /proc; not every kernel has it.
+_PROC_CHILDREN = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every descendant of ``pid``: /proc/PID/task/TID/children (a read per thread of the
+    tree, not a scan of every process as psutil does); psutil where that file is missing."""
+    found: list[int] = []
+    if _PROC_CHILDREN:
+        todo = [pid]
+        while todo:
+            parent = todo.pop()
+            try:
+                for tid in os.listdir(f"/proc/{parent}/task"):
+                    with open(f"/proc/{parent}/task/{tid}/children") as f:
+                        kids = [int(k) for k in f.read().split()]
+                    found.extend(kids)
+                    todo.extend(kids)
+            except OSError:  # exited meanwhile
+                continue
+        return found
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return found
 
 
 def worker_env(thread_limit: int | None) -> dict[str, str]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
+from asyncio import CancelledError
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -223,6 +224,10 @@ class Scheduler:
                 slot.state = WorkerState.RETIRING
                 slot.gen += 1
                 self.fx.retire(slot.id)
+
+    def queued(self) -> int:
+        """Calls waiting for a worker (not running, not in a pipe, not in backoff)."""
+        return sum(1 for call in self.calls.values() if call.state is CallState.QUEUED)
 
     @property
     def drained(self) -> bool:
@@ -568,9 +573,7 @@ class Scheduler:
         call = self.calls.get(call_id)
         if call is None or call.state is CallState.DONE:
             return
-        import asyncio  # only for the exception type
-
-        cause = asyncio.CancelledError("the caller cancelled this call")
+        cause = CancelledError("the caller cancelled this call")
         state = call.state
         call.cancelled = True
         if state in (CallState.QUEUED, CallState.BACKOFF):

@@ -27,6 +27,7 @@ import concurrent.futures
 import contextlib
 import itertools
 import logging
+import math
 import os
 import pickle
 import signal
@@ -75,7 +76,14 @@ class WorkerHandle:
     output_tail: bytes = b""
     eof: bool = False
     gone: bool = False  # reported to the scheduler as exited
-    activity: str | None = None  # what it runs, for tagging its output
+    # (seq, activity name) of every RUN sent and not yet answered, in pipe order: the head is
+    # what the worker is running now, which tags its output
+    in_pipe: collections.deque[tuple[int, str]] = field(default_factory=collections.deque)
+
+    @property
+    def activity(self) -> str | None:
+        return self.in_pipe[0][1] if self.in_pipe else None
+
     segments: dict[int, str] = field(default_factory=dict)  # seq -> segment it has not read
 
 
@@ -264,7 +272,9 @@ class Supervisor:
                 return  # it fires first; the callback re-arms
             timer.cancel()
         self._timer_at = when
-        self._timer = self.loop.call_later(max(0.0, when - time.monotonic()), self._on_timer)
+        # the loop's timers have millisecond resolution: round up, never wake before the deadline
+        delay = math.ceil(max(0.0, when - time.monotonic()) * 1000) / 1000
+        self._timer = self.loop.call_later(delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -273,7 +283,29 @@ class Supervisor:
 
     # -- Effects (called by the scheduler) -------------------------------------------------
     def spawn(self, worker_id: int) -> None:
-        proc = spawn_worker(self._env)
+        # Start the process once the current event is handled: a kill's error reaches the
+        # caller before we pay for posix_spawn.
+        self.loop.call_soon(self._spawn_now, worker_id)
+
+    def _spawn_now(self, worker_id: int) -> None:
+        slot = self.scheduler.workers.get(worker_id)
+        if slot is None or slot.state is not WorkerState.STARTING:
+            return  # gone before it started (pool cancelled, start timeout)
+        try:
+            proc = spawn_worker(self._env)
+        except OSError as exc:
+            log.error("could not start a worker: %s", exc)
+            crash = WorkerCrashedError(
+                f"could not start worker {worker_id}: {exc}",
+                exitcode=None,
+                signal=None,
+                pid=None,
+                worker_id=worker_id,
+            )
+            self.scheduler.worker_exited(worker_id, crash, time.monotonic())
+            self._check_ready()
+            self._after()
+            return
         handle = WorkerHandle(worker_id, proc)
         self.handles[worker_id] = handle
         loop = self.loop
@@ -284,6 +316,7 @@ class Supervisor:
         if self._shm_prefix is not None:
             init["shm_prefix"] = f"{self._shm_prefix}{worker_id}-"
         self._write(handle, encode(Kind.INIT, 0, pickle.dumps(init, protocol=5)))
+        self._after()
 
     def send_run(self, worker_id: int, call: Call) -> None:
         handle = self.handles[worker_id]
@@ -302,7 +335,7 @@ class Supervisor:
             self._fault_for(defn.name, call.attempt) if self.faults else None,
         )
         body, buffers = call.payload
-        handle.activity = defn.name
+        handle.in_pipe.append((call.seq, defn.name))
         meta_body = pickle.dumps(meta, protocol=5)
         if not buffers and len(body) < SMALL_BODY:
             self._write(handle, [encode_small(Kind.RUN, call.seq, meta_body, body)])
@@ -473,8 +506,12 @@ class Supervisor:
         kind = frame.kind
         sched = self.scheduler
         now = time.monotonic()
-        if handle.segments and kind is not Kind.HEARTBEAT:
-            handle.segments.pop(frame.seq, None)  # it answered, so it read (and unlinked) it
+        if kind is not Kind.HEARTBEAT:
+            in_pipe = handle.in_pipe
+            while in_pipe and in_pipe[0][0] <= frame.seq:
+                in_pipe.popleft()
+            if handle.segments:
+                handle.segments.pop(frame.seq, None)  # it answered: it read (and unlinked) it
         if kind is Kind.RESULT:
             try:
                 value = frame.load()
@@ -493,10 +530,11 @@ class Supervisor:
             sched.failure(handle.id, frame.seq, _rebuild_failure(frame), now)
         elif kind is Kind.HEARTBEAT:
             try:
-                details = frame.load()
+                details, beat_at = frame.load()
             except BaseException as exc:
-                details = f"<heartbeat details could not be unpickled: {exc!r}>"
-            sched.heartbeat(handle.id, frame.seq, details, now)
+                details, beat_at = f"<heartbeat details could not be unpickled: {exc!r}>", now
+            # CLOCK_MONOTONIC is one clock for every process on the machine
+            sched.heartbeat(handle.id, frame.seq, details, min(beat_at, now))
         elif kind is Kind.READY:
             sched.worker_ready(handle.id, now)
             self._check_ready()
@@ -536,7 +574,10 @@ class Supervisor:
     def _emit_output(self, handle: WorkerHandle, line: bytes) -> None:
         text = line.decode("utf-8", "replace")
         if self.on_output is not None:
-            self.on_output(handle.id, handle.activity, text)
+            try:
+                self.on_output(handle.id, handle.activity, text)
+            except Exception:
+                log.exception("on_output callback failed")
         worker_log.info(
             "[worker %d %s] %s",
             handle.id,

@@ -37,7 +37,7 @@ from pool._protocol import (
     encode_small,
 )
 from sdk import _context
-from sdk._definition import ActivityDefinition
+from sdk._definition import ActivityDefinition, _provided
 from sdk._depends import ResourceCache
 from sdk._errors import ApplicationError
 
@@ -138,6 +138,7 @@ class Worker:
         self.hb_next = 0.0
         self.hb_window = HEARTBEAT_WINDOW
         self.hb_seq = 0
+        self.hb_time = 0.0  # time.monotonic() of the latest heartbeat() call
         self._flusher: threading.Thread | None = None
         self._flush_event = threading.Event()
 
@@ -289,7 +290,8 @@ class Worker:
         token = _context.set_activity(ctx)
         try:
             if defn.depends_params():
-                kwargs = {**self.resources.resolve(defn), **kwargs}
+                provided = _provided(defn, args, kwargs)
+                kwargs = {**self.resources.resolve(defn, provided), **kwargs}
             self.running = True
             if meta.fault is not None:
                 _inject_fault(*meta.fault)
@@ -376,11 +378,11 @@ class Worker:
         # window goes inline so that an activity which then blocks in C holding the GIL has
         # still delivered recent details; the trailing one is sent by the flusher thread.
         self.hb_details = details
-        now = time.monotonic()
+        self.hb_time = now = time.monotonic()
         if now >= self.hb_next:
             self.hb_next = now + self.hb_window
             self.hb_pending = False
-            self._send_heartbeat(self.current_seq, details)
+            self._send_heartbeat(self.current_seq, details, now)
         elif not self.hb_pending:
             self.hb_seq = self.current_seq
             self.hb_pending = True
@@ -391,15 +393,15 @@ class Worker:
                 self._flusher.start()
             self._flush_event.set()
 
-    def _send_heartbeat(self, seq: int, details: Any) -> None:
-        body, buffers = _dump_details(details)
+    def _send_heartbeat(self, seq: int, details: Any, at: float) -> None:
+        body, buffers = _dump_details(details, at)
         self.send(encode(Kind.HEARTBEAT, seq, body, buffers=buffers))
 
     def _flush_heartbeat(self) -> None:
         """Before RESULT/FAILURE: deliver details the window held back."""
         if self.hb_pending:
             self.hb_pending = False
-            self._send_heartbeat(self.current_seq, self.hb_details)
+            self._send_heartbeat(self.current_seq, self.hb_details, self.hb_time)
 
     def _flush_loop(self) -> None:
         while True:
@@ -412,9 +414,9 @@ class Worker:
                 if not self.hb_pending:
                     continue
                 self.hb_pending = False
-                seq, details = self.hb_seq, self.hb_details
+                seq, details, at = self.hb_seq, self.hb_details, self.hb_time
                 self.hb_next = time.monotonic() + self.hb_window
-                body, buffers = _dump_details(details)
+                body, buffers = _dump_details(details, at)
                 _write_all(self.wfd, encode(Kind.HEARTBEAT, seq, body, buffers=buffers))
 
 
@@ -440,12 +442,14 @@ def _inject_fault(kind: str, arg: Any) -> None:
     raise ValueError(f"unknown fault {kind!r}")
 
 
-def _dump_details(details: Any) -> tuple[bytes, list[Any]]:
+def _dump_details(details: Any, at: float) -> tuple[bytes, list[Any]]:
+    """A HEARTBEAT body: the details and the CLOCK_MONOTONIC time they were given at, so that
+    the supervisor's heartbeat deadline counts from the beat, not from when it arrived."""
     try:
-        return dumps(details)
+        return dumps((details, at))
     except Exception:
         # details that cannot be pickled still prove liveness; keep their repr
-        return dumps(f"<unpicklable heartbeat details: {details!r}>")
+        return dumps((f"<unpicklable heartbeat details: {details!r}>", at))
 
 
 def _cancelled_error() -> BaseException:

@@ -155,8 +155,10 @@ def schedule_limited() -> None:
 
 
 @activity(start_to_close_timeout=0.3, retry_policy_max_attempts=1)
-def spawn_child_and_hang(pidfile: str) -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+def spawn_child_and_hang(pidfile: str, own_session: bool = False) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=own_session
+    )
     Path(pidfile).write_text(str(child.pid))
     time.sleep(3600)
 

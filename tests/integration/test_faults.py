@@ -40,10 +40,11 @@ def test_start_to_close_kills_stuck_code(pool, fn):
     assert len(after) == 2 and after != before
 
 
-def test_timeout_kills_the_activitys_own_children(pool, tmp_path):
+@pytest.mark.parametrize("own_session", [False, True], ids=["same-group", "setsid-child"])
+def test_timeout_kills_the_activitys_own_children(pool, tmp_path, own_session):
     pidfile = tmp_path / "child.pid"
     with pytest.raises(sdk.ActivityError):
-        pool.run(acts.spawn_child_and_hang, str(pidfile))
+        pool.run(acts.spawn_child_and_hang, str(pidfile), own_session)
     child = int(pidfile.read_text())
     deadline = time.monotonic() + 2
     while psutil.pid_exists(child) and time.monotonic() < deadline:

@@ -55,7 +55,7 @@ def test_big_frame_is_filled_in_place_from_a_pipe():
                 got = reader.read(r)
                 assert got is not None
                 frames.extend(got)
-                if reader.pending == 0 or not got and _drained(r):
+                if reader.pending == 0 or (not got and _drained(r)):
                     break
     finally:
         os.close(w)
