@@ -226,3 +226,31 @@ def test_close_is_idempotent_and_cancels():
         fut.result(timeout=5)
     with pytest.raises(sdk.PoolClosedError):
         pool.run(acts.add, 1, 1)
+
+
+def test_depends_parameter_given_by_the_caller_is_not_injected():
+    with Pool([acts], workers=1) as pool:
+        given = {"pid": -1}
+        assert pool.run(acts.uses_resource, 1, given)[1] == -1  # positionally
+        assert pool.run(acts.uses_resource, 2, res=given)[1] == -1  # by keyword
+
+
+def test_failing_on_output_callback_does_not_break_the_pool(caplog):
+    def explode(worker_id, activity, line):
+        raise RuntimeError("callback bug")
+
+    with caplog.at_level(logging.ERROR, logger="activitypool"):
+        with Pool([acts], workers=1, on_output=explode) as pool:
+            assert pool.run(acts.chatty, 3) == 3
+            with pytest.raises(sdk.ActivityError):
+                pool.run(acts.exit_with, 2)  # exit handling drains output through it too
+            assert pool.run(acts.add, 1, 1) == 2
+    assert any("on_output callback failed" in r.getMessage() for r in caplog.records)
+
+
+def test_closed_session_is_refused():
+    with Pool([acts], workers=1) as pool:
+        with pool.sticky_session() as s:
+            s.run(acts.load_model, "m")
+        with pytest.raises(sdk.ActivityInputError, match="closed"):
+            s.run(acts.predict, "x")
