@@ -403,18 +403,41 @@ class Pool:
 
     # -- introspection ---------------------------------------------------------------------
     def stats(self) -> PoolStats:
+        """Counts and latency percentiles (a snapshot taken on the pool's loop)."""
         sup = self._sup
         if sup is None:
             return PoolStats(0, 0, 0, 0, None, None, None)
-        sched = sup.scheduler
-        return sup.stats.snapshot(sched.live_workers(), sched.queued())
+        return self._on_loop_call(
+            lambda: sup.stats.snapshot(sup.scheduler.live_workers(), sup.scheduler.queued())
+        )
 
     def worker_pids(self) -> list[int]:
-        """Pids of the live worker processes (a snapshot)."""
+        """Pids of the live worker processes (a snapshot taken on the pool's loop)."""
         sup = self._sup
         if sup is None:
             return []
-        return [h.proc.pid for h in list(sup.handles.values()) if not h.proc.reaped and not h.eof]
+        return self._on_loop_call(
+            lambda: [h.proc.pid for h in sup.handles.values() if not h.proc.reaped and not h.eof]
+        )
+
+    def _on_loop_call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` where the state it reads is owned: on the pool's loop thread."""
+        loop = self._loop
+        if loop is None or _on_loop(loop) or not loop.is_running() or self._thread is None:
+            return fn()
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def call() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+        try:
+            loop.call_soon_threadsafe(call)
+            return fut.result(timeout=5.0)
+        except (RuntimeError, concurrent.futures.TimeoutError):  # the loop is going away
+            return fn()
 
     @property
     def workers(self) -> int:

@@ -680,11 +680,13 @@ def _rebuild_failure(frame: Frame) -> BaseException:
         except BaseException:
             exc_obj = None
     if not isinstance(exc_obj, BaseException):
+        # the exception itself could not cross: keep its type name, message and traceback
         exc_obj = ApplicationError(
             f"{info.type_name}: {info.message}",
             type=info.type_name,
             non_retryable=info.non_retryable,
         )
+        exc_obj.__cause__ = RemoteTraceback(info.traceback)
     elif info.non_retryable and not (
         isinstance(exc_obj, ApplicationError) and exc_obj.non_retryable
     ):
