@@ -325,13 +325,13 @@ class Scheduler:
         a call does not wait behind a long one while another worker could have run it.
         """
         max_tasks = self.max_tasks
+        head = self.queue[0]
+        avg = self._durations.get(head.defn.name)
+        depth = self.prefetch if avg is None else int(PREFETCH_HORIZON / max(avg, 1e-6))
+        depth = max(1, min(self.prefetch, depth))
         progress = True
         while progress and self.queue:
             progress = False
-            head = self.queue[0]
-            avg = self._durations.get(head.defn.name)
-            depth = self.prefetch if avg is None else int(PREFETCH_HORIZON / max(avg, 1e-6))
-            depth = max(1, min(self.prefetch, depth))
             for slot in self.workers.values():
                 if (
                     slot.state is WorkerState.BUSY

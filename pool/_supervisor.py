@@ -706,11 +706,19 @@ def _set_result(waiter: Any, value: Any) -> None:
         if not waiter.done():
             waiter.set_result(value)
     elif isinstance(waiter, concurrent.futures.Future):
-        # PENDING until now, so the caller could cancel() at any time before this
-        if not waiter.done() and waiter.set_running_or_notify_cancel():
+        # PENDING until now, so the caller could cancel() at any time before this; one lock
+        # round on the common path, the cancelled one is notified for wait()/as_completed()
+        try:
             waiter.set_result(value)
+        except concurrent.futures.InvalidStateError:
+            _notify_cancelled(waiter)
     else:
         waiter(value, None)
+
+
+def _notify_cancelled(waiter: concurrent.futures.Future[Any]) -> None:
+    with contextlib.suppress(RuntimeError):  # already notified
+        waiter.set_running_or_notify_cancel()
 
 
 def _set_exception(waiter: Any, exc: BaseException) -> None:
@@ -721,8 +729,14 @@ def _set_exception(waiter: Any, exc: BaseException) -> None:
             else:
                 waiter.set_exception(exc)
     elif isinstance(waiter, concurrent.futures.Future):
-        if not waiter.done() and waiter.set_running_or_notify_cancel():
+        if isinstance(exc, asyncio.CancelledError):
+            waiter.cancel()  # the canceller's own cancel() got here first in practice
+            _notify_cancelled(waiter)
+            return
+        try:
             waiter.set_exception(exc)
+        except concurrent.futures.InvalidStateError:
+            _notify_cancelled(waiter)
     else:
         waiter(None, exc)
 
