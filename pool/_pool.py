@@ -62,6 +62,7 @@ class Pool:
         shutdown_timeout: float = 5.0,
         prefetch: int = 32,
         thread_limit: int | Literal["auto"] | None = "auto",
+        cpu_affinity: bool | Iterable[Iterable[int]] = False,
         on_event: Callable[[PoolEvent], None] | None = None,
         on_output: Callable[[int, str | None, str], None] | None = None,
         ambient: bool = True,
@@ -80,6 +81,15 @@ class Pool:
             raise ValueError("prefetch must be >= 0")
         if cancel_grace < 0 or start_timeout <= 0 or shutdown_timeout <= 0:
             raise ValueError("cancel_grace must be >= 0; start and shutdown timeouts > 0")
+        affinity: tuple[frozenset[int], ...] | None = None
+        if cpu_affinity is True:
+            # one allowed CPU per worker, round robin
+            allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+            affinity = tuple(frozenset({cpu}) for cpu in allowed) or None
+        elif cpu_affinity is not False:
+            affinity = tuple(frozenset(int(c) for c in cpus) for cpus in cpu_affinity)
+            if not affinity or not all(affinity):
+                raise ValueError("cpu_affinity: give True, or a non-empty list of CPU sets")
         if thread_limit == "auto":
             thread_limit = max(1, (os.cpu_count() or 1) // workers)
         preload: list[str] = []
@@ -102,6 +112,7 @@ class Pool:
             max_tasks_per_worker=max_tasks_per_worker,
             max_memory_per_worker=max_memory_per_worker,
             thread_limit=thread_limit if isinstance(thread_limit, int) else None,
+            cpu_affinity=affinity,
             preload=tuple(preload),
         )
         self._default_policy = retry_policy or RetryPolicy()

@@ -108,6 +108,7 @@ class SupervisorConfig:
     max_tasks_per_worker: int | None
     max_memory_per_worker: int | None
     thread_limit: int | None
+    cpu_affinity: tuple[frozenset[int], ...] | None  # worker n runs on set (n - 1) % len
     preload: tuple[str, ...]
 
 
@@ -308,6 +309,12 @@ class Supervisor:
             return
         handle = WorkerHandle(worker_id, proc)
         self.handles[worker_id] = handle
+        cpus = self.config.cpu_affinity
+        if cpus is not None:
+            try:
+                os.sched_setaffinity(proc.pid, cpus[(worker_id - 1) % len(cpus)])
+            except OSError as exc:  # a CPU outside our cgroup: run unpinned, say so
+                log.warning("worker %d: cannot pin to %s: %s", worker_id, sorted(cpus[0]), exc)
         loop = self.loop
         loop.add_reader(proc.from_worker, self._on_readable, handle)
         loop.add_reader(proc.output, self._on_output, handle)

@@ -346,3 +346,16 @@ def leave_segment_and_die() -> None:
 @activity(retry_policy_max_attempts=1)
 def array_sum(arr) -> float:
     return float(arr.sum())
+
+
+@activity
+def env_var(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+@activity(
+    retry_policy_max_attempts=0, retry_policy_initial_interval=0.001, start_to_close_timeout=0.2
+)
+def chaos_echo(x: int) -> int:
+    time.sleep(0.0005)
+    return x

@@ -254,3 +254,18 @@ def test_closed_session_is_refused():
             s.run(acts.load_model, "m")
         with pytest.raises(sdk.ActivityInputError, match="closed"):
             s.run(acts.predict, "x")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux only")
+def test_cpu_affinity_pins_each_worker_and_thread_limit_reaches_the_env():
+    cpus = sorted(os.sched_getaffinity(0))
+    with Pool([acts], workers=2, cpu_affinity=True, thread_limit=1) as pool:
+        pids = pool.worker_pids()
+        pinned = [os.sched_getaffinity(pid) for pid in pids]
+        env = pool.run(acts.env_var, "OMP_NUM_THREADS")
+    assert all(len(s) == 1 for s in pinned)
+    if len(cpus) > 1:
+        assert pinned[0] != pinned[1]
+    assert env == "1"
+    with pytest.raises(ValueError):
+        Pool(cpu_affinity=[[]])
