@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sdk._definition import ActivityDefinition
+from sdk._definition import ActivityDefinition, RateLimit
 from sdk._errors import (
     ActivityError,
     ActivityTimeoutError,
@@ -122,6 +122,22 @@ class _Deadline(enum.IntEnum):
     RETRY = 4
     CANCEL_GRACE = 5
     WORKER_START = 6
+    RATE = 7  # a rate limit's window has room again
+
+
+@dataclass(eq=False, slots=True)
+class _Bucket:
+    """Attempt starts admitted within the last ``window`` seconds, and the calls waiting."""
+
+    window: float
+    limit: int
+    starts: deque[float] = field(default_factory=deque)
+    waiting: deque[Call] = field(default_factory=deque)
+
+    def expire(self, now: float) -> None:
+        starts = self.starts
+        while starts and starts[0] <= now - self.window:
+            starts.popleft()
 
 
 # How much work (in seconds of the activity's average run time) prefetch keeps queued in each
@@ -170,6 +186,7 @@ class Scheduler:
         self.n_starting = 0  # workers spawned but not yet ready (no prefetch until all are up)
         self._now = 0.0  # the time of the event being handled, for paths that need it
         self._durations: dict[str, float] = {}  # moving average run time per activity name
+        self._buckets: dict[str, _Bucket] = {}  # rate limits by key
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -261,12 +278,43 @@ class Scheduler:
         call.state = CallState.QUEUED
         call.gen += 1
         call.worker = None
+        self._place(call, now, front)
+
+    # -- rate limits ---------------------------------------------------------------------
+    # Checked when a call is about to start on an idle worker (rate-limited calls are never
+    # prefetched, so dispatch is the start, give or take a pipe's latency).
+    def _admit(self, call: Call, limit: RateLimit, now: float) -> bool:
+        """Count an attempt against its rate limit, or park it (True: it may start now)."""
+        key = limit.key or f"activity:{call.defn.name}"
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(limit.time_window_in_sec, limit.max_execution)
+        bucket.expire(now)
+        if not bucket.waiting and len(bucket.starts) < bucket.limit:
+            bucket.starts.append(now)
+            return True
+        if not bucket.waiting:
+            self._push(bucket.starts[0] + bucket.window, _Deadline.RATE, bucket, -1)
+        bucket.waiting.append(call)
+        return False
+
+    def _release(self, bucket: _Bucket, now: float) -> None:
+        """A window moved on: parked calls go back to the head of their queues, in order;
+        they are admitted (or parked again) when a worker takes them."""
+        waiting, bucket.waiting = bucket.waiting, deque()
+        for call in reversed(waiting):
+            if call.state is CallState.QUEUED:  # not cancelled or timed out meanwhile
+                self._place(call, now, True, pump=False)
+        self._pump(now)
+
+    def _place(self, call: Call, now: float, front: bool, pump: bool = True) -> None:
         if call.session is None:
             if front:
                 self.queue.appendleft(call)
             else:
                 self.queue.append(call)
-            self._pump(now)
+            if pump:
+                self._pump(now)
             return
         session = self.sessions.get(call.session)
         if session is None or session.lost is not None:
@@ -287,7 +335,7 @@ class Scheduler:
             slot.sticky.appendleft(call)
         else:
             slot.sticky.append(call)
-        if slot.state is WorkerState.IDLE:
+        if pump and slot.state is WorkerState.IDLE:
             self._pump(now)
 
     def _choose_session_worker(self) -> WorkerSlot | None:
@@ -309,7 +357,7 @@ class Scheduler:
             slot = idle.popleft()
             if slot.state is not WorkerState.IDLE:
                 continue  # stale entry
-            call = self._next_for(slot)
+            call = self._next_for(slot, now)
             if call is None:
                 idle.append(slot)
                 continue
@@ -326,6 +374,8 @@ class Scheduler:
         """
         max_tasks = self.max_tasks
         head = self.queue[0]
+        if head.defn.rate_limit is not None:
+            return  # rate-limited calls start only on idle workers (see _admit)
         avg = self._durations.get(head.defn.name)
         depth = self.prefetch if avg is None else int(PREFETCH_HORIZON / max(avg, 1e-6))
         depth = max(1, min(self.prefetch, depth))
@@ -340,6 +390,8 @@ class Scheduler:
                     and not slot.sticky
                     and (max_tasks is None or slot.tasks_done + 1 + len(slot.sent) < max_tasks)
                 ):
+                    if self.queue and self.queue[0].defn.rate_limit is not None:
+                        return
                     call = self._pop_queue()
                     if call is None:
                         return
@@ -356,18 +408,23 @@ class Scheduler:
                 return call
         return None
 
-    def _next_for(self, slot: WorkerSlot) -> Call | None:
-        while slot.sticky and slot.sticky[0].state is not CallState.QUEUED:
-            slot.sticky.popleft()
-        while self.queue and self.queue[0].state is not CallState.QUEUED:
-            self.queue.popleft()
-        sticky = slot.sticky[0] if slot.sticky else None
-        plain = self.queue[0] if self.queue else None
-        if sticky is not None and (plain is None or sticky.id < plain.id):
-            return slot.sticky.popleft()
-        if plain is not None:
-            return self.queue.popleft()
-        return None
+    def _next_for(self, slot: WorkerSlot, now: float) -> Call | None:
+        while True:
+            while slot.sticky and slot.sticky[0].state is not CallState.QUEUED:
+                slot.sticky.popleft()
+            while self.queue and self.queue[0].state is not CallState.QUEUED:
+                self.queue.popleft()
+            sticky = slot.sticky[0] if slot.sticky else None
+            plain = self.queue[0] if self.queue else None
+            if sticky is not None and (plain is None or sticky.id < plain.id):
+                call = slot.sticky.popleft()
+            elif plain is not None:
+                call = self.queue.popleft()
+            else:
+                return None
+            limit = call.defn.rate_limit
+            if limit is None or self._admit(call, limit, now):
+                return call
 
     def _dispatch(self, slot: WorkerSlot, call: Call) -> None:
         call.attempt += 1
@@ -419,7 +476,7 @@ class Scheduler:
         if self.closed and not self.calls:
             self._maybe_retire_all()
             return
-        call = self._next_for(slot)
+        call = self._next_for(slot, now)
         if call is not None:
             self._start(slot, call, now)
             if self.queue and self.prefetch:
@@ -757,6 +814,8 @@ class Scheduler:
             return bool(obj.state is not CallState.DONE)
         if kind is _Deadline.CANCEL_GRACE:
             return bool(obj.gen == gen)  # the call is DONE: the caller was answered already
+        if kind is _Deadline.RATE:
+            return bool(obj.waiting)
         return bool(obj.gen == gen and obj.state is not CallState.DONE)
 
     def next_deadline(self) -> float | None:
@@ -775,6 +834,9 @@ class Scheduler:
                 self._fire(kind, obj, gen, now)
 
     def _fire(self, kind: _Deadline, obj: Any, gen: int, now: float) -> None:
+        if kind is _Deadline.RATE:
+            self._release(obj, now)
+            return
         if kind is _Deadline.RETRY:
             if obj.state is CallState.BACKOFF:
                 self._enqueue(obj, now)

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from sdk import ApplicationError, Depends, activity
+from sdk import ApplicationError, Depends, RateLimit, activity
 
 FAST = {"retry_policy_initial_interval": 0.01}
 
@@ -359,3 +359,8 @@ def env_var(name: str) -> str | None:
 def chaos_echo(x: int) -> int:
     time.sleep(0.0005)
     return x
+
+
+@activity(rate_limit=RateLimit(time_window_in_sec=0.2, max_execution=3))
+def rate_limited_now(x: int) -> float:
+    return time.monotonic()

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import time
 
 import psutil
 import pytest
@@ -269,3 +270,13 @@ def test_cpu_affinity_pins_each_worker_and_thread_limit_reaches_the_env():
     assert env == "1"
     with pytest.raises(ValueError):
         Pool(cpu_affinity=[[]])
+
+
+def test_rate_limit_spaces_starts_in_real_workers():
+    with Pool([acts], workers=2) as pool:
+        t0 = time.monotonic()
+        starts = sorted(pool.map(acts.rate_limited_now, range(9)))
+    # three windows of 0.2 s: no more than 3 starts in any 0.2 s span
+    assert starts[-1] - t0 >= 0.4
+    for i in range(len(starts) - 3):
+        assert starts[i + 3] - starts[i] >= 0.19

@@ -1080,3 +1080,73 @@ def test_deadline_heap_is_compacted_without_next_deadline_calls() -> None:
         biggest = max(biggest, len(sched._heap))
     assert len(h.fx.of("resolve")) == 20_000
     assert biggest <= 5000  # 3 entries per call would be 60,000 without compaction
+
+
+# -- rate limits --------------------------------------------------------------------------------
+
+
+@activity(rate_limit=sdk.RateLimit(time_window_in_sec=1.0, max_execution=2))
+def rate_limited() -> None: ...
+
+
+@activity(rate_limit=sdk.RateLimit(time_window_in_sec=1.0, max_execution=1, key="shared"))
+def shared_limit_a() -> None: ...
+
+
+@activity(rate_limit=sdk.RateLimit(time_window_in_sec=1.0, max_execution=1, key="shared"))
+def shared_limit_b() -> None: ...
+
+
+def sent_ids(fx: Any) -> list[int]:
+    return [c[2] for c in fx.new() if c[0] == "send_run"]
+
+
+def test_rate_limit_admits_at_most_max_execution_per_window() -> None:
+    h = Harness(workers=5, prefetch=0)
+    calls = [h.submit(rate_limited, now=0.0) for _ in range(5)]
+    other = h.submit(plain, now=0.0)  # not limited: does not wait behind the parked ones
+    assert sent_ids(h.fx) == [calls[0].id, calls[1].id, other.id]
+    assert h.sched.next_deadline() == pytest.approx(1.0)
+    h.sched.advance(0.99)
+    assert sent_ids(h.fx) == []
+    h.sched.advance(1.0)
+    # the window moved on: two more start, on the two idle workers
+    assert sent_ids(h.fx) == [calls[2].id, calls[3].id]
+    for c in calls[:4]:
+        h.finish(c, None, 1.5)
+    h.fx.new()
+    h.sched.advance(2.0)
+    assert sent_ids(h.fx) == [calls[4].id]
+
+
+def test_rate_limit_key_is_shared_and_parked_calls_can_be_cancelled() -> None:
+    h = Harness(workers=3, prefetch=0)
+    a = h.submit(shared_limit_a)
+    b = h.submit(shared_limit_b)
+    c = h.submit(shared_limit_a)
+    assert sent_ids(h.fx) == [a.id]
+    h.sched.cancel(b.id, 0.5)
+    assert [e[0] for e in h.fx.new()] == ["reject"]
+    h.sched.advance(1.0)
+    assert sent_ids(h.fx) == [c.id]
+    assert b.state is CallState.DONE and b.attempt == 0
+
+
+@activity(
+    rate_limit=sdk.RateLimit(time_window_in_sec=1.0, max_execution=2),
+    retry_policy_initial_interval=0.01,
+)
+def rate_limited_quick_retry() -> None: ...
+
+
+def test_retries_count_against_the_rate_limit() -> None:
+    h = Harness(workers=2, prefetch=0)
+    first = h.submit(rate_limited_quick_retry)
+    second = h.submit(rate_limited_quick_retry)
+    assert sent_ids(h.fx) == [first.id, second.id]
+    h.fail(first, ValueError("x"), 0.1)
+    h.fx.new()
+    h.sched.advance(0.1 + first.policy.delay(1))  # backoff over, but the window is full
+    assert sent_ids(h.fx) == []
+    h.sched.advance(1.0)
+    assert sent_ids(h.fx) == [first.id]
