@@ -305,8 +305,18 @@ class Pool:
     ) -> Iterator[Any]:
         """Call ``fn(item)`` for every item; results in input order. Blocking iterator."""
         self._refuse_on_loop("map")
-        futures = self._submit_all(fn, iterable, session)
-        return _results_in_order(futures)
+        session = session if session is not None else _context_session()
+        defn = get_definition(fn)
+        calls = [self._prepare(defn, (item,), {}, session) for item in iterable]
+        # one result board for the whole map, not a Future (and its Condition) per item:
+        # far fewer objects for the garbage collector to trace while thousands are in flight
+        batch = _MapBatch(len(calls))
+        for i, call in enumerate(calls):
+            call.waiter = _Slot(batch, i)
+        loop, sup = self._loop, self._sup
+        assert loop is not None and sup is not None
+        loop.call_soon_threadsafe(sup.submit_many, calls)
+        return batch.results_in_order(lambda: loop.call_soon_threadsafe(sup.cancel_many, calls))
 
     def _refuse_on_loop(self, what: str) -> None:
         if self._loop is not None and _on_loop(self._loop):
@@ -515,10 +525,53 @@ def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
-def _results_in_order(futures: list[concurrent.futures.Future[Any]]) -> Iterator[Any]:
-    try:
-        for fut in futures:
-            yield fut.result()
-    finally:
-        for fut in futures:
-            fut.cancel()
+_PENDING = object()
+
+
+class _MapBatch:
+    """Results of one ``map``: written by the loop thread, read in order by the caller."""
+
+    __slots__ = ("cond", "results", "waiting")
+
+    def __init__(self, n: int) -> None:
+        self.results: list[Any] = [_PENDING] * n  # (value, exception) once answered
+        self.cond = threading.Condition()
+        self.waiting = False  # the reader sleeps on cond for its next index
+
+    def deliver(self, index: int, value: Any, exc: BaseException | None) -> None:
+        self.results[index] = (value, exc)
+        if self.waiting:  # read after the store: a reader that missed it sees the result
+            with self.cond:
+                self.cond.notify()
+
+    def results_in_order(self, cancel_rest: Callable[[], object]) -> Iterator[Any]:
+        results = self.results
+        try:
+            for i in range(len(results)):
+                if results[i] is _PENDING:
+                    with self.cond:
+                        self.waiting = True
+                        while results[i] is _PENDING:
+                            self.cond.wait()
+                        self.waiting = False
+                value, exc = results[i]
+                results[i] = None  # the caller has it; let it go
+                if exc is not None:
+                    raise exc
+                yield value
+        finally:
+            if any(r is _PENDING for r in results):
+                cancel_rest()
+
+
+class _Slot:
+    """The waiter of one ``map`` item (the supervisor calls it with the outcome)."""
+
+    __slots__ = ("batch", "index")
+
+    def __init__(self, batch: _MapBatch, index: int) -> None:
+        self.batch = batch
+        self.index = index
+
+    def __call__(self, value: Any, exc: BaseException | None) -> None:
+        self.batch.deliver(self.index, value, exc)

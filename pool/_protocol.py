@@ -144,23 +144,31 @@ def encode(
     return [HEADER.pack(size, split, kind, len(raws), seq), *chunks]
 
 
+def write_all(fd: int, parts: list[bytes | memoryview], offset: int | None = None) -> None:
+    """Write every byte of ``parts`` to a blocking fd (at ``offset`` with pwritev, if given)."""
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        batch = views[:1024]  # IOV_MAX
+        if offset is None:
+            n = os.writev(fd, batch)
+        else:
+            n = os.pwritev(fd, batch, offset)
+            offset += n
+        while n:
+            head = views[0]
+            if n >= head.nbytes:
+                n -= head.nbytes
+                views.pop(0)
+            else:
+                views[0] = head[n:]
+                n = 0
+
+
 def _write_segment(name: str, chunks: list[bytes | memoryview], size: int) -> None:
     fd = os.open(os.path.join(SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
         os.ftruncate(fd, size)
-        offset = 0
-        views = [memoryview(c).cast("B") for c in chunks]
-        while views:
-            n = os.pwritev(fd, views[:1024], offset)
-            offset += n
-            while n:
-                head = views[0]
-                if n >= head.nbytes:
-                    n -= head.nbytes
-                    views.pop(0)
-                else:
-                    views[0] = head[n:]
-                    n = 0
+        write_all(fd, chunks, offset=0)
     except BaseException:
         _unlink(name)
         raise

@@ -236,6 +236,12 @@ class Supervisor:
         self.scheduler.cancel(call.id, time.monotonic())
         self._after()
 
+    def cancel_many(self, calls: list[Call]) -> None:
+        now = time.monotonic()
+        for call in calls:
+            self.scheduler.cancel(call.id, now)
+        self._after()
+
     def add_fault(self, rule: FaultRule) -> None:
         self.faults.setdefault(rule.name, []).append(rule)
 

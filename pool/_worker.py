@@ -35,6 +35,7 @@ from pool._protocol import (
     dumps,
     encode,
     encode_small,
+    write_all,
 )
 from sdk import _context
 from sdk._definition import ActivityDefinition, _provided
@@ -81,20 +82,6 @@ class _WorkerContext(_context.ActivityContext):
                 heartbeat_details=meta.heartbeat_details,
             )
         return self._info
-
-
-def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
-    views = [memoryview(p).cast("B") for p in parts if len(p)]
-    while views:
-        n = os.writev(fd, views)
-        while n:
-            head = views[0]
-            if n >= head.nbytes:
-                n -= head.nbytes
-                views.pop(0)
-            else:
-                views[0] = head[n:]
-                n = 0
 
 
 def _set_parent_death_signal(parent: int) -> None:
@@ -145,7 +132,7 @@ class Worker:
     # -- channel -------------------------------------------------------------------------
     def send(self, parts: list[bytes | memoryview]) -> None:
         with self._write_lock:
-            _write_all(self.wfd, parts)
+            write_all(self.wfd, parts)
 
     def next_frame(self) -> Frame | None:
         while not self.pending:
@@ -330,7 +317,7 @@ class Worker:
                 if len(data) <= SMALL_WRITE:
                     os.write(self.wfd, data)
                 else:
-                    _write_all(self.wfd, [data])
+                    write_all(self.wfd, [data])
 
     def _run_async(self, defn: ActivityDefinition, args: tuple, kwargs: dict) -> Any:
         loop = self._ensure_loop()
@@ -417,7 +404,7 @@ class Worker:
                 seq, details, at = self.hb_seq, self.hb_details, self.hb_time
                 self.hb_next = time.monotonic() + self.hb_window
                 body, buffers = _dump_details(details, at)
-                _write_all(self.wfd, encode(Kind.HEARTBEAT, seq, body, buffers=buffers))
+                write_all(self.wfd, encode(Kind.HEARTBEAT, seq, body, buffers=buffers))
 
 
 def _inject_fault(kind: str, arg: Any) -> None:

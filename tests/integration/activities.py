@@ -364,3 +364,10 @@ def chaos_echo(x: int) -> int:
 @activity(rate_limit=RateLimit(time_window_in_sec=0.2, max_execution=3))
 def rate_limited_now(x: int) -> float:
     return time.monotonic()
+
+
+@activity(retry_policy_max_attempts=1)
+def echo_or_fail(x: int) -> int:
+    if x == 3:
+        raise ValueError(f"item {x} is bad")
+    return x

@@ -280,3 +280,26 @@ def test_rate_limit_spaces_starts_in_real_workers():
     assert starts[-1] - t0 >= 0.4
     for i in range(len(starts) - 3):
         assert starts[i + 3] - starts[i] >= 0.19
+
+
+def test_map_raises_at_the_failing_item_in_order():
+    with Pool([acts], workers=2) as pool:
+        it = pool.map(acts.sleep_for, [0.0] * 3)
+        assert len(list(it)) == 3
+        got = []
+        with pytest.raises(sdk.ActivityError, match="item 3 is bad"):
+            for value in pool.map(acts.echo_or_fail, range(6)):
+                got.append(value)
+        assert got == [0, 1, 2]
+
+
+def test_map_closed_early_cancels_the_rest():
+    with Pool([acts], workers=1, prefetch=0) as pool:
+        it = pool.map(acts.sleep_for, [0.05] * 20)
+        next(it)
+        it.close()  # the caller lost interest: queued items never run
+        time.sleep(0.2)
+        stats = pool.stats()
+        assert stats.completed < 10
+        assert stats.queued == 0
+        assert pool.run(acts.add, 1, 1) == 2
