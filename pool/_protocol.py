@@ -40,10 +40,10 @@ PROTOCOL = 5
 OOB_MIN = 64 * 1024
 # A frame larger than this is refused as malformed rather than allocated.
 MAX_FRAME = 1 << 31
-# Frames at least this large travel through shared memory: below it the pipe is cheaper than
-# creating, mapping and unlinking a file; above it the pipe's 64 KiB-at-a-time copies and
-# wake-ups dominate.
-SHM_MIN = 1 << 20
+# Frames at least this large travel through shared memory: below it the pipe (grown to 1 MiB)
+# is cheaper than creating, mapping and unlinking a file; above it the pipe's chunked copies and
+# wake-ups dominate, and out-of-band buffers (numpy) arrive without a copy.
+SHM_MIN = 2 << 20
 SHM_FLAG = 0x80
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "activitypool-"

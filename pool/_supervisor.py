@@ -438,8 +438,8 @@ class Supervisor:
         fd = handle.proc.to_worker
         if len(parts) == 1:
             data = parts[0]
-        elif all(type(p) is bytes for p in parts) and len(parts) < 4096:
-            data = b"".join(parts)
+        elif len(parts) < 4096 and all(type(p) is bytes for p in parts):
+            data = b"".join(parts) if sum(map(len, parts)) <= SMALL_BODY else b""
         else:
             data = b""
         if data:
