@@ -63,6 +63,7 @@ class Pool:
         prefetch: int = 32,
         thread_limit: int | Literal["auto"] | None = "auto",
         cpu_affinity: bool | Iterable[Iterable[int]] = False,
+        spares: int = 0,
         on_event: Callable[[PoolEvent], None] | None = None,
         on_output: Callable[[int, str | None, str], None] | None = None,
         ambient: bool = True,
@@ -79,6 +80,8 @@ class Pool:
             raise ValueError(f"unsupported start_method {start_method!r}; only 'spawn' for now")
         if prefetch < 0:
             raise ValueError("prefetch must be >= 0")
+        if not isinstance(spares, int) or spares < 0:
+            raise ValueError("spares must be an int >= 0")
         if cancel_grace < 0 or start_timeout <= 0 or shutdown_timeout <= 0:
             raise ValueError("cancel_grace must be >= 0; start and shutdown timeouts > 0")
         affinity: tuple[frozenset[int], ...] | None = None
@@ -113,6 +116,7 @@ class Pool:
             max_memory_per_worker=max_memory_per_worker,
             thread_limit=thread_limit if isinstance(thread_limit, int) else None,
             cpu_affinity=affinity,
+            spares=spares,
             preload=tuple(preload),
         )
         self._default_policy = retry_policy or RetryPolicy()

@@ -52,6 +52,7 @@ class WorkerState(enum.Enum):
     IDLE = "idle"
     BUSY = "busy"
     RETIRING = "retiring"  # asked to shut down gracefully
+    SPARE = "spare"  # ready, held back to replace a worker that dies (Pool(spares=...))
     DEAD = "dead"
 
 
@@ -115,6 +116,10 @@ class Effects(Protocol):
     def event(self, kind: str, **fields: Any) -> None: ...
 
 
+_ACTIVE = (WorkerState.IDLE, WorkerState.BUSY)
+_ACTIVE_OR_STARTING = (WorkerState.IDLE, WorkerState.BUSY, WorkerState.STARTING)
+
+
 class _Deadline(enum.IntEnum):
     START_TO_CLOSE = 1
     HEARTBEAT = 2
@@ -161,9 +166,13 @@ class Scheduler:
         start_timeout: float = 60.0,
         max_tasks_per_worker: int | None = None,
         events: bool = False,
+        spares: int = 0,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
+        if spares < 0:
+            raise ValueError("spares must be >= 0")
+        self.spares = spares
         self.fx = effects
         self.size = workers
         self.prefetch = prefetch
@@ -190,7 +199,7 @@ class Scheduler:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, now: float) -> None:
-        for _ in range(self.size):
+        for _ in range(self.size + self.spares):
             self._spawn(now)
 
     def _spawn(self, now: float) -> None:
@@ -210,11 +219,28 @@ class Scheduler:
             return
         self._consecutive_start_failures = 0
         self.n_starting -= 1
-        slot.state = WorkerState.IDLE
         slot.gen += 1
+        active = sum(1 for w in self.workers.values() if w.state in _ACTIVE)
+        if active >= self.size:
+            slot.state = WorkerState.SPARE
+            if self.events:
+                self.fx.event("spare_ready", worker_id=wid)
+            return
+        self._activate(slot, now)
+
+    def _activate(self, slot: WorkerSlot, now: float) -> None:
+        slot.state = WorkerState.IDLE
         if self.events:
-            self.fx.event("worker_started", worker_id=wid)
+            self.fx.event("worker_started", worker_id=slot.id)
         self._became_idle(slot, now)
+
+    def _replace(self, now: float) -> None:
+        """A worker is gone for good: a ready spare takes its place at once; start another."""
+        for slot in self.workers.values():
+            if slot.state is WorkerState.SPARE:
+                self._activate(slot, now)
+                break
+        self._spawn(now)
 
     def close(self) -> None:
         """No more submissions; workers retire once everything in flight is done."""
@@ -237,7 +263,7 @@ class Scheduler:
         if not self.closed or self.calls:
             return
         for slot in self.workers.values():
-            if slot.state in (WorkerState.IDLE, WorkerState.STARTING):
+            if slot.state in (WorkerState.IDLE, WorkerState.STARTING, WorkerState.SPARE):
                 slot.state = WorkerState.RETIRING
                 slot.gen += 1
                 self.fx.retire(slot.id)
@@ -342,7 +368,7 @@ class Scheduler:
         best: WorkerSlot | None = None
         best_key: tuple[int, int, int] | None = None
         for slot in self.workers.values():
-            if slot.state in (WorkerState.DEAD, WorkerState.RETIRING) or slot.recycle:
+            if slot.state not in _ACTIVE_OR_STARTING or slot.recycle:
                 continue
             key = (len(slot.sessions), 0 if slot.state is WorkerState.IDLE else 1, slot.id)
             if best_key is None or key < best_key:
@@ -495,13 +521,13 @@ class Scheduler:
             self.fx.event("worker_recycled", worker_id=slot.id, tasks=slot.tasks_done)
         self.fx.retire(slot.id)
         if not self.closed:
-            self._spawn(now)
+            self._replace(now)
         return True
 
     def request_recycle(self, wid: int, now: float) -> None:
         """Recycle a worker (e.g. over its memory limit) as soon as it is free and unpinned."""
         slot = self.workers.get(wid)
-        if slot is None or slot.state is WorkerState.DEAD:
+        if slot is None or slot.state in (WorkerState.DEAD, WorkerState.SPARE):
             return
         slot.recycle = True
         if slot.state is WorkerState.IDLE and self._maybe_recycle(slot, now):
@@ -781,7 +807,10 @@ class Scheduler:
                 self.fx.event("session_lost", worker_id=slot.id, session_id=sid, cause=cause)
         slot.sessions.clear()
         if respawn and not self.closed and self.broken is None and was is not WorkerState.RETIRING:
-            self._spawn(now)
+            if was is WorkerState.SPARE:
+                self._spawn(now)
+            else:
+                self._replace(now)
         elif self.broken is not None:
             self._fail_queue(self.broken)
         self._pump(now)

@@ -110,6 +110,7 @@ class SupervisorConfig:
     thread_limit: int | None
     cpu_affinity: tuple[frozenset[int], ...] | None  # worker n runs on set (n - 1) % len
     preload: tuple[str, ...]
+    spares: int = 0  # ready workers held back to replace one that dies
 
 
 class Supervisor:
@@ -133,6 +134,7 @@ class Supervisor:
             start_timeout=config.start_timeout,
             max_tasks_per_worker=config.max_tasks_per_worker,
             events=on_event is not None,
+            spares=config.spares,
         )
         self.stats = Stats()
         self._timer: asyncio.TimerHandle | None = None

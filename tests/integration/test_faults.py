@@ -184,3 +184,23 @@ def test_other_calls_unaffected_by_a_timeout(pool):
     with pytest.raises(sdk.ActivityError):
         pool.run(acts.hang_sleep)
     assert all(f.result(timeout=5) for f in ok)
+
+
+def test_a_spare_replaces_a_crashed_worker_at_once():
+    events = []
+    with Pool([acts], workers=1, spares=1, on_event=events.append) as pool:
+        before = pool.worker_pids()
+        assert len(before) == 2  # the worker and its spare
+        first = pool.run(acts.pid_of)
+        with pytest.raises(sdk.ActivityError):
+            pool.run(acts.kill_self)
+        second = pool.run(acts.pid_of)
+        # the spare, already running before the crash, took over: no process start in between
+        assert second != first and second in before
+        deadline = time.monotonic() + 5
+        while sum(e.kind == "spare_ready" for e in events) < 2:  # a new spare is started
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert len(pool.worker_pids()) == 2
+    kinds = [e.kind for e in events]
+    assert kinds.count("spare_ready") >= 2  # the first spare, then its own replacement

@@ -1150,3 +1150,34 @@ def test_retries_count_against_the_rate_limit() -> None:
     assert sent_ids(h.fx) == []
     h.sched.advance(1.0)
     assert sent_ids(h.fx) == [first.id]
+
+
+# -- spares -------------------------------------------------------------------------------------
+
+
+def test_spare_is_held_back_then_replaces_a_dead_worker_at_once() -> None:
+    h = Harness(workers=2, ready=False, spares=1, prefetch=0, events=True)
+    assert sorted(h.sched.workers) == [1, 2, 3]  # two workers and one spare were spawned
+    for wid in (1, 2, 3):
+        h.sched.worker_ready(wid, 0.0)
+    assert h.worker(3).state is WorkerState.SPARE
+    calls = [h.submit() for _ in range(3)]
+    assert sent_ids(h.fx) == [calls[0].id, calls[1].id]  # the spare takes no work
+    h.sched.worker_exited(1, crash(1), 0.5)
+    new = h.fx.new()
+    # the spare is promoted and takes the queued call before a new spare is even spawned
+    sends = [c for c in new if c[0] == "send_run"]
+    assert sends and sends[0][1] == 3 and sends[0][2] == calls[2].id
+    assert ("spawn", 4) in new
+    assert h.worker(3).state is WorkerState.BUSY
+    h.sched.worker_ready(4, 0.6)
+    assert h.worker(4).state is WorkerState.SPARE
+
+
+def test_spares_retire_on_close() -> None:
+    h = Harness(workers=1, spares=1, ready=False)
+    h.sched.worker_ready(1, 0.0)
+    h.sched.worker_ready(2, 0.0)
+    h.fx.new()
+    h.sched.close()
+    assert sorted(c for c in h.fx.new() if c[0] == "retire") == [("retire", 1), ("retire", 2)]
