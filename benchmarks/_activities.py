@@ -33,6 +33,10 @@ def pid_then_sleep(path: str, seconds: float) -> int:
     return os.getpid()
 
 
+def pid() -> int:
+    return os.getpid()
+
+
 def sleep_forever() -> None:
     time.sleep(3600)
 
@@ -47,6 +51,11 @@ def matmul_work(seed: int, size: int = 256, rounds: int = 8) -> float:
 @activity(name="bench_noop")
 def ap_noop(x=None):
     return x
+
+
+@activity(name="bench_pid")
+def ap_pid():
+    return os.getpid()
 
 
 @activity(name="bench_echo")

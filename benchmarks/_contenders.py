@@ -197,10 +197,13 @@ class Contender:
 class ActivityPool(Contender):
     activitypool = True
 
-    def __init__(self, thread_limit: int | str | None = "auto", name: str = "activitypool"):
+    def __init__(
+        self, thread_limit: int | str | None = "auto", name: str = "activitypool", spares: int = 0
+    ):
         super().__init__()
         self.name = name
         self.thread_limit = thread_limit
+        self.spares = spares
         self.pool: Any = None
         self.events: list[tuple[str, float, int | None]] = []
         self.changed = threading.Condition()
@@ -231,6 +234,7 @@ class ActivityPool(Contender):
             workers=self.workers,
             thread_limit=self.thread_limit,
             on_event=self._on_event,
+            spares=self.spares,
         )
         self.pool.__enter__()
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 class PoolEvent:
     """One thing that happened in the pool, passed to ``Pool(on_event=...)``.
 
-    ``kind`` is one of: worker_started, worker_exited, worker_killed, worker_recycled,
+    ``kind`` is one of: worker_started, spare_ready, worker_exited, worker_killed, worker_recycled,
     attempt_started, attempt_completed, attempt_failed, attempt_requeued (prefetched onto a worker
     that died; back in the queue, attempt not counted), retry_scheduled, session_bound,
     session_lost, session_closed.
