@@ -632,13 +632,7 @@ class ActivityEnvironment:
         defn, args, kwargs = self._prepare(fn, args, kwargs)
         if defn.is_async:
             return self._private_loop().run_until_complete(self._run_async(defn, args, kwargs))
-        token = self._enter(defn)
-        try:
-            kwargs = {**self._cache().resolve(defn, self._provided(defn, args, kwargs)), **kwargs}
-            result = defn.fn(*args, **kwargs)
-        finally:
-            self._exit(token)
-        return defn.validate_result(result)
+        return self._run_sync(defn, args, kwargs)
 
     async def arun(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> Any:
         """:meth:`run` for async tests: an async activity runs on the running loop, a sync one
@@ -647,9 +641,9 @@ class ActivityEnvironment:
         if defn.is_async:
             return await self._run_async(defn, args, kwargs)
         ctx = contextvars.copy_context()
-        return await asyncio.to_thread(ctx.run, self._run_sync_in_thread, defn, args, kwargs)
+        return await asyncio.to_thread(ctx.run, self._run_sync, defn, args, kwargs)
 
-    def _run_sync_in_thread(
+    def _run_sync(
         self, defn: ActivityDefinition, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         token = self._enter(defn)
@@ -688,11 +682,10 @@ class ActivityEnvironment:
             self._resources.close()
             self._resources = None
         if self._loop is not None:
+            from sdk._depends import close_private_loop
+
             loop, self._loop = self._loop, None
-            try:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                loop.close()
+            close_private_loop(loop)
 
     # -- plumbing ------------------------------------------------------------------------------
 

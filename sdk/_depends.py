@@ -102,10 +102,7 @@ class ResourceCache:
                     _log.exception("teardown of resource %r failed", fn)
             if self._loop is not None:
                 loop, self._loop = self._loop, None
-                try:
-                    loop.run_until_complete(loop.shutdown_asyncgens())
-                finally:
-                    loop.close()
+                close_private_loop(loop)
 
     # -- async API (for callers already inside a running loop) ---------------------------------
 
@@ -265,3 +262,11 @@ def default_resource_cache() -> ResourceCache:
                 atexit.register(cache.close)
                 _default_cache = cache
     return _default_cache
+
+
+def close_private_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Finish a loop this code made for itself: async generators first, then the loop."""
+    try:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()

@@ -35,7 +35,7 @@ from ._context import (
     set_dispatcher,
 )
 from ._definition import ActivityDefinition, get_definition
-from ._depends import ResourceCache
+from ._depends import ResourceCache, close_private_loop
 from ._errors import (
     ActivityError,
     ActivityTimeoutError,
@@ -102,10 +102,7 @@ class LocalRunner:
         self._resources.close()
         if self._loop is not None:
             loop, self._loop = self._loop, None
-            try:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                loop.close()
+            close_private_loop(loop)
 
     async def __aenter__(self) -> LocalRunner:
         return self.__enter__()
