@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pool._events import PoolEvent, PoolStats, Stats
+from pool._events import PoolEvent, Stats
 from pool._process import WorkerProcess, spawn_worker, worker_env
 from pool._protocol import (
     SHM_PREFIX,
@@ -46,7 +46,6 @@ from pool._protocol import (
     FrameReader,
     Kind,
     ProtocolError,
-    dumps,
     encode,
     encode_small,
     shm_available,
@@ -754,6 +753,3 @@ def _set_exception(waiter: Any, exc: BaseException) -> None:
             _notify_cancelled(waiter)
     else:
         waiter(None, exc)
-
-
-__all__ = ["PoolStats", "Supervisor", "SupervisorConfig", "dumps"]

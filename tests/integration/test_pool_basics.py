@@ -303,3 +303,12 @@ def test_map_closed_early_cancels_the_rest():
         assert stats.completed < 10
         assert stats.queued == 0
         assert pool.run(acts.add, 1, 1) == 2
+
+
+def test_max_memory_per_worker_recycles_a_worker_over_the_limit():
+    events = []
+    # any live interpreter is over one byte: every worker is recycled after its first result
+    with Pool([acts], workers=1, max_memory_per_worker=1, on_event=events.append) as pool:
+        pids = [pool.run(acts.pid_of) for _ in range(3)]
+    assert len(set(pids)) == 3
+    assert sum(e.kind == "worker_recycled" for e in events) >= 2
