@@ -8,6 +8,7 @@ arguments pickled in the calling thread; only the finished ``Call`` crosses to t
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextvars
 import os
@@ -130,6 +131,9 @@ class Pool:
         self._closed = False
         self._dispatcher_token: contextvars.Token[Any] | None = None
         self._sessions_hooked: set[str] = set()
+        # calls and actions on their way to the loop thread (see _to_loop)
+        self._inbox: collections.deque[Call | Callable[[], object]] = collections.deque()
+        self._inbox_armed = False
 
     # -- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> Pool:
@@ -265,10 +269,7 @@ class Pool:
         loop, sup = self._loop, self._sup
         if loop is None or sup is None or loop.is_closed():
             return
-        if _on_loop(loop):
-            sup.release_session(sid)
-        else:
-            loop.call_soon_threadsafe(sup.release_session, sid)
+        self._to_loop(partial(sup.release_session, sid))
 
     async def dispatch(
         self, defn: ActivityDefinition, args: tuple, kwargs: dict, session: Any
@@ -317,10 +318,10 @@ class Pool:
         batch = _MapBatch(len(calls))
         for i, call in enumerate(calls):
             call.waiter = _Slot(batch, i)
-        loop, sup = self._loop, self._sup
-        assert loop is not None and sup is not None
-        loop.call_soon_threadsafe(sup.submit_many, calls)
-        return batch.results_in_order(lambda: loop.call_soon_threadsafe(sup.cancel_many, calls))
+        sup = self._sup
+        assert sup is not None
+        self._to_loop(partial(sup.submit_many, calls))
+        return batch.results_in_order(lambda: self._to_loop(partial(sup.cancel_many, calls)))
 
     def _refuse_on_loop(self, what: str) -> None:
         if self._loop is not None and _on_loop(self._loop):
@@ -346,36 +347,71 @@ class Pool:
         defn = get_definition(fn)
         calls = [self._prepare(defn, (item,), {}, session) for item in iterable]
         futures = [self._attach_future(call) for call in calls]
-        loop, sup = self._loop, self._sup
-        assert loop is not None and sup is not None
-        if _on_loop(loop):
-            sup.submit_many(calls)
-        else:
-            loop.call_soon_threadsafe(sup.submit_many, calls)
+        sup = self._sup
+        assert sup is not None
+        self._to_loop(partial(sup.submit_many, calls))
         return futures
 
     def _attach_future(self, call: Call) -> concurrent.futures.Future[Any]:
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         call.waiter = fut
-        loop, sup = self._loop, self._sup
-        assert loop is not None and sup is not None
-
-        def on_done(f: concurrent.futures.Future[Any]) -> None:
-            if f.cancelled() and not loop.is_closed():
-                loop.call_soon_threadsafe(sup.cancel, call)
-
-        fut.add_done_callback(on_done)
+        fut.add_done_callback(partial(self._future_done, call))
         return fut
+
+    def _future_done(self, call: Call, fut: concurrent.futures.Future[Any]) -> None:
+        sup = self._sup
+        if fut.cancelled() and sup is not None:
+            self._to_loop(partial(sup.cancel, call))
 
     def _submit_call(self, call: Call) -> concurrent.futures.Future[Any]:
         fut = self._attach_future(call)
-        loop, sup = self._loop, self._sup
-        assert loop is not None and sup is not None
-        if _on_loop(loop):
-            sup.submit(call)
-        else:
-            loop.call_soon_threadsafe(sup.submit, call)
+        self._to_loop(call)
         return fut
+
+    def _to_loop(self, item: Call | Callable[[], object]) -> None:
+        """Hand a call (or an action) to the loop thread, in order with everything else handed.
+
+        Items wait in ``_inbox``; one loop callback drains all that arrived meanwhile, so a
+        burst of submissions costs one wake-up of the loop and one batch, not one of each per
+        call. Lock-free: the flag is cleared before draining, so an item appended after the
+        drain's last pop always finds it cleared and schedules another drain.
+        """
+        loop, sup = self._loop, self._sup
+        if loop is None or sup is None:
+            raise PoolClosedError("the pool is not started")
+        if _on_loop(loop):
+            self._drain_inbox()  # keep the order of anything still waiting
+            if isinstance(item, Call):
+                sup.submit(item)
+            else:
+                item()
+            return
+        self._inbox.append(item)
+        if not self._inbox_armed:
+            self._inbox_armed = True
+            try:
+                loop.call_soon_threadsafe(self._drain_inbox)
+            except RuntimeError:  # the loop is closed: nothing will run it
+                self._inbox_armed = False
+
+    def _drain_inbox(self) -> None:
+        """On the loop thread: submit what other threads handed over, in their order."""
+        self._inbox_armed = False
+        inbox, sup = self._inbox, self._sup
+        if sup is None:
+            return
+        batch: list[Call] = []
+        while inbox:
+            item = inbox.popleft()
+            if isinstance(item, Call):
+                batch.append(item)
+                continue
+            if batch:
+                sup.submit_many(batch)
+                batch = []
+            item()
+        if batch:
+            sup.submit_many(batch)
 
     # -- fault injection (for tests of your own retry logic) -----------------------------
     def inject_fault(
@@ -411,15 +447,11 @@ class Pool:
         self._on_loop_thread(None)
 
     def _on_loop_thread(self, rule: FaultRule | None) -> None:
-        loop, sup = self._loop, self._sup
-        if loop is None or sup is None:
+        sup = self._sup
+        if sup is None:
             raise PoolClosedError("the pool is not started")
-        action = sup.clear_faults if rule is None else partial(sup.add_fault, rule)
-        if _on_loop(loop):
-            action()
-        else:
-            # queued before any call submitted after this returns: FIFO on the loop
-            loop.call_soon_threadsafe(action)
+        # in order with calls: a call submitted after this returns sees the rule
+        self._to_loop(sup.clear_faults if rule is None else partial(sup.add_fault, rule))
 
     # -- sessions --------------------------------------------------------------------------
     def sticky_session(self) -> PoolSession:

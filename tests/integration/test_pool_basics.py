@@ -312,3 +312,30 @@ def test_max_memory_per_worker_recycles_a_worker_over_the_limit():
         pids = [pool.run(acts.pid_of) for _ in range(3)]
     assert len(set(pids)) == 3
     assert sum(e.kind == "worker_recycled" for e in events) >= 2
+
+
+def test_many_threads_submitting_at_once_lose_nothing():
+    import threading
+
+    with Pool([acts], workers=2) as pool:
+        results: dict[int, list] = {}
+
+        def submitter(k: int) -> None:
+            futs = [pool.submit(acts.add, k, i) for i in range(300)]
+            results[k] = [f.result(timeout=30) for f in futs]
+
+        threads = [threading.Thread(target=submitter, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert results == {k: [k + i for i in range(300)] for k in range(6)}
+
+
+def test_fault_injected_before_a_burst_applies_to_the_burst():
+    with Pool([acts], workers=1) as pool:
+        futs = [pool.submit(acts.echo, i) for i in range(50)]  # a drain may still be pending
+        pool.inject_fault(acts.attempt_of, "raise", exception=sdk.ApplicationError("x"), times=1)
+        first = pool.submit(acts.attempt_of, 1)
+        assert [f.result(timeout=10) for f in futs] == list(range(50))
+        assert first.result(timeout=10)[1] == 2  # attempt 1 got the injected error
