@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any, Literal
 
 from pool._events import PoolEvent, PoolStats
-from pool._protocol import dumps
+from pool._protocol import dumps, lift_call_bytes
 from pool._scheduler import Call
 from pool._supervisor import FaultRule, Supervisor, SupervisorConfig
 from sdk import _context
@@ -253,7 +253,7 @@ class Pool:
                 session.on_close(self._session_closed)
         args, kwargs = defn.validate_args(args, kwargs)
         try:
-            payload = dumps((args, kwargs))
+            payload = dumps(lift_call_bytes(args, kwargs))
         except Exception as exc:
             raise ActivityInputError(
                 f"arguments of activity {defn.name!r} cannot be pickled: {exc!r}"

@@ -35,6 +35,7 @@ from pool._protocol import (
     dumps,
     encode,
     encode_small,
+    lift_bytes,
     write_all,
 )
 from sdk import _context
@@ -302,7 +303,7 @@ class Worker:
         if self.hb_pending:
             self._flush_heartbeat()
         try:
-            body, buffers = dumps(result)
+            body, buffers = dumps(lift_bytes(result))
         except BaseException as exc:
             self.fail(
                 seq, exc, non_retryable=True, note=f"result of {meta.name!r} cannot be pickled"

@@ -104,3 +104,15 @@ def test_unknown_kind_and_bad_segment_names_are_protocol_errors():
     oversize = struct.pack("<IIBB2xQ", p.MAX_FRAME, 0, p.Kind.RESULT, 0, 1)
     with pytest.raises(p.ProtocolError):
         p.FrameReader().feed(oversize)
+
+
+def test_large_bytes_travel_out_of_band_and_come_back_as_bytes():
+    data = os.urandom(p.OOB_MIN * 4)
+    args, kwargs = p.lift_call_bytes((data, b"small"), {"k": data})
+    body, buffers = p.dumps((args, kwargs))
+    assert len(buffers) == 2 and len(body) < 500  # not copied into the pickle
+    frame = p.FrameReader().feed(wire(p.encode(p.Kind.RUN, 1, body, buffers=buffers)))[0]
+    (a, small), kw = frame.load()
+    assert type(a) is bytes and a == data and small == b"small" and kw["k"] == data
+    assert p.lift_bytes(b"tiny") == b"tiny"
+    assert pickle.loads(pickle.dumps(p.lift_bytes(data), protocol=4)) == data
