@@ -84,6 +84,7 @@ class WorkerHandle:
         return self.in_pipe[0][1] if self.in_pipe else None
 
     segments: dict[int, str] = field(default_factory=dict)  # seq -> segment it has not read
+    cancel_signal: bool = False  # SIGUSR1 owed once the queued CANCEL frame is in the pipe
 
 
 @dataclass(eq=False)
@@ -365,7 +366,15 @@ class Supervisor:
         if handle is None:
             return
         self._write(handle, encode(Kind.CANCEL, seq))
-        handle.proc.signal_worker(signal.SIGUSR1)
+        # SIGUSR1 makes a busy worker read its pipe: the CANCEL frame must be in it by then
+        handle.cancel_signal = True
+        self._flush()
+        self._signal_if_written(handle)
+
+    def _signal_if_written(self, handle: WorkerHandle) -> None:
+        if handle.cancel_signal and not handle.outbox and not handle.unsent:
+            handle.cancel_signal = False
+            handle.proc.signal_worker(signal.SIGUSR1)
 
     def close_session(self, worker_id: int, session_id: str) -> None:
         handle = self.handles.get(worker_id)
@@ -490,6 +499,7 @@ class Supervisor:
         except OSError:
             box.clear()
         self.loop.remove_writer(fd)
+        self._signal_if_written(handle)
 
     def _on_readable(self, handle: WorkerHandle) -> None:
         try:

@@ -119,6 +119,7 @@ class Worker:
         self.current_seq = 0
         self.running = False
         self.cancel_requested = False
+        self.cancel_signalled = False  # SIGUSR1 came while no attempt was running
         self.task: Any = None
         # heartbeat coalescing (main thread writes; flusher reads under _write_lock)
         self.hb_details: Any = None
@@ -159,7 +160,15 @@ class Worker:
 
     def _on_cancel_signal(self, signum: int, frame: Any) -> None:
         if not self.running:
-            return  # the main loop reads the CANCEL frame itself
+            # between attempts the main thread may be inside a read: only leave a note; it
+            # absorbs the CANCEL frames before starting its next attempt (or on running)
+            self.cancel_signalled = True
+            return
+        self._absorb_cancels()
+
+    def _absorb_cancels(self) -> None:
+        """Read what is in the pipe now and act on every CANCEL frame in it."""
+        self.cancel_signalled = False
         self._drain_nonblocking()
         keep: deque[Frame] = deque()
         for f in self.pending:
@@ -195,6 +204,8 @@ class Worker:
                     return 0
                 kind = frame.kind
                 if kind is Kind.RUN:
+                    if self.cancel_signalled:
+                        self._absorb_cancels()
                     if frame.seq in self.cancelled_seqs:
                         self.cancelled_seqs.discard(frame.seq)
                         self.fail(frame.seq, _cancelled_error(), non_retryable=True)
@@ -281,6 +292,8 @@ class Worker:
                 provided = _provided(defn, args, kwargs)
                 kwargs = {**self.resources.resolve(defn, provided), **kwargs}
             self.running = True
+            if self.cancel_signalled:  # a SIGUSR1 that came just before we were running
+                self._absorb_cancels()
             if meta.fault is not None:
                 _inject_fault(*meta.fault)
             if defn.is_async:
@@ -323,6 +336,8 @@ class Worker:
     def _run_async(self, defn: ActivityDefinition, args: tuple, kwargs: dict) -> Any:
         loop = self._ensure_loop()
         self.task = loop.create_task(defn.fn(*args, **kwargs))
+        if self.cancel_requested:  # cancelled before the task existed
+            self.task.cancel()
         try:
             return loop.run_until_complete(self.task)
         finally:

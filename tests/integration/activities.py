@@ -118,7 +118,7 @@ def never_beats() -> None:
     time.sleep(3600)
 
 
-@activity(heartbeat_timeout=0.08, start_to_close_timeout=10, retry_policy_max_attempts=1)
+@activity(heartbeat_timeout=0.25, start_to_close_timeout=10, retry_policy_max_attempts=1)
 def beats_steadily(seconds: float) -> str:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -144,7 +144,7 @@ def resumable(total: int) -> dict:
     for i in range(start, total):
         activity.heartbeat({"next": i + 1})
         if info.attempt == 1 and i == total // 2:
-            time.sleep(0.2)  # let the trailing details reach the supervisor
+            time.sleep(0.3)  # the flusher sends the trailing details within one 50 ms window
             os.kill(os.getpid(), signal.SIGKILL)
     return {"started_at": start, "attempt": info.attempt}
 
@@ -248,13 +248,16 @@ def sticky_hang() -> None:
 
 
 @activity(sticky_to_worker=True)
-def sticky_sleep(seconds: float) -> int:
+def sticky_sleep(seconds: float, marker: str = "") -> int:
+    if marker:
+        Path(marker + ".started").touch()
     time.sleep(seconds)
     return os.getpid()
 
 
 @activity(retry_policy_max_attempts=1)
 async def async_wait_forever(marker: str) -> None:
+    Path(marker + ".started").touch()
     try:
         await asyncio.sleep(3600)
     except asyncio.CancelledError:
@@ -264,6 +267,7 @@ async def async_wait_forever(marker: str) -> None:
 
 @activity(retry_policy_max_attempts=1)
 def cooperative(marker: str) -> str:
+    Path(marker + ".started").touch()
     while not activity.is_cancelled():
         time.sleep(0.005)
     Path(marker).write_text("saw cancel")
@@ -271,7 +275,9 @@ def cooperative(marker: str) -> str:
 
 
 @activity(retry_policy_max_attempts=1)
-def ignores_cancel() -> None:
+def ignores_cancel(marker: str = "") -> None:
+    if marker:
+        Path(marker + ".started").touch()
     time.sleep(3600)
 
 

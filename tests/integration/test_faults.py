@@ -76,7 +76,8 @@ def test_first_heartbeat_is_due_heartbeat_timeout_after_start(pool):
 
 
 def test_steady_heartbeats_keep_a_long_activity_alive(pool):
-    assert pool.run(acts.beats_steadily, 0.4) == "finished"
+    # 0.6 s of work, more than twice the 0.25 s heartbeat timeout
+    assert pool.run(acts.beats_steadily, 0.6) == "finished"
 
 
 def test_heartbeat_details_survive_a_gil_holding_stall(pool):

@@ -19,11 +19,16 @@ from tests.integration import activities as acts
 pytestmark = pytest.mark.timeout(30)
 
 
+def _started(marker) -> bool:
+    return os.path.exists(str(marker) + ".started")
+
+
 async def test_cancel_async_activity_gets_cancelled_error(tmp_path):
     marker = tmp_path / "m"
     async with Pool([acts], workers=1) as pool:
         task = asyncio.ensure_future(pool.execute(acts.async_wait_forever, str(marker)))
-        await asyncio.sleep(0.2)
+        while not _started(marker):  # cancel a running attempt, not a queued call
+            await asyncio.sleep(0.005)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -40,7 +45,8 @@ def test_cancel_future_sync_activity_sees_is_cancelled(tmp_path):
     with Pool([acts], workers=1) as pool:
         pid = pool.worker_pids()[0]
         fut = pool.submit(acts.cooperative, str(marker))
-        time.sleep(0.2)
+        while not _started(marker):
+            time.sleep(0.005)
         assert fut.cancel()
         deadline = time.monotonic() + 5
         while not marker.exists():
@@ -50,11 +56,13 @@ def test_cancel_future_sync_activity_sees_is_cancelled(tmp_path):
         assert pool.run(acts.pid_of) == pid  # it stopped in time: no kill
 
 
-def test_cancel_kills_after_grace_when_ignored():
+def test_cancel_kills_after_grace_when_ignored(tmp_path):
+    marker = tmp_path / "m"
     with Pool([acts], workers=1, cancel_grace=0.1) as pool:
         pid = pool.worker_pids()[0]
-        fut = pool.submit(acts.ignores_cancel)
-        time.sleep(0.1)
+        fut = pool.submit(acts.ignores_cancel, str(marker))
+        while not _started(marker):
+            time.sleep(0.005)
         fut.cancel()
         t0 = time.monotonic()
         assert pool.run(acts.pid_of) != pid

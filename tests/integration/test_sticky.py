@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import pytest
@@ -95,12 +96,14 @@ def test_ordinary_failure_retries_on_the_same_worker():
         assert s.run(acts.sticky_flaky) == (pid, 2)
 
 
-async def test_sticky_cancel_kills_and_loses_session():
+async def test_sticky_cancel_kills_and_loses_session(tmp_path):
+    marker = str(tmp_path / "m")
     async with Pool([acts], workers=1, cancel_grace=5) as pool:
         async with sdk.run_sticky_worker_session():
             pid = await pool.execute(acts.load_model, "a")
-            task = asyncio.ensure_future(pool.execute(acts.sticky_sleep, 30))
-            await asyncio.sleep(0.1)
+            task = asyncio.ensure_future(pool.execute(acts.sticky_sleep, 30, marker))
+            while not os.path.exists(marker + ".started"):  # cancel it while it runs
+                await asyncio.sleep(0.005)
             t0 = time.monotonic()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
