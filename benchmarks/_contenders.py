@@ -246,6 +246,9 @@ class ActivityPool(Contender):
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.pool.submit(fn, *args)
 
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.pool.run(fn, *args)  # the blocking call, as a user writes it
+
     def submit_with_timeout(self, fn: Callable[..., Any], timeout: float) -> Any:
         # the deadline is the activity's own start_to_close_timeout
         return self.pool.submit(fn)

@@ -13,6 +13,7 @@ import time
 import psutil
 import pytest
 
+import sdk
 from pool import Pool
 from tests.integration import activities as acts
 
@@ -140,3 +141,27 @@ def test_workers_die_within_a_second_of_supervisor_sigkill():
             alive = [p for p in pids if _alive(p)]
             time.sleep(0.01)
         assert not alive, f"workers outlived the supervisor: {alive}"
+
+
+def test_blocking_run_is_answered_when_the_pool_is_cancelled(tmp_path):
+    import threading
+
+    marker = tmp_path / "m"
+    outcome: list[BaseException] = []
+    pool = Pool([acts], workers=1)
+    pool.__enter__()
+
+    def blocked() -> None:
+        try:
+            pool.run(acts.ignores_cancel, str(marker))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=blocked)
+    t.start()
+    while not _started(marker):
+        time.sleep(0.005)
+    pool.close(cancel=True)
+    t.join(timeout=10)
+    assert not t.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], sdk.PoolClosedError)
