@@ -165,3 +165,14 @@ def test_blocking_run_is_answered_when_the_pool_is_cancelled(tmp_path):
     t.join(timeout=10)
     assert not t.is_alive()
     assert len(outcome) == 1 and isinstance(outcome[0], sdk.PoolClosedError)
+
+
+def test_workers_that_never_become_ready_break_the_pool_instead_of_looping():
+    from tests.integration import worker_hangs_on_import
+
+    t0 = time.monotonic()
+    with pytest.raises(sdk.WorkerCrashedError, match="did not become ready"):
+        with Pool([worker_hangs_on_import], workers=1, start_timeout=0.3):
+            pass
+    # three start timeouts, then it gives up (no endless respawning)
+    assert time.monotonic() - t0 < 10
