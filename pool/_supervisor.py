@@ -12,8 +12,10 @@ Data flow (everything below runs on one event loop thread, the supervisor's)::
                                                                HEARTBEAT  (pool._worker) ─▶ activity
 
 Ownership: the loop thread owns every attribute here and everything in the scheduler. Other
-threads reach in only through ``loop.call_soon_threadsafe``. The scheduler owns all deadlines;
-this class arms a single loop timer for the earliest one (``_rearm``).
+threads reach in only through the pool's inbox (``Pool._to_loop``: one ``call_soon_threadsafe``
+drains a burst) or ``call_soon_threadsafe``. The scheduler owns all deadlines; this class arms a
+single loop timer for the earliest one (``_after``). Frames queued for a worker during one event
+leave in one write at the end of it (``_flush``); large bodies go through ``/dev/shm``.
 
 Worker death is seen without polling: EOF on the reply pipe, then the pidfd (or a non-blocking
 waitpid) gives the exit status.
