@@ -393,18 +393,16 @@ class Pool:
         loop, sup = self._loop, self._sup
         if loop is None or sup is None:
             raise PoolClosedError("the pool is not started")
-        if _on_loop(loop):
-            self._drain_inbox()  # keep the order of anything still waiting
-            if isinstance(item, Call):
-                sup.submit(item)
-            else:
-                item()
-            return
         self._inbox.append(item)
         if not self._inbox_armed:
             self._inbox_armed = True
             try:
-                loop.call_soon_threadsafe(self._drain_inbox)
+                if _on_loop(loop):
+                    # never straight into the scheduler: we may be inside it (a Future's done
+                    # callback runs while the scheduler answers a call)
+                    loop.call_soon(self._drain_inbox)
+                else:
+                    loop.call_soon_threadsafe(self._drain_inbox)
             except RuntimeError:  # the loop is closed: nothing will run it
                 self._inbox_armed = False
 

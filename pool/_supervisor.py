@@ -390,7 +390,10 @@ class Supervisor:
         handle.proc.kill_tree()
         # stop listening now: whatever it wrote last is about an attempt already decided
         self._stop_reading(handle)
-        self._watch_exit(handle)
+        # Reap on a later turn of the loop: this runs inside the scheduler, and a process that
+        # is already gone would otherwise report its exit into the scheduler re-entrantly
+        # (seen under load: the pool reported ready while its replacement was not yet made).
+        self.loop.call_soon(self._watch_exit, handle)
 
     def retire(self, worker_id: int) -> None:
         handle = self.handles.get(worker_id)

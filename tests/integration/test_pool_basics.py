@@ -345,3 +345,24 @@ def test_fault_injected_before_a_burst_applies_to_the_burst():
         first = pool.submit(acts.attempt_of, 1)
         assert [f.result(timeout=10) for f in futs] == list(range(50))
         assert first.result(timeout=10)[1] == 2  # attempt 1 got the injected error
+
+
+def test_a_done_callback_may_submit_more_work():
+    # done callbacks run on the pool's loop thread, while the scheduler answers a call
+    with Pool([acts], workers=1) as pool:
+        chained: list = []
+        fut = pool.submit(acts.add, 1, 1)
+        fut.add_done_callback(lambda f: chained.append(pool.submit(acts.add, f.result(), 10)))
+        assert fut.result(timeout=10) == 2
+        deadline = time.monotonic() + 10
+        while not chained:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert chained[0].result(timeout=10) == 12
+        cancelled = pool.submit(acts.sleep_for, 0.2)
+        cancelled.add_done_callback(lambda f: chained.append(pool.submit(acts.add, 2, 2)))
+        assert cancelled.cancel()
+        while len(chained) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert chained[1].result(timeout=10) == 4
