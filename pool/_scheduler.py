@@ -90,7 +90,6 @@ class WorkerSlot:
     tasks_done: int = 0
     recycle: bool = False
     gen: int = 0
-    startup_failures: int = 0
 
 
 @dataclass(eq=False, slots=True)
