@@ -260,15 +260,10 @@ class ActivityPool(Contender):
         return sorted(self.pool.worker_pids())
 
 
-class ProcessPoolExecutor(Contender):
-    name = "ProcessPoolExecutor"
+class _Executor(Contender):
+    """A ``concurrent.futures.Executor`` peer (ProcessPoolExecutor, loky)."""
 
-    def start(self) -> None:
-        self.ex = concurrent.futures.ProcessPoolExecutor(max_workers=self.workers)
-
-    def close(self) -> None:
-        ex = self.ex
-        bounded(lambda: ex.shutdown(wait=True, cancel_futures=True), CLOSE_LIMIT, "shutdown")
+    ex: Any
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -278,6 +273,17 @@ class ProcessPoolExecutor(Contender):
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:
         return list(self.ex.map(fn, items, timeout=WAIT))
+
+
+class ProcessPoolExecutor(_Executor):
+    name = "ProcessPoolExecutor"
+
+    def start(self) -> None:
+        self.ex = concurrent.futures.ProcessPoolExecutor(max_workers=self.workers)
+
+    def close(self) -> None:
+        ex = self.ex
+        bounded(lambda: ex.shutdown(wait=True, cancel_futures=True), CLOSE_LIMIT, "shutdown")
 
     def rebuild(self) -> str:
         with contextlib.suppress(Exception):
@@ -319,7 +325,7 @@ class MultiprocessingPool(Contender):
         return _MpFuture(self.pool.map_async(fn, list(items))).result(WAIT)
 
 
-class Loky(Contender):
+class Loky(_Executor):
     name = "loky"
 
     def start(self) -> None:
@@ -331,15 +337,6 @@ class Loky(Contender):
     def close(self) -> None:
         ex = self.ex
         bounded(lambda: ex.shutdown(wait=True, kill_workers=True), CLOSE_LIMIT, "shutdown")
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return self.ex.submit(fn, *args)
-        except concurrent.futures.BrokenExecutor as exc:
-            raise Broken(type(exc).__name__) from exc
-
-    def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:
-        return list(self.ex.map(fn, items, timeout=WAIT))
 
     def rebuild(self) -> str:
         self.start()  # get_reusable_executor replaces a broken executor
