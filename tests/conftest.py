@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 
 import psutil
 import pytest
@@ -12,17 +13,20 @@ def _children() -> dict[int, psutil.Process]:
     return {p.pid: p for p in psutil.Process().children(recursive=True)}
 
 
-@pytest.fixture(autouse=True)
-def no_leaked_processes(request: pytest.FixtureRequest):
-    """Fail the test if a process it started is still alive shortly after it ends."""
+def check_no_leaked_processes(
+    request: pytest.FixtureRequest, exempt: Callable[[], set[int]] = set
+) -> Iterator[None]:
+    """Around one test: fail it if a process it started (and not in ``exempt()``) is still alive
+    shortly after it ends; kill what is left."""
     before = set(_children())
     yield
     deadline = time.monotonic() + 2.0
     while True:
+        keep = before | exempt()
         left = {
             pid: p
             for pid, p in _children().items()
-            if pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+            if pid not in keep and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
         }
         if not left or time.monotonic() > deadline:
             break
@@ -32,3 +36,8 @@ def no_leaked_processes(request: pytest.FixtureRequest):
         for p in left.values():
             p.kill()
         pytest.fail(f"processes left behind by {request.node.name}: {desc}")
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield from check_no_leaked_processes(request)
