@@ -15,12 +15,13 @@ Bodies are pickle protocol 5. Objects that expose out-of-band buffers (numpy arr
 pickle stream; ``nbuf`` says how many follow, their lengths in the table before the pickles.
 
 Large frames do not go through the pipe. When a body reaches ``SHM_MIN`` bytes the sender
-writes it (table, pickles, buffers: the same layout) into a file in ``/dev/shm`` and sends a
-frame whose kind has ``SHM_FLAG`` set and whose body is the file's name. The receiver maps the
-file copy-on-write and unlinks it at once, so out-of-band buffers (numpy arrays) arrive without
-a copy and the name is gone before anything can leak it. Names are
-``activitypool-<supervisor pid>-<worker id>-<s|w><n>`` so that the supervisor can sweep what
-a dead worker, or a frame that was never read, left behind (``sweep_segments``).
+copies it (table, pickles, buffers: the same layout) into a shared-memory segment of its own (a
+``memfd``, see :class:`Segments`) and sends a frame whose kind has ``SHM_FLAG`` set and whose
+body names the segment: its id, the sender's fd for it and the size used. The receiver opens
+``/proc/<sender pid>/fd/<fd>``, maps it (once: the mapping is kept for the next frame), copies
+the body out into memory of its own and sends ``RELEASE`` with the segment's id; the sender
+then reuses the segment. Segments are never named in a file system: the kernel frees one when
+the last process holding it exits, so a killed worker or supervisor cannot leak one.
 """
 
 from __future__ import annotations
@@ -35,18 +36,28 @@ from typing import Any, NamedTuple, SupportsIndex
 
 HEADER = struct.Struct("<IIBB2xQ")
 _BUFLEN = struct.Struct("<Q")
+# Set in a buffer's length when the buffer is a ``bytes`` object's: the receiver may hand it to
+# the unpickler as ``bytes`` (a shared-memory frame copies it out as one), never as a view.
+BYTES_BUFFER = 1 << 63
 PROTOCOL = 5
 # Out-of-band buffers smaller than this are cheaper to keep inside the pickle stream.
 OOB_MIN = 64 * 1024
 # A frame larger than this is refused as malformed rather than allocated.
 MAX_FRAME = 1 << 31
-# Frames at least this large travel through shared memory: below it the pipe (grown to 1 MiB)
-# is cheaper than creating, mapping and unlinking a file; above it the pipe's chunked copies and
-# wake-ups dominate, and out-of-band buffers (numpy) arrive without a copy.
-SHM_MIN = 2 << 20
+# Frames at least this large travel through shared memory: below it one write into the pipe
+# (grown to 1 MiB) is cheaper than the RELEASE round; above it a copy into a segment that is
+# already mapped on both sides beats the pipe's chunked copies and wake-ups.
+SHM_MIN = 256 << 10
 SHM_FLAG = 0x80
-SHM_DIR = "/dev/shm"
-SHM_PREFIX = "activitypool-"
+# Segments a sender keeps for reuse (free or lent), per direction of one channel: at most this
+# many, of at most this much in all. A frame that does not fit gets a segment of its own, closed
+# once the receiver has released it.
+KEEP_SEGMENTS = 2
+KEEP_BYTES = 64 << 20
+# Segment capacities are rounded up to this, so that a size that varies a little reuses one.
+SEGMENT_ROUND = 1 << 20
+# body of a shared-memory frame: segment id, the sender's fd for it, bytes used, kept (0/1)
+_SEGREF = struct.Struct("<IIQB7x")
 
 
 class Kind(enum.IntEnum):
@@ -61,6 +72,8 @@ class Kind(enum.IntEnum):
     HEARTBEAT = 17  # seq, body: the details
     RESULT = 18  # seq, body: the value
     FAILURE = 19  # seq, body: FailureInfo
+    # either way
+    RELEASE = 32  # seq: id of a segment of the peer's whose frame was copied out
 
 
 class ProtocolError(Exception):
@@ -130,7 +143,16 @@ class _BytesOutOfBand:
     def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
         if int(protocol) < 5:
             return (bytes, (self.data,))
-        return (bytes, (pickle.PickleBuffer(self.data),))
+        return (_as_bytes, (pickle.PickleBuffer(self.data),))
+
+
+def _as_bytes(buffer: Any) -> bytes:
+    """Unpickles a lifted ``bytes``: no copy when the receiver already made it ``bytes``."""
+    return buffer if type(buffer) is bytes else bytes(buffer)
+
+
+def _buffer_entry(raw: memoryview) -> int:
+    return raw.nbytes | BYTES_BUFFER if type(raw.obj) is bytes else raw.nbytes
 
 
 def lift_bytes(value: Any) -> Any:
@@ -155,27 +177,26 @@ def encode(
     body: bytes = b"",
     body2: bytes = b"",
     buffers: list[pickle.PickleBuffer] | None = None,
-    shm_name: str | None = None,
+    segments: Segments | None = None,
 ) -> list[bytes | memoryview]:
     """A frame as a list of chunks for ``os.writev`` (buffers are not copied).
 
-    With ``shm_name`` (and a body of at least ``SHM_MIN`` bytes) the body goes into that
-    shared-memory file and the frame only names it.
+    With ``segments`` (and a body of at least ``SHM_MIN`` bytes) the body is copied into one
+    of those shared-memory segments and the frame only names it.
     """
     raws = [b.raw() for b in buffers] if buffers else []
     if len(raws) > 255:
         raise ValueError("too many out-of-band buffers in one message")
-    table = b"".join(_BUFLEN.pack(r.nbytes) for r in raws)
+    table = b"".join(_BUFLEN.pack(_buffer_entry(r)) for r in raws)
     size = len(table) + len(body) + len(body2) + sum(r.nbytes for r in raws)
     if size >= MAX_FRAME:
         raise ValueError(f"message of {size} bytes is too large for one frame")
     split = len(body) if body2 else 0
     chunks: list[bytes | memoryview] = [c for c in (table, body, body2) if c]
     chunks.extend(raws)
-    if shm_name is not None and size >= SHM_MIN:
-        _write_segment(shm_name, chunks, size)
-        name = shm_name.encode()
-        return [HEADER.pack(len(name), split, kind | SHM_FLAG, len(raws), seq), name]
+    if segments is not None and size >= SHM_MIN:
+        ref = segments.put(chunks, size)
+        return [HEADER.pack(len(ref), split, kind | SHM_FLAG, len(raws), seq), ref]
     return [HEADER.pack(size, split, kind, len(raws), seq), *chunks]
 
 
@@ -199,61 +220,205 @@ def write_all(fd: int, parts: list[bytes | memoryview], offset: int | None = Non
                 n = 0
 
 
-def _write_segment(name: str, chunks: list[bytes | memoryview], size: int) -> None:
-    fd = os.open(os.path.join(SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-    try:
-        os.ftruncate(fd, size)
-        write_all(fd, chunks, offset=0)
-    except BaseException:
-        _unlink(name)
-        raise
-    finally:
-        os.close(fd)
+class _Segment:
+    """One memfd. A kept one stays mapped here (reuse is a ``memcpy`` into pages already
+    faulted in); a one-off one is written with ``pwritev``, cheaper for pages used once."""
+
+    __slots__ = ("capacity", "fd", "id", "keep", "map")
+
+    def __init__(self, seg_id: int, capacity: int, keep: bool) -> None:
+        self.id = seg_id
+        self.keep = keep
+        self.map: mmap.mmap | None = None
+        self.fd = os.memfd_create(f"activitypool-{seg_id}", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self.fd, capacity)
+            if keep:
+                self.map = mmap.mmap(self.fd, capacity, flags=mmap.MAP_SHARED)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.capacity = capacity
+
+    def write(self, chunks: list[bytes | memoryview]) -> None:
+        mem = self.map
+        if mem is None:
+            write_all(self.fd, chunks, offset=0)
+            return
+        pos = 0
+        for chunk in chunks:
+            n = chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)
+            mem[pos : pos + n] = chunk
+            pos += n
+
+    def grow(self, capacity: int) -> None:
+        assert self.map is not None
+        self.map.resize(capacity)  # the file too
+        self.capacity = capacity
+
+    def close(self) -> None:
+        if self.map is not None:
+            self.map.close()
+        os.close(self.fd)
 
 
-def _open_segment(name: str) -> memoryview:
-    """Map a segment copy-on-write (arrays built on it stay writable) and unlink it."""
-    if "/" in name or not name.startswith(SHM_PREFIX):
-        raise ProtocolError(f"bad shared-memory segment name {name!r}")
-    path = os.path.join(SHM_DIR, name)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError as exc:
-        raise ProtocolError(f"shared-memory segment {name!r} is missing: {exc}") from None
-    try:
-        os.unlink(path)
-        size = os.fstat(fd).st_size
-        if size == 0:
-            return memoryview(b"")
-        mapped = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    finally:
-        os.close(fd)
-    return memoryview(mapped)
+class Segments:
+    """The shared memory one end copies its large frames into. Owned by one thread.
+
+    A segment is *lent* from the frame that names it until the peer sends ``RELEASE`` (it has
+    copied the frame out), then free for the next frame. Segments stay mapped here, and the peer
+    keeps its own mapping of a kept segment, so after the first use a frame costs a ``memcpy``
+    on each side: no file to create, no page to fault in or zero. Up to ``KEEP_SEGMENTS``
+    segments of ``KEEP_BYTES`` in all are kept; a larger frame gets a segment of its own that
+    is closed on release. ``close()`` frees everything; the kernel frees whatever a dead process
+    still held.
+    """
+
+    __slots__ = ("_free", "_kept", "_lent", "_next_id")
+
+    def __init__(self) -> None:
+        self._free: list[_Segment] = []
+        self._lent: dict[int, _Segment] = {}
+        self._next_id = 1
+        self._kept: list[_Segment] = []  # free or lent
+
+    def put(self, chunks: list[bytes | memoryview], size: int) -> bytes:
+        """Copy ``chunks`` (``size`` bytes in all) into a segment; the frame body naming it."""
+        seg = self._acquire(size)
+        seg.write(chunks)
+        self._lent[seg.id] = seg
+        return _SEGREF.pack(seg.id, seg.fd, size, seg.keep)
+
+    def _acquire(self, size: int) -> _Segment:
+        free = self._free
+        fits = [s for s in free if s.capacity >= size]
+        if fits:
+            seg = min(fits, key=_capacity)
+            free.remove(seg)
+            return seg
+        capacity = -(-size // SEGMENT_ROUND) * SEGMENT_ROUND
+        kept = sum(s.capacity for s in self._kept)
+        if free:  # grow the largest free one in place, if the budget allows
+            seg = max(free, key=_capacity)
+            if kept - seg.capacity + capacity <= KEEP_BYTES:
+                free.remove(seg)
+                seg.grow(capacity)
+                return seg
+        keep = len(self._kept) < KEEP_SEGMENTS and kept + capacity <= KEEP_BYTES
+        seg = _Segment(self._next_id, capacity if keep else size, keep)
+        self._next_id += 1
+        if keep:
+            self._kept.append(seg)
+        return seg
+
+    def release(self, seg_id: int) -> None:
+        seg = self._lent.pop(seg_id, None)
+        if seg is None:
+            raise ProtocolError(f"release of segment {seg_id}, which is not lent")
+        if seg.keep:
+            self._free.append(seg)
+        else:
+            seg.close()
+
+    @property
+    def lent(self) -> int:
+        return len(self._lent)
+
+    @property
+    def held(self) -> int:
+        """Segments open on this side (kept ones, and one-off segments not yet released)."""
+        return len(self._kept) + sum(1 for s in self._lent.values() if not s.keep)
+
+    def close(self) -> None:
+        for seg in {id(s): s for s in (*self._kept, *self._lent.values())}.values():
+            seg.close()
+        self._free.clear()
+        self._lent.clear()
+        self._kept.clear()
 
 
-def _unlink(name: str) -> None:
+def _capacity(seg: _Segment) -> int:
+    return seg.capacity
+
+
+class SegmentGone(ProtocolError):
+    """A frame names a segment whose owner has exited (it died after writing the frame).
+
+    ``FrameReader`` drops such a frame: the writer's exit, seen next, decides its attempt."""
+
+
+class PeerSegments:
+    """The receiving side: maps the peer's segments, copies frames out, notes what to release.
+
+    ``released`` collects the ids to send back in ``RELEASE`` frames; the owner drains it.
+    """
+
+    __slots__ = ("_maps", "pid", "released")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._maps: dict[int, mmap.mmap] = {}  # kept segments of the peer, mapped here
+        self.released: list[int] = []
+
+    def frame(self, kind: Kind, seq: int, ref: bytes, split: int, nbuf: int) -> Frame:
+        """The frame a segment holds; the segment is noted in ``released`` (nothing here
+        points into a kept segment afterwards; a one-off one may stay mapped, privately, under
+        the arrays built on it, since its writer never reuses it)."""
+        if len(ref) != _SEGREF.size:
+            raise ProtocolError(f"bad shared-memory reference of {len(ref)} bytes")
+        seg_id, fd, size, keep = _SEGREF.unpack(ref)
+        if keep:
+            mem = self._maps.get(seg_id)
+            if mem is None or len(mem) < size:
+                old = self._maps.pop(seg_id, None)
+                if old is not None:
+                    old.close()
+                mem = self._maps[seg_id] = self._map(fd, size, private=False)
+            with memoryview(mem) as view, view[:size] as body:
+                frame = _split(kind, seq, body, split, nbuf, copy=True)
+        else:
+            mem = self._map(fd, size, private=True)
+            frame = _split(kind, seq, memoryview(mem)[:size], split, nbuf, copy=False)
+        self.released.append(seg_id)
+        return frame
+
+    def _map(self, fd: int, size: int, private: bool) -> mmap.mmap:
+        path = f"/proc/{self.pid}/fd/{fd}"
+        try:
+            sfd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise SegmentGone(f"segment {path} is gone (its process exited)") from None
+        except OSError as exc:
+            raise ProtocolError(f"cannot open shared-memory segment {path}: {exc}") from None
+        try:
+            length = os.fstat(sfd).st_size
+            if length < size:
+                raise ProtocolError(f"segment {path} holds {length} bytes, not {size}")
+            if private:  # copy-on-write: arrays built on it are writable, and ours alone
+                prot = mmap.PROT_READ | mmap.PROT_WRITE
+                return mmap.mmap(sfd, length, flags=mmap.MAP_PRIVATE, prot=prot)
+            return mmap.mmap(sfd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        finally:
+            os.close(sfd)
+
+    def close(self) -> None:
+        for mem in self._maps.values():
+            mem.close()
+        self._maps.clear()
+
+
+def shm_supported() -> bool:
+    """memfd segments need Linux: ``memfd_create`` and ``/proc/<pid>/fd``."""
+    return hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
+
+
+def can_open_peer_fd(pid: int, fd: int) -> bool:
+    """Whether ``/proc/<pid>/fd/<fd>`` opens here (the handshake before using segments)."""
     try:
-        os.unlink(os.path.join(SHM_DIR, name))
+        os.close(os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY))
     except OSError:
-        pass
-
-
-def shm_available() -> bool:
-    return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK)
-
-
-def sweep_segments(prefix: str) -> list[str]:
-    """Unlink every segment whose name starts with ``prefix``; returns what was removed."""
-    removed: list[str] = []
-    try:
-        names = os.listdir(SHM_DIR)
-    except OSError:
-        return removed
-    for name in names:
-        if name.startswith(prefix):
-            _unlink(name)
-            removed.append(name)
-    return removed
+        return False
+    return True
 
 
 def encode_small(kind: Kind, seq: int, body: bytes = b"", body2: bytes = b"") -> bytes:
@@ -289,9 +454,10 @@ _KINDS = {int(k): k for k in Kind}
 class FrameReader:
     """Incremental decoder of one channel: ``read(fd)`` or ``feed(bytes)`` give whole frames."""
 
-    __slots__ = ("_big", "_big_at", "_big_head", "_buf")
+    __slots__ = ("_big", "_big_at", "_big_head", "_buf", "peer")
 
-    def __init__(self) -> None:
+    def __init__(self, peer: PeerSegments | None = None) -> None:
+        self.peer = peer  # where frames in shared memory come from (None: refused)
         self._buf = bytearray()
         self._big: bytearray | None = None  # body of a large frame being filled in place
         self._big_at = 0
@@ -347,10 +513,16 @@ class FrameReader:
                 break
             with memoryview(buf) as view:
                 raw = memoryview(view[start:end].tobytes())
-            if kind & SHM_FLAG:
-                raw = _open_segment(raw.tobytes().decode())
-            frames.append(_split(k, seq, raw, split, nbuf))
             pos = end
+            if kind & SHM_FLAG:
+                if self.peer is None:
+                    raise ProtocolError("a shared-memory frame on a channel without segments")
+                try:
+                    frames.append(self.peer.frame(k, seq, raw.tobytes(), split, nbuf))
+                except SegmentGone:
+                    pass  # its writer died after sending it: that death decides the attempt
+                continue
+            frames.append(_split(k, seq, raw, split, nbuf))
         if pos:
             del buf[:pos]
         return frames
@@ -360,24 +532,41 @@ class FrameReader:
         return len(self._buf) + (len(self._big) - self._big_at if self._big is not None else 0)
 
 
-def _split(kind: Kind, seq: int, raw: memoryview, split: int, nbuf: int) -> Frame:
-    buffers: list[memoryview] = []
+def _split(
+    kind: Kind, seq: int, raw: memoryview, split: int, nbuf: int, copy: bool = False
+) -> Frame:
+    """Cut a frame body into its pickles and buffers: views of ``raw``, or with ``copy``
+    copies that own their memory (``bytes`` for ``BYTES_BUFFER`` ones, else ``bytearray``:
+    arrays built on them are writable)."""
+    buffers: list[Any] = []
     end = len(raw)
     if nbuf:
         table = 8 * nbuf
-        lens = [_BUFLEN.unpack_from(raw, 8 * i)[0] for i in range(nbuf)]
+        entries = [_BUFLEN.unpack_from(raw, 8 * i)[0] for i in range(nbuf)]
+        lens = [e & ~BYTES_BUFFER for e in entries]
         end -= sum(lens)
         if end < table:
             raise ProtocolError("buffer table larger than the frame")
         pos = end
-        for n in lens:
-            buffers.append(raw[pos : pos + n])
+        for n, entry in zip(lens, entries, strict=True):
+            with raw[pos : pos + n] as piece:
+                if entry & BYTES_BUFFER:  # unpickled as a copy anyway: make that copy now
+                    buffers.append(bytes(piece))
+                elif copy:
+                    buffers.append(memoryview(bytearray(piece)))
+                else:
+                    buffers.append(raw[pos : pos + n])
             pos += n
-        raw = raw[table:end]
+        start = table
     else:
-        raw = raw[:end]
+        start = 0
+    if split and split > end - start:
+        raise ProtocolError("split beyond the frame")
+    cut = start + split if split else end
+    with raw[start:cut] as one:
+        body = memoryview(one.tobytes()) if copy else raw[start:cut]
+    body2 = None
     if split:
-        if split > len(raw):
-            raise ProtocolError("split beyond the frame")
-        return Frame(kind, seq, raw[:split], raw[split:], buffers)
-    return Frame(kind, seq, raw, None, buffers)
+        with raw[cut:end] as two:
+            body2 = memoryview(two.tobytes()) if copy else raw[cut:end]
+    return Frame(kind, seq, body, body2, buffers)

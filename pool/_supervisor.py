@@ -15,7 +15,8 @@ Ownership: the loop thread owns every attribute here and everything in the sched
 threads reach in only through the pool's inbox (``Pool._to_loop``: one ``call_soon_threadsafe``
 drains a burst) or ``call_soon_threadsafe``. The scheduler owns all deadlines; this class arms a
 single loop timer for the earliest one (``_after``). Frames queued for a worker during one event
-leave in one write at the end of it (``_flush``); large bodies go through ``/dev/shm``.
+leave in one write at the end of it (``_flush``); large bodies go through shared-memory
+segments (``pool._protocol.Segments``), one set per worker and direction.
 
 Worker death is seen without polling: EOF on the reply pipe, then the pidfd (or a non-blocking
 waitpid) gives the exit status.
@@ -42,16 +43,16 @@ from typing import Any
 from pool._events import PoolEvent, Stats
 from pool._process import WorkerProcess, spawn_worker, worker_env
 from pool._protocol import (
-    SHM_PREFIX,
     FailureInfo,
     Frame,
     FrameReader,
     Kind,
+    PeerSegments,
     ProtocolError,
+    Segments,
     encode,
     encode_small,
-    shm_available,
-    sweep_segments,
+    shm_supported,
 )
 from pool._scheduler import Call, Scheduler, WorkerState
 from sdk._errors import ApplicationError, RemoteTraceback, WorkerCrashedError
@@ -85,7 +86,8 @@ class WorkerHandle:
     def activity(self) -> str | None:
         return self.in_pipe[0][1] if self.in_pipe else None
 
-    segments: dict[int, str] = field(default_factory=dict)  # seq -> segment it has not read
+    # large frames to it (None until it said at READY that it can open them)
+    segments: Segments | None = None
     cancel_signal: bool = False  # SIGUSR1 owed once the queued CANCEL frame is in the pipe
 
 
@@ -148,8 +150,11 @@ class Supervisor:
         self._init_body = b""
         self.faults: dict[str, list[FaultRule]] = {}
         self._dirty: list[WorkerHandle] = []  # handles with frames queued in this event
-        # names of shared-memory segments: activitypool-<our pid>-<worker id>-...
-        self._shm_prefix = f"{SHM_PREFIX}{os.getpid()}-" if shm_available() else None
+        # an fd each worker must be able to open through /proc before segments are used
+        self._shm_probe: int | None = None
+        if shm_supported():
+            with contextlib.suppress(OSError):
+                self._shm_probe = os.memfd_create("activitypool-probe", os.MFD_CLOEXEC)
 
     # -- lifecycle (loop thread) -----------------------------------------------------------
     async def start(self) -> None:
@@ -213,8 +218,9 @@ class Supervisor:
             handle.proc.kill_tree()
             self._forget(handle)
             handle.proc.wait()
-        if self._shm_prefix is not None:
-            sweep_segments(self._shm_prefix)
+        if self._shm_probe is not None:
+            os.close(self._shm_probe)
+            self._shm_probe = None
 
     def _check_all_gone(self) -> None:
         if not self._all_gone.done() and self.scheduler.drained and not self.handles:
@@ -318,6 +324,8 @@ class Supervisor:
             self._after()
             return
         handle = WorkerHandle(worker_id, proc)
+        if self._shm_probe is not None:
+            handle.reader.peer = PeerSegments(proc.pid)
         self.handles[worker_id] = handle
         cpus = self.config.cpu_affinity
         if cpus is not None:
@@ -330,8 +338,7 @@ class Supervisor:
         loop.add_reader(proc.output, self._on_output, handle)
         init = pickle.loads(self._init_body)
         init["worker_id"] = worker_id
-        if self._shm_prefix is not None:
-            init["shm_prefix"] = f"{self._shm_prefix}{worker_id}-"
+        init["shm_probe"] = self._shm_probe
         self._write(handle, encode(Kind.INIT, 0, pickle.dumps(init, protocol=5)))
         self._after()
 
@@ -357,11 +364,7 @@ class Supervisor:
         if not buffers and len(body) < SMALL_BODY:
             self._write(handle, [encode_small(Kind.RUN, call.seq, meta_body, body)])
             return
-        shm_name = None
-        if self._shm_prefix is not None:
-            shm_name = f"{self._shm_prefix}{worker_id}-s{call.seq}"
-            handle.segments[call.seq] = shm_name
-        self._write(handle, encode(Kind.RUN, call.seq, meta_body, body, buffers, shm_name))
+        self._write(handle, encode(Kind.RUN, call.seq, meta_body, body, buffers, handle.segments))
 
     def send_cancel(self, worker_id: int, seq: int) -> None:
         handle = self.handles.get(worker_id)
@@ -516,6 +519,10 @@ class Supervisor:
         if frames is None:
             self._on_eof(handle)
             return
+        peer = handle.reader.peer
+        if peer is not None and peer.released:  # copied out: the worker may reuse them
+            ids, peer.released = peer.released, []
+            self._write(handle, [encode_small(Kind.RELEASE, seg_id) for seg_id in ids])
         try:
             for frame in frames:
                 self._on_frame(handle, frame)
@@ -533,14 +540,17 @@ class Supervisor:
 
     def _on_frame(self, handle: WorkerHandle, frame: Frame) -> None:
         kind = frame.kind
+        if kind is Kind.RELEASE:
+            if handle.segments is None:
+                raise ProtocolError("RELEASE from a worker that was sent no segment")
+            handle.segments.release(frame.seq)
+            return
         sched = self.scheduler
         now = time.monotonic()
         if kind is not Kind.HEARTBEAT:
             in_pipe = handle.in_pipe
             while in_pipe and in_pipe[0][0] <= frame.seq:
                 in_pipe.popleft()
-            if handle.segments:
-                handle.segments.pop(frame.seq, None)  # it answered: it read (and unlinked) it
         if kind is Kind.RESULT:
             try:
                 value = frame.load()
@@ -565,6 +575,14 @@ class Supervisor:
             # CLOCK_MONOTONIC is one clock for every process on the machine
             sched.heartbeat(handle.id, frame.seq, details, min(beat_at, now))
         elif kind is Kind.READY:
+            try:
+                shm = bool(frame.load().get("shm"))
+            except Exception:
+                shm = False
+            if shm and handle.reader.peer is not None:
+                handle.segments = Segments()
+            else:
+                handle.reader.peer = None
             sched.worker_ready(handle.id, now)
             self._check_ready()
         else:
@@ -661,9 +679,6 @@ class Supervisor:
                     self._emit_output(handle, line)
             handle.output_tail = b""
         self._forget(handle)
-        if self._shm_prefix is not None:
-            # segments it never read, or wrote for frames we will never read
-            sweep_segments(f"{self._shm_prefix}{handle.id}-")
         how = f"signal {proc.signal}" if proc.signal is not None else f"exit code {proc.exitcode}"
         crash = WorkerCrashedError(
             f"worker {handle.id} (pid {proc.pid}) died with {how}"
@@ -691,6 +706,12 @@ class Supervisor:
         with contextlib.suppress(Exception):
             loop.remove_writer(proc.to_worker)
         proc.close_fds()
+        # its segments die with it; ours to it are freed here (the kernel frees any page it
+        # still had mapped when it exits)
+        if handle.segments is not None:
+            handle.segments.close()
+        if handle.reader.peer is not None:
+            handle.reader.peer.close()
         self.handles.pop(handle.id, None)
 
 

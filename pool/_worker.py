@@ -14,14 +14,12 @@ the channel while an activity runs (the main thread is not reading then).
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import pickle
 import signal
 import sys
 import threading
 import time
-import traceback
 from collections import deque
 from typing import Any
 
@@ -30,12 +28,16 @@ from pool._protocol import (
     Frame,
     FrameReader,
     Kind,
+    PeerSegments,
     ProtocolError,
     RunMeta,
+    Segments,
+    can_open_peer_fd,
     dumps,
     encode,
     encode_small,
     lift_bytes,
+    shm_supported,
     write_all,
 )
 from sdk import _context
@@ -101,14 +103,16 @@ def _set_parent_death_signal(parent: int) -> None:
 
 
 class Worker:
-    def __init__(self, rfd: int, wfd: int) -> None:
+    def __init__(self, rfd: int, wfd: int, parent: int) -> None:
         self.rfd = rfd
         self.wfd = wfd
+        self.parent = parent
         self.reader = FrameReader()
         self.pending: deque[Frame] = deque()  # frames read but not yet handled
         self.cancelled_seqs: set[int] = set()  # CANCELs for RUNs not yet started
         self.worker_id: int | None = None
-        self.shm_prefix: str | None = None  # where large results go (None: through the pipe)
+        # where large results go (None: through the pipe); main thread only
+        self.segments: Segments | None = None
         self.main_path: str | None = None
         self.functions: dict[tuple[str, str], ActivityDefinition] = {}
         self.sessions: dict[str, dict[str, Any]] = {}
@@ -142,7 +146,30 @@ class Worker:
             if frames is None:
                 return None
             self.pending.extend(frames)
+        self._send_releases()
         return self.pending.popleft()
+
+    def _send_releases(self) -> None:
+        """Give the supervisor back the segments of frames copied out (main thread only:
+        the SIGUSR1 handler also reads frames, but must not take the write lock)."""
+        peer = self.reader.peer
+        if peer is not None and peer.released:
+            ids, peer.released = peer.released, []
+            self.send([encode_small(Kind.RELEASE, seg_id) for seg_id in ids])
+
+    def _reclaim_segments(self) -> None:
+        """Apply RELEASE frames already read (they queue behind prefetched RUNs), so that a
+        result reuses a kept segment instead of paying for a new one."""
+        assert self.segments is not None
+        self._drain_nonblocking()
+        if any(f.kind is Kind.RELEASE for f in self.pending):
+            keep: deque[Frame] = deque()
+            for f in self.pending:
+                if f.kind is Kind.RELEASE:
+                    self.segments.release(f.seq)
+                else:
+                    keep.append(f)
+            self.pending = keep
 
     def _drain_nonblocking(self) -> None:
         os.set_blocking(self.rfd, False)
@@ -194,8 +221,9 @@ class Worker:
             return 0
         if init.kind is not Kind.INIT:
             raise ProtocolError(f"expected INIT, got {init.kind.name}")
-        self.setup(init.load())
-        self.send(encode(Kind.READY, 0, dumps({"pid": os.getpid()})[0]))
+        settings = init.load()
+        shm = self.setup(settings)
+        self.send(encode(Kind.READY, 0, dumps({"pid": os.getpid(), "shm": shm})[0]))
         signal.signal(CANCEL_SIGNAL, self._on_cancel_signal)
         try:
             while True:
@@ -213,25 +241,37 @@ class Worker:
                         self.run(frame)
                 elif kind is Kind.CANCEL:
                     self._note_cancel(frame.seq)
+                elif kind is Kind.RELEASE and self.segments is not None:
+                    self.segments.release(frame.seq)
                 elif kind is Kind.CLOSE_SESSION:
                     self.sessions.pop(frame.load(), None)
                 else:
                     raise ProtocolError(f"unexpected frame {kind.name} in a worker")
         finally:
             self.resources.close()
+            if self.segments is not None:
+                self.segments.close()
 
-    def setup(self, init: dict[str, Any]) -> None:
+    def setup(self, init: dict[str, Any]) -> bool:
+        """Apply the INIT settings; whether large frames can go through shared memory."""
         self.worker_id = init["worker_id"]
-        self.shm_prefix = init.get("shm_prefix")
+        probe = init.get("shm_probe")  # an fd of the supervisor's that we must be able to open
+        shm = probe is not None and shm_supported() and can_open_peer_fd(self.parent, probe)
+        if shm:
+            self.segments = Segments()
+            self.reader.peer = PeerSegments(self.parent)
         sys.path[:] = init["sys_path"]
         self.main_path = init.get("main_path")
         for name in init.get("preload", ()):
             try:
                 self.import_module(name)
             except BaseException:
+                import traceback  # lazily, as in fail()
+
                 # reported on the first call that needs it, where it is that call's error
                 print(f"activitypool: worker could not preload {name!r}", file=sys.stderr)
                 traceback.print_exc()
+        return shm
 
     def import_module(self, name: str) -> Any:
         if name != "__main__":
@@ -241,11 +281,13 @@ class Worker:
             return mod
         if not self.main_path:
             raise ImportError("activity defined in __main__, but the supervisor has no main file")
+        from importlib.util import module_from_spec, spec_from_file_location  # lazily: rare
+
         # Run the supervisor's main script as a module (its `if __name__ == "__main__"` block
         # stays off) and alias it, so pickles that name __main__ resolve here too.
-        spec = importlib.util.spec_from_file_location("__mp_main__", self.main_path)
+        spec = spec_from_file_location("__mp_main__", self.main_path)
         assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
+        mod = module_from_spec(spec)
         sys.modules["__mp_main__"] = mod
         try:
             spec.loader.exec_module(mod)
@@ -323,8 +365,9 @@ class Worker:
             )
             return
         if buffers or len(body) > SMALL_WRITE:
-            shm_name = f"{self.shm_prefix}w{seq}" if self.shm_prefix else None
-            self.send(encode(Kind.RESULT, seq, body, buffers=buffers, shm_name=shm_name))
+            if self.segments is not None and self.segments.lent:
+                self._reclaim_segments()
+            self.send(encode(Kind.RESULT, seq, body, buffers=buffers, segments=self.segments))
         else:
             data = encode_small(Kind.RESULT, seq, body)
             with self._write_lock:
@@ -360,6 +403,8 @@ class Worker:
     def fail(
         self, seq: int, exc: BaseException, *, non_retryable: bool = False, note: str | None = None
     ) -> None:
+        import traceback  # lazily: a worker whose activities never fail never loads it
+
         tb = "".join(traceback.format_exception(exc))
         if note:
             tb = f"{note}\n{tb}"
@@ -470,7 +515,7 @@ def main(argv: list[str]) -> int:
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     except AttributeError:  # pragma: no cover
         pass
-    return Worker(rfd, wfd).serve()
+    return Worker(rfd, wfd, parent).serve()
 
 
 if __name__ == "__main__":

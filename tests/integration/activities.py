@@ -341,12 +341,27 @@ def attempt_of(x: int) -> tuple:
     return x, activity.info().attempt, os.getpid()
 
 
-@activity(retry_policy_max_attempts=1)
-def leave_segment_and_die() -> None:
-    """Simulate a worker killed after writing a result segment the supervisor never read."""
-    name = f"activitypool-{os.getppid()}-{activity.info().worker_id}-wleftover"
-    Path("/dev/shm", name).write_bytes(b"x" * 1024)
-    os.kill(os.getpid(), signal.SIGKILL)
+@activity
+def memfd_segments() -> int:
+    """Shared-memory segments this worker holds open or mapped (see tests: shared memory)."""
+    return count_memfd_segments()
+
+
+def count_memfd_segments() -> int:
+    count = 0
+    for n in os.listdir("/proc/self/fd"):
+        try:
+            count += "memfd:activitypool" in os.readlink(f"/proc/self/fd/{n}")
+        except OSError:
+            pass
+    with open("/proc/self/maps") as maps:
+        return count + sum("memfd:activitypool" in line for line in maps)
+
+
+@activity(retry_policy_max_attempts=0, retry_policy_initial_interval=0.001)
+def chaos_array(arr):
+    """Chaos with payloads in shared memory: a copy, scaled, so that corruption shows."""
+    return arr * 2
 
 
 @activity(retry_policy_max_attempts=1)

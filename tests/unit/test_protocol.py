@@ -70,37 +70,145 @@ def _drained(fd: int) -> bool:
     return not select.select([fd], [], [], 0)[0]
 
 
-@pytest.mark.skipif(not p.shm_available(), reason="needs /dev/shm")
-def test_shared_memory_frame_names_a_segment_that_the_reader_unlinks():
-    name = f"{p.SHM_PREFIX}{os.getpid()}-0-test"
-    data = os.urandom(p.SHM_MIN + 10)
-    parts = p.encode(p.Kind.RESULT, 3, pickle.dumps(data), shm_name=name)
-    assert len(wire(parts)) < 200  # only the name travels
-    assert os.path.exists(os.path.join(p.SHM_DIR, name))
-    frame = p.FrameReader().feed(wire(parts))[0]
-    assert not os.path.exists(os.path.join(p.SHM_DIR, name))
-    assert frame.load() == data
+needs_shm = pytest.mark.skipif(not p.shm_supported(), reason="needs memfd and /proc")
 
 
-@pytest.mark.skipif(not p.shm_available(), reason="needs /dev/shm")
-def test_small_frames_never_use_shared_memory_and_sweep_removes_by_prefix():
-    name = f"{p.SHM_PREFIX}{os.getpid()}-9-small"
-    parts = p.encode(p.Kind.RESULT, 3, pickle.dumps(1), shm_name=name)
-    assert not os.path.exists(os.path.join(p.SHM_DIR, name))
+def _memfds() -> int:
+    """memfd segments this process holds open (fds) or mapped."""
+    fds = sum("memfd:activitypool" in os.readlink(f"/proc/self/fd/{n}") for n in _fds())
+    with open("/proc/self/maps") as maps:
+        mapped = sum("memfd:activitypool" in line for line in maps)
+    return fds + mapped
+
+
+def _fds() -> list[str]:
+    out = []
+    for n in os.listdir("/proc/self/fd"):
+        try:
+            os.readlink(f"/proc/self/fd/{n}")
+        except OSError:
+            continue
+        out.append(n)
+    return out
+
+
+@needs_shm
+def test_shared_memory_frame_names_a_segment_that_is_copied_out_and_reused():
+    segments = p.Segments()
+    reader = p.FrameReader(p.PeerSegments(os.getpid()))
+    try:
+        data = os.urandom(p.SHM_MIN + 10)
+        parts = p.encode(p.Kind.RESULT, 3, pickle.dumps(data), segments=segments)
+        assert len(wire(parts)) < 100  # only the reference travels
+        (frame,) = reader.feed(wire(parts))
+        assert frame.kind is p.Kind.RESULT and frame.seq == 3 and frame.load() == data
+        assert segments.lent == 1 and reader.peer is not None
+        (seg_id,) = reader.peer.released
+        reader.peer.released.clear()
+        segments.release(seg_id)
+        assert segments.lent == 0
+        # the next frame reuses the same segment; the copy out is independent of it
+        other = os.urandom(p.SHM_MIN + 20)
+        parts = p.encode(p.Kind.RESULT, 4, pickle.dumps(other), segments=segments)
+        (again,) = reader.feed(wire(parts))
+        assert reader.peer.released == [seg_id] and again.load() == other
+        assert frame.load() == data  # the first frame's copy was not overwritten
+        with pytest.raises(p.ProtocolError, match="not lent"):
+            segments.release(999)
+    finally:
+        segments.close()
+        assert reader.peer is not None
+        reader.peer.close()
+
+
+@needs_shm
+def test_out_of_band_arrays_arrive_writable_and_private():
+    np = pytest.importorskip("numpy")
+    segments = p.Segments()
+    peer = p.PeerSegments(os.getpid())
+    try:
+        arr = np.arange(p.SHM_MIN, dtype=np.float64)
+        body, buffers = p.dumps(arr)
+        (frame,) = p.FrameReader(peer).feed(
+            wire(p.encode(p.Kind.RESULT, 1, body, buffers=buffers, segments=segments))
+        )
+        got = frame.load()
+        got[0] = -1.0  # writable, and its own memory: the sender's segment is untouched
+        segments.release(peer.released.pop())
+        assert np.array_equal(got[1:], arr[1:]) and got[0] == -1.0 and arr[0] == 0.0
+    finally:
+        segments.close()
+        peer.close()
+
+
+@needs_shm
+def test_segments_are_kept_within_budget_and_one_offs_are_closed_on_release():
+    before = _memfds()
+    segments = p.Segments()
+    peer = p.PeerSegments(os.getpid())
+    reader = p.FrameReader(peer)
+    try:
+        small = pickle.dumps(os.urandom(p.SHM_MIN))
+        # more frames in flight than kept segments: the extra ones are one-offs
+        frames = [
+            reader.feed(wire(p.encode(p.Kind.RESULT, i, small, segments=segments)))[0]
+            for i in range(p.KEEP_SEGMENTS + 2)
+        ]
+        assert segments.lent == p.KEEP_SEGMENTS + 2 and segments.held == p.KEEP_SEGMENTS + 2
+        for seg_id in peer.released:
+            segments.release(seg_id)
+        peer.released.clear()
+        assert segments.lent == 0 and segments.held == p.KEEP_SEGMENTS
+        # a frame beyond the byte budget gets a segment of its own, closed on release
+        big = pickle.dumps(bytes(p.KEEP_BYTES + 1))
+        (frame,) = reader.feed(wire(p.encode(p.Kind.RESULT, 99, big, segments=segments)))
+        assert len(frame.load()) == p.KEEP_BYTES + 1
+        assert segments.held == p.KEEP_SEGMENTS + 1
+        segments.release(peer.released.pop())
+        assert segments.held == p.KEEP_SEGMENTS
+        assert all(f.load() for f in frames)
+        # one-off segments stay mapped (privately) under what was built on them, until it goes
+        assert _memfds() > before
+        del frames, frame
+    finally:
+        segments.close()
+        peer.close()
+    assert _memfds() == before  # nothing open, nothing mapped
+
+
+@needs_shm
+def test_a_segment_whose_owner_is_gone_is_reported_as_such():
+    segments = p.Segments()
+    parts = p.encode(p.Kind.RESULT, 3, pickle.dumps(os.urandom(p.SHM_MIN)), segments=segments)
+    segments.close()  # as if its process had exited
+    peer = p.PeerSegments(os.getpid())
+    with pytest.raises(p.SegmentGone):
+        peer.frame(p.Kind.RESULT, 3, wire(parts)[p.HEADER.size :], 0, 0)
+    # a reader drops that frame (the writer's death decides it) and keeps the ones around it
+    blob = wire(p.encode(p.Kind.RESULT, 1, pickle.dumps(1))) + wire(parts)
+    blob += wire(p.encode(p.Kind.RESULT, 2, pickle.dumps(2)))
+    assert [f.load() for f in p.FrameReader(peer).feed(blob)] == [1, 2]
+
+
+def test_small_frames_never_use_shared_memory():
+    class NoSegments(p.Segments):
+        def put(self, chunks, size):
+            raise AssertionError("a small frame went to shared memory")
+
+    parts = p.encode(p.Kind.RESULT, 3, pickle.dumps(1), segments=NoSegments())
     assert p.FrameReader().feed(wire(parts))[0].load() == 1
-    leftover = f"{p.SHM_PREFIX}{os.getpid()}-9-x"
-    open(os.path.join(p.SHM_DIR, leftover), "wb").close()
-    assert p.sweep_segments(f"{p.SHM_PREFIX}{os.getpid()}-9-") == [leftover]
 
 
-def test_unknown_kind_and_bad_segment_names_are_protocol_errors():
+def test_unknown_kind_and_bad_segment_references_are_protocol_errors():
     bad = p.HEADER.pack(0, 0, 99, 0, 1)
     with pytest.raises(p.ProtocolError, match="unknown frame kind"):
         p.FrameReader().feed(bad)
-    name = b"../etc/passwd"
-    frame = p.HEADER.pack(len(name), 0, p.Kind.RESULT | p.SHM_FLAG, 0, 1) + name
-    with pytest.raises(p.ProtocolError, match="segment name"):
+    ref = b"../etc/passwd"
+    frame = p.HEADER.pack(len(ref), 0, p.Kind.RESULT | p.SHM_FLAG, 0, 1) + ref
+    with pytest.raises(p.ProtocolError, match="without segments"):
         p.FrameReader().feed(frame)
+    with pytest.raises(p.ProtocolError, match="bad shared-memory reference"):
+        p.FrameReader(p.PeerSegments(os.getpid())).feed(frame)
     oversize = struct.pack("<IIBB2xQ", p.MAX_FRAME, 0, p.Kind.RESULT, 0, 1)
     with pytest.raises(p.ProtocolError):
         p.FrameReader().feed(oversize)
