@@ -239,6 +239,9 @@ class Worker:
                         self.fail(frame.seq, _cancelled_error(), non_retryable=True)
                     else:
                         self.run(frame)
+                    # let go of its arguments now, not when the next frame comes: unmapping a
+                    # large one then would delay that next call
+                    frame = None
                 elif kind is Kind.CANCEL:
                     self._note_cancel(frame.seq)
                 elif kind is Kind.RELEASE and self.segments is not None:
