@@ -20,7 +20,15 @@ def test_random_kills_and_hangs_lose_nothing():
     rng = random.Random(1234)
     events = []
     stop = threading.Event()
-    with Pool([acts], workers=2, on_event=events.append) as pool:
+    ready: set[int] = set()  # kill only workers that are up: a pool gives up on workers that
+    # keep dying before they are ready (a loaded machine starts them slowly), another test
+
+    def on_event(event) -> None:
+        events.append(event)
+        if event.kind == "worker_started" and event.pid is not None:
+            ready.add(event.pid)
+
+    with Pool([acts], workers=2, on_event=on_event) as pool:
         pool.inject_fault(acts.chaos_echo, "hang", attempt=1, times=5)
 
         def killer() -> None:
@@ -29,7 +37,7 @@ def test_random_kills_and_hangs_lose_nothing():
             for _ in range(8):
                 if stop.wait(rng.uniform(0.02, 0.08)):
                     return
-                pids = pool.worker_pids()
+                pids = sorted(ready.intersection(pool.worker_pids()))
                 if pids:
                     try:
                         os.kill(rng.choice(pids), signal.SIGKILL)
