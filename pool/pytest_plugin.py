@@ -11,9 +11,10 @@ Registered through the ``pytest11`` entry point, so installing activitypool is e
   overrides).
 
 Every pool fixture closes its pools with ``cancel=True`` at teardown (bounded: busy workers are
-killed, nothing is drained), then fails the test if a worker process, a pipe or a shared-memory
-segment is left behind. When an activity call fails in a test, the report gets a section with the
-remote traceback, and one with the lines the pool's workers printed during the test.
+killed, nothing is drained), then fails the test if a worker process or a pipe is left behind
+(shared-memory segments are memfds, which the kernel frees with their processes). When an
+activity call fails in a test, the report gets a section with the remote traceback, and one
+with the lines the pool's workers printed during the test.
 
 Heavy imports (the pool runtime, uvloop, pydantic) happen when a fixture is first used: every
 pytest run of a project that merely has activitypool installed loads this module.
@@ -46,8 +47,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ActivityEnvironment", "LeakGuard", "PoolFactory", "open_pool_worker_pids"]
 
-SHM_DIR = "/dev/shm"
-SHM_PREFIX = "activitypool"
 # How long a leak may take to clear before it is reported (ini activity_pool_leak_timeout).
 # A closed pool has reaped its workers already; the grace is for the activities' own children
 # and a session pool replacing a worker as the test ends.
@@ -92,7 +91,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini(
         "activity_pool_leak_check",
-        "fail a test whose pools leave a process, pipe or shared-memory segment behind",
+        "fail a test whose pools leave a process or a pipe behind",
         type="bool",
         default=True,
     )
@@ -259,13 +258,6 @@ def _pipe_inodes(pid: int | str = "self") -> dict[int, str]:
     return out
 
 
-def _shm_segments() -> set[str]:
-    try:
-        return {n for n in os.listdir(SHM_DIR) if n.startswith(SHM_PREFIX)}
-    except OSError:
-        return set()
-
-
 def _children() -> dict[int, psutil.Process]:
     import psutil
 
@@ -292,7 +284,7 @@ def _warm_up_event_loop() -> None:
 
 
 class LeakGuard:
-    """Snapshots processes, pipes and shared memory; :meth:`check` says what was left behind.
+    """Snapshots processes and pipes; :meth:`check` says what was left behind.
 
     Take it before the pools start and :meth:`watch` each pool; check after closing them.
     Workers of other plugin-managed pools that are still open (and the pipes they share with
@@ -303,7 +295,6 @@ class LeakGuard:
         _warm_up_event_loop()
         self.children = set(_children())
         self.pipes = _pipe_inodes()
-        self.shm = _shm_segments()
         self.pools: list[Pool] = []
         self.worker_pids: set[int] = set()
 
@@ -317,7 +308,7 @@ class LeakGuard:
             self.worker_pids.update(pool.worker_pids())
 
     def leaks(self) -> list[str]:
-        """One look: every process, pipe fd and shm segment that should be gone and is not."""
+        """One look: every process and pipe fd that should be gone and is not."""
         import psutil
 
         others = [p for p in list(_live_pools) if p not in self.pools]
@@ -342,8 +333,6 @@ class LeakGuard:
         for fd, target in sorted(_pipe_inodes().items()):
             if self.pipes.get(fd) != target and target not in other_pipes:
                 problems.append(f"pipe fd {fd} ({target}) is still open")
-        for name in sorted(_shm_segments() - self.shm):
-            problems.append(f"shared-memory segment {SHM_DIR}/{name} is still there")
         return problems
 
     def check(self, settle: float = LEAK_SETTLE) -> list[str]:
