@@ -164,8 +164,10 @@ def lift_bytes(value: Any) -> Any:
 
 def lift_call_bytes(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """:func:`lift_bytes` over a call's top-level arguments (cheap when there are none)."""
-    if any(type(a) is bytes and len(a) >= OOB_MIN for a in args):
-        args = tuple(lift_bytes(a) for a in args)
+    for a in args:  # a plain loop: this runs for every call
+        if type(a) is bytes and len(a) >= OOB_MIN:
+            args = tuple(lift_bytes(a) for a in args)
+            break
     if kwargs and any(type(v) is bytes and len(v) >= OOB_MIN for v in kwargs.values()):
         kwargs = {k: lift_bytes(v) for k, v in kwargs.items()}
     return args, kwargs
