@@ -433,9 +433,9 @@ def encode_small(kind: Kind, seq: int, body: bytes = b"", body2: bytes = b"") ->
 class Frame:
     kind: Kind
     seq: int
-    body: memoryview  # first pickle (or the only one)
-    body2: memoryview | None  # second pickle, when split
-    buffers: list[memoryview]
+    body: bytes | bytearray | memoryview  # first pickle (or the only one)
+    body2: bytes | bytearray | memoryview | None  # second pickle, when split
+    buffers: list[Any]
 
     def load(self) -> Any:
         return pickle.loads(self.body, buffers=self.buffers)
@@ -488,14 +488,31 @@ class FrameReader:
         return self.feed(data)
 
     def feed(self, data: bytes) -> list[Frame]:
-        buf = self._buf
-        buf += data
+        buf: bytes | bytearray
+        if self._buf:
+            buf = self._buf
+            buf += data
+        else:
+            buf = data  # the common case: parse the read itself, no copy into the buffer
         pos = 0
         n = len(buf)
         hsize = HEADER.size
         frames: list[Frame] = []
+        unpack = HEADER.unpack_from
         while n - pos >= hsize:
-            size, split, kind, nbuf, seq = HEADER.unpack_from(buf, pos)
+            size, split, kind, nbuf, seq = unpack(buf, pos)
+            if not nbuf and kind in _KINDS and pos + hsize + size <= n:
+                # small and plain (no buffers, not in shared memory): slices of the read
+                start = pos + hsize
+                pos = start + size
+                if split:
+                    if split > size:
+                        raise ProtocolError("split beyond the frame")
+                    cut = start + split
+                    frames.append(Frame(_KINDS[kind], seq, buf[start:cut], buf[cut:pos], []))
+                else:
+                    frames.append(Frame(_KINDS[kind], seq, buf[start:pos], None, []))
+                continue
             k = _KINDS.get(kind & ~SHM_FLAG)
             if k is None:
                 raise ProtocolError(f"unknown frame kind {kind}")
@@ -525,8 +542,11 @@ class FrameReader:
                     pass  # its writer died after sending it: that death decides the attempt
                 continue
             frames.append(_split(k, seq, raw, split, nbuf))
-        if pos:
-            del buf[:pos]
+        if buf is self._buf:
+            if pos:
+                del buf[:pos]
+        elif pos < n:
+            self._buf = bytearray(buf[pos:])
         return frames
 
     @property
