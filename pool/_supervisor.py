@@ -529,9 +529,10 @@ class Supervisor:
         if peer is not None and peer.released:  # copied out: the worker may reuse them
             ids, peer.released = peer.released, []
             self._write(handle, [encode_small(Kind.RELEASE, seg_id) for seg_id in ids])
+        now = time.monotonic()  # one clock reading for everything this read brought
         try:
             for frame in frames:
-                self._on_frame(handle, frame)
+                self._on_frame(handle, frame, now)
         except ProtocolError as exc:
             log.error("worker %d sent a malformed frame (%s); killing it", handle.id, exc)
             crash = WorkerCrashedError(
@@ -544,16 +545,10 @@ class Supervisor:
             self.scheduler.kill_worker(handle.id, crash, time.monotonic())
         self._after()
 
-    def _on_frame(self, handle: WorkerHandle, frame: Frame) -> None:
+    def _on_frame(self, handle: WorkerHandle, frame: Frame, now: float) -> None:
         kind = frame.kind
-        if kind is Kind.RELEASE:
-            if handle.segments is None:
-                raise ProtocolError("RELEASE from a worker that was sent no segment")
-            handle.segments.release(frame.seq)
-            return
         sched = self.scheduler
-        now = time.monotonic()
-        if kind is not Kind.HEARTBEAT:
+        if kind is Kind.RESULT or kind is Kind.FAILURE:
             in_pipe = handle.in_pipe
             while in_pipe and in_pipe[0][0] <= frame.seq:
                 in_pipe.popleft()
@@ -573,6 +568,10 @@ class Supervisor:
                 self._check_memory(handle, now)
         elif kind is Kind.FAILURE:
             sched.failure(handle.id, frame.seq, _rebuild_failure(frame), now)
+        elif kind is Kind.RELEASE:
+            if handle.segments is None:
+                raise ProtocolError("RELEASE from a worker that was sent no segment")
+            handle.segments.release(frame.seq)
         elif kind is Kind.HEARTBEAT:
             try:
                 details, beat_at = frame.load()
