@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any, Literal
 
 from pool._events import PoolEvent, PoolStats
+from pool._futures import PoolFuture
 from pool._protocol import dumps, lift_call_bytes
 from pool._scheduler import Call
 from pool._supervisor import FaultRule, Supervisor, SupervisorConfig
@@ -298,7 +299,10 @@ class Pool:
         self, fn: ActivityRef, /, *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[Any]:
         """Start one activity; returns a ``concurrent.futures.Future``. Cancelling it cancels."""
-        return self._submit_call(self._prepare(fn, args, kwargs, _context_session()))
+        call = self._prepare(fn, args, kwargs, _context_session())
+        fut = call.waiter = PoolFuture(self, call)
+        self._to_loop(call)
+        return fut
 
     def run(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> Any:
         """Blocking call from a thread that is not the pool's loop."""
@@ -356,7 +360,7 @@ class Pool:
 
     def _submit_all(
         self, fn: ActivityRef, iterable: Iterable[Any], session: Any
-    ) -> list[concurrent.futures.Future[Any]]:
+    ) -> list[PoolFuture]:
         session = session if session is not None else _context_session()
         defn = get_definition(fn)
         calls = [self._prepare(defn, (item,), {}, session) for item in iterable]
@@ -366,18 +370,20 @@ class Pool:
         self._to_loop(partial(sup.submit_many, calls))
         return futures
 
-    def _attach_future(self, call: Call) -> concurrent.futures.Future[Any]:
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        call.waiter = fut
-        fut.add_done_callback(partial(self._future_done, call))
+    def _attach_future(self, call: Call) -> PoolFuture:
+        # A PoolFuture, not a plain Future: no Condition (a lock, a deque, bound methods) until
+        # somebody waits on it, so thousands in flight are not thousands of objects for the
+        # garbage collector to trace; its cancel() forwards here (no done callback per call).
+        fut = call.waiter = PoolFuture(self, call)
         return fut
 
-    def _future_done(self, call: Call, fut: concurrent.futures.Future[Any]) -> None:
+    def _cancel_call(self, call: Call) -> None:
+        """A PoolFuture was cancelled: cancel its call (on the loop, in order)."""
         sup = self._sup
-        if fut.cancelled() and sup is not None:
+        if sup is not None:
             self._to_loop(partial(sup.cancel, call))
 
-    def _submit_call(self, call: Call) -> concurrent.futures.Future[Any]:
+    def _submit_call(self, call: Call) -> PoolFuture:
         fut = self._attach_future(call)
         self._to_loop(call)
         return fut
