@@ -501,12 +501,16 @@ def _why_no_replacement(c: Contender) -> str:
     return "no new worker process"
 
 
+def _ap_with_events() -> Contender:
+    return ActivityPool(events=True)
+
+
 def _ap_with_spare() -> Contender:
-    return ActivityPool(name="activitypool spares=1", spares=1)
+    return ActivityPool(name="activitypool spares=1", spares=1, events=True)
 
 
 def row_coldstart(cfg: Config, row: RowResult) -> None:
-    for make in (ActivityPool, _ap_with_spare, *PEERS):
+    for make in (_ap_with_events, _ap_with_spare, *PEERS):
         name = make().name
 
         def body(notes: Notes, make: Callable[[], Contender] = make) -> Mapping[str, Summary]:
