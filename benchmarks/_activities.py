@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from sdk import activity
@@ -106,7 +105,8 @@ def ap_matmul_work(seed, size=256, rounds=8):
 
 def _announce_pid(path: str) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
-    Path(tmp).write_text(str(os.getpid()))
+    with open(tmp, "w") as f:  # not pathlib: a worker that imports this module stays light
+        f.write(str(os.getpid()))
     os.replace(tmp, path)
 
 

@@ -1,39 +1,47 @@
 """activitypool's authoring API: define activities, and the context they run in.
 
-Only re-exports live here; see the private modules for the code.
+Only re-exports live here; see the private modules for the code. They load lazily (PEP 562), so
+that a worker process, which imports ``sdk._context`` and ``sdk._definition``, never pays for
+the local runner or the retry policy.
 """
 
-from ._context import (
-    ActivityInfo,
-    StickyWorkerSession,
-    activity_heartbeat,
-    get_sticky_worker_session,
-    run_sticky_worker_session,
-)
-from ._definition import (
-    ActivityDefinition,
-    RateLimit,
-    activities_in_module,
-    activity,
-    get_definition,
-)
-from ._depends import Depends
-from ._errors import (
-    ActivityDefinitionError,
-    ActivityError,
-    ActivityInputError,
-    ActivityPoolError,
-    ActivityTimeoutError,
-    ApplicationError,
-    PoolClosedError,
-    RemoteTraceback,
-    StickySessionLostError,
-    StickyWorkerSessionMissingError,
-    TimeoutType,
-    WorkerCrashedError,
-)
-from ._local import LocalRunner, run_activities_locally
-from ._retry import RetryPolicy, backoff_delay
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._context import (
+        ActivityInfo,
+        StickyWorkerSession,
+        activity_heartbeat,
+        get_sticky_worker_session,
+        run_sticky_worker_session,
+    )
+    from ._definition import (
+        ActivityDefinition,
+        RateLimit,
+        activities_in_module,
+        activity,
+        get_definition,
+    )
+    from ._depends import Depends
+    from ._errors import (
+        ActivityDefinitionError,
+        ActivityError,
+        ActivityInputError,
+        ActivityPoolError,
+        ActivityTimeoutError,
+        ApplicationError,
+        PoolClosedError,
+        RemoteTraceback,
+        StickySessionLostError,
+        StickyWorkerSessionMissingError,
+        TimeoutType,
+        WorkerCrashedError,
+    )
+    from ._local import LocalRunner, run_activities_locally
+    from ._retry import RetryPolicy, backoff_delay
 
 __all__ = [
     "ActivityDefinition",
@@ -64,3 +72,46 @@ __all__ = [
     "run_activities_locally",
     "run_sticky_worker_session",
 ]
+
+_WHERE = {
+    "ActivityInfo": "sdk._context",
+    "StickyWorkerSession": "sdk._context",
+    "activity_heartbeat": "sdk._context",
+    "get_sticky_worker_session": "sdk._context",
+    "run_sticky_worker_session": "sdk._context",
+    "ActivityDefinition": "sdk._definition",
+    "RateLimit": "sdk._definition",
+    "activities_in_module": "sdk._definition",
+    "activity": "sdk._definition",
+    "get_definition": "sdk._definition",
+    "Depends": "sdk._depends",
+    "ActivityDefinitionError": "sdk._errors",
+    "ActivityError": "sdk._errors",
+    "ActivityInputError": "sdk._errors",
+    "ActivityPoolError": "sdk._errors",
+    "ActivityTimeoutError": "sdk._errors",
+    "ApplicationError": "sdk._errors",
+    "PoolClosedError": "sdk._errors",
+    "RemoteTraceback": "sdk._errors",
+    "StickySessionLostError": "sdk._errors",
+    "StickyWorkerSessionMissingError": "sdk._errors",
+    "TimeoutType": "sdk._errors",
+    "WorkerCrashedError": "sdk._errors",
+    "LocalRunner": "sdk._local",
+    "run_activities_locally": "sdk._local",
+    "RetryPolicy": "sdk._retry",
+    "backoff_delay": "sdk._retry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sdk' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -8,8 +8,6 @@ while it is active, so that awaiting an ``async def`` activity dispatches to it.
 from __future__ import annotations
 
 import contextlib
-import logging
-import uuid
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
@@ -41,8 +39,6 @@ __all__ = [
     "set_activity",
     "set_dispatcher",
 ]
-
-_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -165,7 +161,11 @@ class StickyWorkerSession:
     """
 
     def __init__(self, session_id: str | None = None) -> None:
-        self.session_id: str = session_id if session_id is not None else uuid.uuid4().hex
+        if session_id is None:
+            import uuid  # lazily: workers never make sessions
+
+            session_id = uuid.uuid4().hex
+        self.session_id: str = session_id
         self.closed: bool = False
         self._callbacks: list[Callable[[StickyWorkerSession], None]] = []
 
@@ -190,7 +190,11 @@ class StickyWorkerSession:
         try:
             cb(self)
         except Exception:
-            _log.exception("sticky session %s: close callback %r failed", self.session_id, cb)
+            import logging  # lazily: only a failing callback needs it
+
+            logging.getLogger(__name__).exception(
+                "sticky session %s: close callback %r failed", self.session_id, cb
+            )
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import atexit
 import inspect
-import logging
 import threading
 from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass
@@ -26,8 +25,6 @@ if TYPE_CHECKING:
     from ._definition import ActivityDefinition
 
 __all__ = ["Depends", "ResourceCache", "default_resource_cache"]
-
-_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,7 +96,7 @@ class ResourceCache:
                     else:
                         fn()
                 except Exception:
-                    _log.exception("teardown of resource %r failed", fn)
+                    _log_teardown_failure(fn)
             if self._loop is not None:
                 loop, self._loop = self._loop, None
                 close_private_loop(loop)
@@ -207,6 +204,13 @@ class ResourceCache:
         return self._loop.run_until_complete(coro)
 
 
+def _log_teardown_failure(fn: Callable[[], Any]) -> None:
+    """Log the exception being handled; logging is imported only when a teardown fails."""
+    import logging
+
+    logging.getLogger(__name__).exception("teardown of resource %r failed", fn)
+
+
 def _is_cm(value: Any) -> bool:
     return hasattr(value, "__enter__") and hasattr(value, "__exit__")
 
@@ -245,7 +249,7 @@ async def _run_teardowns_async(teardowns: list[_Teardown]) -> None:
             else:
                 fn()
         except Exception:
-            _log.exception("teardown of resource %r failed", fn)
+            _log_teardown_failure(fn)
 
 
 _default_cache: ResourceCache | None = None

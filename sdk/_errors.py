@@ -9,8 +9,10 @@ between a worker and the supervisor.
 from __future__ import annotations
 
 import enum
-from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from datetime import timedelta
 
 __all__ = [
     "ActivityDefinitionError",
@@ -91,12 +93,20 @@ class ApplicationError(ActivityPoolError):
         self.details: tuple[Any, ...] = tuple(details)
         self.type = type
         self.non_retryable = bool(non_retryable)
-        if isinstance(next_retry_delay, timedelta):
-            self.next_retry_delay: float | None = next_retry_delay.total_seconds()
-        elif next_retry_delay is None:
-            self.next_retry_delay = None
-        else:
-            self.next_retry_delay = float(next_retry_delay)
+        self.next_retry_delay: float | None = _seconds_or_none(next_retry_delay)
+
+
+def _seconds_or_none(delay: timedelta | float | None) -> float | None:
+    if delay is None:
+        return None
+    if isinstance(delay, int | float):
+        return float(delay)
+    # datetime is imported only here: a timedelta given means the caller has loaded it already
+    from datetime import timedelta
+
+    if isinstance(delay, timedelta):
+        return delay.total_seconds()
+    return float(delay)
 
 
 # (str, Enum) rather than StrEnum: the contract pins this base, and members compare equal to

@@ -127,3 +127,56 @@ def test_validation_imports_pydantic_on_first_use() -> None:
 def test_validation_error_is_a_value_error() -> None:
     # sdk catches pydantic's errors as ValueError so that it need not import pydantic to catch.
     assert issubclass(pydantic.ValidationError, ValueError)
+
+
+def test_defining_an_activity_loads_only_what_a_worker_needs() -> None:
+    # What a worker does at start-up: import the sdk's core, import a module that defines
+    # activities. None of these may load (each is imported where it is first needed).
+    out = _run(
+        """
+        from sdk import _context
+        from sdk._definition import ActivityDefinition
+        from sdk._depends import ResourceCache
+        from sdk._errors import ApplicationError
+        from sdk import Depends, activity
+
+        @activity(start_to_close_timeout=10, heartbeat_timeout=2.5)
+        def add(a: int, b: int = 1) -> int:
+            return a + b
+
+        @activity(rate_limit=None, sticky_to_worker=False)
+        def uses(res: dict = Depends(dict)):
+            return res
+
+        assert add(2, 3) == 5 and uses() == {}
+        ApplicationError("no", next_retry_delay=1.5)
+        lazy = {"logging", "uuid", "datetime", "math", "sdk._local", "sdk._retry"}
+        print(" ".join(sorted(lazy & set(sys.modules))) or "ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
+def test_lazily_loaded_parts_still_work() -> None:
+    out = _run(
+        """
+        from datetime import timedelta
+
+        import sdk
+        from sdk._definition import DEFAULT_START_TO_CLOSE
+
+        @sdk.activity(heartbeat_timeout=timedelta(seconds=2))
+        def f():
+            return 1
+
+        defn = sdk.get_definition(f)
+        assert defn.start_to_close_timeout == DEFAULT_START_TO_CLOSE == 300.0
+        assert defn.heartbeat_timeout == 2.0
+        assert sdk.ApplicationError(next_retry_delay=timedelta(seconds=3)).next_retry_delay == 3.0
+        assert defn.retry_policy(sdk.RetryPolicy()).maximum_attempts == 3
+        assert len(sdk.StickyWorkerSession().session_id) == 32
+        assert "RetryPolicy" in dir(sdk) and sdk.run_activities_locally is not None
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
