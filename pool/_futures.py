@@ -37,6 +37,7 @@ from concurrent.futures._base import (
     PENDING,
     RUNNING,
 )
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 _T = TypeVar("_T")
@@ -78,6 +79,14 @@ class CancelForwarder(Protocol):
     """What a PoolFuture tells when it is cancelled (the pool)."""
 
     def _cancel_call(self, call: Any, /) -> object: ...
+
+    # Optional: wakes a waiting thread later, once the loop thread's current event is done
+    # (see Supervisor.wake_later); absent or None: at once.
+
+
+def _notify_all(cond: threading.Condition) -> None:
+    with cond:
+        cond.notify_all()
 
 
 class PoolFuture(Future[Any]):
@@ -255,7 +264,12 @@ class PoolFuture(Future[Any]):
             else:
                 for waiter in self._waiters:
                     waiter.add_exception(self)
-            cond.notify_all()
+            owner = self._owner
+            wake_later = getattr(owner, "_wake_later", None)
+            if wake_later is None:
+                cond.notify_all()
+            else:  # a thread waits on this one: wake it when the loop thread lets go
+                wake_later(partial(_notify_all, cond))
 
     def __repr__(self) -> str:
         # as the base class's, without taking the Condition (or making one) for a snapshot

@@ -129,6 +129,7 @@ class Pool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._sup: Supervisor | None = None
+        self._wake_later: Callable[[Callable[[], None]], None] | None = None
         self._closed = False
         self._dispatcher_token: contextvars.Token[Any] | None = None
         self._sessions_hooked: set[str] = set()
@@ -184,6 +185,7 @@ class Pool:
             raise RuntimeError("this Pool was already started; make a new one")
         self._loop = loop
         self._sup = Supervisor(loop, self._config, self._on_event, self._on_output)
+        self._wake_later = self._sup.wake_later  # PoolFuture: wake waiters after the event
         try:
             await self._sup.start()
         except BaseException:
@@ -333,11 +335,11 @@ class Pool:
         calls = [self._prepare(defn, (item,), {}, session) for item in iterable]
         # one result board for the whole map, not a Future (and its Condition) per item:
         # far fewer objects for the garbage collector to trace while thousands are in flight
-        batch = _MapBatch(len(calls))
-        for i, call in enumerate(calls):
-            call.waiter = _Slot(batch, i)
         sup = self._sup
         assert sup is not None
+        batch = _MapBatch(len(calls), sup.wake_later)
+        for i, call in enumerate(calls):
+            call.waiter = _Slot(batch, i)
         self._to_loop(partial(sup.submit_many, calls))
         return batch.results_in_order(lambda: self._to_loop(partial(sup.cancel_many, calls)))
 
@@ -610,18 +612,26 @@ class _BlockingWaiter:
 class _MapBatch:
     """Results of one ``map``: written by the loop thread, read in order by the caller."""
 
-    __slots__ = ("cond", "results", "waiting")
+    __slots__ = ("cond", "results", "waiting", "wake_later", "woken")
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, wake_later: Callable[[Callable[[], None]], None]) -> None:
         self.results: list[Any] = [_PENDING] * n  # (value, exception) once answered
         self.cond = threading.Condition()
-        self.waiting = False  # the reader sleeps on cond for its next index
+        self.waiting = -1  # the index the reader sleeps on cond for, or -1
+        self.woken = False  # a wake-up is queued with the supervisor
+        self.wake_later = wake_later  # Supervisor.wake_later: once this event's writes are out
 
     def deliver(self, index: int, value: Any, exc: BaseException | None) -> None:
         self.results[index] = (value, exc)
-        if self.waiting:  # read after the store: a reader that missed it sees the result
-            with self.cond:
-                self.cond.notify()
+        # read after the store: a reader that missed it sees the result
+        if index == self.waiting and not self.woken:
+            self.woken = True
+            self.wake_later(self._wake)
+
+    def _wake(self) -> None:
+        self.woken = False
+        with self.cond:
+            self.cond.notify()
 
     def results_in_order(self, cancel_rest: Callable[[], object]) -> Iterator[Any]:
         results = self.results
@@ -629,10 +639,10 @@ class _MapBatch:
             for i in range(len(results)):
                 if results[i] is _PENDING:
                     with self.cond:
-                        self.waiting = True
+                        self.waiting = i
                         while results[i] is _PENDING:
                             self.cond.wait()
-                        self.waiting = False
+                        self.waiting = -1
                 value, exc = results[i]
                 results[i] = None  # the caller has it; let it go
                 if exc is not None:

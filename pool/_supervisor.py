@@ -152,6 +152,7 @@ class Supervisor:
         self._init_body = b""
         self.faults: dict[str, list[FaultRule]] = {}
         self._dirty: list[WorkerHandle] = []  # handles with frames queued in this event
+        self._wakes: list[Callable[[], None]] = []  # see wake_later
         # an fd each worker must be able to open through /proc before segments are used
         self._shm_probe: int | None = None
         if shm_supported():
@@ -278,10 +279,35 @@ class Supervisor:
         self._after()
 
     # -- the one timer ---------------------------------------------------------------------
+    def wake_later(self, wake: Callable[[], None]) -> None:
+        """Run ``wake`` (it wakes a caller's thread) once this event's frames are written.
+
+        A thread woken mid-event wants the GIL while this thread still works and then writes:
+        each such hand-off costs both a switch. Woken after the writes, it runs while this
+        thread waits in the loop. ``_after`` runs these; a loop callback is the safety net.
+        """
+        if not self._wakes:
+            if self.loop.is_closed():
+                wake()
+                return
+            self.loop.call_soon(self._run_wakes)
+        self._wakes.append(wake)
+
+    def _run_wakes(self) -> None:
+        wakes, self._wakes = self._wakes, []
+        for wake in wakes:
+            try:
+                wake()
+            except Exception:
+                log.exception("waking a caller failed")
+
     def _after(self) -> None:
-        """After every event: send what it queued, re-arm the timer for the next deadline."""
+        """After every event: send what it queued, wake the callers it answered, re-arm the
+        timer for the next deadline."""
         if self._dirty:
             self._flush()
+        if self._wakes:
+            self._run_wakes()
         when = self.scheduler.next_deadline()
         if when is None:
             return  # an armed timer may fire for nothing; cheaper than cancelling per call

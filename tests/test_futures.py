@@ -293,6 +293,31 @@ def test_result_blocks_until_another_thread_sets_it():
     thread.join()
 
 
+def test_an_owner_with_wake_later_wakes_a_waiting_thread_when_it_says():
+    class Owner:
+        def __init__(self) -> None:
+            self.queued: list[Callable[[], None]] = []
+            self._wake_later = self.queued.append
+
+        def _cancel_call(self, call: Any) -> None:
+            raise AssertionError("not cancelled")
+
+    owner = Owner()
+    fut = PoolFuture(owner, call=object())
+    got: list = []
+    thread = threading.Thread(target=lambda: got.append(fut.result(timeout=HANG)))
+    thread.start()
+    while fut._cond is None:  # the waiter made the Condition and sleeps on it
+        time.sleep(0.001)
+    fut.set_result("late")
+    assert fut.done() and len(owner.queued) == 1
+    thread.join(0.05)
+    assert thread.is_alive()  # the outcome is set, the wake-up is the owner's to run
+    owner.queued.pop()()
+    thread.join(HANG)
+    assert got == ["late"]
+
+
 # -- wait() and as_completed() -----------------------------------------------------------------
 
 
