@@ -57,7 +57,7 @@ class Pool:
         workers: int | None = None,
         max_tasks_per_worker: int | None = None,
         max_memory_per_worker: int | None = None,
-        start_method: Literal["spawn"] = "spawn",
+        start_method: Literal["forkserver", "spawn"] = "forkserver",
         retry_policy: RetryPolicy | None = None,
         cancel_grace: float = 1.0,
         start_timeout: float = 60.0,
@@ -78,8 +78,8 @@ class Pool:
             raise ValueError("max_tasks_per_worker must be >= 1 or None")
         if max_memory_per_worker is not None and max_memory_per_worker < 1:
             raise ValueError("max_memory_per_worker must be a positive byte count or None")
-        if start_method != "spawn":
-            raise ValueError(f"unsupported start_method {start_method!r}; only 'spawn' for now")
+        if start_method not in ("forkserver", "spawn"):
+            raise ValueError(f"unsupported start_method {start_method!r}: 'forkserver' or 'spawn'")
         if prefetch < 0:
             raise ValueError("prefetch must be >= 0")
         if not isinstance(spares, int) or spares < 0:
@@ -120,6 +120,7 @@ class Pool:
             cpu_affinity=affinity,
             spares=spares,
             preload=tuple(preload),
+            start_method=start_method,
         )
         self._default_policy = retry_policy or RetryPolicy()
         self._policies: dict[int, RetryPolicy] = {}
@@ -496,6 +497,17 @@ class Pool:
         return self._on_loop_call(
             lambda: [h.proc.pid for h in sup.handles.values() if not h.proc.reaped and not h.eof]
         )
+
+    def _process_pids(self) -> list[int]:
+        """``worker_pids()`` and the pool's fork server (for leak checks)."""
+        sup = self._sup
+        if sup is None:
+            return []
+        pids = self.worker_pids()
+        fs = sup._forkserver
+        if fs is not None and not fs.dead:
+            pids.append(fs.pid)
+        return pids
 
     def _on_loop_call(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` where the state it reads is owned: on the pool's loop thread."""

@@ -1,9 +1,12 @@
 """Start, kill and reap worker processes. No scheduling, no protocol beyond the fds.
 
-A worker is started with ``posix_spawn`` (no fork of the supervisor's threads, no
-``subprocess.Popen`` object that would try to reap it behind our back) in a session of its own,
-so a kill reaches the activity's own children through the process group as well as through
-psutil's view of the tree.
+A worker is forked by the pool's fork server (``ForkServer``, running ``pool._forkserver``),
+which has imported the worker's code once, or with ``start_method="spawn"`` (and whenever the
+fork server is gone) started with ``posix_spawn`` of a fresh interpreter. Either way the
+supervisor never forks itself (its loop thread makes that unsafe) and no
+``subprocess.Popen`` object tries to reap a worker behind our back. Each worker runs in a
+session of its own, so a kill reaches the activity's own children through the process group
+as well as through the walk of its descendants.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import select
 import signal
+import socket
+import struct
 import sys
 from dataclasses import dataclass, field
 
@@ -31,6 +37,7 @@ THREAD_LIMIT_VARS = (
 # Not "-m pool._worker": that would run the worker module as __main__, and activity modules
 # (or the user's main script, re-run as __mp_main__) could not tell they are in a worker.
 WORKER_BOOT = "import sys; from pool._worker import main; sys.exit(main(sys.argv[1:]))"
+FORKSERVER_BOOT = "import sys; from pool._forkserver import main; sys.exit(main(sys.argv[1:]))"
 
 
 @dataclass(eq=False)
@@ -44,11 +51,19 @@ class WorkerProcess:
     signal: int | None = None
     reaped: bool = False
     fds_closed: bool = field(default=False, repr=False)
+    # the fork server that forked it (and reaps it), or None for a child of ours
+    forked_by: ForkServer | None = field(default=None, repr=False)
 
     def poll(self) -> bool:
         """Reap without blocking; True once the exit status is known."""
         if self.reaped:
             return True
+        if self.forked_by is not None:
+            # its fork server reports the status (ForkServer.read); if that server is gone,
+            # the pidfd says whether it exited, the status is lost
+            if self.forked_by.dead and self.exited_by_pidfd(0.0):
+                self.reaped = True
+            return self.reaped
         try:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:
@@ -63,9 +78,21 @@ class WorkerProcess:
             self.exitcode = os.waitstatus_to_exitcode(status)
         return True
 
+    def exited_by_pidfd(self, timeout: float) -> bool:
+        """Whether the process has exited, waiting up to ``timeout`` for it (by its pidfd)."""
+        if self.pidfd is None:
+            return True  # cannot tell: assume so (only asked once it was killed or is gone)
+        try:
+            return bool(select.select([self.pidfd], [], [], timeout)[0])
+        except (OSError, ValueError):
+            return True
+
     def wait(self) -> None:
         """Blocking reap: only for a process already killed or known to be exiting."""
         if self.reaped:
+            return
+        if self.forked_by is not None:
+            self.exited_by_pidfd(5.0)  # its fork server reaps it
             return
         try:
             _, status = os.waitpid(self.pid, 0)
@@ -155,12 +182,32 @@ def worker_env(thread_limit: int | None) -> dict[str, str]:
     return env
 
 
-def spawn_worker(env: dict[str, str]) -> WorkerProcess:
-    """Start a worker process with one pipe pair and an output pipe."""
+def _worker_pipes() -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(the worker's ends: request read, reply write, output write), (ours: request write,
+    reply read, output read); ours are non-blocking and the channel's are grown."""
     req_r, req_w = os.pipe()
     rep_r, rep_w = os.pipe()
     out_r, out_w = os.pipe()
-    child_fds = (req_r, rep_w, out_w)
+    for fd in (req_w, rep_r, out_r):
+        os.set_blocking(fd, False)
+    for fd in (req_w, rep_r):
+        _grow_pipe(fd)
+    return (req_r, rep_w, out_w), (req_w, rep_r, out_r)
+
+
+def _pidfd(pid: int) -> int | None:
+    if hasattr(os, "pidfd_open"):
+        try:
+            return os.pidfd_open(pid)
+        except OSError:
+            return None
+    return None
+
+
+def spawn_worker(env: dict[str, str]) -> WorkerProcess:
+    """Start a worker process (a fresh interpreter) with one pipe pair and an output pipe."""
+    child_fds, (req_w, rep_r, out_r) = _worker_pipes()
+    req_r, rep_w, out_w = child_fds
     try:
         os.set_inheritable(req_r, True)
         os.set_inheritable(rep_w, True)
@@ -183,14 +230,142 @@ def spawn_worker(env: dict[str, str]) -> WorkerProcess:
         raise
     for fd in child_fds:
         os.close(fd)
-    for fd in (req_w, rep_r, out_r):
-        os.set_blocking(fd, False)
-    for fd in (req_w, rep_r):
-        _grow_pipe(fd)
-    pidfd: int | None = None
-    if hasattr(os, "pidfd_open"):
+    return WorkerProcess(pid, req_w, rep_r, out_r, _pidfd(pid))
+
+
+def _decode_status(proc: WorkerProcess, status: int) -> None:
+    if os.WIFSIGNALED(status):
+        proc.signal = os.WTERMSIG(status)
+    else:
+        proc.exitcode = os.waitstatus_to_exitcode(status)
+
+
+class ForkServer:
+    """The supervisor's end of a fork server (see ``pool._forkserver``). Loop thread only.
+
+    ``request`` asks for a worker; ``read`` (when ``fileno`` is readable) returns what
+    happened: ``("ready",)``, ``("forked", key, proc or None)``, ``("exited", proc)`` and, once
+    the server is gone, ``("gone", [keys of requests it never answered])``. ``reap`` lets it
+    reap a worker whose exit it reported. ``close`` stops it and every worker it still has.
+    """
+
+    def __init__(self, env: dict[str, str]) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            pidfd = os.pidfd_open(pid)
+            theirs.set_inheritable(True)
+            argv = [sys.executable, "-c", FORKSERVER_BOOT, str(theirs.fileno()), str(os.getpid())]
+            self.pid = os.posix_spawn(
+                sys.executable,
+                argv,
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                ],
+                setsid=True,
+                setsigmask=(),
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self.sock = ours
+        self.pidfd = _pidfd(self.pid)
+        self.dead = False
+        self.ready = False
+        self._next = 1
+        # request id -> (key, our ends of its pipes)
+        self._pending: dict[int, tuple[object, tuple[int, int, int]]] = {}
+        self._procs: dict[int, WorkerProcess] = {}  # forked, exit not yet reaped
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def request(self, key: object) -> None:
+        """Ask for a worker; ``read`` answers with ``("forked", key, proc)``."""
+        child_fds, ours = _worker_pipes()
+        req_id = self._next
+        self._next += 1
+        try:
+            fds = struct.pack("<3i", *child_fds)
+            self.sock.sendmsg(
+                [b"F" + struct.pack("<Q", req_id)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
+            )
         except OSError:
-            pidfd = None
-    return WorkerProcess(pid, req_w, rep_r, out_r, pidfd)
+            for fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            for fd in child_fds:
+                os.close(fd)
+        self._pending[req_id] = (key, ours)
+
+    def read(self) -> list[tuple]:
+        events: list[tuple] = []
+        while not self.dead:
+            try:
+                msg = self.sock.recv(64)
+            except BlockingIOError:
+                break
+            except OSError:
+                msg = b""
+            if not msg:
+                events.append(("gone", self._lost()))
+                break
+            tag, body = msg[:1], msg[1:]
+            if tag == b"U":
+                self.ready = True
+                events.append(("ready",))
+            elif tag == b"P":
+                req_id, pid = struct.unpack("<Qi", body)
+                key, (req_w, rep_r, out_r) = self._pending.pop(req_id)
+                if pid <= 0:
+                    for fd in (req_w, rep_r, out_r):
+                        os.close(fd)
+                    events.append(("forked", key, None))
+                    continue
+                proc = WorkerProcess(pid, req_w, rep_r, out_r, _pidfd(pid), forked_by=self)
+                self._procs[pid] = proc
+                events.append(("forked", key, proc))
+            elif tag == b"X":
+                pid, status = struct.unpack("<ii", body)
+                gone = self._procs.get(pid)
+                if gone is not None and not gone.reaped:
+                    _decode_status(gone, status)
+                    gone.reaped = True
+                    events.append(("exited", gone))
+        return events
+
+    def _lost(self) -> list[object]:
+        """The server is gone (its workers die with it): what it never answered."""
+        self.dead = True
+        keys = [key for key, _ in self._pending.values()]
+        for _, fds in self._pending.values():
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._pending.clear()
+        return keys
+
+    def reap(self, proc: WorkerProcess) -> None:
+        """The supervisor is done with ``proc``, which has exited: let its pid go."""
+        if self._procs.pop(proc.pid, None) is not None and not self.dead:
+            with contextlib.suppress(OSError):
+                self.sock.send(b"R" + struct.pack("<i", proc.pid))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the server: it kills and reaps the workers it still has, then exits."""
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.dead = True
+        if self.pidfd is not None and not select.select([self.pidfd], [], [], timeout)[0]:
+            with contextlib.suppress(OSError):  # it would not stop: it is ours to kill
+                os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        if self.pidfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.pidfd)
+            self.pidfd = None

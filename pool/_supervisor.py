@@ -28,6 +28,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -41,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pool._events import PoolEvent, Stats
-from pool._process import WorkerProcess, spawn_worker, worker_env
+from pool._process import ForkServer, WorkerProcess, spawn_worker, worker_env
 from pool._protocol import (
     FailureInfo,
     Frame,
@@ -117,6 +118,7 @@ class SupervisorConfig:
     cpu_affinity: tuple[frozenset[int], ...] | None  # worker n runs on set (n - 1) % len
     preload: tuple[str, ...]
     spares: int = 0  # ready workers held back to replace one that dies
+    start_method: str = "forkserver"  # or "spawn": a fresh interpreter per worker
 
 
 class Supervisor:
@@ -153,6 +155,7 @@ class Supervisor:
         self.faults: dict[str, list[FaultRule]] = {}
         self._dirty: list[WorkerHandle] = []  # handles with frames queued in this event
         self._wakes: list[Callable[[], None]] = []  # see wake_later
+        self._forkserver: ForkServer | None = None  # forks workers (None: spawn them)
         # an fd each worker must be able to open through /proc before segments are used
         self._shm_probe: int | None = None
         if shm_supported():
@@ -176,6 +179,14 @@ class Supervisor:
             },
             protocol=5,
         )
+        if self.config.start_method == "forkserver":
+            try:
+                fs = ForkServer(self._env)
+            except OSError as exc:
+                log.warning("no fork server (%s): workers are spawned one by one", exc)
+            else:
+                self._forkserver = fs
+                self.loop.add_reader(fs.fileno(), self._on_forkserver)
         self.scheduler.start(time.monotonic())
         self._after()
         await self._ready
@@ -221,6 +232,13 @@ class Supervisor:
             handle.proc.kill_tree()
             self._forget(handle)
             handle.proc.wait()
+        fs = self._forkserver
+        if fs is not None:
+            self._forkserver = None
+            if not fs.dead:
+                with contextlib.suppress(Exception):
+                    self.loop.remove_reader(fs.fileno())
+            fs.close()  # it kills and reaps whatever it still has, then exits
         if self._shm_probe is not None:
             os.close(self._shm_probe)
             self._shm_probe = None
@@ -328,33 +346,104 @@ class Supervisor:
 
     # -- Effects (called by the scheduler) -------------------------------------------------
     def spawn(self, worker_id: int) -> None:
-        if not self._ready.done():
-            self.loop.call_soon(self._spawn_now, worker_id)  # starting up: no caller waits
+        if not self._ready.done() or self._forking():
+            # starting up (no caller waits), or a request to the fork server (no wait here)
+            self.loop.call_soon(self._spawn_now, worker_id)
             return
-        # A replacement: start it a moment later. os.posix_spawn holds the GIL until the
-        # child has exec'd (milliseconds on a loaded machine), and a caller just woken with
-        # the dead worker's error needs the GIL to see it (seen: 1.5 ms -> 6-8 ms).
+        # A replacement by posix_spawn: start it a moment later. os.posix_spawn holds the GIL
+        # until the child has exec'd (milliseconds on a loaded machine), and a caller just
+        # woken with the dead worker's error needs the GIL to see it (seen: 1.5 -> 6-8 ms).
         self.loop.call_later(SPAWN_DELAY, self._spawn_now, worker_id)
+
+    def _forking(self) -> bool:
+        return self._forkserver is not None and not self._forkserver.dead
 
     def _spawn_now(self, worker_id: int) -> None:
         slot = self.scheduler.workers.get(worker_id)
         if slot is None or slot.state is not WorkerState.STARTING:
             return  # gone before it started (pool cancelled, start timeout)
+        fs = self._forkserver
+        if fs is not None and not fs.dead:
+            try:
+                fs.request(worker_id)  # answered in _on_forkserver
+                return
+            except OSError as exc:
+                log.warning("the fork server failed (%s): spawning workers instead", exc)
+                self._drop_forkserver()
         try:
             proc = spawn_worker(self._env)
         except OSError as exc:
-            log.error("could not start a worker: %s", exc)
-            crash = WorkerCrashedError(
-                f"could not start worker {worker_id}: {exc}",
-                exitcode=None,
-                signal=None,
-                pid=None,
-                worker_id=worker_id,
-            )
-            self.scheduler.worker_exited(worker_id, crash, time.monotonic())
-            self._check_ready()
-            self._after()
+            self._not_started(worker_id, str(exc))
             return
+        self._adopt(worker_id, proc)
+
+    def _not_started(self, worker_id: int, why: str) -> None:
+        log.error("could not start a worker: %s", why)
+        crash = WorkerCrashedError(
+            f"could not start worker {worker_id}: {why}",
+            exitcode=None,
+            signal=None,
+            pid=None,
+            worker_id=worker_id,
+        )
+        self.scheduler.worker_exited(worker_id, crash, time.monotonic())
+        self._check_ready()
+        self._after()
+
+    def _on_forkserver(self) -> None:
+        fs = self._forkserver
+        if fs is None:
+            return
+        for event in fs.read():
+            kind = event[0]
+            if kind == "forked":
+                worker_id, proc = event[1], event[2]
+                slot = self.scheduler.workers.get(worker_id)
+                if proc is None:
+                    self._not_started(worker_id, "the fork server could not fork")
+                elif slot is None or slot.state is not WorkerState.STARTING:
+                    proc.kill_tree()  # not wanted any more; its exit report reaps it
+                    proc.close_fds()
+                else:
+                    self._adopt(worker_id, proc)
+            elif kind == "exited":
+                proc = event[1]
+                handle = next((h for h in self.handles.values() if h.proc is proc), None)
+                if handle is None:
+                    fs.reap(proc)  # forgotten already
+                elif not handle.gone:
+                    self._drain_replies(handle)  # what it wrote last, before its exit
+                    self._watch_exit(handle)
+            elif kind == "gone":
+                self._drop_forkserver()
+                for worker_id in event[1]:  # requests it never answered: spawn instead
+                    self._not_started(worker_id, "the fork server exited")
+        self._after()
+
+    def _drop_forkserver(self) -> None:
+        """The fork server is gone or failing: its workers die with it (their own exits are
+        seen by pidfd); from now on workers are spawned."""
+        fs = self._forkserver
+        if fs is None:
+            return
+        log.warning("the fork server (pid %d) is gone: spawning workers from now on", fs.pid)
+        with contextlib.suppress(Exception):
+            self.loop.remove_reader(fs.fileno())
+        self.config = dataclasses.replace(self.config, start_method="spawn")
+        self._forkserver = None
+        fs.close(timeout=1.0)
+        for handle in list(self.handles.values()):
+            if handle.eof and not handle.gone:
+                self._watch_exit(handle)  # was waiting for the server's report
+
+    def _drain_replies(self, handle: WorkerHandle) -> None:
+        """Read a dead worker's reply pipe to the end (its last frames, then EOF)."""
+        while not handle.eof and not handle.gone:
+            if not self._on_readable(handle):
+                return
+
+    def _adopt(self, worker_id: int, proc: WorkerProcess) -> None:
+        """A started worker process becomes the handle of slot ``worker_id``: INIT it."""
         handle = WorkerHandle(worker_id, proc)
         if self._shm_probe is not None:
             handle.reader.peer = PeerSegments(proc.pid)
@@ -541,16 +630,17 @@ class Supervisor:
         self.loop.remove_writer(fd)
         self._signal_if_written(handle)
 
-    def _on_readable(self, handle: WorkerHandle) -> None:
+    def _on_readable(self, handle: WorkerHandle) -> bool:
+        """Read and handle what the worker wrote; False when nothing was there."""
         try:
             frames = handle.reader.read(handle.proc.from_worker)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             frames = None
         if frames is None:
             self._on_eof(handle)
-            return
+            return True
         peer = handle.reader.peer
         if peer is not None and peer.released:  # copied out: the worker may reuse them
             ids, peer.released = peer.released, []
@@ -570,6 +660,7 @@ class Supervisor:
             )
             self.scheduler.kill_worker(handle.id, crash, time.monotonic())
         self._after()
+        return True
 
     def _on_frame(self, handle: WorkerHandle, frame: Frame, now: float) -> None:
         kind = frame.kind
@@ -680,6 +771,8 @@ class Supervisor:
         proc = handle.proc
         if proc.poll():
             self._exited(handle)
+        elif proc.forked_by is not None and not proc.forked_by.dead:
+            return  # its fork server reports the exit (_on_forkserver calls us again)
         elif proc.pidfd is not None:
             self.loop.add_reader(proc.pidfd, self._on_pidfd, handle)
         else:  # no pidfd: it closed its pipe, so it is exiting; a short blocking wait
@@ -737,6 +830,8 @@ class Supervisor:
         with contextlib.suppress(Exception):
             loop.remove_writer(proc.to_worker)
         proc.close_fds()
+        if proc.forked_by is not None and proc.reaped:
+            proc.forked_by.reap(proc)  # (not reaped yet: its exit report reaps it)
         # its segments die with it; ours to it are freed here (the kernel frees any page it
         # still had mapped when it exits)
         if handle.segments is not None:

@@ -103,10 +103,10 @@ def _set_parent_death_signal(parent: int) -> None:
 
 
 class Worker:
-    def __init__(self, rfd: int, wfd: int, parent: int) -> None:
+    def __init__(self, rfd: int, wfd: int, supervisor: int) -> None:
         self.rfd = rfd
         self.wfd = wfd
-        self.parent = parent
+        self.supervisor = supervisor  # its pid: where our segments' peer lives
         self.reader = FrameReader()
         self.pending: deque[Frame] = deque()  # frames read but not yet handled
         self.cancelled_seqs: set[int] = set()  # CANCELs for RUNs not yet started
@@ -259,10 +259,10 @@ class Worker:
         """Apply the INIT settings; whether large frames can go through shared memory."""
         self.worker_id = init["worker_id"]
         probe = init.get("shm_probe")  # an fd of the supervisor's that we must be able to open
-        shm = probe is not None and shm_supported() and can_open_peer_fd(self.parent, probe)
+        shm = probe is not None and shm_supported() and can_open_peer_fd(self.supervisor, probe)
         if shm:
             self.segments = Segments()
-            self.reader.peer = PeerSegments(self.parent)
+            self.reader.peer = PeerSegments(self.supervisor)
         sys.path[:] = init["sys_path"]
         self.main_path = init.get("main_path")
         for name in init.get("preload", ()):
@@ -509,8 +509,18 @@ def _cancelled_error() -> BaseException:
     return asyncio.CancelledError("cancelled before it started")
 
 
+# True in a worker process (set by main): code that must tell a worker from the supervisor, or
+# from a process that merely imported this module, reads it.
+IN_WORKER = False
+
+
 def main(argv: list[str]) -> int:
+    """``argv``: request fd, reply fd, parent pid (the supervisor, or the fork server that
+    forked us), and the supervisor's pid when it is not the parent."""
     rfd, wfd, parent = (int(a) for a in argv[:3])
+    supervisor = int(argv[3]) if len(argv) > 3 else parent
+    global IN_WORKER
+    IN_WORKER = True
     _set_parent_death_signal(parent)
     # Ctrl-C goes to the supervisor, which stops workers in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -518,7 +528,7 @@ def main(argv: list[str]) -> int:
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     except AttributeError:  # pragma: no cover
         pass
-    return Worker(rfd, wfd, parent).serve()
+    return Worker(rfd, wfd, supervisor).serve()
 
 
 if __name__ == "__main__":

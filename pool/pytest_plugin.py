@@ -62,12 +62,13 @@ _live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 
 
 def open_pool_worker_pids() -> set[int]:
-    """Pids of the workers of every pool this plugin's fixtures hold open.
+    """Pids of the processes (workers, fork server) of every pool this plugin's fixtures hold
+    open.
 
     A session pool outlives the tests that use it: a process-leak check of your own should
     leave these alone.
     """
-    return {pid for pool in list(_live_pools) for pid in pool.worker_pids()}
+    return {pid for pool in list(_live_pools) for pid in pool._process_pids()}
 
 
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
@@ -312,7 +313,7 @@ class LeakGuard:
         import psutil
 
         others = [p for p in list(_live_pools) if p not in self.pools]
-        other_workers = {pid for p in others for pid in p.worker_pids()}
+        other_workers = {pid for p in others for pid in p._process_pids()}
         other_pipes = {t for pid in other_workers for t in _pipe_inodes(pid).values()}
         problems = []
         for pid, proc in sorted(_children().items()):
@@ -351,7 +352,7 @@ class LeakGuard:
         import psutil
 
         others = {
-            p for pool in list(_live_pools) if pool not in self.pools for p in pool.worker_pids()
+            p for pool in list(_live_pools) if pool not in self.pools for p in pool._process_pids()
         }
         for pid, proc in _children().items():
             if pid in self.children or pid in others:

@@ -116,23 +116,25 @@ SUPERVISOR = textwrap.dedent(
     sys.path.insert(0, {root!r})
     from pool import Pool
     from tests.integration import activities as acts
-    with Pool([acts], workers=2) as pool:
+    with Pool([acts], workers=2, start_method={method!r}) as pool:
         pool.submit(acts.hang_in_c_holding_gil)  # one worker stuck in C, holding its GIL
         time.sleep(0.05)
-        print(" ".join(map(str, pool.worker_pids())), flush=True)
+        print(" ".join(map(str, pool._process_pids())), flush=True)  # workers, fork server
         time.sleep(3600)
     """
 )
 
 
-def test_workers_die_within_a_second_of_supervisor_sigkill():
+@pytest.mark.parametrize(("method", "processes"), [("forkserver", 3), ("spawn", 2)])
+def test_workers_die_within_a_second_of_supervisor_sigkill(method, processes):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = SUPERVISOR.format(root=root, method=method)
     with subprocess.Popen(
-        [sys.executable, "-c", SUPERVISOR.format(root=root)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
     ) as proc:
         assert proc.stdout is not None
         pids = [int(p) for p in proc.stdout.readline().split()]
-        assert len(pids) == 2
+        assert len(pids) == processes
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         t0 = time.monotonic()

@@ -1,0 +1,180 @@
+"""The fork server: a process that has imported the worker's code and forks workers on request.
+
+A spawned interpreter takes tens of milliseconds to import what a worker needs; a fork of one
+that already did takes about one, and the forked workers share those pages. The supervisor
+spawns this process once per pool (``pool._process.ForkServer``) and asks it for workers; it
+never forks the supervisor itself, whose loop thread makes that unsafe. This process has one
+thread and runs no user code: activity modules are imported by each worker after the fork,
+exactly as a spawned worker does.
+
+Channel: a ``SOCK_SEQPACKET`` unix socket, one message per packet.
+
+- supervisor -> here: ``F <Q request id>`` with three fds attached (``SCM_RIGHTS``): the
+  worker's request pipe (read end), reply pipe (write end) and output pipe (write end).
+  ``R <i pid>``: reap that worker (the supervisor is done with it).
+- here -> supervisor: ``U``: ready. ``P <Q request id> <i pid>``: forked. ``X <i pid> <i wait
+  status>``: that worker exited. It stays a zombie until the supervisor sends ``R``, so its pid
+  cannot be reused while the supervisor may still signal it (as with a child of its own).
+
+EOF on the socket (the pool closed, or the supervisor died) makes this process SIGKILL every
+worker it still has, reap them and exit. It dies with the supervisor (PR_SET_PDEATHSIG), and
+its workers die with it, so nothing outlives a killed supervisor.
+
+Only ``_socket``, ``select`` and ``struct`` beyond what a worker imports: a forked worker
+inherits this process's modules, and must stay as light as a spawned one.
+"""
+
+from __future__ import annotations
+
+import _socket
+import os
+import select
+import signal
+import struct
+import sys
+
+from pool import _worker
+
+_FORK = struct.Struct("<Q")
+_FORKED = struct.Struct("<Qi")
+_PID = struct.Struct("<i")
+_EXIT = struct.Struct("<ii")
+_FDS = struct.Struct("<3i")
+
+
+def _fork_worker(fds: tuple[int, int, int], supervisor: int, closing: list[int]) -> int:
+    """Fork one worker; in the child, become it and never return."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        os.setsid()
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in closing:
+            os.close(fd)
+        req_r, rep_w, out_w = fds
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out_w, 1)
+        os.dup2(out_w, 2)
+        os.close(null)
+        os.close(out_w)
+        os.set_inheritable(req_r, False)
+        os.set_inheritable(rep_w, False)
+        code = _worker.main([str(req_r), str(rep_w), str(os.getppid()), str(supervisor)])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def serve(sock_fd: int, supervisor: int) -> int:
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0, sock_fd)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # only to wake the poll below
+    children: set[int] = set()  # forked and not reaped
+    reported: set[int] = set()  # of those, exited and told
+    poller = select.poll()
+    poller.register(sock_fd, select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    fd_space = _socket.CMSG_SPACE(_FDS.size)
+    sock.send(b"U")
+    try:
+        while True:
+            for fd, _ in poller.poll():
+                if fd == wake_r:
+                    while True:
+                        try:
+                            if not os.read(wake_r, 512):
+                                break
+                        except BlockingIOError:
+                            break
+                        except InterruptedError:
+                            continue
+                        break
+                    for pid in sorted(children - reported):
+                        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                        if info is not None:
+                            reported.add(pid)
+                            status = _wait_status(info)
+                            sock.send(b"X" + _EXIT.pack(pid, status))
+                    continue
+                msg, ancdata, _, _ = sock.recvmsg(64, fd_space, _socket.MSG_CMSG_CLOEXEC)
+                if not msg:
+                    return 0  # the supervisor closed the pool (or died)
+                if msg[:1] == b"F":
+                    fds = _received_fds(ancdata)
+                    if len(fds) != 3:
+                        for fd in fds:
+                            os.close(fd)
+                        continue
+                    (req_id,) = _FORK.unpack(msg[1:])
+                    try:
+                        pid = _fork_worker(
+                            (fds[0], fds[1], fds[2]), supervisor, [sock_fd, wake_r, wake_w]
+                        )
+                    except OSError:
+                        pid = -1
+                    for fd in fds:
+                        os.close(fd)
+                    if pid > 0:
+                        children.add(pid)
+                    sock.send(b"P" + _FORKED.pack(req_id, pid))
+                elif msg[:1] == b"R":
+                    (pid,) = _PID.unpack(msg[1:])
+                    if pid in children:
+                        os.waitpid(pid, 0)
+                        children.discard(pid)
+                        reported.discard(pid)
+    finally:
+        for pid in children:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for pid in children:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % 4
+            fds.extend(struct.unpack(f"<{usable // 4}i", data[:usable]))
+    return fds
+
+
+def _wait_status(info: os.waitid_result) -> int:
+    """The waitpid()-style status of a waitid() result."""
+    if info.si_code == os.CLD_EXITED:
+        return (info.si_status & 0xFF) << 8
+    return info.si_status & 0x7F  # killed (or dumped core) by this signal
+
+
+def main(argv: list[str]) -> int:
+    sock_fd, supervisor = int(argv[0]), int(argv[1])
+    _worker._set_parent_death_signal(supervisor)  # (imports ctypes once, for every worker)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor
+    return serve(sock_fd, supervisor)

@@ -1,0 +1,90 @@
+"""Workers come from the pool's fork server by default, or are spawned; a dead fork server is
+replaced by spawning, and nothing it forked outlives the pool."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import psutil
+import pytest
+
+import sdk
+from pool import Pool
+from pool._forkserver import _wait_status
+from tests.integration import activities as acts
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _fork_server_pid(pool: Pool) -> int | None:
+    others = set(pool._process_pids()) - set(pool.worker_pids())
+    return others.pop() if others else None
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_workers_by_either_method_run_and_report_their_exit(method):
+    with Pool([acts], workers=2, start_method=method) as pool:
+        server = _fork_server_pid(pool)
+        parents = {psutil.Process(pid).ppid() for pid in pool.worker_pids()}
+        if method == "forkserver":
+            assert server is not None and parents == {server}
+            assert psutil.Process(server).ppid() == os.getpid()
+        else:
+            assert server is None and parents == {os.getpid()}
+        assert pool.run(acts.add, 2, 3) == 5
+        with pytest.raises(sdk.ActivityError) as info:
+            pool.run(acts.exit_with, 7)
+        crash = info.value.__cause__
+        assert isinstance(crash, sdk.WorkerCrashedError)
+        assert crash.exitcode == 7 and crash.signal is None
+        with pytest.raises(sdk.ActivityError) as info:
+            pool.run(acts.kill_self)
+        crash = info.value.__cause__
+        assert isinstance(crash, sdk.WorkerCrashedError)
+        assert crash.signal == signal.SIGKILL and crash.exitcode is None
+        assert list(pool.map(acts.echo, [1, 2, 3])) == [1, 2, 3]
+        assert len(pool.worker_pids()) == 2
+    if server is not None:
+        assert not psutil.pid_exists(server) or psutil.Process(server).status() == "zombie"
+
+
+def test_a_killed_fork_server_is_replaced_by_spawning():
+    events = []
+    with Pool([acts], workers=2, on_event=events.append) as pool:
+        assert pool.run(acts.add, 1, 1) == 2
+        server = _fork_server_pid(pool)
+        assert server is not None
+        forked = set(pool.worker_pids())
+        os.kill(server, signal.SIGKILL)  # its workers die with it (PR_SET_PDEATHSIG)
+        deadline = time.monotonic() + 10
+        while forked & set(pool.worker_pids()) or len(pool.worker_pids()) < 2:
+            assert time.monotonic() < deadline, "the pool did not replace its workers"
+            time.sleep(0.01)
+        assert _fork_server_pid(pool) is None
+        assert {psutil.Process(p).ppid() for p in pool.worker_pids()} == {os.getpid()}
+        assert list(pool.map(acts.echo, range(20))) == list(range(20))
+    assert sum(e.kind == "worker_exited" for e in events) >= 2
+    for pid in forked:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+def _exited_child(code: str) -> int:
+    return os.posix_spawn(sys.executable, [sys.executable, "-c", code], dict(os.environ))
+
+
+def test_wait_status_matches_waitpid():
+    for code, check in [
+        ("import os; os._exit(5)", lambda st: os.waitstatus_to_exitcode(st) == 5),
+        (
+            "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+            lambda st: os.WTERMSIG(st) == 9,
+        ),
+    ]:
+        pid = _exited_child(code)
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # as the fork server does
+        assert info is not None
+        status = _wait_status(info)
+        assert os.waitpid(pid, 0)[1] == status and check(status)
