@@ -594,6 +594,14 @@ def row_memory(cfg: Config, row: RowResult) -> None:
                     if not c.activitypool:
                         method = _start_method(pids[0])
                         notes.add(f"workers by {method}" if method else "")
+                    else:
+                        helpers = sorted(set(c.pool._process_pids()) - set(pids))
+                        if helpers:  # a cost per pool, not per worker: said, not averaged in
+                            server = _memory(helpers)
+                            notes.add(
+                                "workers forked by a fork server (one per pool: RSS "
+                                f"{server['rss']:.0f}, USS {server['uss']:.0f} MiB)"
+                            )
                     return _memory(pids)
 
             return repeat(cfg.reps, once)
