@@ -92,8 +92,8 @@ def serve(sock_fd: int, supervisor: int) -> int:
     poller.register(sock_fd, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     fd_space = _socket.CMSG_SPACE(_FDS.size)
-    sock.send(b"U")
     try:
+        sock.send(b"U")
         while True:
             for fd, _ in poller.poll():
                 if fd == wake_r:
@@ -107,7 +107,11 @@ def serve(sock_fd: int, supervisor: int) -> int:
                             continue
                         break
                     for pid in sorted(children - reported):
-                        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                        try:
+                            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                        except ChildProcessError:  # cannot happen: we reap only when told
+                            children.discard(pid)
+                            continue
                         if info is not None:
                             reported.add(pid)
                             status = _wait_status(info)
@@ -137,9 +141,14 @@ def serve(sock_fd: int, supervisor: int) -> int:
                 elif msg[:1] == b"R":
                     (pid,) = _PID.unpack(msg[1:])
                     if pid in children:
-                        os.waitpid(pid, 0)
+                        try:
+                            os.waitpid(pid, 0)
+                        except ChildProcessError:
+                            pass
                         children.discard(pid)
                         reported.discard(pid)
+    except OSError:  # the socket broke: the supervisor closed the pool (or died)
+        return 0
     finally:
         for pid in children:
             try:
