@@ -6,8 +6,9 @@ Only re-exports live here. They load lazily (PEP 562) so that a worker process, 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from sdk._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from pool._events import PoolEvent, PoolStats
@@ -23,14 +24,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pool' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports("pool", _WHERE, globals(), __all__)

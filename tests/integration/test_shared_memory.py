@@ -4,9 +4,6 @@ segment outlives its pool, its worker or a kill, and none is ever named in a fil
 from __future__ import annotations
 
 import os
-import random
-import signal
-import threading
 
 import pytest
 
@@ -14,6 +11,7 @@ import sdk
 from pool import Pool
 from pool._protocol import KEEP_SEGMENTS, SHM_MIN, shm_supported
 from tests.integration import activities as acts
+from tests.integration.chaos import RandomKiller
 
 np = pytest.importorskip("numpy")
 pytestmark = [
@@ -87,41 +85,12 @@ def test_segment_of_a_call_queued_behind_a_killed_worker_is_freed():
 
 def test_random_kills_during_large_transfers_lose_nothing_and_leak_nothing():
     before = count()
-    rng = random.Random(99)
-    stop = threading.Event()
     items = [np.full((SHM_MIN * 2) // 8, float(i)) for i in range(150)]
-    ready: set[int] = set()  # kill only workers that are up: a pool gives up on workers
-    # that keep dying before they are ready, which is another test
-
-    exits = []
-
-    def on_event(event) -> None:
-        if event.kind == "worker_started" and event.pid is not None:
-            ready.add(event.pid)
-        elif event.kind == "worker_exited":
-            exits.append(event.pid)
-
-    with Pool([acts], workers=2, on_event=on_event) as pool:
-
-        def killer() -> None:
-            for _ in range(6):
-                if stop.wait(rng.uniform(0.02, 0.06)):
-                    return
-                pids = sorted(ready.intersection(pool.worker_pids()))
-                if pids:
-                    try:
-                        os.kill(rng.choice(pids), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-
-        t = threading.Thread(target=killer)
-        t.start()
-        try:
+    chaos = RandomKiller(seed=99, kills=6, gap=(0.02, 0.06))
+    with Pool([acts], workers=2, on_event=chaos.on_event) as pool:
+        with chaos.killing(pool):
             results = list(pool.map(acts.chaos_array, items))
-        finally:
-            stop.set()
-            t.join()
-        assert exits  # the chaos really happened
+        assert chaos.count("worker_exited") >= 1  # the chaos really happened
         assert len(results) == len(items)
         for i, got in enumerate(results):
             assert got.shape == items[i].shape and np.all(got == 2.0 * i)
