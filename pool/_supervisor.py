@@ -416,8 +416,8 @@ class Supervisor:
                     self._watch_exit(handle)
             elif kind == "gone":
                 self._drop_forkserver()
-                for worker_id in event[1]:  # requests it never answered: spawn instead
-                    self._not_started(worker_id, "the fork server exited")
+                for worker_id in event[1]:  # requests it never answered: spawn those instead
+                    self._spawn_now(worker_id)
         self._after()
 
     def _drop_forkserver(self) -> None:

@@ -88,3 +88,15 @@ def test_wait_status_matches_waitpid():
         assert info is not None
         status = _wait_status(info)
         assert os.waitpid(pid, 0)[1] == status and check(status)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_fork_server_that_cannot_start_leaves_the_pool_spawning(monkeypatch, workers):
+    from pool import _process
+
+    monkeypatch.setattr(_process, "FORKSERVER_BOOT", "import sys; sys.exit(3)")
+    with Pool([acts], workers=workers) as pool:
+        assert _fork_server_pid(pool) is None
+        assert {psutil.Process(p).ppid() for p in pool.worker_pids()} == {os.getpid()}
+        assert list(pool.map(acts.echo, range(10))) == list(range(10))
+        assert len(pool.worker_pids()) == workers
