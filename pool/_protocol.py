@@ -381,6 +381,7 @@ class PeerSegments:
         else:
             mem = self._map(fd, size, private=True)
             frame = _split(kind, seq, memoryview(mem)[:size], split, nbuf, copy=False)
+            frame.mapped = True
         self.released.append(seg_id)
         return frame
 
@@ -436,6 +437,7 @@ class Frame:
     body: bytes | bytearray | memoryview  # first pickle (or the only one)
     body2: bytes | bytearray | memoryview | None  # second pickle, when split
     buffers: list[Any]
+    mapped: bool = False  # its buffers are a mapping of a one-off segment (unmapped when freed)
 
     def load(self) -> Any:
         return pickle.loads(self.body, buffers=self.buffers)

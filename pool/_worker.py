@@ -133,6 +133,8 @@ class Worker:
         self.hb_seq = 0
         self.hb_time = 0.0  # time.monotonic() of the latest heartbeat() call
         self._flusher: threading.Thread | None = None
+        self._unmapper: threading.Thread | None = None
+        self._unmap_queue: Any = None
         self._flush_event = threading.Event()
 
     # -- channel -------------------------------------------------------------------------
@@ -156,6 +158,20 @@ class Worker:
         if peer is not None and peer.released:
             ids, peer.released = peer.released, []
             self.send([encode_small(Kind.RELEASE, seg_id) for seg_id in ids])
+
+    def _unmap_later(self, box: list[Frame]) -> None:
+        """Free a frame (its one-off mapping: tens of ms per 100 MiB) on a helper thread;
+        ``munmap`` runs without the GIL. ``box`` holds the only reference left here."""
+        if self._unmapper is None:
+            import queue
+
+            self._unmap_queue = queue.SimpleQueue()
+            self._unmapper = threading.Thread(
+                target=_unmap_forever, args=(self._unmap_queue,), name="activitypool-unmap"
+            )
+            self._unmapper.daemon = True
+            self._unmapper.start()
+        self._unmap_queue.put(box)
 
     def _reclaim_segments(self) -> None:
         """Apply RELEASE frames already read (they queue behind prefetched RUNs), so that a
@@ -239,8 +255,10 @@ class Worker:
                         self.fail(frame.seq, _cancelled_error(), non_retryable=True)
                     else:
                         self.run(frame)
-                    # let go of its arguments now, not when the next frame comes: unmapping a
-                    # large one then would delay that next call
+                    # let go of its arguments now, not when the next frame comes; a large one
+                    # is unmapped off this thread, so the next call need not wait for that
+                    if frame.mapped:
+                        self._unmap_later([frame])
                     frame = None
                 elif kind is Kind.CANCEL:
                     self._note_cancel(frame.seq)
@@ -469,6 +487,11 @@ class Worker:
                 self.hb_next = time.monotonic() + self.hb_window
                 body, buffers = _dump_details(details, at)
                 write_all(self.wfd, encode(Kind.HEARTBEAT, seq, body, buffers=buffers))
+
+
+def _unmap_forever(boxes: Any) -> None:
+    while True:
+        boxes.get().clear()  # the last reference: the frame's mapping is freed here
 
 
 def _inject_fault(kind: str, arg: Any) -> None:

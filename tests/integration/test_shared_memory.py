@@ -4,12 +4,13 @@ segment outlives its pool, its worker or a kill, and none is ever named in a fil
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
 import sdk
 from pool import Pool
-from pool._protocol import KEEP_SEGMENTS, SHM_MIN, shm_supported
+from pool._protocol import KEEP_BYTES, KEEP_SEGMENTS, SHM_MIN, shm_supported
 from tests.integration import activities as acts
 from tests.integration.chaos import RandomKiller
 
@@ -64,6 +65,22 @@ def test_segments_are_reused_not_piled_up():
             pool.run(acts.echo, arr)
         assert (count(), pool.run(acts.memfd_segments)) == after_burst
         assert max(after_burst) <= 1 + 5 * KEEP_SEGMENTS
+
+
+def test_a_frame_past_the_keep_budget_is_mapped_once_and_freed_after_the_call():
+    big = np.arange((KEEP_BYTES + (4 << 20)) // 8, dtype=np.float64)  # a one-off segment
+    with Pool([acts], workers=1) as pool:
+        theirs = pool.run(acts.memfd_segments)
+        assert pool.run(acts.array_sum, big) == float(big.sum())
+        # the worker mapped the supervisor's one-off segment privately (no copy) and lets it
+        # go on a helper thread once it has answered: nothing stays mapped there
+        deadline = time.monotonic() + 10
+        while pool.run(acts.memfd_segments) != theirs:
+            assert time.monotonic() < deadline, "the one-off segment stayed mapped"
+            time.sleep(0.01)
+        back = pool.run(acts.echo, big)  # and back: the result is mapped here, ours alone
+        back[0] = -1.0
+        assert back[0] == -1.0 and np.array_equal(back[1:], big[1:]) and big[0] == 0.0
 
 
 def test_segment_of_a_call_queued_behind_a_killed_worker_is_freed():
