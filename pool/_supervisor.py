@@ -179,10 +179,10 @@ class Supervisor:
             },
             protocol=5,
         )
-        if self.config.start_method == "forkserver":
-            try:
+        if self.config.start_method == "forkserver" and sys.platform.startswith("linux"):
+            try:  # (it needs SOCK_SEQPACKET, waitid and pidfds: Linux)
                 fs = ForkServer(self._env)
-            except OSError as exc:
+            except (OSError, AttributeError) as exc:
                 log.warning("no fork server (%s): workers are spawned one by one", exc)
             else:
                 self._forkserver = fs
