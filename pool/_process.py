@@ -320,7 +320,10 @@ class ForkServer:
                 events.append(("ready",))
             elif tag == b"P":
                 req_id, pid = struct.unpack("<Qi", body)
-                key, (req_w, rep_r, out_r) = self._pending.pop(req_id)
+                pending = self._pending.pop(req_id, None)
+                if pending is None:  # not ours (cannot happen): leave it to the server
+                    continue
+                key, (req_w, rep_r, out_r) = pending
                 if pid <= 0:
                     for fd in (req_w, rep_r, out_r):
                         os.close(fd)
