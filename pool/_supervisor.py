@@ -28,7 +28,6 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
-import dataclasses
 import itertools
 import logging
 import math
@@ -429,7 +428,6 @@ class Supervisor:
         log.warning("the fork server (pid %d) is gone: spawning workers from now on", fs.pid)
         with contextlib.suppress(Exception):
             self.loop.remove_reader(fs.fileno())
-        self.config = dataclasses.replace(self.config, start_method="spawn")
         self._forkserver = None
         fs.close(timeout=1.0)
         for handle in list(self.handles.values()):
