@@ -18,8 +18,10 @@ single loop timer for the earliest one (``_after``). Frames queued for a worker 
 leave in one write at the end of it (``_flush``); large bodies go through shared-memory
 segments (``pool._protocol.Segments``), one set per worker and direction.
 
-Worker death is seen without polling: EOF on the reply pipe, then the pidfd (or a non-blocking
-waitpid) gives the exit status.
+Workers come from the pool's fork server (``pool._process.ForkServer``; requests answered in
+``_on_forkserver``) or are spawned. Worker death is seen without polling: EOF on the reply pipe,
+then the fork server's exit report, or for a spawned worker its pidfd (or a non-blocking
+waitpid), gives the exit status.
 """
 
 from __future__ import annotations
