@@ -71,6 +71,14 @@ def _fork_worker(fds: tuple[int, int, int], supervisor: int, closing: list[int])
 
         traceback.print_exc()
     finally:
+        # as a spawned worker's interpreter would at exit: atexit handlers (an activity module
+        # may register some), then the streams; never the fork server's own exit path
+        try:
+            import atexit
+
+            atexit._run_exitfuncs()
+        except BaseException:
+            pass
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

@@ -392,3 +392,12 @@ def echo_or_fail(x: int) -> int:
     if x == 3:
         raise ValueError(f"item {x} is bad")
     return x
+
+
+@activity
+def write_at_exit(path: str) -> int:
+    """Register an atexit handler in this worker that leaves ``path`` behind."""
+    import atexit
+
+    atexit.register(lambda: Path(path).write_text(str(os.getpid())))
+    return os.getpid()

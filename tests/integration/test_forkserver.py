@@ -100,3 +100,11 @@ def test_a_fork_server_that_cannot_start_leaves_the_pool_spawning(monkeypatch, w
         assert {psutil.Process(p).ppid() for p in pool.worker_pids()} == {os.getpid()}
         assert list(pool.map(acts.echo, range(10))) == list(range(10))
         assert len(pool.worker_pids()) == workers
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_atexit_handlers_of_activity_modules_run_when_a_worker_stops(method, tmp_path):
+    marker = tmp_path / "bye"
+    with Pool([acts], workers=1, start_method=method) as pool:
+        pid = pool.run(acts.write_at_exit, str(marker))
+    assert marker.read_text() == str(pid)  # the worker ran it on its way out
