@@ -190,6 +190,82 @@ def _wait_status(info: os.waitid_result) -> int:
     return info.si_status & 0x7F  # killed (or dumped core) by this signal
 
 
+def main_forked(sock_fd: int, supervisor: int, env: dict[str, str]) -> int:
+    """Become the fork server in a child just forked from the caller (``ForkServer`` with
+    ``fork_caller``, only while the caller has one thread). Shed what belongs to the caller so
+    a worker forked from here starts as a spawned one would, then serve."""
+    os.setsid()
+    _shed_caller_state(sock_fd, env)
+    import contextvars
+
+    # a fresh context: no ambient pool, session or activity of the caller's
+    return contextvars.Context().run(main, [str(sock_fd), str(supervisor)])
+
+
+def _shed_caller_state(keep_fd: int, env: dict[str, str]) -> None:
+    import atexit
+    import gc
+    import stat
+
+    # the collector would otherwise walk (and so copy) every page of the caller's objects
+    gc.freeze()
+    atexit._clear()  # the caller's handlers are not ours (nor our workers') to run
+    # signals: the caller's handlers and mask are its own; ignored signals stay ignored, as
+    # they would across exec
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    try:
+        signal.set_wakeup_fd(-1)
+    except ValueError:  # pragma: no cover - not the main thread (cannot happen: one thread)
+        pass
+    for signum in signal.valid_signals():
+        try:
+            if callable(signal.getsignal(signum)):
+                signal.signal(signum, signal.SIG_DFL)
+        except (OSError, ValueError, RuntimeError):
+            pass
+    # fds: stdin and stdout from /dev/null, stderr kept (as a spawned server has them). Every
+    # other fd but our socket is the caller's: pipes and sockets (another pool's channels,
+    # connections) must not be held open here, or their far ends would never see EOF, so each
+    # becomes /dev/null in place: the number stays taken, so a caller's object that closes it
+    # later cannot close one of ours. Regular files (log files) stay as they are.
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd <= 2 or fd in (keep_fd, null):
+            continue
+        try:
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            if regular and not os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:"):
+                continue
+            os.dup2(null, fd, inheritable=False)
+        except OSError:  # the directory listing's own fd, closed by now
+            pass
+    os.close(null)
+    # Python-level state that a fresh interpreter would not have
+    encoding = getattr(sys.__stdout__, "encoding", None) or "utf-8"
+    streams = {
+        "stdin": open(0, encoding=encoding, closefd=False),  # noqa: SIM115
+        "stdout": open(1, "w", encoding=encoding, closefd=False),  # noqa: SIM115
+        "stderr": open(  # noqa: SIM115
+            2, "w", encoding=encoding, errors="backslashreplace", closefd=False, buffering=1
+        ),
+    }
+    for name, stream in streams.items():
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None:
+        try:
+            asyncio.events._set_running_loop(None)
+            asyncio.set_event_loop(None)
+        except Exception:  # pragma: no cover - a policy that refuses
+            pass
+    os.environ.clear()
+    os.environ.update(env)
+
+
 def main(argv: list[str]) -> int:
     sock_fd, supervisor = int(argv[0]), int(argv[1])
     _worker._set_parent_death_signal(supervisor)  # (imports ctypes once, for every worker)

@@ -240,6 +240,51 @@ def _decode_status(proc: WorkerProcess, status: int) -> None:
         proc.exitcode = os.waitstatus_to_exitcode(status)
 
 
+def caller_can_fork() -> bool:
+    """Whether the fork server may be forked from this process rather than spawned.
+
+    Only on Linux, and only while this process has a single thread (counted by the kernel, so
+    native threads such as a BLAS pool count too): no other thread can then hold a lock
+    (malloc's, the import lock, a logging handler's) that the child would find held forever.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def _fork_server(ours: socket.socket, theirs: socket.socket, env: dict[str, str]) -> int:
+    """Fork this (single-threaded) process into the fork server; return its pid."""
+    # imported here, before the fork, so the child has them at once (ctypes: PR_SET_PDEATHSIG)
+    import ctypes  # noqa: F401
+
+    from pool import _forkserver
+
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        # what is buffered would otherwise be written again by the child's copy
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:  # the child: never returns into the caller's code
+        ours.close()
+        code = _forkserver.main_forked(theirs.detach(), parent, env)
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            import traceback
+
+            traceback.print_exc()
+    finally:
+        os._exit(code)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class ForkServer:
     """The supervisor's end of a fork server (see ``pool._forkserver``). Loop thread only.
 
@@ -249,27 +294,40 @@ class ForkServer:
     reap a worker whose exit it reported. ``close`` stops it and every worker it still has.
     """
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *, fork_caller: bool = False) -> None:
+        """Start the server: ``posix_spawn`` a fresh interpreter, or, with ``fork_caller``
+        (see ``caller_can_fork``), fork this process, which is much faster (no interpreter
+        start, no imports) and lets workers share the caller's pages, as mp.Pool's do."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            theirs.set_inheritable(True)
-            argv = [sys.executable, "-c", FORKSERVER_BOOT, str(theirs.fileno()), str(os.getpid())]
-            self.pid = os.posix_spawn(
-                sys.executable,
-                argv,
-                env,
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-                ],
-                setsid=True,
-                setsigmask=(),
-            )
+            if fork_caller:
+                self.pid = _fork_server(ours, theirs, env)
+            else:
+                theirs.set_inheritable(True)
+                argv = [
+                    sys.executable,
+                    "-c",
+                    FORKSERVER_BOOT,
+                    str(theirs.fileno()),
+                    str(os.getpid()),
+                ]
+                self.pid = os.posix_spawn(
+                    sys.executable,
+                    argv,
+                    env,
+                    file_actions=[
+                        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                        (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                    ],
+                    setsid=True,
+                    setsigmask=(),
+                )
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
+        self.forked_caller = fork_caller
         ours.setblocking(False)
         self.sock = ours
         self.pidfd = _pidfd(self.pid)
