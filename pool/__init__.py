@@ -6,10 +6,9 @@ Only re-exports live here. They load lazily (PEP 562) so that a worker process, 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sdk._lazy import lazy_exports
 
+TYPE_CHECKING = False  # not typing's: a worker imports this package, and typing costs ~7 ms
 if TYPE_CHECKING:
     from pool._events import PoolEvent, PoolStats
     from pool._pool import Pool, PoolSession

@@ -26,13 +26,24 @@ the last process holding it exits, so a killed worker or supervisor cannot leak 
 
 from __future__ import annotations
 
-import enum
 import mmap
 import os
-import pickle
 import struct
-from dataclasses import dataclass
-from typing import Any, NamedTuple, SupportsIndex
+from collections import namedtuple
+
+# Not typing's TYPE_CHECKING, nor enum, dataclasses or typing.NamedTuple: every worker imports
+# this module, and those cost ~14 ms (with the re, inspect, ast and dis they bring).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import pickle
+    from typing import Any, ClassVar, NamedTuple, SupportsIndex
+else:
+    try:
+        # pickle.py only re-exports _pickle's dumps, loads and PickleBuffer (the Python
+        # Pickler is its fallback), but importing it costs ~4 ms: it imports re, and re enum.
+        import _pickle as pickle
+    except ImportError:  # pragma: no cover - an interpreter without the C accelerator
+        import pickle
 
 HEADER = struct.Struct("<IIBB2xQ")
 _BUFLEN = struct.Struct("<Q")
@@ -60,46 +71,98 @@ SEGMENT_ROUND = 1 << 20
 _SEGREF = struct.Struct("<IIQB7x")
 
 
-class Kind(enum.IntEnum):
+class Kind(int):
+    """A frame's kind: an ``int`` with a ``name``, one instance per kind (``Kind(2) is
+    Kind.RUN``), so that ``frame.kind is Kind.RUN`` holds, as with the ``enum.IntEnum`` it
+    replaces at no cost to the import of every worker (enum is ~1.5 ms of it)."""
+
+    name: str
     # supervisor -> worker
-    INIT = 1  # body: dict of worker settings
-    RUN = 2  # body: RunMeta pickle, then the argument pickle (split marks the boundary)
-    CANCEL = 3  # seq: the attempt to cancel
-    CLOSE_SESSION = 4  # body: session id
-    SHUTDOWN = 5
+    INIT: ClassVar[Kind]  # body: dict of worker settings
+    RUN: ClassVar[Kind]  # body: RunMeta pickle, then the argument pickle (split marks the boundary)
+    CANCEL: ClassVar[Kind]  # seq: the attempt to cancel
+    CLOSE_SESSION: ClassVar[Kind]  # body: session id
+    SHUTDOWN: ClassVar[Kind]
     # worker -> supervisor
-    READY = 16  # body: dict (pid, python, ...)
-    HEARTBEAT = 17  # seq, body: the details
-    RESULT = 18  # seq, body: the value
-    FAILURE = 19  # seq, body: FailureInfo
+    READY: ClassVar[Kind]  # body: dict (pid, python, ...)
+    HEARTBEAT: ClassVar[Kind]  # seq, body: the details
+    RESULT: ClassVar[Kind]  # seq, body: the value
+    FAILURE: ClassVar[Kind]  # seq, body: FailureInfo
     # either way
-    RELEASE = 32  # seq: id of a segment of the peer's whose frame was copied out
+    RELEASE: ClassVar[Kind]  # seq: id of a segment of the peer's whose frame was copied out
+
+    def __new__(cls, value: int) -> Kind:
+        kind = _KINDS.get(value)
+        if kind is None:
+            raise ValueError(f"{value!r} is not a valid Kind")
+        return kind
+
+    @property
+    def value(self) -> int:
+        return int(self)
+
+    def __repr__(self) -> str:
+        return f"<Kind.{self.name}: {int(self)}>"
+
+    __str__ = int.__repr__  # as IntEnum's: str(Kind.RUN) == "2"
+
+    def __reduce__(self) -> Any:
+        return (Kind, (int(self),))
+
+
+# int value -> its Kind, for the decoder
+_KINDS: dict[int, Kind] = {}
+for _name, _value in (
+    ("INIT", 1),
+    ("RUN", 2),
+    ("CANCEL", 3),
+    ("CLOSE_SESSION", 4),
+    ("SHUTDOWN", 5),
+    ("READY", 16),
+    ("HEARTBEAT", 17),
+    ("RESULT", 18),
+    ("FAILURE", 19),
+    ("RELEASE", 32),
+):
+    _kind = int.__new__(Kind, _value)
+    _kind.name = _name
+    setattr(Kind, _name, _kind)
+    _KINDS[_value] = _kind
+del _name, _value, _kind
 
 
 class ProtocolError(Exception):
     """A frame that cannot be understood: the channel is no longer trustworthy."""
 
 
-class RunMeta(NamedTuple):
-    """What a worker needs to run one attempt, besides the arguments.
+if TYPE_CHECKING:
+
+    class RunMeta(NamedTuple):
+        module: str
+        qualname: str
+        name: str
+        activity_id: str
+        attempt: int
+        session_id: str | None
+        deadline: float | None  # time.time() based, informational for activity.info()
+        heartbeat_timeout: float | None
+        heartbeat_details: Any
+        fault: tuple[str, Any] | None  # injected by Pool.inject_fault, for users' tests
+
+else:
+    # the class typing.NamedTuple would make (it calls namedtuple), without importing typing
+    RunMeta = namedtuple(
+        "RunMeta",
+        "module qualname name activity_id attempt session_id deadline heartbeat_timeout "
+        "heartbeat_details fault",
+    )
+    RunMeta.__doc__ = """What a worker needs to run one attempt, besides the arguments.
 
     Sent as a plain tuple (``tuple(meta)``): a tuple of primitives pickles and loads several
     times faster than a class instance, and this is on every call's path.
     """
 
-    module: str
-    qualname: str
-    name: str
-    activity_id: str
-    attempt: int
-    session_id: str | None
-    deadline: float | None  # time.time() based, informational for activity.info()
-    heartbeat_timeout: float | None
-    heartbeat_details: Any
-    fault: tuple[str, Any] | None  # injected by Pool.inject_fault, for users' tests
 
-
-@dataclass(slots=True)
 class FailureInfo:
     """A failed attempt as the worker saw it.
 
@@ -107,11 +170,28 @@ class FailureInfo:
     cannot import still yields a clear error carrying ``type_name``, ``message`` and the text.
     """
 
-    exc: bytes | None
-    type_name: str
-    message: str
-    traceback: str
-    non_retryable: bool = False
+    __slots__ = ("exc", "message", "non_retryable", "traceback", "type_name")
+
+    def __init__(
+        self,
+        exc: bytes | None,
+        type_name: str,
+        message: str,
+        traceback: str,
+        non_retryable: bool = False,
+    ) -> None:
+        self.exc = exc
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+        self.non_retryable = non_retryable
+
+    def __repr__(self) -> str:
+        return (
+            f"FailureInfo(exc={self.exc!r}, type_name={self.type_name!r}, "
+            f"message={self.message!r}, traceback={self.traceback!r}, "
+            f"non_retryable={self.non_retryable!r})"
+        )
 
 
 def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
@@ -430,14 +510,30 @@ def encode_small(kind: Kind, seq: int, body: bytes = b"", body2: bytes = b"") ->
     return HEADER.pack(len(body) + len(body2), split, kind, 0, seq) + body + body2
 
 
-@dataclass(slots=True)
 class Frame:
-    kind: Kind
-    seq: int
-    body: bytes | bytearray | memoryview  # first pickle (or the only one)
-    body2: bytes | bytearray | memoryview | None  # second pickle, when split
-    buffers: list[Any]
-    mapped: bool = False  # its buffers are a mapping of a one-off segment (unmapped when freed)
+    __slots__ = ("body", "body2", "buffers", "kind", "mapped", "seq")
+
+    def __init__(
+        self,
+        kind: Kind,
+        seq: int,
+        body: bytes | bytearray | memoryview,  # first pickle (or the only one)
+        body2: bytes | bytearray | memoryview | None,  # second pickle, when split
+        buffers: list[Any],
+        mapped: bool = False,  # its buffers map a one-off segment (unmapped when freed)
+    ) -> None:
+        self.kind = kind
+        self.seq = seq
+        self.body = body
+        self.body2 = body2
+        self.buffers = buffers
+        self.mapped = mapped
+
+    def __repr__(self) -> str:
+        return (
+            f"Frame(kind={self.kind!r}, seq={self.seq!r}, body={self.body!r}, "
+            f"body2={self.body2!r}, buffers={self.buffers!r}, mapped={self.mapped!r})"
+        )
 
     def load(self) -> Any:
         return pickle.loads(self.body, buffers=self.buffers)
@@ -452,7 +548,6 @@ class Frame:
 READ_CHUNK = 64 * 1024
 # A frame at least this large is read straight into its own buffer (one copy, no regrowth).
 BIG_FRAME = 256 * 1024
-_KINDS = {int(k): k for k in Kind}
 
 
 class FrameReader:

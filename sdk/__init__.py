@@ -7,10 +7,9 @@ the local runner or the retry policy.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from sdk._lazy import lazy_exports
 
+TYPE_CHECKING = False  # not typing's: a worker imports this package, and typing costs ~7 ms
 if TYPE_CHECKING:
     from ._context import (
         ActivityInfo,

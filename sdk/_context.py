@@ -7,16 +7,21 @@ while it is active, so that awaiting an ``async def`` activity dispatches to it.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
 from contextvars import ContextVar, Token
-from dataclasses import dataclass, field
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
 
+from ._record import record
+
+# Not typing's TYPE_CHECKING: every worker imports this module, and typing costs ~7 ms to import
+# (re, enum, contextlib...). Nor dataclasses (which imports inspect): see sdk._record.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._definition import ActivityDefinition
+    from collections.abc import Callable, Iterator
+    from contextlib import AbstractContextManager
+    from types import TracebackType
+    from typing import Any
+
     from ._depends import ResourceCache
+    from ._dispatcher import Dispatcher
 
 __all__ = [
     "ActivityContext",
@@ -41,9 +46,22 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ActivityInfo:
     """What a running activity knows about its own attempt (``activity.info()``)."""
+
+    __match_args__ = (
+        "activity_id",
+        "name",
+        "attempt",
+        "worker_id",
+        "pid",
+        "session_id",
+        "started_at",
+        "deadline",
+        "heartbeat_timeout",
+        "heartbeat_details",
+    )
 
     activity_id: str
     """Identifier of the call; the same across its attempts."""
@@ -66,17 +84,64 @@ class ActivityInfo:
     heartbeat_details: Any
     """The last details heartbeated by an earlier attempt (None if none), to resume from."""
 
+    def __init__(
+        self,
+        activity_id: str,
+        name: str,
+        attempt: int,
+        worker_id: int | None,
+        pid: int,
+        session_id: str | None,
+        started_at: float,
+        deadline: float | None,
+        heartbeat_timeout: float | None,
+        heartbeat_details: Any,
+    ) -> None:
+        # as a frozen dataclass sets its fields: around its own __setattr__
+        d = self.__dict__
+        d["activity_id"] = activity_id
+        d["name"] = name
+        d["attempt"] = attempt
+        d["worker_id"] = worker_id
+        d["pid"] = pid
+        d["session_id"] = session_id
+        d["started_at"] = started_at
+        d["deadline"] = deadline
+        d["heartbeat_timeout"] = heartbeat_timeout
+        d["heartbeat_details"] = heartbeat_details
 
-@dataclass
+
+_NO_EXTRA: Any = object()  # ActivityContext(extra=...) not given: a new dict
+
+
+@record(factories={"extra": dict})
 class ActivityContext:
     """Everything a running activity reaches through ``activity.*``; installed by the runtime."""
+
+    __match_args__ = ("info", "heartbeat", "is_cancelled", "session_state", "resources", "extra")
 
     info: ActivityInfo
     heartbeat: Callable[[Any], None]
     is_cancelled: Callable[[], bool]
     session_state: dict[str, Any]
     resources: ResourceCache
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any]
+
+    def __init__(
+        self,
+        info: ActivityInfo,
+        heartbeat: Callable[[Any], None],
+        is_cancelled: Callable[[], bool],
+        session_state: dict[str, Any],
+        resources: ResourceCache,
+        extra: dict[str, Any] = _NO_EXTRA,
+    ) -> None:
+        self.info = info
+        self.heartbeat = heartbeat
+        self.is_cancelled = is_cancelled
+        self.session_state = session_state
+        self.resources = resources
+        self.extra = {} if extra is _NO_EXTRA else extra
 
 
 _current_activity: ContextVar[ActivityContext | None] = ContextVar(
@@ -110,26 +175,19 @@ def reset_activity(token: Token[ActivityContext | None]) -> None:
     _current_activity.reset(token)
 
 
-@contextlib.contextmanager
-def activity_scope(ctx: ActivityContext) -> Iterator[ActivityContext]:
-    """Run the body with ``ctx`` as the running activity."""
+def activity_scope(ctx: ActivityContext) -> AbstractContextManager[ActivityContext]:
+    """Run the body with ``ctx`` as the running activity (``with activity_scope(ctx):``)."""
+    import contextlib  # lazily: a worker installs its context with set_activity()
+
+    return contextlib.contextmanager(_activity_scope)(ctx)
+
+
+def _activity_scope(ctx: ActivityContext) -> Iterator[ActivityContext]:
     token = _current_activity.set(ctx)
     try:
         yield ctx
     finally:
         _current_activity.reset(token)
-
-
-class Dispatcher(Protocol):
-    """Something that runs an activity call elsewhere (a pool, the local runner)."""
-
-    async def dispatch(
-        self,
-        defn: ActivityDefinition,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        session: StickyWorkerSession | None,
-    ) -> Any: ...
 
 
 _current_dispatcher: ContextVar[Dispatcher | None] = ContextVar(
@@ -273,3 +331,18 @@ def is_cancelled() -> bool:
 def session_state() -> dict[str, Any]:
     """A dict shared by the activities of the running sticky session, dropped when it closes."""
     return require_activity().session_state
+
+
+def __getattr__(name: str) -> Any:
+    # Dispatcher, a typing.Protocol, lives in its own module, loaded on first use: typing costs
+    # a worker ~7 ms to import, and no worker needs it (PEP 562).
+    if name == "Dispatcher":
+        from ._dispatcher import Dispatcher
+
+        globals()[name] = Dispatcher
+        return Dispatcher
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "Dispatcher"})

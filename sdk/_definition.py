@@ -2,30 +2,46 @@
 
 pydantic is imported on first use (the first check built from a type hint), never at import
 time: workers import this module and most never validate arguments (the supervisor does).
+
+Nor typing, dataclasses or inspect (~12 ms together, with the re, enum, ast, dis and tokenize
+they bring): a worker defines activities (``@activity``) and runs them, and for a plain function
+neither needs a ``Signature`` nor type hints. They are imported where they are needed: binding
+or validating arguments (the supervisor), a ``Depends`` parameter, a return annotation, or a
+function that is not a plain one (wrapped, with a ``__signature__``...).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-import inspect
 import threading
-import types
-import typing
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, Protocol, TypeVar, overload
+from types import FunctionType
 
 from . import _context
 from ._depends import Depends, default_resource_cache
 from ._errors import ActivityDefinitionError, ActivityInputError, ApplicationError
+from ._record import record
 
+TYPE_CHECKING = False  # not typing's: see the module docstring
 if TYPE_CHECKING:
+    import inspect
+    import types
+    from collections.abc import Callable, Iterable
     from datetime import timedelta
+    from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
     import pydantic
 
     from ._retry import RetryPolicy
+
+    P = ParamSpec("P")
+    R = TypeVar("R")
+
+    class _Decorator(Protocol):
+        """What ``activity(...)`` returns: a decorator that keeps the function's signature."""
+
+        def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
+
 
 __all__ = [
     "ActivityDefinition",
@@ -36,9 +52,6 @@ __all__ = [
     "lookup",
 ]
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
 # float('inf') rather than math.inf: math is an extension module, loaded from disk by every worker
 _INF = float("inf")
 
@@ -47,18 +60,28 @@ _INF = float("inf")
 DEFAULT_START_TO_CLOSE = 300.0
 
 
-@dataclass(frozen=True)
+# What a frozen dataclass would be, without importing dataclasses (see sdk._record).
+@record(frozen=True)
 class RateLimit:
     """At most ``max_execution`` starts per ``time_window_in_sec`` (per ``key``, if given)."""
+
+    __match_args__ = ("time_window_in_sec", "max_execution", "key")
 
     time_window_in_sec: float
     """Length of the window in seconds; > 0."""
     max_execution: int
     """Starts allowed per window; >= 1."""
-    key: str | None = None
+    key: str | None
     """Name of a limit shared by several activities; None: the activity's own."""
 
-    def __post_init__(self) -> None:
+    def __init__(self, time_window_in_sec: float, max_execution: int, key: str | None = None):
+        d = self.__dict__  # as a frozen dataclass sets its fields: around its own __setattr__
+        d["time_window_in_sec"] = time_window_in_sec
+        d["max_execution"] = max_execution
+        d["key"] = key
+        self.__post_init__()
+
+    def __post_init__(self) -> None:  # (pydantic calls it too, as for a dataclass)
         w = self.time_window_in_sec
         if isinstance(w, bool) or not isinstance(w, int | float) or not (0 < w < _INF):
             raise ValueError(f"RateLimit.time_window_in_sec must be > 0, got {w!r}")
@@ -89,7 +112,10 @@ class _Check:
 
 def _make_check(hint: Any) -> _Check | None:
     """The check for a resolved type hint, or None when nothing is to be checked."""
-    if hint is Any or hint is inspect.Parameter.empty:
+    import inspect  # lazily, as pydantic (which imports both anyway): see the module docstring
+    import typing
+
+    if hint is typing.Any or hint is inspect.Parameter.empty:
         return None
     import pydantic  # lazily: see the module docstring
 
@@ -111,25 +137,64 @@ def _make_check(hint: Any) -> _Check | None:
     return None  # a hint nothing can check (an exotic typing form): pass through
 
 
-_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-
-
-class _Binder(NamedTuple):  # a NamedTuple: a frozen dataclass costs ~0.3 ms to define
+class _Binder:
     """Precomputed signature facts for binding arguments without ``Signature.bind``."""
 
-    simple: bool  # no *args / **kwargs: bind by hand (fast); else use Signature.bind
-    positional: tuple[str, ...]  # names that may be given positionally, in order
-    positional_only: frozenset[str]
-    keyword: frozenset[str]  # names that may be given by keyword
-    required: tuple[str, ...]  # names without a default
+    __slots__ = ("keyword", "positional", "positional_only", "required", "simple")
+
+    def __init__(
+        self,
+        simple: bool,  # no *args / **kwargs: bind by hand (fast); else use Signature.bind
+        positional: tuple[str, ...],  # names that may be given positionally, in order
+        positional_only: frozenset[str],
+        keyword: frozenset[str],  # names that may be given by keyword
+        required: tuple[str, ...],  # names without a default
+    ) -> None:
+        self.simple = simple
+        self.positional = positional
+        self.positional_only = positional_only
+        self.keyword = keyword
+        self.required = required
 
 
-@dataclass(frozen=True)
+# code flags (as inspect names them): what a plain function is, read without inspect
+_CO_GENERATOR = 0x20
+_CO_COROUTINE = 0x80
+_CO_ASYNC_GENERATOR = 0x200
+# Attributes that make inspect.signature() look beyond a function's own code and defaults.
+_SIGNATURE_OVERRIDES = ("__wrapped__", "__signature__", "_partialmethod", "__partialmethod__")
+
+
+def _plain_function(fn: Any) -> bool:
+    """Whether ``fn`` is a ``def`` whose signature is its code's: ``inspect.signature`` then
+    cannot fail, and its parameters' defaults are ``__defaults__`` and ``__kwdefaults__``."""
+    return type(fn) is FunctionType and not any(hasattr(fn, a) for a in _SIGNATURE_OVERRIDES)
+
+
+@record(frozen=True)
 class ActivityDefinition:
     """Everything known about an activity; attached to its wrapper as ``__activity_definition__``.
 
     Timeouts and intervals are seconds; retry fields left None take the pool's defaults.
     """
+
+    __match_args__ = (
+        "name",
+        "fn",
+        "module",
+        "qualname",
+        "is_async",
+        "start_to_close_timeout",
+        "heartbeat_timeout",
+        "schedule_to_close_timeout",
+        "retry_max_attempts",
+        "retry_backoff_coefficient",
+        "retry_initial_interval",
+        "retry_max_interval",
+        "non_retryable_error_types",
+        "sticky_to_worker",
+        "rate_limit",
+    )
 
     name: str
     fn: Callable[..., Any]
@@ -143,9 +208,44 @@ class ActivityDefinition:
     retry_backoff_coefficient: float | None
     retry_initial_interval: float | None
     retry_max_interval: float | None
-    non_retryable_error_types: tuple[str, ...] = ()
-    sticky_to_worker: bool = False
-    rate_limit: RateLimit | None = None
+    non_retryable_error_types: tuple[str, ...]
+    sticky_to_worker: bool
+    rate_limit: RateLimit | None
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        module: str,
+        qualname: str,
+        is_async: bool,
+        start_to_close_timeout: float | None,
+        heartbeat_timeout: float | None,
+        schedule_to_close_timeout: float | None,
+        retry_max_attempts: int | None,
+        retry_backoff_coefficient: float | None,
+        retry_initial_interval: float | None,
+        retry_max_interval: float | None,
+        non_retryable_error_types: tuple[str, ...] = (),
+        sticky_to_worker: bool = False,
+        rate_limit: RateLimit | None = None,
+    ) -> None:
+        d = self.__dict__  # as a frozen dataclass sets its fields: around its own __setattr__
+        d["name"] = name
+        d["fn"] = fn
+        d["module"] = module
+        d["qualname"] = qualname
+        d["is_async"] = is_async
+        d["start_to_close_timeout"] = start_to_close_timeout
+        d["heartbeat_timeout"] = heartbeat_timeout
+        d["schedule_to_close_timeout"] = schedule_to_close_timeout
+        d["retry_max_attempts"] = retry_max_attempts
+        d["retry_backoff_coefficient"] = retry_backoff_coefficient
+        d["retry_initial_interval"] = retry_initial_interval
+        d["retry_max_interval"] = retry_max_interval
+        d["non_retryable_error_types"] = non_retryable_error_types
+        d["sticky_to_worker"] = sticky_to_worker
+        d["rate_limit"] = rate_limit
 
     def __reduce__(self) -> Any:
         # Workers import the definition by module and qualified name; the function object itself
@@ -154,10 +254,14 @@ class ActivityDefinition:
 
     @functools.cached_property
     def _signature(self) -> inspect.Signature:
+        import inspect  # lazily: see the module docstring
+
         return inspect.signature(self.fn)
 
     @functools.cached_property
     def _hints(self) -> dict[str, Any]:
+        import typing  # lazily: see the module docstring
+
         try:
             return typing.get_type_hints(self.fn)
         except Exception:
@@ -182,13 +286,16 @@ class ActivityDefinition:
 
     @functools.cached_property
     def _binder(self) -> _Binder:
+        import inspect  # lazily: see the module docstring
+
         params = list(self._signature.parameters.values())
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
         return _Binder(
             simple=all(
                 p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
                 for p in params
             ),
-            positional=tuple(p.name for p in params if p.kind in _POSITIONAL),
+            positional=tuple(p.name for p in params if p.kind in positional),
             positional_only=frozenset(
                 p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_ONLY
             ),
@@ -203,12 +310,26 @@ class ActivityDefinition:
 
     @functools.cached_property
     def _result_check(self) -> _Check | None:
+        try:
+            annotations = getattr(self.fn, "__annotations__", None)
+        except Exception:
+            annotations = None
+        if isinstance(annotations, dict) and "return" not in annotations:
+            return None  # what _hints would say (its keys are these), without typing
         if "return" not in self._hints:
             return None
         return _make_check(self._hints["return"])
 
     @functools.cached_property
     def _depends(self) -> dict[str, Depends]:
+        fn = self.fn
+        if _plain_function(fn):
+            # The parameters' defaults are these: no Depends among them, no Signature needed.
+            kwdefaults = fn.__kwdefaults__
+            if not any(isinstance(d, Depends) for d in fn.__defaults__ or ()) and not (
+                kwdefaults and any(isinstance(d, Depends) for d in kwdefaults.values())
+            ):
+                return {}
         return {
             p.name: p.default
             for p in self._signature.parameters.values()
@@ -304,6 +425,8 @@ class ActivityDefinition:
     def _validate_with_bind(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        import inspect  # lazily: see the module docstring
+
         try:
             bound = self._signature.bind(*args, **kwargs)
         except TypeError as e:
@@ -477,7 +600,7 @@ def _define(
     label = repr(getattr(fn, "__qualname__", fn))
     if hasattr(fn, "__activity_definition__"):
         raise ActivityDefinitionError(f"activity {label}: is already an activity")
-    if not inspect.isfunction(fn):
+    if not isinstance(fn, FunctionType):  # inspect.isfunction(), without inspect
         raise ActivityDefinitionError(
             f"@activity needs a function defined with 'def' or 'async def', got {fn!r}"
         )
@@ -485,7 +608,8 @@ def _define(
         raise ActivityDefinitionError(
             f"activity {label}: a lambda cannot be an activity (workers import it by name)"
         )
-    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+    # inspect.isgeneratorfunction() / isasyncgenfunction() of a function: its code's flags
+    if fn.__code__.co_flags & (_CO_GENERATOR | _CO_ASYNC_GENERATOR):
         raise ActivityDefinitionError(
             f"activity {label}: generator functions cannot be activities; return a value"
         )
@@ -533,16 +657,19 @@ def _define(
         raise ActivityDefinitionError(
             f"activity {label}: rate_limit must be a RateLimit or None, got {rate_limit!r}"
         )
-    try:
-        inspect.signature(fn)
-    except (TypeError, ValueError) as e:
-        raise ActivityDefinitionError(f"activity {label}: unreadable signature: {e}") from None
+    if not _plain_function(fn):  # a plain function's signature is readable: its code's
+        import inspect  # lazily: see the module docstring
+
+        try:
+            inspect.signature(fn)
+        except (TypeError, ValueError) as e:
+            raise ActivityDefinitionError(f"activity {label}: unreadable signature: {e}") from None
     return ActivityDefinition(
         name=name,
         fn=fn,
         module=fn.__module__,
         qualname=fn.__qualname__,
-        is_async=inspect.iscoroutinefunction(fn),
+        is_async=_is_coroutine_function(fn),
         start_to_close_timeout=s2c,
         heartbeat_timeout=hb,
         schedule_to_close_timeout=sched,
@@ -554,6 +681,16 @@ def _define(
         sticky_to_worker=sticky_to_worker,
         rate_limit=rate_limit,
     )
+
+
+def _is_coroutine_function(fn: FunctionType) -> bool:
+    """``inspect.iscoroutinefunction(fn)`` for a function, without inspect unless ``fn`` bears
+    the mark of ``inspect.markcoroutinefunction`` (Python 3.12+)."""
+    if hasattr(fn, "_is_coroutine_marker"):
+        import inspect
+
+        return inspect.iscoroutinefunction(fn)
+    return bool(fn.__code__.co_flags & _CO_COROUTINE)
 
 
 def _provided(defn: ActivityDefinition, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -601,34 +738,30 @@ def _wrap(defn: ActivityDefinition) -> Callable[..., Any]:
     return wrapper
 
 
-class _Decorator(Protocol):
-    """What ``activity(...)`` returns: a decorator that keeps the function's signature."""
-
-    def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
-
-
 class _ActivityDecorator:
     """``@activity`` / ``@activity(...)``, plus the in-activity helpers (``activity.heartbeat``)."""
 
-    @overload
-    def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
+    if TYPE_CHECKING:  # the overloads, for type checkers (no typing at run time)
 
-    @overload
-    def __call__(
-        self,
-        *,
-        name: str | None = None,
-        start_to_close_timeout: timedelta | float | None = DEFAULT_START_TO_CLOSE,
-        heartbeat_timeout: timedelta | float | None = None,
-        schedule_to_close_timeout: timedelta | float | None = None,
-        retry_policy_max_attempts: int | None = None,
-        retry_policy_backoff_coefficient: float | None = None,
-        retry_policy_initial_interval: timedelta | float | None = None,
-        retry_policy_max_interval: timedelta | float | None = None,
-        non_retryable_error_types: Iterable[type[BaseException] | str] = (),
-        sticky_to_worker: bool = False,
-        rate_limit: RateLimit | None = None,
-    ) -> _Decorator: ...
+        @overload
+        def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
+
+        @overload
+        def __call__(
+            self,
+            *,
+            name: str | None = None,
+            start_to_close_timeout: timedelta | float | None = DEFAULT_START_TO_CLOSE,
+            heartbeat_timeout: timedelta | float | None = None,
+            schedule_to_close_timeout: timedelta | float | None = None,
+            retry_policy_max_attempts: int | None = None,
+            retry_policy_backoff_coefficient: float | None = None,
+            retry_policy_initial_interval: timedelta | float | None = None,
+            retry_policy_max_interval: timedelta | float | None = None,
+            non_retryable_error_types: Iterable[type[BaseException] | str] = (),
+            sticky_to_worker: bool = False,
+            rate_limit: RateLimit | None = None,
+        ) -> _Decorator: ...
 
     def __call__(
         self,

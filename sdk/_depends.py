@@ -13,34 +13,42 @@ that importing the sdk (as every worker does) does not load it.
 from __future__ import annotations
 
 import atexit
-import inspect
 import threading
-from collections.abc import Awaitable, Callable, Collection, Coroutine
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
+from ._record import record
+
+# Not typing's TYPE_CHECKING, nor dataclasses, nor inspect at import: every worker imports this
+# module (see sdk._record). inspect is imported where a factory is first made.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Awaitable, Callable, Collection, Coroutine
+    from typing import Any
 
     from ._definition import ActivityDefinition
+
+    # A teardown is either a plain callable or a callable returning a coroutine.
+    _Teardown = tuple[bool, Callable[[], Any]]  # (is_async, fn)
 
 __all__ = ["Depends", "ResourceCache", "default_resource_cache"]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Depends:
     """Parameter default that injects ``factory``'s resource: ``model=Depends(load_model)``."""
+
+    __match_args__ = ("factory",)
 
     factory: Callable[[], Any]
     """Makes the resource; called once per worker process."""
 
-    def __post_init__(self) -> None:
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self.__dict__["factory"] = factory  # as a frozen dataclass sets it
+        self.__post_init__()
+
+    def __post_init__(self) -> None:  # (pydantic calls it too, as for a dataclass)
         if not callable(self.factory):
             raise TypeError(f"Depends() needs a callable factory, got {self.factory!r}")
-
-
-# A teardown is either a plain callable or a callable returning a coroutine.
-_Teardown = tuple[bool, Callable[[], Any]]  # (is_async, fn)
 
 
 class ResourceCache:
@@ -138,6 +146,8 @@ class ResourceCache:
     # -- creation ------------------------------------------------------------------------------
 
     def _create_sync(self, factory: Callable[[], Any]) -> Any:
+        import inspect  # lazily: only an activity with a Depends parameter gets here
+
         if inspect.isgeneratorfunction(factory):
             gen = factory()
             value = next(gen)
@@ -164,6 +174,8 @@ class ResourceCache:
         return value
 
     async def _create_async(self, factory: Callable[[], Any]) -> tuple[Any, list[_Teardown]]:
+        import inspect  # lazily, as in _create_sync
+
         if inspect.isgeneratorfunction(factory):
             gen = factory()
             value = next(gen)

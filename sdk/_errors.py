@@ -8,11 +8,12 @@ between a worker and the supervisor.
 
 from __future__ import annotations
 
-import enum
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # not typing's: every worker imports this module, and typing costs ~7 ms
 if TYPE_CHECKING:
     from datetime import timedelta
+    from typing import Any
+
+    from ._timeout_type import TimeoutType
 
 __all__ = [
     "ActivityDefinitionError",
@@ -109,16 +110,6 @@ def _seconds_or_none(delay: timedelta | float | None) -> float | None:
     return float(delay)
 
 
-# (str, Enum) rather than StrEnum: the contract pins this base, and members compare equal to
-# their plain-string values either way.
-class TimeoutType(str, enum.Enum):  # noqa: UP042
-    """Which deadline an attempt missed."""
-
-    START_TO_CLOSE = "START_TO_CLOSE"
-    HEARTBEAT = "HEARTBEAT"
-    SCHEDULE_TO_CLOSE = "SCHEDULE_TO_CLOSE"
-
-
 class ActivityTimeoutError(ActivityPoolError):
     """An attempt (or the whole call) missed a deadline.
 
@@ -128,6 +119,8 @@ class ActivityTimeoutError(ActivityPoolError):
     def __init__(
         self, message: str, *, type: TimeoutType, last_heartbeat_details: Any = None
     ) -> None:
+        from ._timeout_type import TimeoutType  # lazily: see __getattr__ below
+
         super().__init__(message)
         self.message = message
         self.type = TimeoutType(type)
@@ -197,3 +190,18 @@ def _rebuild(
     if cause is not None:
         exc.__cause__ = cause
     return exc
+
+
+def __getattr__(name: str) -> Any:
+    # TimeoutType lives in its own module, loaded on first use: it is an enum, and enum costs a
+    # worker ~1.5 ms to import while no worker ever needs it (PEP 562).
+    if name == "TimeoutType":
+        from ._timeout_type import TimeoutType
+
+        globals()[name] = TimeoutType
+        return TimeoutType
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "TimeoutType"})

@@ -8,8 +8,11 @@ few modules, never pays for the rest.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: a worker imports this module, and typing costs ~7 ms
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 
 def lazy_exports(

@@ -7,8 +7,15 @@ are used, so a worker whose activities never need them never pays for them.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import subprocess
 import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +42,58 @@ LAZY = {
 }
 
 
+# Never imported by the fork server nor by a worker: they cost ~15 ms of a worker's start
+# (typing, with re, enum, contextlib; dataclasses, with inspect, ast, dis, tokenize), and the
+# worker's code has what it needs without them (sdk._record, pool._protocol.Kind, _pickle,
+# _signal). A user's activity module may import them, of course: not these tests'.
+HEAVY = ("typing", "dataclasses", "inspect", "ast", "dis", "tokenize", "re", "enum")
+ROOT = Path(__file__).resolve().parents[2]
+
+# Imports ``target`` in a fresh interpreter and prints, as JSON, which module first imported each
+# of ``heavy`` (the innermost frame that is not the import system's).
+_WHO_IMPORTS = """
+import sys
+
+heavy = set(HEAVY)
+importers = {}
+
+
+class Watch:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name in heavy and name not in importers:
+            frame = sys._getframe(1)
+            while frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
+                frame = frame.f_back
+            importers[name] = frame.f_globals.get("__name__") if frame else None
+        return None
+
+
+sys.meta_path.insert(0, Watch)
+import TARGET
+
+loaded = sorted(heavy & set(sys.modules))
+import json  # only now: json imports re
+
+print(json.dumps({"importers": importers, "loaded": loaded}))
+"""
+
+
+def _who_imports(target: str) -> tuple[dict[str, str | None], set[str]]:
+    code = _WHO_IMPORTS.replace("HEAVY", repr(HEAVY)).replace("TARGET", target)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env=env,
+    )
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return got["importers"], set(got["loaded"])
+
+
 def _startup_modules() -> set[str]:
     """What this interpreter imports before running any code (site, sitecustomize...)."""
     out = subprocess.run(
@@ -46,8 +105,32 @@ def _startup_modules() -> set[str]:
     return set(out.stdout.split())
 
 
+@contextlib.contextmanager
+def _fresh_worker_pool(module: object) -> Iterator[Pool]:
+    """A pool whose fork server is a fresh interpreter, as a script with threads gets.
+
+    Started while a second thread runs, so the fork server is spawned, not forked from this
+    (pytest's) process: a worker forked from the caller has the caller's modules, by design.
+    """
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        pool = Pool([module], workers=1)
+        pool.__enter__()
+    finally:
+        stop.set()
+        thread.join()
+    try:
+        assert pool._sup is not None and pool._sup._forkserver is not None
+        assert not pool._sup._forkserver.forked_caller
+        yield pool
+    finally:
+        pool.close()
+
+
 def test_worker_does_not_import_supervisor_code():
-    with Pool([imported_modules], workers=1) as pool:
+    with _fresh_worker_pool(imported_modules) as pool:
         mods = set(pool.run(imported_modules))
     assert "pool._worker" in mods and "pool._protocol" in mods
     for heavy in ("uvloop", "psutil", "pool._supervisor", "pool._scheduler", "pool._pool"):
@@ -55,8 +138,31 @@ def test_worker_does_not_import_supervisor_code():
 
 
 def test_worker_loads_no_module_it_does_not_need():
-    with Pool([loaded_modules], workers=1) as pool:
+    with _fresh_worker_pool(loaded_modules) as pool:
         mods = set(pool.run(loaded_modules))
     assert {"pool._worker", "sdk._definition", loaded_modules.__module__} <= mods
     unexpected = sorted((LAZY - _startup_modules()) & mods)
     assert not unexpected, f"a worker imported {unexpected} at start-up or to run an activity"
+
+
+def test_forkserver_imports_no_heavy_stdlib_module():
+    importers, loaded = _who_imports("pool._forkserver")
+    loaded -= _startup_modules()
+    unexpected = {name: importers.get(name) for name in loaded}
+    assert not unexpected, f"import pool._forkserver loaded {unexpected} (module: importer)"
+
+
+def test_worker_module_imports_no_heavy_stdlib_module():
+    # what a spawned worker imports before it runs anything (WORKER_BOOT)
+    importers, loaded = _who_imports("pool._worker")
+    unexpected = {name: importers.get(name) for name in loaded - _startup_modules()}
+    assert not unexpected, f"import pool._worker loaded {unexpected} (module: importer)"
+
+
+def test_spawned_worker_running_an_activity_imports_no_heavy_stdlib_module():
+    # spawned: a fresh interpreter, not a fork of a process that has these modules already
+    with Pool([loaded_modules], workers=1, start_method="spawn") as pool:
+        mods = set(pool.run(loaded_modules))
+    assert {"pool._worker", "sdk._definition", loaded_modules.__module__} <= mods
+    unexpected = sorted((set(HEAVY) - _startup_modules()) & mods)
+    assert not unexpected, f"a spawned worker imported {unexpected} to start or run an activity"
