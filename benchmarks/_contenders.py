@@ -262,8 +262,13 @@ class ActivityPool(Contender):
         # the deadline is the activity's own start_to_close_timeout
         return self.pool.submit(fn)
 
-    def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:
-        return list(self.pool.map(fn, items))
+    def map(
+        self, fn: Callable[..., Any], items: Iterable[Any], chunksize: int | None = None
+    ) -> list[Any]:
+        """``chunksize``: items per call (None: the pool's default, one)."""
+        if chunksize is None:
+            return list(self.pool.map(fn, items))
+        return list(self.pool.map(fn, items, chunksize=chunksize))
 
     def worker_pids(self) -> list[int]:
         return sorted(self.pool.worker_pids())
@@ -330,8 +335,11 @@ class MultiprocessingPool(Contender):
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         return _MpFuture(self.pool.apply_async(fn, args))
 
-    def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:
-        return _MpFuture(self.pool.map_async(fn, list(items))).result(WAIT)
+    def map(
+        self, fn: Callable[..., Any], items: Iterable[Any], chunksize: int | None = None
+    ) -> list[Any]:
+        """``chunksize``: items per task (None: multiprocessing's default, len/(4*workers))."""
+        return _MpFuture(self.pool.map_async(fn, list(items), chunksize)).result(WAIT)
 
 
 class Loky(_Executor):

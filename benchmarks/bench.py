@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -268,13 +269,34 @@ def _check(results: list[Any], n: int) -> None:
         raise AssertionError(f"expected {n} results in order, got {len(results)}")
 
 
+def _map_chunked(
+    cfg: Config, c: ActivityPool | _contenders.MultiprocessingPool, chunksize: int, notes: Notes
+) -> dict[str, Summary]:
+    """Only the map metric, with ``chunksize`` items per call."""
+    n = cfg.tasks
+    notes.lack("submit", "map only")
+    notes.add(f"{-(-n // chunksize)} calls of {chunksize} items" if chunksize > 1 else "", "map")
+    with c:
+        noop = c.fn("noop")
+        c.submit_all(noop, range(cfg.warmup))
+
+        def once() -> dict[str, float]:
+            t0 = time.perf_counter()
+            _check(c.map(noop, range(n), chunksize=chunksize), n)
+            return {"map": n / (time.perf_counter() - t0)}
+
+        return repeat(cfg.reps, once)
+
+
 def row_throughput(cfg: Config, row: RowResult) -> None:
     n = cfg.tasks
+    # multiprocessing.Pool.map's default chunksize: ceil(len / (4 * workers))
+    mp_chunk = -(-n // (4 * Contender.workers))
     for contender in _contenders_for():
 
         def body(notes: Notes, c: Contender = contender) -> Mapping[str, Summary]:
             if c.name == "multiprocessing.Pool":
-                notes.add(f"map batches by default (chunksize {-(-n // 8)})", "map")
+                notes.add(f"map batches by default (chunksize {mp_chunk})", "map")
             with c:
                 noop = c.fn("noop")
                 c.submit_all(noop, range(cfg.warmup))
@@ -290,6 +312,20 @@ def row_throughput(cfg: Config, row: RowResult) -> None:
                 return repeat(cfg.reps, once)
 
         cell(row, contender.name, body)
+        # the same map with the other's batching: activitypool in chunks as large as
+        # multiprocessing.Pool's default, multiprocessing.Pool one task per item
+        if isinstance(contender, ActivityPool):
+            cell(
+                row,
+                f"{AP} map chunksize={mp_chunk}",
+                lambda notes: _map_chunked(cfg, ActivityPool(), mp_chunk, notes),
+            )
+        elif contender.name == "multiprocessing.Pool":
+            cell(
+                row,
+                "multiprocessing.Pool map chunksize=1",
+                lambda notes: _map_chunked(cfg, _contenders.MultiprocessingPool(), 1, notes),
+            )
 
 
 # -- 3. payload round trip ---------------------------------------------------------------------
@@ -509,8 +545,66 @@ def _ap_with_spare() -> Contender:
     return ActivityPool(name="activitypool spares=1", spares=1, events=True)
 
 
+def _ap_caller_has_thread() -> Contender:
+    return _CallerWithThread(name="activitypool, caller has a thread", events=True)
+
+
+class _CallerWithThread(ActivityPool):
+    """A pool started while the caller runs a second thread: its fork server is spawned."""
+
+    def start(self) -> None:
+        stop = threading.Event()
+        thread = threading.Thread(target=stop.wait)
+        thread.start()
+        try:
+            super().start()
+        finally:
+            stop.set()
+            thread.join()
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 0  # not Linux: nobody here forks by thread count
+
+
+def _row_in_fresh_interpreter(cfg: Config, row: RowResult, threads: int) -> None:
+    """Run this row in a fresh interpreter and take its cells.
+
+    Cold start depends on the caller: activitypool forks its fork server from a caller with
+    one thread and spawns it otherwise, and the fork peers fork the caller whatever it runs.
+    This interpreter has threads by now (numpy's BLAS pool, from the payload rows), so every
+    contender is measured from a caller that has imported only the pools and the activities.
+    """
+    why = f"measured in a fresh interpreter (this one had {threads} threads)"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "coldstart.json"
+        argv = [sys.executable, "-m", "benchmarks.bench", "--only", row.key, "--json", str(out)]
+        if cfg == QUICK:
+            argv.append("--quick")
+        proc = subprocess.run(argv, stdout=subprocess.DEVNULL, timeout=600)
+        if proc.returncode != 0 or not out.exists():
+            raise RuntimeError(f"the fresh interpreter failed (exit {proc.returncode})")
+        doc = json.loads(out.read_text())
+    for key, metric in doc["rows"][row.key]["metrics"].items():
+        for name, got in metric["results"].items():
+            cells = row.cells.setdefault(name, {})
+            if "na" in got:
+                cells[key] = NotAvailable(got["na"])
+            else:
+                cells[key] = Summary(
+                    list(got["values"]), "; ".join(filter(None, [got["note"], why]))
+                )
+
+
 def row_coldstart(cfg: Config, row: RowResult) -> None:
-    for make in (_ap_with_events, _ap_with_spare, *PEERS):
+    threads = _threads()
+    if threads > 1:
+        _row_in_fresh_interpreter(cfg, row, threads)
+        return
+    for make in (_ap_with_events, _ap_caller_has_thread, _ap_with_spare, *PEERS):
         name = make().name
 
         def body(notes: Notes, make: Callable[[], Contender] = make) -> Mapping[str, Summary]:

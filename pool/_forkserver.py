@@ -26,10 +26,10 @@ inherits this process's modules, and must stay as light as a spawned one.
 
 from __future__ import annotations
 
+import _signal as signal  # not signal: it imports enum, which a worker never needs
 import _socket
 import os
 import select
-import signal
 import struct
 import sys
 
@@ -262,8 +262,12 @@ def _shed_caller_state(keep_fd: int, env: dict[str, str]) -> None:
             asyncio.set_event_loop(None)
         except Exception:  # pragma: no cover - a policy that refuses
             pass
-    os.environ.clear()
-    os.environ.update(env)
+    # the workers' environment (the BLAS limit...): only what differs (each change is a putenv)
+    for name in [name for name in os.environ if name not in env]:
+        del os.environ[name]
+    for name, value in env.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
 
 
 def main(argv: list[str]) -> int:

@@ -18,11 +18,13 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from functools import partial
 from typing import Any, Literal
 
+from pool import _chunks
 from pool._events import PoolEvent, PoolStats
 from pool._futures import PoolFuture
+from pool._process import ForkServer
 from pool._protocol import dumps, lift_call_bytes
 from pool._scheduler import Call
-from pool._supervisor import FaultRule, Supervisor, SupervisorConfig
+from pool._supervisor import FaultRule, Supervisor, SupervisorConfig, early_forkserver
 from sdk import _context
 from sdk._definition import ActivityDefinition, activities_in_module, get_definition
 from sdk._errors import (
@@ -150,6 +152,19 @@ class Pool:
         await self.aclose(cancel=exc_type is not None)
 
     def __enter__(self) -> Pool:
+        if self._sup is not None:
+            raise RuntimeError("this Pool was already started; make a new one")
+        # while this is the only thread: fork the fork server from here (~2 ms), not spawn it
+        early = early_forkserver(self._config)
+        try:
+            self._enter(early)
+        except BaseException:
+            if early is not None and self._sup is None:
+                early.close()
+            raise
+        return self
+
+    def _enter(self, early: ForkServer | None) -> None:
         loop = _new_loop()
         started = threading.Event()
 
@@ -162,13 +177,12 @@ class Pool:
         self._thread.start()
         started.wait()
         try:
-            asyncio.run_coroutine_threadsafe(self._start_on(loop), loop).result()
+            asyncio.run_coroutine_threadsafe(self._start_on(loop, early), loop).result()
         except BaseException:
             self._stop_thread()
             raise
         if self._ambient:
             self._dispatcher_token = _context.set_dispatcher(self)
-        return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.close(cancel=exc_type is not None)
@@ -181,11 +195,13 @@ class Pool:
                 pass
             self._dispatcher_token = None
 
-    async def _start_on(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _start_on(
+        self, loop: asyncio.AbstractEventLoop, early: ForkServer | None = None
+    ) -> None:
         if self._sup is not None:
             raise RuntimeError("this Pool was already started; make a new one")
         self._loop = loop
-        self._sup = Supervisor(loop, self._config, self._on_event, self._on_output)
+        self._sup = Supervisor(loop, self._config, self._on_event, self._on_output, early)
         self._wake_later = self._sup.wake_later  # PoolFuture: wake waiters after the event
         try:
             await self._sup.start()
@@ -242,19 +258,7 @@ class Pool:
                 "the pool is closed" if self._closed else "the pool is not started"
             )
         defn = fn if isinstance(fn, ActivityDefinition) else get_definition(fn)
-        sid = None
-        if defn.sticky_to_worker:
-            if session is None:
-                raise StickyWorkerSessionMissingError(
-                    f"activity {defn.name!r} is sticky_to_worker: call it inside "
-                    "run_sticky_worker_session() or pool.sticky_session()"
-                )
-            sid = session.session_id
-            if session.closed:
-                raise ActivityInputError(f"sticky session {sid} is closed; start a new one")
-            if sid not in self._sessions_hooked:
-                self._sessions_hooked.add(sid)
-                session.on_close(self._session_closed)
+        sid = self._session_id(defn, session)
         args, kwargs = defn.validate_args(args, kwargs)
         try:
             payload = dumps(lift_call_bytes(args, kwargs))
@@ -262,10 +266,65 @@ class Pool:
             raise ActivityInputError(
                 f"arguments of activity {defn.name!r} cannot be pickled: {exc!r}"
             ) from exc
+        return self._sup.new_call(defn, self._policy(defn), payload, None, sid)
+
+    def _session_id(self, defn: ActivityDefinition, session: Any) -> str | None:
+        """The sticky session a call of ``defn`` belongs to (None if it is not sticky)."""
+        if not defn.sticky_to_worker:
+            return None
+        if session is None:
+            raise StickyWorkerSessionMissingError(
+                f"activity {defn.name!r} is sticky_to_worker: call it inside "
+                "run_sticky_worker_session() or pool.sticky_session()"
+            )
+        sid: str = session.session_id
+        if session.closed:
+            raise ActivityInputError(f"sticky session {sid} is closed; start a new one")
+        if sid not in self._sessions_hooked:
+            self._sessions_hooked.add(sid)
+            session.on_close(self._session_closed)
+        return sid
+
+    def _policy(self, defn: ActivityDefinition) -> RetryPolicy:
         policy = self._policies.get(id(defn))
         if policy is None:
             policy = self._policies[id(defn)] = defn.retry_policy(self._default_policy)
-        return self._sup.new_call(defn, policy, payload, None, sid)
+        return policy
+
+    def _prepare_chunks(
+        self, defn: ActivityDefinition, iterable: Iterable[Any], chunksize: int, session: Any
+    ) -> list[Call]:
+        """One call per ``chunksize`` items (the last may be shorter), each running ``defn``
+        over its items in one worker (see ``pool._chunks``)."""
+        if self._closed or self._sup is None:
+            raise PoolClosedError(
+                "the pool is closed" if self._closed else "the pool is not started"
+            )
+        if defn.rate_limit is not None:
+            raise ValueError(
+                f"activity {defn.name!r} has a rate_limit, which counts calls: map it with "
+                "chunksize=1 (a chunk would start many items as one call)"
+            )
+        sid = self._session_id(defn, session)
+        items = _validate_items(defn, iterable)
+        policy = self._policy(defn)
+        where = (defn.module, defn.qualname)
+        defns: dict[int, ActivityDefinition] = {}  # by chunk length: at most two
+        calls = []
+        new_call = self._sup.new_call
+        for start in range(0, len(items), chunksize):
+            chunk = items[start : start + chunksize]
+            cdefn = defns.get(len(chunk))
+            if cdefn is None:
+                cdefn = defns[len(chunk)] = _chunk_definition(defn, len(chunk))
+            try:
+                payload = dumps(((*where, chunk), {}))
+            except Exception as exc:
+                raise ActivityInputError(
+                    f"arguments of activity {defn.name!r} cannot be pickled: {exc!r}"
+                ) from exc
+            calls.append(new_call(cdefn, policy, payload, None, sid))
+        return calls
 
     def _session_closed(self, session: Any) -> None:
         sid = session.session_id
@@ -327,18 +386,45 @@ class Pool:
             raise
 
     def map(
-        self, fn: ActivityRef, iterable: Iterable[Any], *, session: Any = None
+        self,
+        fn: ActivityRef,
+        iterable: Iterable[Any],
+        *,
+        session: Any = None,
+        chunksize: int = 1,
     ) -> Iterator[Any]:
-        """Call ``fn(item)`` for every item; results in input order. Blocking iterator."""
+        """Call ``fn(item)`` for every item; results in input order. Blocking iterator.
+
+        Every item is submitted at once. Leaving the iteration early cancels the calls that
+        have not finished. An item whose call fails raises its error (``ActivityError``...)
+        when the iteration reaches it.
+
+        ``chunksize=k > 1`` sends the items ``k`` at a time (the last chunk shorter): each
+        chunk is *one* call, run in one worker, where ``fn``'s function runs over the chunk's
+        items in order with the activity context set up once (``activity.info()`` and
+        ``heartbeat()`` work in every item; ``info()`` describes the chunk's attempt). This
+        takes the per-call cost (a round trip, events, scheduling) off each item: use it for
+        many short items. A chunk is one attempt: its ``start_to_close_timeout`` (and
+        ``schedule_to_close_timeout``) is the activity's times the number of items in the
+        chunk; ``heartbeat_timeout`` is unchanged and a heartbeat from any item counts. A
+        failure of any item (an exception, a timeout, a crash) fails the chunk, and the
+        activity's retry policy retries the whole chunk: its items run again, so they must be
+        idempotent. When retries run out, the error is raised when the iteration reaches the
+        chunk's first item. Not allowed with an activity that has a ``rate_limit``.
+        """
+        size = _check_chunksize(chunksize)
         self._refuse_on_loop("map")
         session = session if session is not None else _context_session()
         defn = get_definition(fn)
-        calls = [self._prepare(defn, (item,), {}, session) for item in iterable]
+        if size > 1:
+            calls = self._prepare_chunks(defn, iterable, size, session)
+        else:
+            calls = [self._prepare(defn, (item,), {}, session) for item in iterable]
         # one result board for the whole map, not a Future (and its Condition) per item:
         # far fewer objects for the garbage collector to trace while thousands are in flight
         sup = self._sup
         assert sup is not None
-        batch = _MapBatch(len(calls), sup.wake_later)
+        batch = _MapBatch(len(calls), sup.wake_later, chunked=size > 1)
         for i, call in enumerate(calls):
             call.waiter = _Slot(batch, i)
         self._to_loop(partial(sup.submit_many, calls))
@@ -349,24 +435,45 @@ class Pool:
             instead = "await pool.execute()" if what == "run" else "pool.amap()"
             raise RuntimeError(f"{what}() would block the pool's own event loop: use {instead}")
 
-    async def amap(
-        self, fn: ActivityRef, iterable: Iterable[Any], *, session: Any = None
+    def amap(
+        self,
+        fn: ActivityRef,
+        iterable: Iterable[Any],
+        *,
+        session: Any = None,
+        chunksize: int = 1,
     ) -> AsyncIterator[Any]:
-        """``map`` for async code: an async iterator of results in input order."""
-        futures = self._submit_all(fn, iterable, session)
+        """``map`` for async code: an async iterator of results in input order.
+
+        The items are submitted when the iteration starts; ``chunksize`` as in :meth:`map`.
+        """
+        return self._amap(fn, iterable, session, _check_chunksize(chunksize))
+
+    async def _amap(
+        self, fn: ActivityRef, iterable: Iterable[Any], session: Any, chunksize: int
+    ) -> AsyncIterator[Any]:
+        futures = self._submit_all(fn, iterable, session, chunksize)
         try:
-            for fut in futures:
-                yield await asyncio.wrap_future(fut)
+            if chunksize > 1:
+                for fut in futures:
+                    for value in await asyncio.wrap_future(fut):
+                        yield value
+            else:
+                for fut in futures:
+                    yield await asyncio.wrap_future(fut)
         finally:
             for fut in futures:
                 fut.cancel()
 
     def _submit_all(
-        self, fn: ActivityRef, iterable: Iterable[Any], session: Any
+        self, fn: ActivityRef, iterable: Iterable[Any], session: Any, chunksize: int = 1
     ) -> list[PoolFuture]:
         session = session if session is not None else _context_session()
         defn = get_definition(fn)
-        calls = [self._prepare(defn, (item,), {}, session) for item in iterable]
+        if chunksize > 1:
+            calls = self._prepare_chunks(defn, iterable, chunksize, session)
+        else:
+            calls = [self._prepare(defn, (item,), {}, session) for item in iterable]
         futures = [self._attach_future(call) for call in calls]
         sup = self._sup
         assert sup is not None
@@ -575,8 +682,13 @@ class PoolSession:
         self.pool._refuse_on_loop("run")
         return self.pool._run_call(self.pool._prepare(fn, args, kwargs, self.session))
 
-    def map(self, fn: ActivityRef, iterable: Iterable[Any]) -> Iterator[Any]:
-        return self.pool.map(fn, iterable, session=self.session)
+    def map(self, fn: ActivityRef, iterable: Iterable[Any], *, chunksize: int = 1) -> Iterator[Any]:
+        return self.pool.map(fn, iterable, session=self.session, chunksize=chunksize)
+
+    def amap(
+        self, fn: ActivityRef, iterable: Iterable[Any], *, chunksize: int = 1
+    ) -> AsyncIterator[Any]:
+        return self.pool.amap(fn, iterable, session=self.session, chunksize=chunksize)
 
     def close(self) -> None:
         self.session.close()
@@ -584,6 +696,54 @@ class PoolSession:
 
 def _context_session() -> Any:
     return _context.get_sticky_worker_session()
+
+
+def _check_chunksize(chunksize: Any) -> int:
+    if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+        raise TypeError(f"chunksize must be an int >= 1, got {chunksize!r}")
+    if chunksize < 1:
+        raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
+    return chunksize
+
+
+def _validate_items(defn: ActivityDefinition, iterable: Iterable[Any]) -> list[Any]:
+    """Every item checked as ``defn(item)`` would be (coerced, in a new list).
+
+    Binding one positional argument fails or succeeds alike for every item, so with a plain
+    signature it is checked once and only the first parameter's type check runs per item.
+    """
+    items = list(iterable)
+    if not items:
+        return items
+    args, kwargs = defn.validate_args((items[0],), {})
+    binder = defn._binder
+    if not binder.simple or kwargs or len(args) != 1 or not binder.positional:
+        return [defn.validate_args((item,), {})[0][0] for item in items]
+    name = binder.positional[0]
+    check = defn._checks.get(name)
+    if check is None:
+        return items
+    return [defn._check(check, name, item) for item in items]
+
+
+def _chunk_definition(defn: ActivityDefinition, size: int) -> ActivityDefinition:
+    """What the scheduler and the worker see of a chunk of ``size`` items of ``defn``.
+
+    The worker runs the runner of ``pool._chunks``; everything else is ``defn``'s (its name,
+    for events, log tags, ``info().name`` and injected faults; its heartbeat timeout, sticky
+    flag and retry policy), with its per-call time limits multiplied by ``size``.
+    """
+    runner = _chunks.run_chunk_async if defn.is_async else _chunks.run_chunk
+    s2c, s2close = defn.start_to_close_timeout, defn.schedule_to_close_timeout
+    fields = {name: getattr(defn, name) for name in ActivityDefinition.__match_args__}
+    fields.update(
+        fn=runner,
+        module=_chunks.__name__,
+        qualname=runner.__qualname__,
+        start_to_close_timeout=None if s2c is None else s2c * size,
+        schedule_to_close_timeout=None if s2close is None else s2close * size,
+    )
+    return ActivityDefinition(**fields)
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
@@ -624,10 +784,13 @@ class _BlockingWaiter:
 class _MapBatch:
     """Results of one ``map``: written by the loop thread, read in order by the caller."""
 
-    __slots__ = ("cond", "results", "waiting", "wake_later", "woken")
+    __slots__ = ("chunked", "cond", "results", "waiting", "wake_later", "woken")
 
-    def __init__(self, n: int, wake_later: Callable[[Callable[[], None]], None]) -> None:
+    def __init__(
+        self, n: int, wake_later: Callable[[Callable[[], None]], None], chunked: bool = False
+    ) -> None:
         self.results: list[Any] = [_PENDING] * n  # (value, exception) once answered
+        self.chunked = chunked  # each value is a chunk's list of results, yielded one by one
         self.cond = threading.Condition()
         self.waiting = -1  # the index the reader sleeps on cond for, or -1
         self.woken = False  # a wake-up is queued with the supervisor
@@ -646,7 +809,7 @@ class _MapBatch:
             self.cond.notify()
 
     def results_in_order(self, cancel_rest: Callable[[], object]) -> Iterator[Any]:
-        results = self.results
+        results, chunked = self.results, self.chunked
         try:
             for i in range(len(results)):
                 if results[i] is _PENDING:
@@ -659,7 +822,10 @@ class _MapBatch:
                 results[i] = None  # the caller has it; let it go
                 if exc is not None:
                     raise exc
-                yield value
+                if chunked:
+                    yield from value
+                else:
+                    yield value
         finally:
             if any(r is _PENDING for r in results):
                 cancel_rest()

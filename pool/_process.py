@@ -257,10 +257,9 @@ def caller_can_fork() -> bool:
 
 def _fork_server(ours: socket.socket, theirs: socket.socket, env: dict[str, str]) -> int:
     """Fork this (single-threaded) process into the fork server; return its pid."""
-    # imported here, before the fork, so the child has them at once (ctypes: PR_SET_PDEATHSIG)
-    import ctypes  # noqa: F401
+    from pool import _forkserver, _worker
 
-    from pool import _forkserver
+    _worker.load_prctl()  # here, before the fork: the server and its workers inherit it
 
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         # what is buffered would otherwise be written again by the child's copy

@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import importlib
 import os
-import pickle
-import signal
 import sys
 import threading
 import time
 from collections import deque
-from typing import Any
 
 from pool._protocol import (
     FailureInfo,
@@ -44,6 +41,22 @@ from sdk import _context
 from sdk._definition import ActivityDefinition, _provided
 from sdk._depends import ResourceCache
 from sdk._errors import ApplicationError
+
+# Not typing (~7 ms), nor pickle.py and signal.py: both are thin wrappers over the C modules
+# used here, and importing them costs a worker ~4 ms (pickle imports re, and re and signal
+# import enum). Their functions and constants are the C modules' own.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import pickle
+    import signal
+    from typing import Any
+else:
+    import _signal as signal
+
+    try:
+        import _pickle as pickle
+    except ImportError:  # pragma: no cover - an interpreter without the C accelerator
+        import pickle
 
 # Coalescing window for heartbeats: at most one HEARTBEAT frame per window, and the latest
 # details are on the wire at most this long after they were given (the contract says 100 ms).
@@ -87,17 +100,28 @@ class _WorkerContext(_context.ActivityContext):
         return self._info
 
 
-def _set_parent_death_signal(parent: int) -> None:
-    """Die with the supervisor: PR_SET_PDEATHSIG, then close the race with getppid()."""
-    if sys.platform.startswith("linux"):
+_prctl: Any = None  # libc's prctl, loaded once and inherited by whatever forks from here
+
+
+def load_prctl() -> Any:
+    """libc's ``prctl`` through ctypes (Linux), loaded once per process and kept."""
+    global _prctl
+    if _prctl is None and sys.platform.startswith("linux"):
         try:
             import ctypes
 
-            libc = ctypes.CDLL(None, use_errno=True)
-            PR_SET_PDEATHSIG = 1
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
         except (OSError, AttributeError):  # pragma: no cover - exotic libc
-            pass
+            _prctl = False
+    return _prctl
+
+
+def _set_parent_death_signal(parent: int) -> None:
+    """Die with the supervisor: PR_SET_PDEATHSIG, then close the race with getppid()."""
+    prctl = load_prctl()
+    if prctl:
+        PR_SET_PDEATHSIG = 1
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:
         os._exit(1)  # the supervisor died before we could register
 
@@ -302,6 +326,13 @@ class Worker:
             return mod
         if not self.main_path:
             raise ImportError("activity defined in __main__, but the supervisor has no main file")
+        main = sys.modules.get("__main__")
+        main_file = getattr(main, "__file__", None)
+        if main is not None and main_file and os.path.abspath(main_file) == self.main_path:
+            # forked from the caller (its fork server was): the script has run here already,
+            # and its activities are registered; running it again would register them twice
+            sys.modules["__mp_main__"] = main
+            return main
         from importlib.util import module_from_spec, spec_from_file_location  # lazily: rare
 
         # Run the supervisor's main script as a module (its `if __name__ == "__main__"` block

@@ -1,0 +1,114 @@
+"""The worker side of a chunked map (``Pool.map(fn, items, chunksize=k)``).
+
+A chunk is one ordinary call of one of the two runners below: the worker resolves it by module
+and qualified name like any activity, sets up the activity context once (so ``activity.info()``,
+``heartbeat()``, ``is_cancelled()`` and ``session_state()`` work inside every item), and the
+runner calls the target activity's plain function over the chunk's items in order. The results
+come back as one list. Any item's exception fails the chunk, and with it the attempt.
+
+The supervisor side (the chunk's deadlines and retry policy, taken from the target activity) is
+in ``pool._pool``. This module imports nothing beyond what a worker has loaded already, and a
+worker imports it only when its first chunk arrives (tests/integration/test_worker_light.py).
+
+The runners are not registered by name (``pool.run("...")`` cannot reach them); a worker needs
+only their ``__activity_definition__``. They have no return annotation, so that the worker's
+check of a runner's result needs neither ``typing`` nor pydantic.
+"""
+
+from __future__ import annotations
+
+from sdk import _context
+from sdk._definition import ActivityDefinition, _load_definition, _provided
+from sdk._errors import ApplicationError
+
+TYPE_CHECKING = False  # not typing's: a worker does not import typing (see pool._worker)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+# The name is never registered; it shows only if a runner is looked at directly.
+RUNNER_NAME = "activitypool.chunk"
+
+
+def _target(module: str, qualname: str, is_async: bool) -> ActivityDefinition:
+    """The activity a chunk runs, as the worker resolves any activity (its cache, __main__)."""
+    ctx = _context._current_activity.get()
+    try:
+        worker = getattr(ctx, "_worker", None)  # pool._worker's context of this attempt
+        if worker is not None:
+            target = worker.lookup(module, qualname)
+        else:  # outside a pool worker (a test calling the runner directly)
+            target = _load_definition(module, qualname)
+    except BaseException as exc:
+        name = ctx.info.name if ctx is not None else f"{module}.{qualname}"
+        raise ApplicationError(
+            f"worker could not load {name!r}: {type(exc).__name__}: {exc}",
+            type=type(exc).__name__,
+            non_retryable=True,
+        ) from exc
+    if target.is_async is not is_async:  # the module changed between caller and worker
+        raise ApplicationError(
+            f"activity {target.name!r} is {'async' if target.is_async else 'sync'} in the "
+            "worker but was not in the caller",
+            non_retryable=True,
+        )
+    return target
+
+
+def _injected(target: ActivityDefinition) -> dict[str, Any]:
+    """Depends resources of ``target`` for a call given its item as the first positional."""
+    return _context.require_activity().resources.resolve(target, _provided(target, (None,), {}))
+
+
+def run_chunk(module: str, qualname: str, items: list[Any]):  # no return annotation: see above
+    """Run the sync activity ``module.qualname`` over ``items``; its results, in order."""
+    target = _target(module, qualname, False)
+    fn: Callable[..., Any] = target.fn
+    kwargs = _injected(target) if target.depends_params() else None
+    check = target._result_check  # None when there is no return annotation to check
+    if check is None:  # the hot path: one call per item and nothing else
+        if kwargs:
+            return [fn(item, **kwargs) for item in items]
+        return [fn(item) for item in items]
+    validate = target.validate_result
+    if kwargs:
+        return [validate(fn(item, **kwargs)) for item in items]
+    return [validate(fn(item)) for item in items]
+
+
+async def run_chunk_async(module: str, qualname: str, items: list[Any]):  # (see above)
+    """Run the async activity ``module.qualname`` over ``items``, one after the other, on the
+    worker's event loop; its results, in order."""
+    target = _target(module, qualname, True)
+    fn: Callable[..., Any] = target.fn
+    kwargs: dict[str, Any] = {}
+    if target.depends_params():
+        resources = _context.require_activity().resources
+        kwargs = await resources.aresolve(target, _provided(target, (None,), {}))
+    validate = target.validate_result
+    return [validate(await fn(item, **kwargs)) for item in items]
+
+
+def _definition(fn: Callable[..., Any], is_async: bool) -> ActivityDefinition:
+    # The options here are never used: the supervisor sends each chunk with the deadlines and
+    # the retry policy of the activity it runs (see pool._pool._chunk_definition).
+    return ActivityDefinition(
+        name=RUNNER_NAME,
+        fn=fn,
+        module=__name__,
+        qualname=fn.__qualname__,
+        is_async=is_async,
+        start_to_close_timeout=None,
+        heartbeat_timeout=None,
+        schedule_to_close_timeout=None,
+        retry_max_attempts=None,
+        retry_backoff_coefficient=None,
+        retry_initial_interval=None,
+        retry_max_interval=None,
+    )
+
+
+run_chunk.__activity_definition__ = _definition(run_chunk, False)  # type: ignore[attr-defined]
+run_chunk_async.__activity_definition__ = _definition(  # type: ignore[attr-defined]
+    run_chunk_async, True
+)
