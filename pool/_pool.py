@@ -68,6 +68,7 @@ class Pool:
         thread_limit: int | Literal["auto"] | None = "auto",
         cpu_affinity: bool | Iterable[Iterable[int]] = False,
         spares: int = 0,
+        reply_spin: float = 0.0002,
         on_event: Callable[[PoolEvent], None] | None = None,
         on_output: Callable[[int, str | None, str], None] | None = None,
         ambient: bool = True,
@@ -86,6 +87,12 @@ class Pool:
             raise ValueError("prefetch must be >= 0")
         if not isinstance(spares, int) or spares < 0:
             raise ValueError("spares must be an int >= 0")
+        if (
+            isinstance(reply_spin, bool)
+            or not isinstance(reply_spin, int | float)
+            or not 0 <= reply_spin <= 0.01
+        ):
+            raise ValueError(f"reply_spin must be seconds in [0, 0.01], got {reply_spin!r}")
         if cancel_grace < 0 or start_timeout <= 0 or shutdown_timeout <= 0:
             raise ValueError("cancel_grace must be >= 0; start and shutdown timeouts > 0")
         affinity: tuple[frozenset[int], ...] | None = None
@@ -123,6 +130,7 @@ class Pool:
             spares=spares,
             preload=tuple(preload),
             start_method=start_method,
+            reply_spin=float(reply_spin),
         )
         self._default_policy = retry_policy or RetryPolicy()
         self._policies: dict[int, RetryPolicy] = {}
@@ -202,6 +210,7 @@ class Pool:
             raise RuntimeError("this Pool was already started; make a new one")
         self._loop = loop
         self._sup = Supervisor(loop, self._config, self._on_event, self._on_output, early)
+        self._sup.inbox = self._inbox
         self._wake_later = self._sup.wake_later  # PoolFuture: wake waiters after the event
         try:
             await self._sup.start()

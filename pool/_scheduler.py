@@ -539,6 +539,11 @@ class Scheduler:
             return None
         return slot, slot.running
 
+    def average_duration(self, name: str) -> float | None:
+        """Moving average of how long attempts of activity ``name`` took, from the RUN being
+        sent (or its worker starting it, when prefetched) to the result; None before one."""
+        return self._durations.get(name)
+
     def result(self, wid: int, seq: int, value: Any, now: float) -> None:
         self._now = now
         found = self._current(wid, seq)

@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import pickle
+import select
 import signal
 import sys
 import time
@@ -93,6 +94,7 @@ class WorkerHandle:
     # large frames to it (None until it said at READY that it can open them)
     segments: Segments | None = None
     cancel_signal: bool = False  # SIGUSR1 owed once the queued CANCEL frame is in the pipe
+    spin_poll: Any = None  # a poll object on its reply pipe, made on the first reply spin
 
 
 @dataclass(eq=False)
@@ -120,6 +122,9 @@ class SupervisorConfig:
     preload: tuple[str, ...]
     spares: int = 0  # ready workers held back to replace one that dies
     start_method: str = "forkserver"  # or "spawn": a fresh interpreter per worker
+    # after sending the pool's only call, of an activity that takes less than this on average:
+    # wait for its reply on the CPU (up to this long) instead of sleeping in the loop (0: never)
+    reply_spin: float = 0.0
 
 
 _LINUX = sys.platform.startswith("linux")
@@ -185,6 +190,11 @@ class Supervisor:
         self.faults: dict[str, list[FaultRule]] = {}
         self._dirty: list[WorkerHandle] = []  # handles with frames queued in this event
         self._wakes: list[Callable[[], None]] = []  # see wake_later
+        self._spinning = False  # in _spin_for_reply (never nested)
+        # calls handed to the loop and not yet submitted (the Pool's inbox): no spin then
+        self.inbox: collections.deque[Any] | tuple[()] = ()
+        self.spins_caught = 0  # replies a spin caught / spins that gave up (for tests, tuning)
+        self.spins_missed = 0
         self._forkserver: ForkServer | None = forkserver  # forks workers (None: spawn them)
         # an fd each worker must be able to open through /proc before segments are used
         self._shm_probe: int | None = None
@@ -348,11 +358,63 @@ class Supervisor:
 
     def _after(self) -> None:
         """After every event: send what it queued, wake the callers it answered, re-arm the
-        timer for the next deadline."""
+        timer for the next deadline; then perhaps wait for a quick reply on the CPU."""
+        spin = None
         if self._dirty:
+            if self.config.reply_spin and not self._spinning:
+                spin = self._spin_candidate()
             self._flush()
         if self._wakes:
             self._run_wakes()
+        self._arm_timer()
+        if spin is not None:
+            # not now: first let what is ready run (a caller woken by this event may be about
+            # to submit; then two calls are in flight and spinning would only delay it)
+            self.loop.call_soon(self._spin_for_reply, spin)
+
+    def _spin_candidate(self, sent: WorkerHandle | None = None) -> WorkerHandle | None:
+        """The worker whose reply to spin for: it has the pool's only call, just sent, of an
+        activity whose attempts take less than ``reply_spin`` on average. Calls one after
+        another (``await pool.execute`` in a loop) then cost no loop wake-up per reply: on a
+        VM a sleeping thread takes ~20 µs to wake, as long as a no-op call's work."""
+        if sent is None:
+            if len(self._dirty) != 1:
+                return None
+            sent = self._dirty[0]
+        handle = sent
+        if len(self.scheduler.calls) != 1 or self.inbox or len(handle.in_pipe) != 1:
+            return None
+        if handle.outbox or handle.eof:  # (the write is not complete, or it is gone)
+            return None
+        took = self.scheduler.average_duration(handle.in_pipe[0][1])
+        if took is None or took >= self.config.reply_spin:
+            return None
+        return handle
+
+    def _spin_for_reply(self, handle: WorkerHandle) -> None:
+        """Poll ``handle``'s reply pipe without sleeping for up to ``reply_spin``; handle the
+        reply here if it comes (its caller then runs in this loop iteration), else leave it
+        to the loop. Bounded, and only for calls that usually answer within the bound."""
+        if self._spinning or self._spin_candidate(handle) is None:
+            return  # since it was sent: another call came, the reply came, or the worker died
+        poller = handle.spin_poll
+        if poller is None:
+            poller = handle.spin_poll = select.poll()
+            poller.register(handle.proc.from_worker, select.POLLIN)
+        self._spinning = True
+        try:
+            clock = time.monotonic
+            end = clock() + self.config.reply_spin
+            while not poller.poll(0):
+                if clock() >= end:
+                    self.spins_missed += 1
+                    return
+            self.spins_caught += 1
+            self._on_readable(handle)
+        finally:
+            self._spinning = False
+
+    def _arm_timer(self) -> None:
         when = self.scheduler.next_deadline()
         if when is None:
             return  # an armed timer may fire for nothing; cheaper than cancelling per call

@@ -401,3 +401,19 @@ def write_at_exit(path: str) -> int:
 
     atexit.register(lambda: Path(path).write_text(str(os.getpid())))
     return os.getpid()
+
+
+@activity(retry_policy_max_attempts=1)
+def exit_if(code: int) -> int:
+    """Returns at once, or exits the worker with ``code`` (also at once)."""
+    if code:
+        os._exit(code)
+    return 0
+
+
+@activity
+def sleep_if(seconds: float) -> float:
+    """Returns at once when ``seconds`` is 0 (unlike ``time.sleep(0)``, which yields the CPU)."""
+    if seconds:
+        time.sleep(seconds)
+    return seconds

@@ -1181,3 +1181,17 @@ def test_spares_retire_on_close() -> None:
     h.fx.new()
     h.sched.close()
     assert sorted(c for c in h.fx.new() if c[0] == "retire") == [("retire", 1), ("retire", 2)]
+
+
+def test_average_duration_is_a_moving_average_per_activity_from_start_to_result() -> None:
+    h = Harness(workers=1, prefetch=0)
+    name = sdk.get_definition(plain).name
+    assert h.sched.average_duration(name) is None  # nothing finished yet
+    c1 = h.submit(now=1.0)
+    h.finish(c1, now=1.010)
+    assert h.sched.average_duration(name) == pytest.approx(0.010)
+    c2 = h.submit(now=2.0)
+    h.finish(c2, now=2.110)
+    # 0.010 + (0.110 - 0.010) * 0.2
+    assert h.sched.average_duration(name) == pytest.approx(0.030)
+    assert h.sched.average_duration("some other activity") is None
