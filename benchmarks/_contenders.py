@@ -203,11 +203,13 @@ class ActivityPool(Contender):
         name: str = "activitypool",
         spares: int = 0,
         events: bool = False,
+        start_method: str = "forkserver",
     ):
         super().__init__()
         self.name = name
         self.thread_limit = thread_limit
         self.spares = spares
+        self.start_method = start_method
         # on_event only where a row reads events: a callback per call costs the loop thread
         # (~20% of its time on no-ops), which no peer pays
         self.events_on = events
@@ -244,6 +246,7 @@ class ActivityPool(Contender):
             thread_limit=self.thread_limit,
             on_event=self._on_event if self.events_on else None,
             spares=self.spares,
+            start_method=self.start_method,
         )
         self.pool.__enter__()
 

@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -545,22 +544,9 @@ def _ap_with_spare() -> Contender:
     return ActivityPool(name="activitypool spares=1", spares=1, events=True)
 
 
-def _ap_caller_has_thread() -> Contender:
-    return _CallerWithThread(name="activitypool, caller has a thread", events=True)
-
-
-class _CallerWithThread(ActivityPool):
-    """A pool started while the caller runs a second thread: its fork server is spawned."""
-
-    def start(self) -> None:
-        stop = threading.Event()
-        thread = threading.Thread(target=stop.wait)
-        thread.start()
-        try:
-            super().start()
-        finally:
-            stop.set()
-            thread.join()
+def _ap_fork(events: bool = True) -> Contender:
+    """The fork server forked from this (single-threaded) caller, as the fork peers fork it."""
+    return ActivityPool(name="activitypool start_method=fork", events=events, start_method="fork")
 
 
 def _threads() -> int:
@@ -573,10 +559,11 @@ def _threads() -> int:
 def _row_in_fresh_interpreter(cfg: Config, row: RowResult, threads: int) -> None:
     """Run this row in a fresh interpreter and take its cells.
 
-    Cold start depends on the caller: activitypool forks its fork server from a caller with
-    one thread and spawns it otherwise, and the fork peers fork the caller whatever it runs.
-    This interpreter has threads by now (numpy's BLAS pool, from the payload rows), so every
-    contender is measured from a caller that has imported only the pools and the activities.
+    Cold start and worker memory depend on the caller: with ``start_method="fork"`` activitypool
+    forks its fork server from a caller with one thread (and spawns it otherwise), and the fork
+    peers fork the caller whatever it runs. This interpreter has threads by now (numpy's BLAS
+    pool, from the payload rows), so every contender is measured from a caller that has
+    imported only the pools and the activities.
     """
     why = f"measured in a fresh interpreter (this one had {threads} threads)"
     with tempfile.TemporaryDirectory() as tmp:
@@ -599,12 +586,20 @@ def _row_in_fresh_interpreter(cfg: Config, row: RowResult, threads: int) -> None
                 )
 
 
-def row_coldstart(cfg: Config, row: RowResult) -> None:
+def _moved_to_fresh_interpreter(cfg: Config, row: RowResult) -> bool:
+    """For rows that depend on the caller (cold start, memory): if this interpreter has threads,
+    run the row in a fresh one instead (and say so)."""
     threads = _threads()
     if threads > 1:
         _row_in_fresh_interpreter(cfg, row, threads)
+        return True
+    return False
+
+
+def row_coldstart(cfg: Config, row: RowResult) -> None:
+    if _moved_to_fresh_interpreter(cfg, row):
         return
-    for make in (_ap_with_events, _ap_caller_has_thread, _ap_with_spare, *PEERS):
+    for make in (_ap_with_events, _ap_fork, _ap_with_spare, *PEERS):
         name = make().name
 
         def body(notes: Notes, make: Callable[[], Contender] = make) -> Mapping[str, Summary]:
@@ -674,7 +669,9 @@ def _memory(pids: list[int]) -> dict[str, float]:
 
 
 def row_memory(cfg: Config, row: RowResult) -> None:
-    for make in (ActivityPool, *PEERS):
+    if _moved_to_fresh_interpreter(cfg, row):
+        return
+    for make in (ActivityPool, _ap_fork, *PEERS):
         name = make().name
 
         def body(notes: Notes, make: Callable[[], Contender] = make) -> Mapping[str, Summary]:
@@ -692,9 +689,10 @@ def row_memory(cfg: Config, row: RowResult) -> None:
                         helpers = sorted(set(c.pool._process_pids()) - set(pids))
                         if helpers:  # a cost per pool, not per worker: said, not averaged in
                             server = _memory(helpers)
+                            how = "forked from this caller" if _forked_caller(c) else "spawned"
                             notes.add(
-                                "workers forked by a fork server (one per pool: RSS "
-                                f"{server['rss']:.0f}, USS {server['uss']:.0f} MiB)"
+                                f"workers forked by a fork server, {how} (one per pool: RSS "
+                                f"{server['rss']:.1f}, USS {server['uss']:.1f} MiB)"
                             )
                     return _memory(pids)
 
@@ -717,6 +715,11 @@ def row_memory(cfg: Config, row: RowResult) -> None:
         return repeat(cfg.reps, once)
 
     cell(row, "bare python", body_bare)
+
+
+def _forked_caller(c: ActivityPool) -> bool:
+    sup = c.pool._sup
+    return bool(sup and sup._forkserver and sup._forkserver.forked_caller)
 
 
 def _start_method(pid: int) -> str:

@@ -2,16 +2,19 @@
 
 A spawned interpreter takes tens of milliseconds to import what a worker needs; a fork of one
 that already did takes about one, and the forked workers share those pages. The supervisor
-spawns this process once per pool (``pool._process.ForkServer``) and asks it for workers; it
-never forks the supervisor itself, whose loop thread makes that unsafe. This process has one
-thread and runs no user code: activity modules are imported by each worker after the fork,
-exactly as a spawned worker does.
+starts this process once per pool (``pool._process.ForkServer``) and asks it for workers: it
+forks it from the caller while the caller has a single thread (``main_forked``, which sheds
+what is the caller's), and spawns it otherwise (``main``). It never forks the supervisor once
+its loop thread runs. This process has one thread and runs no user code: activity modules are
+imported by each worker after the fork, exactly as a spawned worker does.
 
 Channel: a ``SOCK_SEQPACKET`` unix socket, one message per packet.
 
 - supervisor -> here: ``F <Q request id>`` with three fds attached (``SCM_RIGHTS``): the
   worker's request pipe (read end), reply pipe (write end) and output pipe (write end).
-  ``R <i pid>``: reap that worker (the supervisor is done with it).
+  ``R <i pid>``: reap that worker (the supervisor is done with it). ``W <names>``: import these
+  standard-library modules (newline-separated), which the first worker needed for the
+  activity modules, so that later forks have them (never anything outside the stdlib).
 - here -> supervisor: ``U``: ready. ``P <Q request id> <i pid>``: forked. ``X <i pid> <i wait
   status>``: that worker exited. It stays a zombie until the supervisor sends ``R``, so its pid
   cannot be reused while the supervisor may still signal it (as with a child of its own).
@@ -125,7 +128,7 @@ def serve(sock_fd: int, supervisor: int) -> int:
                             status = _wait_status(info)
                             sock.send(b"X" + _EXIT.pack(pid, status))
                     continue
-                msg, ancdata, _, _ = sock.recvmsg(64, fd_space, _socket.MSG_CMSG_CLOEXEC)
+                msg, ancdata, _, _ = sock.recvmsg(1 << 16, fd_space, _socket.MSG_CMSG_CLOEXEC)
                 if not msg:
                     return 0  # the supervisor closed the pool (or died)
                 if msg[:1] == b"F":
@@ -146,6 +149,8 @@ def serve(sock_fd: int, supervisor: int) -> int:
                     if pid > 0:
                         children.add(pid)
                     sock.send(b"P" + _FORKED.pack(req_id, pid))
+                elif msg[:1] == b"W":
+                    _warm(msg[1:].decode().split("\n"))
                 elif msg[:1] == b"R":
                     (pid,) = _PID.unpack(msg[1:])
                     if pid in children:
@@ -171,6 +176,21 @@ def serve(sock_fd: int, supervisor: int) -> int:
             try:
                 os.waitpid(pid, 0)
             except ChildProcessError:
+                pass
+
+
+_NEVER_WARM = {"__main__", "antigravity", "this"}  # (their import does something)
+
+
+def _warm(modules: list[str]) -> None:
+    """Import standard-library modules that workers turned out to need (never user code:
+    anything not in ``sys.stdlib_module_names`` is skipped), so later forks have them."""
+    allowed = getattr(sys, "stdlib_module_names", ())
+    for name in modules:
+        if name in allowed and name not in sys.modules and name not in _NEVER_WARM:
+            try:
+                __import__(name)
+            except BaseException:  # (a platform module that cannot load here): not needed
                 pass
 
 

@@ -59,7 +59,7 @@ class Pool:
         workers: int | None = None,
         max_tasks_per_worker: int | None = None,
         max_memory_per_worker: int | None = None,
-        start_method: Literal["forkserver", "spawn"] = "forkserver",
+        start_method: Literal["forkserver", "fork", "spawn"] = "forkserver",
         retry_policy: RetryPolicy | None = None,
         cancel_grace: float = 1.0,
         start_timeout: float = 60.0,
@@ -81,8 +81,10 @@ class Pool:
             raise ValueError("max_tasks_per_worker must be >= 1 or None")
         if max_memory_per_worker is not None and max_memory_per_worker < 1:
             raise ValueError("max_memory_per_worker must be a positive byte count or None")
-        if start_method not in ("forkserver", "spawn"):
-            raise ValueError(f"unsupported start_method {start_method!r}: 'forkserver' or 'spawn'")
+        if start_method not in ("forkserver", "fork", "spawn"):
+            raise ValueError(
+                f"unsupported start_method {start_method!r}: 'forkserver', 'fork' or 'spawn'"
+            )
         if prefetch < 0:
             raise ValueError("prefetch must be >= 0")
         if not isinstance(spares, int) or spares < 0:
@@ -162,7 +164,7 @@ class Pool:
     def __enter__(self) -> Pool:
         if self._sup is not None:
             raise RuntimeError("this Pool was already started; make a new one")
-        # while this is the only thread: fork the fork server from here (~2 ms), not spawn it
+        # start_method="fork": fork the fork server while this is the only thread (~1 ms)
         early = early_forkserver(self._config)
         try:
             self._enter(early)
@@ -185,7 +187,7 @@ class Pool:
         self._thread.start()
         started.wait()
         try:
-            asyncio.run_coroutine_threadsafe(self._start_on(loop, early), loop).result()
+            asyncio.run_coroutine_threadsafe(self._start_on(loop, early, True), loop).result()
         except BaseException:
             self._stop_thread()
             raise
@@ -204,12 +206,17 @@ class Pool:
             self._dispatcher_token = None
 
     async def _start_on(
-        self, loop: asyncio.AbstractEventLoop, early: ForkServer | None = None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        early: ForkServer | None = None,
+        with_thread: bool = False,
     ) -> None:
         if self._sup is not None:
             raise RuntimeError("this Pool was already started; make a new one")
         self._loop = loop
-        self._sup = Supervisor(loop, self._config, self._on_event, self._on_output, early)
+        self._sup = Supervisor(
+            loop, self._config, self._on_event, self._on_output, early, early_tried=with_thread
+        )
         self._sup.inbox = self._inbox
         self._wake_later = self._sup.wake_later  # PoolFuture: wake waiters after the event
         try:

@@ -327,6 +327,10 @@ class ForkServer:
         finally:
             theirs.close()
         self.forked_caller = fork_caller
+        # standard modules it was told to import (see warm); forked from the caller it has the
+        # caller's modules, and needs none
+        self._warm_sent: set[str] = set()
+        self._report_asked = fork_caller
         ours.setblocking(False)
         self.sock = ours
         self.pidfd = _pidfd(self.pid)
@@ -408,6 +412,27 @@ class ForkServer:
                     os.close(fd)
         self._pending.clear()
         return keys
+
+    def wants_warming(self) -> bool:
+        """Whether to ask a new worker which standard modules it imported (see ``warm``): the
+        first one only."""
+        if self._report_asked or self.dead:
+            return False
+        self._report_asked = True
+        return True
+
+    def warm(self, modules: list[str]) -> None:
+        """Have the server import these standard-library modules (those our activity modules
+        need), so that the workers it forks afterwards have them already, in shared pages:
+        activity modules import typing, dataclasses, json... which the server itself does not
+        need. Not for a server forked from the caller: it has the caller's modules."""
+        if self.dead or self.forked_caller:
+            return
+        new = set(modules) - self._warm_sent
+        if new:
+            self._warm_sent |= new
+            with contextlib.suppress(OSError):
+                self.sock.send(b"W" + "\n".join(sorted(new)).encode())
 
     def reap(self, proc: WorkerProcess) -> None:
         """The supervisor is done with ``proc``, which has exited: let its pid go."""

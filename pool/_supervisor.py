@@ -39,7 +39,8 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,7 +122,9 @@ class SupervisorConfig:
     cpu_affinity: tuple[frozenset[int], ...] | None  # worker n runs on set (n - 1) % len
     preload: tuple[str, ...]
     spares: int = 0  # ready workers held back to replace one that dies
-    start_method: str = "forkserver"  # or "spawn": a fresh interpreter per worker
+    # "forkserver": a fresh fork server; "fork": one forked from the caller (while it has one
+    # thread, else a fresh one); "spawn": a fresh interpreter per worker
+    start_method: str = "forkserver"
     # after sending the pool's only call, of an activity that takes less than this on average:
     # wait for its reply on the CPU (up to this long) instead of sleeping in the loop (0: never)
     reply_spin: float = 0.0
@@ -139,12 +142,45 @@ def worker_environment(config: SupervisorConfig) -> dict[str, str]:
     return env
 
 
+def stdlib_imported_by(module_names: Iterable[str]) -> list[str]:
+    """The standard-library top-level modules these (already imported) modules import
+    directly: modules they hold, and the modules of the functions and classes they imported
+    from them (``from typing import Any`` names ``typing``)."""
+    stdlib: frozenset[str] = getattr(sys, "stdlib_module_names", frozenset())
+    found: set[str] = set()
+    for name in module_names:
+        module = sys.modules.get(name)
+        if module is None:
+            continue
+        for value in list(vars(module).values()):
+            owner: object
+            if isinstance(value, types.ModuleType):
+                owner = value.__name__
+            else:
+                try:
+                    owner = getattr(value, "__module__", None)
+                except Exception:  # an object whose attributes are computed, and failed
+                    continue
+            if isinstance(owner, str):
+                top = owner.partition(".")[0]
+                if top in stdlib:
+                    found.add(top)
+    return sorted(found)
+
+
 def early_forkserver(config: SupervisorConfig) -> ForkServer | None:
-    """A fork server forked from the caller, if that is safe now (one thread) and wanted.
+    """With ``start_method="fork"``: a fork server forked from the caller, if that is safe now
+    (the caller has one thread); None otherwise (then a fresh one is spawned).
 
     A ``with`` pool calls this before it starts its loop thread (after which the process has
-    two threads, and the server has to be spawned: ~30 ms instead of ~2)."""
-    if config.start_method != "forkserver" or not caller_can_fork():
+    two threads); an ``async with`` pool from its start, on the caller's own thread."""
+    if config.start_method != "fork":
+        return None
+    if not caller_can_fork():
+        log.warning(
+            "start_method='fork': this process runs more than one thread, and forking it could "
+            "deadlock the fork server on a lock another thread holds; starting a fresh one"
+        )
         return None
     try:
         return ForkServer(worker_environment(config), fork_caller=True)
@@ -161,9 +197,11 @@ class Supervisor:
         on_event: Callable[[PoolEvent], None] | None = None,
         on_output: Callable[[int, str | None, str], None] | None = None,
         forkserver: ForkServer | None = None,
+        early_tried: bool = False,
     ) -> None:
         """``forkserver``: one forked from the caller before the loop thread started
-        (``early_forkserver``); the supervisor owns it from here on."""
+        (``early_forkserver``, which ``early_tried`` says was called); the supervisor owns it
+        from here on."""
         self.loop = loop
         self.config = config
         self.on_event = on_event
@@ -196,6 +234,7 @@ class Supervisor:
         self.spins_caught = 0  # replies a spin caught / spins that gave up (for tests, tuning)
         self.spins_missed = 0
         self._forkserver: ForkServer | None = forkserver  # forks workers (None: spawn them)
+        self._early_tried = early_tried
         # an fd each worker must be able to open through /proc before segments are used
         self._shm_probe: int | None = None
         if shm_supported():
@@ -216,14 +255,19 @@ class Supervisor:
             protocol=5,
         )
         fs = self._forkserver
-        if fs is None and self.config.start_method == "forkserver" and _LINUX:
+        if fs is None and not self._early_tried and _LINUX:
+            fs = early_forkserver(self.config)  # (async with: this is the caller's thread)
+        if fs is None and self.config.start_method in ("forkserver", "fork") and _LINUX:
             try:  # (it needs SOCK_SEQPACKET, waitid and pidfds: Linux)
-                fs = ForkServer(self._env, fork_caller=caller_can_fork())
+                fs = ForkServer(self._env)
             except (OSError, AttributeError) as exc:
                 log.warning("no fork server (%s): workers are spawned one by one", exc)
-            self._forkserver = fs
+        self._forkserver = fs
         if fs is not None:
             self.loop.add_reader(fs.fileno(), self._on_forkserver)
+            # before the first fork: what the activity modules import from the standard library
+            # (the first worker reports the rest, such as what a third-party package needs)
+            fs.warm(stdlib_imported_by(self.config.preload))
         self.scheduler.start(time.monotonic())
         self._after()
         await self._ready
@@ -548,6 +592,9 @@ class Supervisor:
         init = pickle.loads(self._init_body)
         init["worker_id"] = worker_id
         init["shm_probe"] = self._shm_probe
+        fs = self._forkserver
+        if fs is not None and fs.wants_warming():
+            init["report_stdlib"] = True  # which standard modules your activities needed
         self._write(handle, encode(Kind.INIT, 0, pickle.dumps(init, protocol=5)))
         self._after()
 
@@ -786,9 +833,13 @@ class Supervisor:
             sched.heartbeat(handle.id, frame.seq, details, min(beat_at, now))
         elif kind is Kind.READY:
             try:
-                shm = bool(frame.load().get("shm"))
+                ready = frame.load()
+                shm = bool(ready.get("shm"))
             except Exception:
-                shm = False
+                ready, shm = {}, False
+            fs = self._forkserver
+            if ready.get("stdlib") and fs is not None and not fs.dead:
+                fs.warm(ready["stdlib"])
             if shm and handle.reader.peer is not None:
                 handle.segments = Segments()
             else:

@@ -116,6 +116,12 @@ def load_prctl() -> Any:
     return _prctl
 
 
+def _stdlib_imported() -> list[str]:
+    """The standard library's top-level modules imported here (by the activity modules too)."""
+    names = getattr(sys, "stdlib_module_names", ())
+    return sorted({name.partition(".")[0] for name in sys.modules} & set(names))
+
+
 def _set_parent_death_signal(parent: int) -> None:
     """Die with the supervisor: PR_SET_PDEATHSIG, then close the race with getppid()."""
     prctl = load_prctl()
@@ -263,7 +269,10 @@ class Worker:
             raise ProtocolError(f"expected INIT, got {init.kind.name}")
         settings = init.load()
         shm = self.setup(settings)
-        self.send(encode(Kind.READY, 0, dumps({"pid": os.getpid(), "shm": shm})[0]))
+        ready: dict[str, Any] = {"pid": os.getpid(), "shm": shm}
+        if settings.get("report_stdlib"):
+            ready["stdlib"] = _stdlib_imported()
+        self.send(encode(Kind.READY, 0, dumps(ready)[0]))
         signal.signal(CANCEL_SIGNAL, self._on_cancel_signal)
         try:
             while True:

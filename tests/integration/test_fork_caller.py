@@ -1,7 +1,7 @@
-"""The fork server is forked from the caller while the caller has one thread (fast: no
-interpreter start, no imports), and spawned otherwise. A forked one sheds what is the caller's,
-so its workers start as spawned ones would. Each case runs in a fresh interpreter, whose
-threads the test controls."""
+"""``start_method="fork"``: the fork server is forked from the caller while the caller has one
+thread (fast: no interpreter start, no imports), and spawned otherwise. A forked one sheds what
+is the caller's process state (signals, fds, atexit, streams, context, event loop). Each case
+runs in a fresh interpreter, whose threads the test controls."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ CALLER = textwrap.dedent(
     from pool import Pool
     from tests.integration import fork_caller_activities as fca
 
-    mode, out_path, marker = sys.argv[1:4]
+    mode, out_path, marker, start_method = sys.argv[1:5]
     signal.signal(signal.SIGTERM, lambda *a: None)
     atexit.register(lambda: open(marker, "a").write(f"{{os.getpid()}}\\n"))
     fca.CALLER_VALUE.set("caller")
@@ -54,7 +54,7 @@ CALLER = textwrap.dedent(
         res["eof"] = bool(select.select([r], [], [], 2.0)[0]) and os.read(r, 1) == b""
         return res
 
-    kw = dict(workers=1, thread_limit=1, on_output=on_output)
+    kw = dict(workers=1, thread_limit=1, on_output=on_output, start_method=start_method)
     if mode == "async":
         async def main():
             async with Pool([fca], **kw) as pool:
@@ -74,20 +74,26 @@ CALLER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("mode", ["with", "async", "threaded"])
-def test_workers_inherit_nothing_of_the_callers_own(mode, tmp_path):
+@pytest.mark.parametrize(
+    "mode, start_method",
+    [("with", "fork"), ("async", "fork"), ("threaded", "fork"), ("with", "forkserver")],
+)
+def test_workers_inherit_nothing_of_the_callers_own(mode, start_method, tmp_path):
     out, marker = tmp_path / "out.json", tmp_path / "atexit"
     script = CALLER.format(root=ROOT)
     proc = subprocess.run(
-        [sys.executable, "-c", script, mode, str(out), str(marker)],
+        [sys.executable, "-c", script, mode, str(out), str(marker), start_method],
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert proc.returncode == 0, proc.stderr
     res = json.loads(out.read_text())
-    # one thread: forked from the caller; another thread running: spawned
-    assert res["forked_caller"] is (mode != "threaded")
+    # "fork" and one thread: forked from the caller; another thread running: spawned, and
+    # said; the default ("forkserver") never forks the caller
+    forked = start_method == "fork" and mode != "threaded"
+    assert res["forked_caller"] is forked
+    assert ("start_method='fork'" in proc.stderr) is (start_method == "fork" and not forked)
     assert res["pid"] != res["server_pid"]
     assert res["sigterm_default"], "the caller's SIGTERM handler reached the worker"
     assert res["context"] == "unset", "the caller's context variables reached the worker"
@@ -130,7 +136,7 @@ def test_an_in_process_pool_uses_the_fork_path_only_when_it_is_safe():
     # this test process may have threads (pytest plugins, numpy): whatever it has, the pool
     # must have chosen by it, and work
     expected = caller_can_fork()
-    with Pool([fca], workers=1) as pool:
+    with Pool([fca], workers=1, start_method="fork") as pool:
         assert pool._sup is not None and pool._sup._forkserver is not None
         assert pool._sup._forkserver.forked_caller is expected
         assert pool.run(fca.pid) in pool.worker_pids()

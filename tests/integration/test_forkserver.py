@@ -15,6 +15,7 @@ import sdk
 from pool import Pool
 from pool._forkserver import _wait_status
 from tests.integration import activities as acts
+from tests.integration import warm_activities
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,6 +47,9 @@ def test_workers_by_either_method_run_and_report_their_exit(method):
         assert isinstance(crash, sdk.WorkerCrashedError)
         assert crash.signal == signal.SIGKILL and crash.exitcode is None
         assert list(pool.map(acts.echo, [1, 2, 3])) == [1, 2, 3]
+        deadline = time.monotonic() + 10  # the second replacement may still be starting
+        while len(pool.worker_pids()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert len(pool.worker_pids()) == 2
     if server is not None:
         assert not psutil.pid_exists(server) or psutil.Process(server).status() == "zombie"
@@ -91,11 +95,18 @@ def test_wait_status_matches_waitpid():
 
 
 @pytest.mark.parametrize("workers", [1, 3])
-def test_a_fork_server_that_cannot_start_leaves_the_pool_spawning(monkeypatch, workers):
-    from pool import _process
+@pytest.mark.parametrize("how", ["spawned", "forked from the caller"])
+def test_a_fork_server_that_cannot_start_leaves_the_pool_spawning(monkeypatch, workers, how):
+    from pool import _forkserver, _process, _supervisor
 
-    monkeypatch.setattr(_process, "FORKSERVER_BOOT", "import sys; sys.exit(3)")
-    with Pool([acts], workers=workers) as pool:
+    if how == "spawned":
+        method = "forkserver"
+        monkeypatch.setattr(_process, "FORKSERVER_BOOT", "import sys; sys.exit(3)")
+    else:  # (the child exits at once: safe even if this process has threads)
+        method = "fork"
+        monkeypatch.setattr(_supervisor, "caller_can_fork", lambda: True)
+        monkeypatch.setattr(_forkserver, "main_forked", lambda *args: 3)
+    with Pool([acts], workers=workers, start_method=method) as pool:
         assert _fork_server_pid(pool) is None
         assert {psutil.Process(p).ppid() for p in pool.worker_pids()} == {os.getpid()}
         assert list(pool.map(acts.echo, range(10))) == list(range(10))
@@ -108,3 +119,30 @@ def test_atexit_handlers_of_activity_modules_run_when_a_worker_stops(method, tmp
     with Pool([acts], workers=1, start_method=method) as pool:
         pid = pool.run(acts.write_at_exit, str(marker))
     assert marker.read_text() == str(pid)  # the worker ran it on its way out
+
+
+def test_a_spawned_fork_server_imports_the_stdlib_modules_workers_need():
+    # a fresh fork server has neither module. `decimal`, which the activity module imports
+    # itself, it imports before the first fork; `fractions`, imported by a module the activity
+    # module imports, the first worker reports at READY, and a replacement has it
+    with Pool([warm_activities], workers=1) as pool:
+        assert pool._sup is not None and pool._sup._forkserver is not None
+        assert not pool._sup._forkserver.forked_caller
+        first, preloaded = pool.run(warm_activities.preloaded)
+        assert preloaded == {"decimal": True, "fractions": False}
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pid, preloaded = pool.run(warm_activities.preloaded)
+            if pid != first:
+                break
+        assert pid != first and preloaded == {"decimal": True, "fractions": True}
+
+
+def test_stdlib_imported_by_names_modules_and_the_modules_of_imported_names():
+    from pool._supervisor import stdlib_imported_by
+
+    found = stdlib_imported_by([warm_activities.__name__, "no.such.module"])
+    assert {"decimal", "os", "sys"} <= set(found)
+    assert "fractions" not in found  # only through warm_helper, which is not stdlib
+    assert "tests" not in found and "sdk" not in found

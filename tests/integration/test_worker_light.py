@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,26 +106,12 @@ def _startup_modules() -> set[str]:
 
 @contextlib.contextmanager
 def _fresh_worker_pool(module: object) -> Iterator[Pool]:
-    """A pool whose fork server is a fresh interpreter, as a script with threads gets.
-
-    Started while a second thread runs, so the fork server is spawned, not forked from this
-    (pytest's) process: a worker forked from the caller has the caller's modules, by design.
-    """
-    stop = threading.Event()
-    thread = threading.Thread(target=stop.wait)
-    thread.start()
-    try:
-        pool = Pool([module], workers=1)
-        pool.__enter__()
-    finally:
-        stop.set()
-        thread.join()
-    try:
+    """A default pool: its fork server is a fresh interpreter (with ``start_method="fork"`` a
+    worker would have this process's modules, by design)."""
+    with Pool([module], workers=1) as pool:
         assert pool._sup is not None and pool._sup._forkserver is not None
         assert not pool._sup._forkserver.forked_caller
         yield pool
-    finally:
-        pool.close()
 
 
 def test_worker_does_not_import_supervisor_code():
