@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 
+import psutil
 import pytest
 
 from pool import Pool
@@ -47,22 +48,35 @@ CALLER = textwrap.dedent(
     def on_output(worker_id, name, text):
         lines.append(text)
 
-    def after(pool, res):
+    def after(pool, workers):
+        res = {{"workers": workers}}
         res["forked_caller"] = pool._sup._forkserver.forked_caller
         res["server_pid"] = pool._sup._forkserver.pid
         os.close(w)  # nobody else may hold the write end: EOF now
         res["eof"] = bool(select.select([r], [], [], 2.0)[0]) and os.read(r, 1) == b""
         return res
 
+    # the first worker (forked from the caller with "fork"), then, after a kill, a replacement
+    # (forked by the fork server)
     kw = dict(workers=1, thread_limit=1, on_output=on_output, start_method=start_method)
     if mode == "async":
         async def main():
             async with Pool([fca], **kw) as pool:
-                return after(pool, await pool.execute(fca.inherited, w))
+                first = await pool.execute(fca.inherited, w)
+                os.kill(first["pid"], signal.SIGKILL)
+                second = first
+                while second["pid"] == first["pid"]:
+                    second = await pool.execute(fca.inherited, w)
+                return after(pool, [first, second])
         res = asyncio.run(main())
     else:
         with Pool([fca], **kw) as pool:
-            res = after(pool, pool.run(fca.inherited, w))
+            first = pool.run(fca.inherited, w)
+            os.kill(first["pid"], signal.SIGKILL)
+            second = first
+            while second["pid"] == first["pid"]:
+                second = pool.run(fca.inherited, w)
+            res = after(pool, [first, second])
     stop.set()
     res["pipe_target"] = pipe_target
     res["caller_pid"] = os.getpid()
@@ -94,19 +108,20 @@ def test_workers_inherit_nothing_of_the_callers_own(mode, start_method, tmp_path
     forked = start_method == "fork" and mode != "threaded"
     assert res["forked_caller"] is forked
     assert ("start_method='fork'" in proc.stderr) is (start_method == "fork" and not forked)
-    assert res["pid"] != res["server_pid"]
-    assert res["sigterm_default"], "the caller's SIGTERM handler reached the worker"
-    assert res["context"] == "unset", "the caller's context variables reached the worker"
-    assert res["asyncio_run"] == 42, "the caller's running loop reached the worker"
-    assert res["omp"] == "1"
-    assert res["stdout_fd"] == 1
-    # the caller's pipe is not held open by the fork server or the worker
-    assert res["fd_target"] != res["pipe_target"]
+    for worker in res["workers"]:  # the first one, and a replacement the server forked
+        assert worker["pid"] != res["server_pid"]
+        assert worker["sigterm_default"], "the caller's SIGTERM handler reached the worker"
+        assert worker["context"] == "unset", "the caller's context variables reached the worker"
+        assert worker["asyncio_run"] == 42, "the caller's running loop reached the worker"
+        assert worker["omp"] == "1"
+        assert worker["stdout_fd"] == 1
+        # the caller's pipe is not held open by the fork server or the worker
+        assert worker["fd_target"] != res["pipe_target"]
     assert res["eof"]
     # the worker prints to its own stdout, which the pool relays; not into the caller's object
     assert "printed by the worker" in res["relayed"]
     assert "printed by the worker" not in res["captured"]
-    # the caller's atexit handler ran once, in the caller, not in the worker or the server
+    # the caller's atexit handler ran once, in the caller, not in a worker or the server
     assert marker.read_text().split() == [str(res["caller_pid"])]
 
 
@@ -139,4 +154,8 @@ def test_an_in_process_pool_uses_the_fork_path_only_when_it_is_safe():
     with Pool([fca], workers=1, start_method="fork") as pool:
         assert pool._sup is not None and pool._sup._forkserver is not None
         assert pool._sup._forkserver.forked_caller is expected
-        assert pool.run(fca.pid) in pool.worker_pids()
+        worker = pool.run(fca.pid)
+        assert worker in pool.worker_pids()
+        # forked from the caller: the first workers are its own children, beside the server
+        parent = psutil.Process(worker).ppid()
+        assert parent == (os.getpid() if expected else pool._sup._forkserver.pid)
