@@ -38,10 +38,6 @@ import sys
 
 from pool import _worker
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import NoReturn
-
 _FORK = struct.Struct("<Q")
 _FORKED = struct.Struct("<Qi")
 _PID = struct.Struct("<i")
@@ -54,28 +50,6 @@ def _fork_worker(fds: tuple[int, int, int], supervisor: int, closing: list[int])
     pid = os.fork()
     if pid:
         return pid
-    become_worker(fds, supervisor, closing)
-
-
-def fork_worker_from_caller(fds: tuple[int, int, int], env: dict[str, str]) -> int:
-    """Fork a worker straight from the (single-threaded) caller, as ``ForkServer`` with
-    ``fork_caller`` forks the server: the pool's first workers need not wait for the server."""
-    supervisor = os.getpid()
-    pid = os.fork()
-    if pid:
-        return pid
-    try:
-        _shed_caller_state(set(fds), env)
-        import contextvars
-
-        # a fresh context: no ambient pool, session or activity of the caller's
-        contextvars.Context().run(become_worker, fds, supervisor, [])
-    finally:
-        os._exit(1)  # (become_worker exits itself; this is for a failure before it)
-
-
-def become_worker(fds: tuple[int, int, int], supervisor: int, closing: list[int]) -> NoReturn:
-    """In a child just forked: become a worker on these fds and exit when it is done."""
     code = 1
     try:
         os.setsid()
@@ -114,6 +88,7 @@ def become_worker(fds: tuple[int, int, int], supervisor: int, closing: list[int]
             except Exception:
                 pass
         os._exit(code)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def serve(sock_fd: int, supervisor: int) -> int:
@@ -240,15 +215,14 @@ def main_forked(sock_fd: int, supervisor: int, env: dict[str, str]) -> int:
     ``fork_caller``, only while the caller has one thread). Shed what belongs to the caller so
     a worker forked from here starts as a spawned one would, then serve."""
     os.setsid()
-    _shed_caller_state({sock_fd}, env)
+    _shed_caller_state(sock_fd, env)
     import contextvars
 
     # a fresh context: no ambient pool, session or activity of the caller's
     return contextvars.Context().run(main, [str(sock_fd), str(supervisor)])
 
 
-def _shed_caller_state(keep: set[int], env: dict[str, str]) -> None:
-    """What a forked fork server (or first worker) drops of the caller's; see main_forked."""
+def _shed_caller_state(keep_fd: int, env: dict[str, str]) -> None:
     import atexit
     import gc
     import stat
@@ -279,7 +253,7 @@ def _shed_caller_state(keep: set[int], env: dict[str, str]) -> None:
     os.dup2(null, 1)
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd <= 2 or fd == null or fd in keep:
+        if fd <= 2 or fd in (keep_fd, null):
             continue
         try:
             regular = stat.S_ISREG(os.fstat(fd).st_mode)

@@ -255,41 +255,17 @@ def caller_can_fork() -> bool:
         return False
 
 
-def _before_forking_caller() -> None:
-    from pool import _worker
+def _fork_server(ours: socket.socket, theirs: socket.socket, env: dict[str, str]) -> int:
+    """Fork this (single-threaded) process into the fork server; return its pid."""
+    from pool import _forkserver, _worker
 
-    _worker.load_prctl()  # here, before the fork: the children inherit it
+    _worker.load_prctl()  # here, before the fork: the server and its workers inherit it
+
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         # what is buffered would otherwise be written again by the child's copy
         with contextlib.suppress(Exception):
             if stream is not None:
                 stream.flush()
-
-
-def fork_worker_from_caller(env: dict[str, str]) -> WorkerProcess:
-    """A worker forked straight from this (single-threaded) process, beside a fork server
-    forked from it: the pool's first workers need not wait for the server to fork them."""
-    from pool import _forkserver
-
-    _before_forking_caller()
-    child_fds, (req_w, rep_r, out_r) = _worker_pipes()
-    try:
-        pid = _forkserver.fork_worker_from_caller(child_fds, env)
-    except BaseException:
-        for fd in (req_w, rep_r, out_r):
-            os.close(fd)
-        raise
-    finally:
-        for fd in child_fds:
-            os.close(fd)
-    return WorkerProcess(pid, req_w, rep_r, out_r, _pidfd(pid))
-
-
-def _fork_server(ours: socket.socket, theirs: socket.socket, env: dict[str, str]) -> int:
-    """Fork this (single-threaded) process into the fork server; return its pid."""
-    from pool import _forkserver
-
-    _before_forking_caller()
     parent = os.getpid()
     pid = os.fork()
     if pid:
@@ -355,8 +331,6 @@ class ForkServer:
         # caller's modules, and needs none
         self._warm_sent: set[str] = set()
         self._report_asked = fork_caller
-        # workers forked from the caller with it (fork_worker_from_caller), not yet adopted
-        self.preforked: list[WorkerProcess] = []
         ours.setblocking(False)
         self.sock = ours
         self.pidfd = _pidfd(self.pid)
@@ -467,13 +441,7 @@ class ForkServer:
                 self.sock.send(b"R" + struct.pack("<i", proc.pid))
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the server: it kills and reaps the workers it still has, then exits. Kill and
-        reap the pre-forked workers nobody adopted."""
-        leftovers, self.preforked = self.preforked, []
-        for proc in leftovers:
-            proc.kill_tree()
-            proc.close_fds()
-            proc.wait()
+        """Stop the server: it kills and reaps the workers it still has, then exits."""
         with contextlib.suppress(OSError):
             self.sock.close()
         self.dead = True

@@ -45,14 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pool._events import PoolEvent, Stats
-from pool._process import (
-    ForkServer,
-    WorkerProcess,
-    caller_can_fork,
-    fork_worker_from_caller,
-    spawn_worker,
-    worker_env,
-)
+from pool._process import ForkServer, WorkerProcess, caller_can_fork, spawn_worker, worker_env
 from pool._protocol import (
     FailureInfo,
     Frame,
@@ -189,23 +182,11 @@ def early_forkserver(config: SupervisorConfig) -> ForkServer | None:
             "deadlock the fork server on a lock another thread holds; starting a fresh one"
         )
         return None
-    env = worker_environment(config)
-    # the first workers too, straight from here (in parallel with the server's start), then
-    # the server, which forks the later ones
-    workers: list[WorkerProcess] = []
     try:
-        for _ in range(config.workers + config.spares):
-            workers.append(fork_worker_from_caller(env))
-        fs = ForkServer(env, fork_caller=True)
+        return ForkServer(worker_environment(config), fork_caller=True)
     except OSError as exc:
         log.warning("could not fork the fork server (%s): spawning it", exc)
-        for proc in workers:
-            proc.kill_tree()
-            proc.close_fds()
-            proc.wait()
         return None
-    fs.preforked = workers
-    return fs
 
 
 class Supervisor:
@@ -515,9 +496,6 @@ class Supervisor:
         if slot is None or slot.state is not WorkerState.STARTING:
             return  # gone before it started (pool cancelled, start timeout)
         fs = self._forkserver
-        if fs is not None and fs.preforked:
-            self._adopt(worker_id, fs.preforked.pop(0))  # forked from the caller at start
-            return
         if fs is not None and not fs.dead:
             try:
                 fs.request(worker_id)  # answered in _on_forkserver

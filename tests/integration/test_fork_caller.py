@@ -156,6 +156,6 @@ def test_an_in_process_pool_uses_the_fork_path_only_when_it_is_safe():
         assert pool._sup._forkserver.forked_caller is expected
         worker = pool.run(fca.pid)
         assert worker in pool.worker_pids()
-        # forked from the caller: the first workers are its own children, beside the server
-        parent = psutil.Process(worker).ppid()
-        assert parent == (os.getpid() if expected else pool._sup._forkserver.pid)
+        # either way the workers are the fork server's children, and it is ours
+        assert psutil.Process(worker).ppid() == pool._sup._forkserver.pid
+        assert psutil.Process(pool._sup._forkserver.pid).ppid() == os.getpid()
