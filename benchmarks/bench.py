@@ -549,29 +549,27 @@ def _ap_fork(events: bool = True) -> Contender:
     return ActivityPool(name="activitypool start_method=fork", events=events, start_method="fork")
 
 
-def _threads() -> int:
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return 0  # not Linux: nobody here forks by thread count
+FRESH = "ACTIVITYPOOL_BENCH_FRESH"  # set in the fresh interpreter such a row runs in
 
 
-def _row_in_fresh_interpreter(cfg: Config, row: RowResult, threads: int) -> None:
+def _row_in_fresh_interpreter(cfg: Config, row: RowResult) -> None:
     """Run this row in a fresh interpreter and take its cells.
 
     Cold start and worker memory depend on the caller: with ``start_method="fork"`` activitypool
-    forks its fork server from a caller with one thread (and spawns it otherwise), and the fork
-    peers fork the caller whatever it runs. This interpreter has threads by now (numpy's BLAS
-    pool, from the payload rows), so every contender is measured from a caller that has
-    imported only the pools and the activities.
+    forks its fork server from the caller (if it has one thread), and the fork peers fork the
+    caller whatever it runs, so their speed and memory follow its size. By the time these rows
+    run, this interpreter holds numpy, the payloads' garbage and maybe BLAS threads; every
+    contender is measured instead from a caller that has imported only the pools and the
+    activities, the same in every run.
     """
-    why = f"measured in a fresh interpreter (this one had {threads} threads)"
+    why = "measured in a fresh interpreter (the caller: the pools and the activities imported)"
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "coldstart.json"
+        out = Path(tmp) / f"{row.key}.json"
         argv = [sys.executable, "-m", "benchmarks.bench", "--only", row.key, "--json", str(out)]
         if cfg == QUICK:
             argv.append("--quick")
-        proc = subprocess.run(argv, stdout=subprocess.DEVNULL, timeout=600)
+        env = {**os.environ, FRESH: "1"}
+        proc = subprocess.run(argv, stdout=subprocess.DEVNULL, timeout=600, env=env)
         if proc.returncode != 0 or not out.exists():
             raise RuntimeError(f"the fresh interpreter failed (exit {proc.returncode})")
         doc = json.loads(out.read_text())
@@ -581,19 +579,17 @@ def _row_in_fresh_interpreter(cfg: Config, row: RowResult, threads: int) -> None
             if "na" in got:
                 cells[key] = NotAvailable(got["na"])
             else:
-                cells[key] = Summary(
-                    list(got["values"]), "; ".join(filter(None, [got["note"], why]))
-                )
+                note = "; ".join(filter(None, [got["note"], why]))
+                cells[key] = Summary(list(got["values"]), note)
 
 
 def _moved_to_fresh_interpreter(cfg: Config, row: RowResult) -> bool:
-    """For rows that depend on the caller (cold start, memory): if this interpreter has threads,
-    run the row in a fresh one instead (and say so)."""
-    threads = _threads()
-    if threads > 1:
-        _row_in_fresh_interpreter(cfg, row, threads)
-        return True
-    return False
+    """For rows that depend on the caller (cold start, memory): run the row in a fresh
+    interpreter, unless this is it."""
+    if os.environ.get(FRESH) == "1":
+        return False
+    _row_in_fresh_interpreter(cfg, row)
+    return True
 
 
 def row_coldstart(cfg: Config, row: RowResult) -> None:
