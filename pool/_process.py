@@ -373,7 +373,7 @@ class ForkServer:
             except OSError:
                 msg = b""
             if not msg:
-                events.append(("gone", self._lost()))
+                events.append(("gone", self.lost()))
                 break
             tag, body = msg[:1], msg[1:]
             if tag == b"U":
@@ -402,8 +402,9 @@ class ForkServer:
                     events.append(("exited", gone))
         return events
 
-    def _lost(self) -> list[object]:
-        """The server is gone (its workers die with it): what it never answered."""
+    def lost(self) -> list[object]:
+        """The server is gone (its workers die with it): what it never answered. Once: the
+        requests are forgotten."""
         self.dead = True
         keys = [key for key, _ in self._pending.values()]
         for _, fds in self._pending.values():

@@ -563,10 +563,14 @@ class Supervisor:
         with contextlib.suppress(Exception):
             self.loop.remove_reader(fs.fileno())
         self._forkserver = None
+        unanswered = fs.lost()  # (empty if its EOF was read: then the caller spawns those)
         fs.close(timeout=1.0)
         for handle in list(self.handles.values()):
             if handle.eof and not handle.gone:
                 self._watch_exit(handle)  # was waiting for the server's report
+        for worker_id in unanswered:  # asked for and never forked: spawn them instead
+            assert isinstance(worker_id, int)
+            self._spawn_now(worker_id)
 
     def _drain_replies(self, handle: WorkerHandle) -> None:
         """Read a dead worker's reply pipe to the end (its last frames, then EOF)."""

@@ -146,3 +146,30 @@ def test_stdlib_imported_by_names_modules_and_the_modules_of_imported_names():
     assert {"decimal", "os", "sys"} <= set(found)
     assert "fractions" not in found  # only through warm_helper, which is not stdlib
     assert "tests" not in found and "sdk" not in found
+
+
+def test_requests_a_failing_fork_server_never_answered_are_spawned(monkeypatch):
+    # the first request is taken and never answered (the server died after reading it); the
+    # second one fails to send: the pool drops the server and must spawn both, not just the
+    # second (it used to wait for the first forever)
+    from pool import _process
+    from pool._process import ForkServer
+
+    asked: list[object] = []
+
+    def request(self: ForkServer, key: object) -> None:
+        asked.append(key)
+        if len(asked) == 1:
+            child_fds, ours = _process._worker_pipes()
+            for fd in child_fds:
+                os.close(fd)
+            self._pending[10**6] = (key, ours)
+            return
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(ForkServer, "request", request)
+    with Pool([acts], workers=3) as pool:
+        assert len(asked) == 2
+        assert {psutil.Process(p).ppid() for p in pool.worker_pids()} == {os.getpid()}
+        assert len(pool.worker_pids()) == 3
+        assert list(pool.map(acts.echo, range(6))) == list(range(6))

@@ -48,11 +48,13 @@ async def test_no_spin_while_other_calls_are_in_flight():
         async def stream(offset: int) -> list[int]:
             return [await pool.execute(acts.echo, offset + i) for i in range(100)]
 
-        # two callers: two calls in flight nearly all the time (one alone only at the ends)
+        # two callers: two calls in flight most of the time. One is alone only when the other
+        # caller's reply came and it has not submitted yet (seen: up to ~13% of calls on a
+        # loaded machine); one caller alone spins for nearly every call
         a, b = await asyncio.gather(stream(0), stream(1000))
         during = sum(_spins(pool)) - before
     assert a == list(range(100)) and b == list(range(1000, 1100))
-    assert during < 20, f"{during} spins with two calls in flight"
+    assert during < 50, f"{during} spins for 200 calls, two callers at a time"
 
 
 async def test_a_slow_reply_after_fast_ones_is_left_to_the_loop():
