@@ -428,8 +428,8 @@ class Supervisor:
         handle = sent
         if len(self.scheduler.calls) != 1 or self.inbox or len(handle.in_pipe) != 1:
             return None
-        if handle.outbox or handle.eof:  # (the write is not complete, or it is gone)
-            return None
+        if handle.outbox or handle.eof or handle.gone or handle.proc.fds_closed:
+            return None  # (the write is not complete, or the worker is going or gone)
         took = self.scheduler.average_duration(handle.in_pipe[0][1])
         if took is None or took >= self.config.reply_spin:
             return None
