@@ -265,9 +265,10 @@ class Supervisor:
         self._forkserver = fs
         if fs is not None:
             self.loop.add_reader(fs.fileno(), self._on_forkserver)
-            # before the first fork: what the activity modules import from the standard library
-            # (the first worker reports the rest, such as what a third-party package needs)
-            fs.warm(stdlib_imported_by(self.config.preload))
+            if not fs.forked_caller:  # (forked from the caller, it has the caller's modules)
+                # before the first fork: what the activity modules import from the standard
+                # library (the first worker reports the rest, e.g. a third-party package's)
+                fs.warm(stdlib_imported_by(self.config.preload))
         self.scheduler.start(time.monotonic())
         self._after()
         await self._ready
@@ -416,16 +417,15 @@ class Supervisor:
             # to submit; then two calls are in flight and spinning would only delay it)
             self.loop.call_soon(self._spin_for_reply, spin)
 
-    def _spin_candidate(self, sent: WorkerHandle | None = None) -> WorkerHandle | None:
+    def _spin_candidate(self, handle: WorkerHandle | None = None) -> WorkerHandle | None:
         """The worker whose reply to spin for: it has the pool's only call, just sent, of an
         activity whose attempts take less than ``reply_spin`` on average. Calls one after
         another (``await pool.execute`` in a loop) then cost no loop wake-up per reply: on a
         VM a sleeping thread takes ~20 µs to wake, as long as a no-op call's work."""
-        if sent is None:
+        if handle is None:  # (the event's only write, which is about to be flushed)
             if len(self._dirty) != 1:
                 return None
-            sent = self._dirty[0]
-        handle = sent
+            handle = self._dirty[0]
         if len(self.scheduler.calls) != 1 or self.inbox or len(handle.in_pipe) != 1:
             return None
         if handle.outbox or handle.eof or handle.gone or handle.proc.fds_closed:
