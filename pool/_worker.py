@@ -37,6 +37,7 @@ from pool._protocol import (
     shm_supported,
     write_all,
 )
+from pool._worker_log import watch as watch_logging
 from sdk import _context
 from sdk._definition import ActivityDefinition, _provided
 from sdk._depends import ResourceCache
@@ -64,6 +65,9 @@ HEARTBEAT_WINDOW = 0.05
 CANCEL_SIGNAL = signal.SIGUSR1
 # A pipe write up to PIPE_BUF is atomic and, with a reader draining, completes in one call.
 SMALL_WRITE = 4096
+# How long a log record waits for the channel: past it the record is dropped (and logging
+# says so on stderr), as it could be a signal handler's, waiting for the write it interrupted.
+LOG_WRITE_WAIT = 10.0
 
 
 class _WorkerContext(_context.ActivityContext):
@@ -171,6 +175,15 @@ class Worker:
     def send(self, parts: list[bytes | memoryview]) -> None:
         with self._write_lock:
             write_all(self.wfd, parts)
+
+    def send_log(self, frame: bytes) -> None:
+        """Write a LOG frame, from any thread (the worker's logging handler calls this)."""
+        if not self._write_lock.acquire(timeout=LOG_WRITE_WAIT):
+            raise TimeoutError("the channel to the supervisor stayed busy: record dropped")
+        try:
+            write_all(self.wfd, [frame])
+        finally:
+            self._write_lock.release()
 
     def next_frame(self) -> Frame | None:
         while not self.pending:
@@ -316,6 +329,8 @@ class Worker:
             self.reader.peer = PeerSegments(self.supervisor)
         sys.path[:] = init["sys_path"]
         self.main_path = init.get("main_path")
+        # before any activity module runs: its records go to the caller's logging
+        watch_logging(self.send_log, init.get("log_levels") or {})
         for name in init.get("preload", ()):
             try:
                 self.import_module(name)
