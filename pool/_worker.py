@@ -37,7 +37,6 @@ from pool._protocol import (
     shm_supported,
     write_all,
 )
-from pool._worker_log import watch as watch_logging
 from sdk import _context
 from sdk._definition import ActivityDefinition, _provided
 from sdk._depends import ResourceCache
@@ -330,7 +329,7 @@ class Worker:
         sys.path[:] = init["sys_path"]
         self.main_path = init.get("main_path")
         # before any activity module runs: its records go to the caller's logging
-        watch_logging(self.send_log, init.get("log_levels") or {})
+        _watch_logging(self.send_log, init.get("log_levels") or {})
         for name in init.get("preload", ()):
             try:
                 self.import_module(name)
@@ -542,6 +541,63 @@ class Worker:
                 self.hb_next = time.monotonic() + self.hb_window
                 body, buffers = _dump_details(details, at)
                 write_all(self.wfd, encode(Kind.HEARTBEAT, seq, body, buffers=buffers))
+
+
+def _watch_logging(send: Any, levels: dict[str, int]) -> None:
+    """Forward ``logging`` records to the supervisor (``pool._worker_log``) from the moment
+    ``logging`` is imported: now if it is (a worker forked from its caller), else on import."""
+    if "logging" in sys.modules:
+        from pool._worker_log import install
+
+        install(send, levels)
+    else:
+        sys.meta_path.insert(0, _LoggingImportHook(send, levels))
+
+
+class _LoggingImportHook:
+    """On ``sys.meta_path`` until ``logging`` is imported; then has the ``logging`` package's
+    loader call :func:`pool._worker_log.install` right after the package has run, before the
+    import statement returns."""
+
+    def __init__(self, send: Any, levels: dict[str, int]) -> None:
+        self.send = send
+        self.levels = levels
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "logging":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            find_spec = getattr(finder, "find_spec", None)
+            spec = find_spec(name, path, target) if find_spec is not None else None
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _InstallAfter(spec.loader, self)
+        return spec
+
+
+class _InstallAfter:
+    """The ``logging`` package's own loader, and then the forwarding handler's install."""
+
+    def __init__(self, loader: Any, hook: _LoggingImportHook) -> None:
+        self._loader = loader
+        self._hook = hook
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        from pool._worker_log import install
+
+        install(self._hook.send, self._hook.levels)
+
+    def __getattr__(self, name: str) -> Any:  # get_source, get_filename, resource readers...
+        return getattr(self._loader, name)
 
 
 def _unmap_forever(boxes: Any) -> None:

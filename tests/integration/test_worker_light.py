@@ -28,6 +28,7 @@ pytestmark = pytest.mark.timeout(30)
 # sdk/_definition.py and pool/_worker.py import them where they are needed.
 LAZY = {
     "logging",  # sdk: only to report a failing teardown or session callback
+    "pool._worker_log",  # worker: forwards records once something has imported logging
     "uuid",  # sdk: only to name a new sticky session (in the caller, not the worker)
     "platform",  # imported by uuid
     "datetime",  # sdk: only when a timedelta is given (then the caller has imported it)
