@@ -549,7 +549,7 @@ def _watch_logging(send: Any, levels: dict[str, int]) -> None:
     if "logging" in sys.modules:
         from pool._worker_log import install
 
-        install(send, levels)
+        install(send, levels, os.getpid())
     else:
         sys.meta_path.insert(0, _LoggingImportHook(send, levels))
 
@@ -562,6 +562,8 @@ class _LoggingImportHook:
     def __init__(self, send: Any, levels: dict[str, int]) -> None:
         self.send = send
         self.levels = levels
+        # the worker's: a process an activity forks has this hook too, not the channel
+        self.pid = os.getpid()
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
         if name != "logging":
@@ -594,7 +596,8 @@ class _InstallAfter:
         self._loader.exec_module(module)
         from pool._worker_log import install
 
-        install(self._hook.send, self._hook.levels)
+        hook = self._hook
+        install(hook.send, hook.levels, hook.pid)
 
     def __getattr__(self, name: str) -> Any:  # get_source, get_filename, resource readers...
         return getattr(self._loader, name)

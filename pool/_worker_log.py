@@ -33,16 +33,19 @@ if TYPE_CHECKING:
 REPR_MAX = 1000
 
 
-def install(send: Callable[[bytes], None], levels: dict[str, int]) -> None:
-    """Forward this process's records through ``send`` (a LOG frame, as bytes). ``levels``:
-    logger name ("" for the root) -> level, the caller's, applied here too so that a record
-    the caller would drop is not sent."""
+def install(send: Callable[[bytes], None], levels: dict[str, int], pid: int) -> None:
+    """In the worker ``pid``: forward its records through ``send`` (a LOG frame, as bytes).
+    ``levels``: logger name ("" for the root) -> level, the caller's, applied here too so that
+    a record the caller would drop is not sent. In any other process (one an activity forked,
+    which inherited the import hook) nothing: the channel is not its own."""
+    if os.getpid() != pid:
+        return
     root = logging.getLogger()
     for handler in list(root.handlers):
         # here only when this worker was forked from a process with logging configured: those
         # handlers are that process's, which gets the records through the LOG frames
         root.removeHandler(handler)
-    root.addHandler(ForwardingHandler(send))
+    root.addHandler(ForwardingHandler(send, pid))
     for name, level in levels.items():
         (logging.getLogger(name) if name else root).setLevel(level)
 
@@ -50,10 +53,10 @@ def install(send: Callable[[bytes], None], levels: dict[str, int]) -> None:
 class ForwardingHandler(logging.Handler):
     """Sends each record to the supervisor as a LOG frame."""
 
-    def __init__(self, send: Callable[[bytes], None]) -> None:
+    def __init__(self, send: Callable[[bytes], None], pid: int) -> None:
         super().__init__()
         self._send = send
-        self._pid = os.getpid()
+        self._pid = pid  # the worker's
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

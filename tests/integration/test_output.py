@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import statistics
 import subprocess
 import sys
 import textwrap
@@ -123,6 +122,17 @@ def test_logging_imported_inside_an_activity_is_forwarded(caplog, start_method):
     assert len(lazy) == 1 and lazy[0].levelno == logging.WARNING
 
 
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+def test_a_child_forked_before_logging_was_imported_does_not_use_the_channel(caplog, start_method):
+    seen: list[str] = []
+    kw = {"workers": 1, "start_method": start_method, "on_output": lambda w, a, t: seen.append(t)}
+    with Pool([output_lazy_logging], **kw) as pool:
+        assert pool.run(output_lazy_logging.fork_then_log, 6) == 6
+        assert pool.run(output_lazy_logging.fork_then_log, 7) == 7
+    assert not [r for r in worker_records(caplog) if r.getMessage().startswith("child record")]
+    assert "child record 6" in seen and "child record 7" in seen  # printed by its own logging
+
+
 def run_script(tmp_path: Path, code: str) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(code))
@@ -171,11 +181,14 @@ def test_32_mib_without_a_newline_is_linear_and_stalls_no_call():
             latencies.append(time.perf_counter() - t)
         assert fut.result() == 32 << 20
         took = time.perf_counter() - start
-    # it took 5-8 s, stalling other calls by up to 250 ms, when each read was joined to the
-    # unfinished line
+    # When each read was joined to the unfinished line this took 5-14 s, and the other calls
+    # took 180 ms at the 90th percentile, up to 450 ms. Now ~1 ms and ~10 ms; the bounds leave
+    # room for a loaded machine's scheduling hiccups.
     assert took < 2.0, took
-    assert latencies and statistics.median(latencies) < 0.01, statistics.median(latencies)
-    assert max(latencies) < 0.1, max(latencies)
+    latencies.sort()
+    p90 = latencies[int(0.9 * len(latencies))]
+    assert p90 < 0.05, (p90, latencies[-1])
+    assert latencies[-1] < 0.25, latencies[-1]
     marker = cut_marker(64 * 1024).decode()
     assert len(lines) == 512
     assert all(line == "x" * 65536 + marker for line in lines[:-1]) and lines[-1] == "x" * 65536
