@@ -910,7 +910,7 @@ class Supervisor:
         try:
             stream.write("".join(f"{tag}{text}\n" for text in texts))
             stream.flush()
-        except (OSError, ValueError):  # closed or gone: nowhere to show it
+        except Exception:  # closed, gone or broken: nowhere to show it, and the loop goes on
             pass
 
     def _on_log(self, handle: WorkerHandle, frame: Frame) -> None:
