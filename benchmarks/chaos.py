@@ -212,6 +212,14 @@ class Summary:
         if self._kinds[kind] <= EXAMPLES_PER_KIND:
             self.problems.append(text)
 
+    def check_deliveries(self, delivered: int, unanswered: int) -> None:
+        """The pool's count of outcomes it delivered, against the calls that got one: more
+        means some caller was answered twice (a future ignores the second answer)."""
+        answered = self.calls - unanswered
+        if delivered > answered:
+            self.duplicated += delivered - answered
+            self.problem("delivered twice", f"{delivered} outcomes delivered for {answered} calls")
+
     def line(self) -> str:
         return (
             f"chaos: calls={self.calls} kills={self.kills} retries={self.retries} "
@@ -225,7 +233,7 @@ class Summary:
         )
 
 
-class _Run:
+class ChaosRun:
     """One run's callers and checks (on the pool's loop)."""
 
     def __init__(self, pool: Pool, summary: Summary, log: str) -> None:
@@ -288,7 +296,7 @@ class _Run:
                     )
                 else:
                     s.ok += 1
-        elif call.fault == "fail" and _is_planned_failure(exc, call.key):
+        elif call.fault == "fail" and is_planned_failure(exc, call.key):
             s.failed_as_planned += 1
         else:
             s.lost += 1
@@ -407,7 +415,7 @@ async def run_chaos(
             on_event=killer.on_event,
         )
         async with pool:
-            run = _Run(pool, summary, log)
+            run = ChaosRun(pool, summary, log)
             stop_at = None if seconds is None else t0 + seconds
             n_callers = min(CALLERS_PER_WORKER * workers, len(jobs)) or 1
             with killer.killing(pool):
@@ -421,13 +429,7 @@ async def run_chaos(
                 )
                 await pool.aclose(cancel=True)
             stats = pool.stats()
-        delivered = stats.completed + stats.failed
-        answered = summary.calls - len(run.outstanding)
-        if delivered > answered:
-            summary.duplicated += delivered - answered
-            summary.problem(
-                "delivered twice", f"{delivered} outcomes delivered for {answered} calls"
-            )
+        summary.check_deliveries(stats.completed + stats.failed, len(run.outstanding))
         run.read_log()
     summary.kills = killer.sent
     summary.deadline_kills = killer.count("worker_killed")
@@ -437,7 +439,7 @@ async def run_chaos(
     return summary
 
 
-async def _watch(tasks: list[asyncio.Future[None]], run: _Run, stall: float) -> None:
+async def _watch(tasks: list[asyncio.Future[None]], run: ChaosRun, stall: float) -> None:
     """Wait for the callers; stop them if no call has had an outcome for ``stall`` seconds."""
     pending = set(tasks)
     while pending:
@@ -452,7 +454,7 @@ async def _watch(tasks: list[asyncio.Future[None]], run: _Run, stall: float) -> 
     run.outstanding = stalled
 
 
-def _is_planned_failure(exc: BaseException, key: int) -> bool:
+def is_planned_failure(exc: BaseException, key: int) -> bool:
     cause = exc.__cause__
     return (
         isinstance(exc, ActivityError)
