@@ -122,7 +122,12 @@ class RandomKiller:
             n += 1
             if self._stop.wait(self.rng.uniform(*self.gap)):
                 return
-            pids = sorted(self.ready.intersection(pool.worker_pids()))
+            try:
+                pids = sorted(self.ready.intersection(pool.worker_pids()))
+            except RuntimeError:
+                # an ``async with`` pool answers worker_pids() from this thread, reading the
+                # supervisor's dict while its loop changes it: skip this round
+                continue
             if pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.rng.choice(pids), signal.SIGKILL)
