@@ -21,6 +21,7 @@ import pytest
 
 import sdk
 from pool import Pool
+from pool._tree import marked
 from tests.integration import orphan_activities as oa
 
 pytestmark = pytest.mark.timeout(30)
@@ -48,6 +49,11 @@ def _still_alive_after(pids: list[int], grace: float = GRACE) -> list[int]:
     for pid in alive:
         os.kill(pid, signal.SIGKILL)
     return alive
+
+
+def _marked_by(supervisor: int) -> list[int]:
+    """Live processes carrying the marker of a pool of ``supervisor``."""
+    return [pid for pid, pool_id in marked().items() if pool_id.startswith(f"{supervisor}.")]
 
 
 def _read_pids(pidfile: str) -> list[int]:
@@ -118,8 +124,13 @@ def _supervisor_dies(signum: int) -> Callable[[str, str], list[int]]:
         with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE) as proc:
             assert proc.stdout is not None
             pids = [int(p) for p in proc.stdout.readline().split()]
+            assert _marked_by(proc.pid)  # (what the activity started carries the pool marker)
             os.kill(proc.pid, signum)
             proc.wait()
+        deadline = time.monotonic() + GRACE
+        while _marked_by(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert not _marked_by(proc.pid), "processes of the dead supervisor's pool outlived it"
         return pids
 
     return kill_supervisor
