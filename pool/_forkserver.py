@@ -34,8 +34,9 @@ worker and everything under them, reaps it all, and only then exits. What it can
 process itself SIGKILLed (its workers die by their own parent-death signal, their orphans go to
 init).
 
-Only ``_socket``, ``select`` and ``struct`` beyond what a worker imports: a forked worker
-inherits this process's modules, and must stay as light as a spawned one.
+Only ``_socket``, ``select``, ``struct`` and ``pool._tree`` (``os`` only) beyond what a worker
+imports: a forked worker inherits this process's modules, and must stay as light as a spawned
+one.
 """
 
 from __future__ import annotations
@@ -122,10 +123,11 @@ def _spawner(boot: str) -> StartWorker:
         os.set_inheritable(req_r, True)
         os.set_inheritable(rep_w, True)
         argv = [sys.executable, "-c", boot, str(req_r), str(rep_w), str(os.getpid())]
+        argv.append(str(supervisor))
         return os.posix_spawn(
             sys.executable,
-            [*argv, str(supervisor)],
-            os.environ,
+            argv,
+            os.environ,  # the workers' environment (the supervisor started us with it)
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_DUP2, out_w, 1),
@@ -192,10 +194,11 @@ def _sweep_all(workers: set[int]) -> None:
     here), then reap until no child is left, so nothing outlives this process."""
     me = os.getpid()
     for pid in workers:
-        try:
-            os.killpg(pid, signal.SIGKILL)  # (the worker's session: cheap, and catches all)
-        except OSError:
-            pass
+        for kill in (os.killpg, os.kill):  # (the worker's group, then the worker itself)
+            try:
+                kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
     while True:
         for pid in _tree.children(me):
             _tree.kill_tree(pid)
