@@ -40,7 +40,6 @@ def _alive(pid: int) -> bool:
 
 def _still_alive_after(pids: list[int], grace: float = GRACE) -> list[int]:
     """The pids still running ``grace`` seconds from now (killed then, so none leaks)."""
-    assert len(pids) == 4 and all(pid > 0 for pid in pids)
     deadline = time.monotonic() + grace
     alive = pids
     while alive and time.monotonic() < deadline:
@@ -174,5 +173,32 @@ def _cases() -> list[object]:
 @pytest.mark.parametrize(("method", "reason"), _cases())
 def test_what_an_activity_started_dies_with_its_worker(method, reason, tmp_path):
     pids = REASONS[reason](method, str(tmp_path))
+    assert len(pids) == 4 and all(pid > 0 for pid in pids)
     alive = _still_alive_after(pids)
     assert not alive, f"outlived their worker ({method}, {reason}): {alive} of {pids}"
+
+
+@pytest.mark.parametrize("children_files", [True, False], ids=["proc-children", "stat-scan"])
+def test_the_process_tree_is_read_with_or_without_proc_children_files(monkeypatch, children_files):
+    from pool import _tree
+
+    if not os.path.exists(f"/proc/self/task/{os.getpid()}/children"):
+        pytest.skip("this kernel has no /proc/PID/task/TID/children")
+    monkeypatch.setattr(_tree, "_CHILDREN_FILES", children_files)
+    # a shell with a child of its own (which has the marker): a tree two levels deep
+    env = {**os.environ, "ACTIVITYPOOL_POOL_ID": "tree-test"}
+    shell = subprocess.Popen(["sh", "-c", "sleep 60 & wait"], env=env)
+    try:
+        deadline = time.monotonic() + 5
+        while not _tree.children(shell.pid) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        (sleeper,) = _tree.children(shell.pid)
+        assert shell.pid in _tree.children(os.getpid())
+        assert {shell.pid, sleeper} <= set(_tree.descendants(os.getpid()))
+        assert _tree.marked().get(sleeper) == "tree-test"
+        _tree.kill_tree(shell.pid)
+        assert shell.wait(5) == -signal.SIGKILL
+        assert not _still_alive_after([sleeper], 1.0)
+    finally:
+        shell.kill()
+        shell.wait()
