@@ -612,6 +612,12 @@ class Pool:
             lambda: sup.stats.snapshot(sup.scheduler.live_workers(), sup.scheduler.queued())
         )
 
+    @property
+    def pool_id(self) -> str:
+        """This pool's id: the value of ``ACTIVITYPOOL_POOL_ID`` in the environment of every
+        process it starts, which what an activity starts inherits (see docs/operations.md)."""
+        return self._config.pool_id
+
     def worker_pids(self) -> list[int]:
         """Pids of the live worker processes (a snapshot taken on the pool's loop)."""
         sup = self._sup

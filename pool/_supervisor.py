@@ -46,7 +46,14 @@ from typing import Any
 
 from pool._events import PoolEvent, Stats
 from pool._output import LineSplitter
-from pool._process import ForkServer, WorkerProcess, caller_can_fork, spawn_worker, worker_env
+from pool._process import (
+    ForkServer,
+    WorkerProcess,
+    caller_can_fork,
+    new_pool_id,
+    spawn_worker,
+    worker_env,
+)
 from pool._protocol import (
     FailureInfo,
     Frame,
@@ -133,6 +140,8 @@ class SupervisorConfig:
     # after sending the pool's only call, of an activity that takes less than this on average:
     # wait for its reply on the CPU (up to this long) instead of sleeping in the loop (0: never)
     reply_spin: float = 0.0
+    # in the environment of every process the pool starts (pool._tree.POOL_MARKER)
+    pool_id: str = field(default_factory=new_pool_id)
 
 
 _LINUX = sys.platform.startswith("linux")
@@ -141,7 +150,7 @@ _LINUX = sys.platform.startswith("linux")
 def worker_environment(config: SupervisorConfig) -> dict[str, str]:
     """The environment workers start with: ours, the BLAS thread limit, and this package on
     ``PYTHONPATH`` (for a spawned worker, and an activity's own subprocesses)."""
-    env = worker_env(config.thread_limit)
+    env = worker_env(config.thread_limit, config.pool_id)
     pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
     return env
@@ -263,9 +272,10 @@ class Supervisor:
         fs = self._forkserver
         if fs is None and not self._early_tried and _LINUX:
             fs = early_forkserver(self.config)  # (async with: this is the caller's thread)
-        if fs is None and self.config.start_method in ("forkserver", "fork") and _LINUX:
+        if fs is None and _LINUX:
             try:  # (it needs SOCK_SEQPACKET, waitid and pidfds: Linux)
-                fs = ForkServer(self._env)
+                # under spawn too: it spawns the workers, and reaps what they leave behind
+                fs = ForkServer(self._env, spawn=self.config.start_method == "spawn")
             except (OSError, AttributeError) as exc:
                 log.warning("no fork server (%s): workers are spawned one by one", exc)
         self._forkserver = fs

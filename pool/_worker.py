@@ -135,6 +135,15 @@ def _set_parent_death_signal(parent: int) -> None:
         os._exit(1)  # the supervisor died before we could register
 
 
+def _adopt_orphans() -> None:
+    """Be the subreaper of what our activities start: a daemon that double-forks stays under
+    this worker, so it goes with the worker (see pool._forkserver) instead of to init."""
+    prctl = load_prctl()
+    if prctl:
+        PR_SET_CHILD_SUBREAPER = 36
+        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
 class Worker:
     def __init__(self, rfd: int, wfd: int, supervisor: int) -> None:
         self.rfd = rfd
@@ -659,6 +668,7 @@ def main(argv: list[str]) -> int:
     global IN_WORKER
     IN_WORKER = True
     _set_parent_death_signal(parent)
+    _adopt_orphans()
     # Ctrl-C goes to the supervisor, which stops workers in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
