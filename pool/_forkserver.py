@@ -37,6 +37,7 @@ import struct
 import sys
 
 from pool import _worker
+from pool._fds import above_stdio
 
 _FORK = struct.Struct("<Q")
 _FORKED = struct.Struct("<Qi")
@@ -58,7 +59,7 @@ def _fork_worker(fds: tuple[int, int, int], supervisor: int, closing: list[int])
         for fd in closing:
             os.close(fd)
         req_r, rep_w, out_w = fds
-        null = os.open(os.devnull, os.O_RDONLY)
+        null = above_stdio(os.open(os.devnull, os.O_RDONLY))  # (closed below: not fd 2)
         os.dup2(null, 0)
         os.dup2(out_w, 1)
         os.dup2(out_w, 2)
@@ -93,7 +94,7 @@ def _fork_worker(fds: tuple[int, int, int], supervisor: int, closing: list[int])
 
 def serve(sock_fd: int, supervisor: int) -> int:
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0, sock_fd)
-    wake_r, wake_w = os.pipe()
+    wake_r, wake_w = (above_stdio(fd) for fd in os.pipe())
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # only to wake the poll below
@@ -199,7 +200,7 @@ def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     for level, kind, data in ancdata:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             usable = len(data) - len(data) % 4
-            fds.extend(struct.unpack(f"<{usable // 4}i", data[:usable]))
+            fds.extend(above_stdio(fd) for fd in struct.unpack(f"<{usable // 4}i", data[:usable]))
     return fds
 
 
@@ -248,9 +249,13 @@ def _shed_caller_state(keep_fd: int, env: dict[str, str]) -> None:
     # connections) must not be held open here, or their far ends would never see EOF, so each
     # becomes /dev/null in place: the number stays taken, so a caller's object that closes it
     # later cannot close one of ours. Regular files (log files) stay as they are.
-    null = os.open(os.devnull, os.O_RDWR)
+    null = above_stdio(os.open(os.devnull, os.O_RDWR))
     os.dup2(null, 0)
     os.dup2(null, 1)
+    try:
+        os.fstat(2)
+    except OSError:  # the caller closed its stderr: ours is /dev/null, never a pool fd
+        os.dup2(null, 2)
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd <= 2 or fd in (keep_fd, null):

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from pool._fds import FIRST, above_stdio
+
 # Variables through which BLAS/OpenMP libraries size their thread pools. N workers each
 # running numpy with one thread per core would oversubscribe the machine N times over.
 THREAD_LIMIT_VARS = (
@@ -182,12 +184,17 @@ def worker_env(thread_limit: int | None) -> dict[str, str]:
     return env
 
 
+def _pipe() -> tuple[int, int]:
+    r, w = os.pipe()
+    return above_stdio(r), above_stdio(w)
+
+
 def _worker_pipes() -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """(the worker's ends: request read, reply write, output write), (ours: request write,
     reply read, output read); ours are non-blocking and the channel's are grown."""
-    req_r, req_w = os.pipe()
-    rep_r, rep_w = os.pipe()
-    out_r, out_w = os.pipe()
+    req_r, req_w = _pipe()
+    rep_r, rep_w = _pipe()
+    out_r, out_w = _pipe()
     for fd in (req_w, rep_r, out_r):
         os.set_blocking(fd, False)
     for fd in (req_w, rep_r):
@@ -198,7 +205,7 @@ def _worker_pipes() -> tuple[tuple[int, int, int], tuple[int, int, int]]:
 def _pidfd(pid: int) -> int | None:
     if hasattr(os, "pidfd_open"):
         try:
-            return os.pidfd_open(pid)
+            return above_stdio(os.pidfd_open(pid))
         except OSError:
             return None
     return None
@@ -231,6 +238,12 @@ def spawn_worker(env: dict[str, str]) -> WorkerProcess:
     for fd in child_fds:
         os.close(fd)
     return WorkerProcess(pid, req_w, rep_r, out_r, _pidfd(pid))
+
+
+def _socket_above_stdio(sock: socket.socket) -> socket.socket:
+    if sock.fileno() >= FIRST:
+        return sock
+    return socket.socket(fileno=above_stdio(sock.detach()))
 
 
 def _decode_status(proc: WorkerProcess, status: int) -> None:
@@ -297,7 +310,9 @@ class ForkServer:
         """Start the server: ``posix_spawn`` a fresh interpreter, or, with ``fork_caller``
         (see ``caller_can_fork``), fork this process, which is much faster (no interpreter
         start, no imports) and lets workers share the caller's pages, as mp.Pool's do."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = (
+            _socket_above_stdio(s) for s in socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        )
         try:
             if fork_caller:
                 self.pid = _fork_server(ours, theirs, env)

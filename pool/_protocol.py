@@ -28,8 +28,11 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 from collections import namedtuple
+
+from pool._fds import StdioReserved
 
 # Not typing's TYPE_CHECKING, nor enum, dataclasses or typing.NamedTuple: every worker imports
 # this module, and those cost ~14 ms (with the re, inspect, ast and dis they bring).
@@ -312,14 +315,15 @@ class _Segment:
         self.id = seg_id
         self.keep = keep
         self.map: mmap.mmap | None = None
-        self.fd = os.memfd_create(f"activitypool-{seg_id}", os.MFD_CLOEXEC)
-        try:
-            os.ftruncate(self.fd, capacity)
-            if keep:
-                self.map = mmap.mmap(self.fd, capacity, flags=mmap.MAP_SHARED)
-        except BaseException:
-            os.close(self.fd)
-            raise
+        with StdioReserved():  # the memfd, and the duplicate of it the mmap keeps
+            self.fd = os.memfd_create(f"activitypool-{seg_id}", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(self.fd, capacity)
+                if keep:
+                    self.map = mmap.mmap(self.fd, capacity, flags=mmap.MAP_SHARED)
+            except BaseException:
+                os.close(self.fd)
+                raise
         self.capacity = capacity
 
     def write(self, chunks: list[bytes | memoryview]) -> None:
@@ -449,6 +453,8 @@ class PeerSegments:
         if len(ref) != _SEGREF.size:
             raise ProtocolError(f"bad shared-memory reference of {len(ref)} bytes")
         seg_id, fd, size, keep = _SEGREF.unpack(ref)
+        if not 0 < size < MAX_FRAME or keep > 1:
+            raise ProtocolError(f"bad shared-memory reference: {size} bytes, keep={keep}")
         if keep:
             mem = self._maps.get(seg_id)
             if mem is None or len(mem) < size:
@@ -467,22 +473,40 @@ class PeerSegments:
 
     def _map(self, fd: int, size: int, private: bool) -> mmap.mmap:
         path = f"/proc/{self.pid}/fd/{fd}"
+        with StdioReserved():  # the fd opened here, and the duplicate the mmap keeps
+            try:
+                # non-blocking: a reference to one of the peer's pipes must not block the open
+                # (opening a pipe through /proc waits for a writer, as a FIFO's open does)
+                sfd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            except FileNotFoundError:
+                if self._peer_has_fds():
+                    raise ProtocolError(f"the peer has no segment {path}") from None
+                raise SegmentGone(f"segment {path} is gone (its process exited)") from None
+            except OSError as exc:
+                raise ProtocolError(f"cannot open shared-memory segment {path}: {exc}") from None
+            try:
+                st = os.fstat(sfd)
+                if not stat.S_ISREG(st.st_mode):  # a memfd is a regular file; not a pipe, a tty
+                    raise ProtocolError(f"{path} is not a shared-memory segment")
+                length = st.st_size
+                if length < size:
+                    raise ProtocolError(f"segment {path} holds {length} bytes, not {size}")
+                if private:  # copy-on-write: arrays built on it are writable, and ours alone
+                    prot = mmap.PROT_READ | mmap.PROT_WRITE
+                    return mmap.mmap(sfd, length, flags=mmap.MAP_PRIVATE, prot=prot)
+                return mmap.mmap(sfd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            except (OSError, ValueError) as exc:
+                raise ProtocolError(f"cannot map shared-memory segment {path}: {exc}") from None
+            finally:
+                os.close(sfd)
+
+    def _peer_has_fds(self) -> bool:
+        """Whether the peer still holds fds: then one its frame names and that is missing was
+        never a segment. A process that has exited (a zombie, or reaped) holds none."""
         try:
-            sfd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise SegmentGone(f"segment {path} is gone (its process exited)") from None
-        except OSError as exc:
-            raise ProtocolError(f"cannot open shared-memory segment {path}: {exc}") from None
-        try:
-            length = os.fstat(sfd).st_size
-            if length < size:
-                raise ProtocolError(f"segment {path} holds {length} bytes, not {size}")
-            if private:  # copy-on-write: arrays built on it are writable, and ours alone
-                prot = mmap.PROT_READ | mmap.PROT_WRITE
-                return mmap.mmap(sfd, length, flags=mmap.MAP_PRIVATE, prot=prot)
-            return mmap.mmap(sfd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-        finally:
-            os.close(sfd)
+            return bool(os.listdir(f"/proc/{self.pid}/fd"))
+        except OSError:
+            return False
 
     def close(self) -> None:
         for mem in self._maps.values():

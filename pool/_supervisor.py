@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pool._events import PoolEvent, Stats
+from pool._fds import above_stdio
 from pool._process import ForkServer, WorkerProcess, caller_can_fork, spawn_worker, worker_env
 from pool._protocol import (
     FailureInfo,
@@ -239,7 +240,8 @@ class Supervisor:
         self._shm_probe: int | None = None
         if shm_supported():
             with contextlib.suppress(OSError):
-                self._shm_probe = os.memfd_create("activitypool-probe", os.MFD_CLOEXEC)
+                probe = os.memfd_create("activitypool-probe", os.MFD_CLOEXEC)
+                self._shm_probe = above_stdio(probe)
 
     # -- lifecycle (loop thread) -----------------------------------------------------------
     async def start(self) -> None:

@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 
+from pool._fds import StdioReserved
 from pool._protocol import (
     FailureInfo,
     Frame,
@@ -451,7 +452,8 @@ class Worker:
         if self.loop is None:
             import asyncio
 
-            self.loop = asyncio.new_event_loop()
+            with StdioReserved():  # its epoll fd and self-pipe are ours, not stdio
+                self.loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self.loop)
         return self.loop
 

@@ -176,18 +176,51 @@ def test_segments_are_kept_within_budget_and_one_offs_are_closed_on_release():
     assert _memfds() == before  # nothing open, nothing mapped
 
 
+# A process that puts a frame in a segment of its own, writes the frame and exits.
+_WRITE_AND_EXIT = """
+import os, pickle, sys
+from pool import _protocol as p
+parts = p.encode(p.Kind.RESULT, 3, pickle.dumps(os.urandom(p.SHM_MIN)), segments=p.Segments())
+sys.stdout.buffer.write(b"".join(bytes(x) for x in parts))
+"""
+
+
 @needs_shm
 def test_a_segment_whose_owner_is_gone_is_reported_as_such():
-    segments = p.Segments()
-    parts = p.encode(p.Kind.RESULT, 3, pickle.dumps(os.urandom(p.SHM_MIN)), segments=segments)
-    segments.close()  # as if its process had exited
-    peer = p.PeerSegments(os.getpid())
+    import subprocess
+    import sys
+
+    with subprocess.Popen([sys.executable, "-c", _WRITE_AND_EXIT], stdout=subprocess.PIPE) as proc:
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0  # and reaped: its pid names no process now
+    parts = [out]
+    peer = p.PeerSegments(proc.pid)
     with pytest.raises(p.SegmentGone):
-        peer.frame(p.Kind.RESULT, 3, wire(parts)[p.HEADER.size :], 0, 0)
+        peer.frame(p.Kind.RESULT, 3, out[p.HEADER.size :], 0, 0)
     # a reader drops that frame (the writer's death decides it) and keeps the ones around it
     blob = wire(p.encode(p.Kind.RESULT, 1, pickle.dumps(1))) + wire(parts)
     blob += wire(p.encode(p.Kind.RESULT, 2, pickle.dumps(2)))
     assert [f.load() for f in p.FrameReader(peer).feed(blob)] == [1, 2]
+
+
+@needs_shm
+def test_a_reference_to_what_a_live_peer_has_not_or_to_no_segment_is_a_protocol_error():
+    peer = p.PeerSegments(os.getpid())
+    r, w = os.pipe()
+    try:
+        os.close(w)  # a pipe without a writer: opening it through /proc must not wait for one
+        closed = os.dup(r)
+        os.close(closed)
+        for fd, why in ((closed, "has no segment"), (r, "not a shared-memory segment")):
+            ref = p._SEGREF.pack(1, fd, p.SHM_MIN, 1)
+            with pytest.raises(p.ProtocolError, match=why):
+                peer.frame(p.Kind.RESULT, 3, ref, 0, 0)
+        for size, keep in ((0, 1), (p.MAX_FRAME, 1), (p.SHM_MIN, 2)):
+            with pytest.raises(p.ProtocolError, match="bad shared-memory reference"):
+                peer.frame(p.Kind.RESULT, 3, p._SEGREF.pack(1, r, size, keep), 0, 0)
+    finally:
+        os.close(r)
+        peer.close()
 
 
 def test_small_frames_never_use_shared_memory():
