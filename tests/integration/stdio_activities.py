@@ -91,3 +91,17 @@ def pid() -> int:
 @activity(**NO_RETRY)
 def echo_len(data: bytes) -> int:
     return len(data)
+
+
+@activity(**NO_RETRY)
+def swallow_everything(seconds: float) -> str:
+    """Catch whatever is raised at it (an exception from a signal handler included)."""
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            time.sleep(0.005)
+        except Exception:
+            pass
+    return "done"

@@ -232,19 +232,58 @@ def test_small_frames_never_use_shared_memory():
     assert p.FrameReader().feed(wire(parts))[0].load() == 1
 
 
+def header(size: int, split: int, kind: int, nbuf: int, seq: int, mark: int = p.MARK) -> bytes:
+    return p.HEADER.pack(size, split, kind, nbuf, mark, seq)
+
+
 def test_unknown_kind_and_bad_segment_references_are_protocol_errors():
-    bad = p.HEADER.pack(0, 0, 99, 0, 1)
+    bad = header(0, 0, 99, 0, 1)
     with pytest.raises(p.ProtocolError, match="unknown frame kind"):
         p.FrameReader().feed(bad)
     ref = b"../etc/passwd"
-    frame = p.HEADER.pack(len(ref), 0, p.Kind.RESULT | p.SHM_FLAG, 0, 1) + ref
+    frame = header(len(ref), 0, p.Kind.RESULT | p.SHM_FLAG, 0, 1) + ref
+    with pytest.raises(p.ProtocolError, match="shared-memory frame with a body of 13 bytes"):
+        p.FrameReader(p.PeerSegments(os.getpid())).feed(frame)
+    ref = b"\0" * p._SEGREF.size
+    frame = header(len(ref), 0, p.Kind.RESULT | p.SHM_FLAG, 0, 1) + ref
     with pytest.raises(p.ProtocolError, match="without segments"):
         p.FrameReader().feed(frame)
     with pytest.raises(p.ProtocolError, match="bad shared-memory reference"):
         p.FrameReader(p.PeerSegments(os.getpid())).feed(frame)
-    oversize = struct.pack("<IIBB2xQ", p.MAX_FRAME, 0, p.Kind.RESULT, 0, 1)
-    with pytest.raises(p.ProtocolError):
+    oversize = header(p.MAX_FRAME, 0, p.Kind.RESULT, 0, 1)
+    with pytest.raises(p.ProtocolError, match="frame of"):
         p.FrameReader().feed(oversize)
+
+
+def test_a_header_where_none_is_or_with_lengths_out_of_bounds_is_refused_at_once():
+    good = p.encode_small(p.Kind.RESULT, 1, pickle.dumps(1))
+    cases = {
+        "no frame header": b"\xff" * 7 + good,  # a stream that lost its framing
+        "no frame header ": header(0, 0, p.Kind.RESULT, 0, 1, mark=0),
+        "split 9": header(8, 9, p.Kind.RUN, 0, 1),  # (the header alone: refused before the body)
+        "2 buffers": header(15, 0, p.Kind.RESULT, 2, 1),
+        "buffers of": header(16, 0, p.Kind.RESULT, 1, 1) + struct.pack("<Q", 9) + b"x" * 8,
+        "2 buffers ": header(8, 0, p.Kind.RESULT, 2, 1) + b"\0" * 8,
+    }
+    for why, blob in cases.items():
+        reader = p.FrameReader()
+        with pytest.raises(p.ProtocolError, match=why.strip()) as caught:
+            reader.feed(good + blob)
+        assert [f.load() for f in caught.value.frames] == [1]  # what came before is whole
+
+
+def test_a_large_header_gets_a_buffer_bounded_by_what_arrived():
+    import tracemalloc
+
+    reader = p.FrameReader()
+    tracemalloc.start()
+    try:
+        reader.feed(header(p.MAX_FRAME - 1, 0, p.Kind.RESULT, 0, 1) + b"x" * 1000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * p.BIG_AHEAD
+    assert reader.pending == 1000
 
 
 def test_large_bytes_travel_out_of_band_and_come_back_as_bytes():
