@@ -139,7 +139,12 @@ del _name, _value, _kind
 
 
 class ProtocolError(Exception):
-    """A frame that cannot be understood: the channel is no longer trustworthy."""
+    """A frame that cannot be understood: the channel is no longer trustworthy.
+
+    ``frames``: the whole frames a ``FrameReader`` decoded before the malformed one (sound:
+    they are handled before the peer is ended)."""
+
+    frames: list[Frame] | tuple[()] = ()  # set by the raiser; never mutated
 
 
 if TYPE_CHECKING:
@@ -632,7 +637,7 @@ class FrameReader:
         try:
             frames.append(_split(_KINDS[kind], seq, memoryview(big), split, nbuf))
         except ProtocolError as exc:
-            exc.frames = frames  # type: ignore[attr-defined]
+            exc.frames = frames
             raise
         return frames
 
@@ -702,7 +707,7 @@ class FrameReader:
                     continue
                 frames.append(_split(k, seq, raw, split, nbuf))
         except ProtocolError as exc:
-            exc.frames = frames  # type: ignore[attr-defined]
+            exc.frames = frames
             raise
         if buf is self._buf:
             if pos:

@@ -774,12 +774,13 @@ class Supervisor:
     def _on_readable(self, handle: WorkerHandle) -> bool:
         """Read and handle what the worker wrote; False when nothing was there."""
         error: ProtocolError | None = None
+        frames: list[Frame] | tuple[()] | None
         try:
             frames = handle.reader.read(handle.proc.from_worker)
         except BlockingIOError:
             return False
         except ProtocolError as exc:  # the stream lost its framing: nothing after it is sound
-            frames, error = exc.frames, exc  # type: ignore[attr-defined]
+            frames, error = exc.frames, exc
         except OSError:
             frames = None
         if frames is None:

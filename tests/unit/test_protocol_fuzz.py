@@ -59,7 +59,8 @@ def mutated(draw: st.DrawFn) -> bytes:
     for _ in range(draw(st.integers(1, 3))):
         how = draw(st.sampled_from(["field", "flip", "insert", "cut", "table", "shm"]))
         at = draw(st.integers(0, max(0, len(blob) - 1)))
-        if how == "field" and len(blob) >= p.HEADER.size:  # size, split, kind | flag, nbuf or the mark of the first header
+        if how == "field" and len(blob) >= p.HEADER.size:
+            # the first header's size, split or mark; and perhaps its kind (| flag) and nbuf
             field = draw(st.sampled_from([(0, "<I", U32), (4, "<I", U32), (10, "<H", U32)]))
             offset, fmt, values = field
             value = draw(values) & (0xFFFF if fmt == "<H" else 0xFFFFFFFF)
