@@ -47,7 +47,7 @@ def pattern(n: int, seed: int) -> bytes:
 
 
 @activity(**NO_RETRY)
-def low_fds() -> dict[int, str]:
+def stdio_fds() -> dict[int, str]:
     """What this worker's fds 0-2 are now (absent: closed)."""
     found = {}
     for fd in (0, 1, 2):
@@ -84,7 +84,7 @@ def garble_reply_once(n: int) -> int:
 
 
 @activity(**NO_RETRY)
-def pid() -> int:
+def this_pid() -> int:
     return os.getpid()
 
 

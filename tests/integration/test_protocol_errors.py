@@ -40,7 +40,7 @@ def _no_loop_errors(caplog: pytest.LogCaptureFixture) -> None:
 @pytest.mark.parametrize("garbage", [64, 7])
 def test_garbage_in_a_reply_pipe_fails_the_call_at_once_and_replaces_the_worker(garbage, caplog):
     with caplog.at_level(logging.ERROR), Pool([acts], workers=1) as pool:
-        first = pool.run(acts.pid)
+        first = pool.run(acts.this_pid)
         began = time.monotonic()
         with pytest.raises(ActivityError) as caught:
             pool.run(acts.garble_reply_once, garbage)
@@ -48,7 +48,7 @@ def test_garbage_in_a_reply_pipe_fails_the_call_at_once_and_replaces_the_worker(
         cause = caught.value.__cause__
         assert isinstance(cause, WorkerCrashedError) and "protocol error" in str(cause)
         assert cause.pid == first
-        assert pool.run(acts.pid) != first  # a replacement serves the next call
+        assert pool.run(acts.this_pid) != first  # a replacement serves the next call
     assert any("malformed frame" in r.getMessage() for r in caplog.records)
     _no_loop_errors(caplog)
 

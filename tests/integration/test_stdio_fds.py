@@ -39,7 +39,7 @@ def test_results_stay_exact_after_an_activity_closes_its_stdio(start_method):
         pool.run(acts.close_stdio)
         assert _results_exact(pool, calls=25, size=8 * MIB, chatter=64 << 10) == []
         # nothing of the pool's took the closed fds, in the worker
-        assert pool.run(acts.low_fds) == {0: "/dev/null"}
+        assert pool.run(acts.stdio_fds) == {0: "/dev/null"}
         assert all(link.startswith("pipe:") for link in pool.run(acts.channel_fds))
 
 
@@ -50,7 +50,7 @@ def test_results_stay_exact_when_an_activity_redirects_its_stdio_to_garbage(tmp_
         # fds 1 and 2 are free again: a redirection takes them, and must not touch a segment
         pool.run(acts.garbage_onto_stdio, str(tmp_path / "out"))
         assert _results_exact(pool, calls=25, size=8 * MIB, chatter=64 << 10) == []
-        links = pool.run(acts.low_fds)
+        links = pool.run(acts.stdio_fds)
         assert links[1] == links[2] == str(tmp_path / "out")
     assert os.path.getsize(tmp_path / "out") > 0
 
@@ -86,7 +86,7 @@ with Pool([acts], workers=2, start_method=sys.argv[2]) as pool:
     report["caller"] = low_fds(os.getpid())
     children = [int(p) for p in open(f"/proc/self/task/{os.getpid()}/children").read().split()]
     report["children"] = {pid: low_fds(pid) for pid in children}
-    report["workers"] = sorted(pool.run(acts.pid) for _ in range(4))
+    report["workers"] = sorted(pool.run(acts.this_pid) for _ in range(4))
 report["after"] = low_fds(os.getpid())
 with open(out, "w") as f:
     json.dump(report, f)
