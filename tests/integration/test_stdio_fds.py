@@ -33,7 +33,7 @@ def _results_exact(pool: Pool, calls: int, size: int, chatter: int) -> list[str]
     return wrong
 
 
-@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+@pytest.mark.parametrize("start_method", ["forkserver", "fork", "spawn"])
 def test_results_stay_exact_after_an_activity_closes_its_stdio(start_method):
     with Pool([acts], workers=1, prefetch=4, start_method=start_method) as pool:
         pool.run(acts.close_stdio)
