@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pool import _chunks
 from pool._events import PoolEvent, PoolStats
+from pool._fds import StdioReserved
 from pool._futures import PoolFuture
 from pool._process import ForkServer
 from pool._protocol import dumps, lift_call_bytes
@@ -38,11 +39,12 @@ ActivityRef = Callable[..., Any] | str
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+    with StdioReserved():  # the loop's own fds (epoll, wake-up) are the pool's, never stdio
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+            return asyncio.new_event_loop()
+        return uvloop.new_event_loop()
 
 
 class Pool:

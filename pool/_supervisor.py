@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pool._events import PoolEvent, Stats
+from pool._fds import above_stdio
 from pool._process import (
     ForkServer,
     WorkerProcess,
@@ -248,7 +249,8 @@ class Supervisor:
         self._shm_probe: int | None = None
         if shm_supported():
             with contextlib.suppress(OSError):
-                self._shm_probe = os.memfd_create("activitypool-probe", os.MFD_CLOEXEC)
+                probe = os.memfd_create("activitypool-probe", os.MFD_CLOEXEC)
+                self._shm_probe = above_stdio(probe)
 
     # -- lifecycle (loop thread) -----------------------------------------------------------
     async def start(self) -> None:
@@ -781,10 +783,14 @@ class Supervisor:
 
     def _on_readable(self, handle: WorkerHandle) -> bool:
         """Read and handle what the worker wrote; False when nothing was there."""
+        error: ProtocolError | None = None
+        frames: list[Frame] | tuple[()] | None
         try:
             frames = handle.reader.read(handle.proc.from_worker)
         except BlockingIOError:
             return False
+        except ProtocolError as exc:  # the stream lost its framing: nothing after it is sound
+            frames, error = exc.frames, exc
         except OSError:
             frames = None
         if frames is None:
@@ -799,17 +805,26 @@ class Supervisor:
             for frame in frames:
                 self._on_frame(handle, frame, now)
         except ProtocolError as exc:
-            log.error("worker %d sent a malformed frame (%s); killing it", handle.id, exc)
-            crash = WorkerCrashedError(
-                f"protocol error from worker {handle.id}: {exc}",
-                exitcode=None,
-                signal=None,
-                pid=handle.proc.pid,
-                worker_id=handle.id,
-            )
-            self.scheduler.kill_worker(handle.id, crash, time.monotonic())
+            error = exc
+        if error is not None:
+            self._malformed(handle, error)
         self._after()
         return True
+
+    def _malformed(self, handle: WorkerHandle, exc: ProtocolError) -> None:
+        """A malformed frame from a worker: kill it; its attempt fails (and is retried as a
+        crash is) and a replacement starts."""
+        log.error("worker %d sent a malformed frame (%s); killing it", handle.id, exc)
+        crash = WorkerCrashedError(
+            f"protocol error from worker {handle.id}: {exc}"
+            + (f" while running {handle.activity!r}" if handle.activity else ""),
+            exitcode=None,
+            signal=None,
+            pid=handle.proc.pid,
+            worker_id=handle.id,
+        )
+        self.scheduler.kill_worker(handle.id, crash, time.monotonic())
+        self._stop_reading(handle)  # (already, if it was killed: not if it had died before)
 
     def _on_frame(self, handle: WorkerHandle, frame: Frame, now: float) -> None:
         kind = frame.kind

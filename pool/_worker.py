@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 
+from pool._fds import StdioReserved
 from pool._protocol import (
     FailureInfo,
     Frame,
@@ -227,6 +228,9 @@ class Worker:
             self.pending = keep
 
     def _drain_nonblocking(self) -> None:
+        """Read what is in the pipe now into ``pending``. A malformed frame ends the process
+        here and now: this runs in the SIGUSR1 handler, or under an attempt's error handling,
+        where an exception would reach the activity (which might catch it) or its caller."""
         os.set_blocking(self.rfd, False)
         try:
             while True:
@@ -234,6 +238,8 @@ class Worker:
                     frames = self.reader.read(self.rfd)
                 except BlockingIOError:
                     return
+                except ProtocolError as exc:
+                    _protocol_exit(exc)
                 if frames is None:
                     return
                 self.pending.extend(frames)
@@ -460,7 +466,8 @@ class Worker:
         if self.loop is None:
             import asyncio
 
-            self.loop = asyncio.new_event_loop()
+            with StdioReserved():  # its epoll fd and self-pipe are ours, not stdio
+                self.loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self.loop)
         return self.loop
 
@@ -538,6 +545,23 @@ class Worker:
                 write_all(self.wfd, encode(Kind.HEARTBEAT, seq, body, buffers=buffers))
 
 
+# The exit code of a worker that received a malformed frame from the supervisor.
+PROTOCOL_ERROR_EXIT = 3
+
+
+def _report_protocol_error(exc: ProtocolError) -> None:
+    message = f"activitypool worker: malformed frame from the supervisor ({exc}); exiting\n"
+    try:
+        os.write(2, message.encode("utf-8", "replace"))
+    except OSError:  # stderr closed by an activity: the exit code still says it
+        pass
+
+
+def _protocol_exit(exc: ProtocolError) -> None:
+    _report_protocol_error(exc)
+    os._exit(PROTOCOL_ERROR_EXIT)
+
+
 def _unmap_forever(boxes: Any) -> None:
     while True:
         boxes.get().clear()  # the last reference: the frame's mapping is freed here
@@ -601,7 +625,11 @@ def main(argv: list[str]) -> int:
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     except AttributeError:  # pragma: no cover
         pass
-    return Worker(rfd, wfd, supervisor).serve()
+    try:
+        return Worker(rfd, wfd, supervisor).serve()
+    except ProtocolError as exc:  # the channel lost its framing: nothing on it can be trusted
+        _report_protocol_error(exc)
+        return PROTOCOL_ERROR_EXIT
 
 
 if __name__ == "__main__":
