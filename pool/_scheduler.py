@@ -261,6 +261,7 @@ class Scheduler:
     def cancel_all(self, now: float) -> None:
         """Close and fail everything outstanding with PoolClosedError; kill busy workers."""
         self.closed = True
+        self._forget_session_order()
         for call in list(self.calls.values()):
             self._finish(
                 call, error=PoolClosedError("the pool was closed before this call finished")
@@ -917,6 +918,12 @@ class Scheduler:
             self._fail_queue(self.broken)
         self._pump(now)
 
+    def _forget_session_order(self) -> None:
+        """Every waiting call is about to fail: none may be let through as the one before it
+        ends (it would be sent to a worker only to fail)."""
+        for session in self.sessions.values():
+            session.order.clear()
+
     def _requeue_front(self, call: Call, now: float) -> None:
         call.state = CallState.QUEUED
         call.gen += 1
@@ -924,6 +931,7 @@ class Scheduler:
         self.queue.appendleft(call)
 
     def _fail_queue(self, exc: BaseException) -> None:
+        self._forget_session_order()
         for call in list(self.calls.values()):
             if call.state in (CallState.QUEUED, CallState.BACKOFF):
                 self._finish(call, error=exc)

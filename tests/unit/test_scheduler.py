@@ -1452,3 +1452,13 @@ def test_average_duration_is_a_moving_average_per_activity_from_start_to_result(
     # 0.010 + (0.110 - 0.010) * 0.2
     assert h.sched.average_duration(name) == pytest.approx(0.030)
     assert h.sched.average_duration("some other activity") is None
+
+
+def test_cancel_all_sends_no_waiting_sticky_call_to_its_worker() -> None:
+    """A in backoff, B waiting behind it, the worker idle: failing A must not let B through."""
+    h = Harness(workers=1, prefetch=0)
+    a, b = h.submit(sticky, session="s1"), h.submit(sticky, session="s1")
+    h.fail(a, ValueError("transient"), 1.0)
+    h.sched.cancel_all(1.01)
+    assert all(isinstance(h.fx.rejection(x), PoolClosedError) for x in (a, b))
+    assert h.fx.runs(b) == [] and h.fx.of("kill") == []
