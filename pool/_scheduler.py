@@ -13,8 +13,13 @@ The supervisor arms one timer for ``next_deadline()``.
 Per worker the scheduler keeps what it sent and in which order: the running attempt and up to
 ``prefetch`` attempts queued in the worker's pipe (sent while it was busy, so the worker starts
 the next one without a round trip). A worker answers every RUN exactly once, in order, so when a
-reply comes the next queued attempt is the one now running. When a worker dies its prefetched
-attempts go back to the head of the queue without counting an attempt.
+reply comes the next queued attempt is the one now running. The exception is WITHDRAWN: while
+another worker is idle, calls waiting behind an attempt that runs long are asked back, and the
+worker confirms each one it had not started (see _rebalance). When a worker dies, or confirms a
+withdrawal, those attempts go back to the head of the queue without counting an attempt.
+
+A sticky session's calls run one at a time in submission order: only the first of them that has
+not ended is queued for the session's worker (``Session.order``).
 """
 
 from __future__ import annotations
