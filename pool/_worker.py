@@ -311,8 +311,9 @@ class Worker:
         ready: dict[str, Any] = {"pid": os.getpid(), "shm": shm}
         if settings.get("report_stdlib"):
             ready["stdlib"] = _stdlib_imported()
-        self.send(encode(Kind.READY, 0, dumps(ready)[0]))
+        # before READY: SIGUSR1 (cancel, withdraw) may come as soon as a RUN has been sent
         signal.signal(CANCEL_SIGNAL, self._on_cancel_signal)
+        self.send(encode(Kind.READY, 0, dumps(ready)[0]))
         try:
             while True:
                 frame = self.next_frame()
