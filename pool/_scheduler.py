@@ -485,6 +485,7 @@ class Scheduler:
         call.seq = next(self._seqs)
         call.gen += 1
         call.worker = slot.id
+        call.withdrawing = False  # a WITHDRAW is about one dispatch (seq)
         self.fx.send_run(slot.id, call)
 
     def _start(self, slot: WorkerSlot, call: Call, now: float) -> None:

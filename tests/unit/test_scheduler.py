@@ -503,6 +503,24 @@ def test_a_call_behind_a_promoted_attempt_is_withdrawn_when_that_one_runs_long()
     assert h.fx.of("send_withdraw") == [("send_withdraw", 1, (c4.seq,))]
 
 
+def test_a_call_the_worker_ran_instead_of_withdrawing_can_be_withdrawn_next_time() -> None:
+    h = Harness(workers=2, prefetch=1)
+    slow, _, behind = _long_call_with_one_behind_it(h)
+    behind.policy = RetryPolicy(maximum_attempts=3, initial_interval=0.1)
+    h.sched.advance(WITHDRAW_AFTER)
+    h.finish(slow, None, 0.5)
+    h.fail(behind, ValueError("ran after all, and failed"), 0.6)  # retried at 0.7
+    long2, short2 = h.submit(timed, now=0.699), h.submit(timed, now=0.699)  # both busy
+    assert {long2.worker, short2.worker} == {1, 2}
+    h.sched.advance(0.7)  # the retry is prefetched behind one of them
+    assert behind.state is CallState.SENT
+    ahead = long2 if behind.worker == long2.worker else short2
+    other = short2 if ahead is long2 else long2
+    h.finish(other, None, 0.701)
+    h.sched.advance(1.0)
+    assert h.fx.of("send_withdraw")[-1] == ("send_withdraw", ahead.worker, (behind.seq,))
+
+
 def test_a_cancelled_call_confirmed_withdrawn_is_not_sent_again() -> None:
     h = Harness(workers=2, prefetch=1)
     _, _, behind = _long_call_with_one_behind_it(h)
