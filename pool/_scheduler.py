@@ -365,7 +365,7 @@ class Scheduler:
             lost = session or Session(call.session, lost=PoolClosedError("session closed"))
             self._finish(call, error=self._session_lost_error(lost))
             return
-        if session.order[0] is not call:
+        if session.order and session.order[0] is not call:
             return  # an earlier call of the session has not ended; _finish places this one
         if session.worker is None:
             slot = self._choose_session_worker()
