@@ -1480,3 +1480,16 @@ def test_cancel_all_sends_no_waiting_sticky_call_to_its_worker() -> None:
     h.sched.cancel_all(1.01)
     assert all(isinstance(h.fx.rejection(x), PoolClosedError) for x in (a, b))
     assert h.fx.runs(b) == [] and h.fx.of("kill") == []
+
+
+def test_a_sticky_retry_after_the_pool_broke_still_runs_on_its_worker() -> None:
+    h = Harness(workers=2, prefetch=0)
+    a = h.submit(sticky, session="s1")
+    assert a.worker == 1
+    h.sched.worker_exited(2, crash(2), 0.1)
+    for wid in (3, 4, 5):  # each replacement dies before it is ready
+        h.sched.worker_exited(wid, crash(wid), 0.2)
+    assert h.sched.broken is not None
+    h.fail(a, ValueError("transient"), 0.3)
+    h.sched.advance(0.4)
+    assert h.fx.runs(a)[-1] == ("send_run", 1, a.id, 2, a.seq)
