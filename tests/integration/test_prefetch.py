@@ -52,6 +52,8 @@ def test_a_first_batch_of_slow_calls_spreads_over_the_workers():
     """Issue: map(nap_one_second, range(6)) on 2 workers took 5.2 s, not 3 s: with no timing
     history the calls were prefetched deep into one worker. Scaled down: 6 x 0.2 s."""
     with Pool([acts], workers=2) as pool:
+        # each worker's first typed call pays a one-off import: not here, whatever the load
+        list(pool.map(acts.renamed, [1, 2]))
         t0 = time.monotonic()
         pids = list(pool.map(acts.sleep_for, [0.2] * 6))
         took = time.monotonic() - t0
@@ -68,17 +70,21 @@ def _check_ran_once_each(path: str, jobs: list[tuple[str, str, float]]) -> None:
     assert sorted(runs) == sorted(tag for _, tag, _ in jobs)
 
 
-def test_short_calls_do_not_wait_behind_a_long_one_in_a_first_batch(tmp_path):
+def test_short_calls_do_not_wait_behind_a_long_one(tmp_path):
     """Issue: a 1 s call submitted just before ten 50 ms calls held them back 1.6 s while the
-    other worker was idle. Scaled down: 0.8 s, then ten 30 ms calls."""
-    path = str(tmp_path / "runs")
-    jobs = _long_then_short(path, 0.8, 0.03)
+    other worker was idle. Scaled down: 0.8 s, then ten 30 ms calls; twice, so that the long
+    call lands on each worker once (it takes the worker that went idle first), the first time
+    with no timing history, the second time with one."""
     with Pool([acts], workers=2) as pool:
-        t0 = time.monotonic()
-        results = list(pool.map(acts.noted_nap, jobs))
-    short_done = max(end for _, end in results[1:]) - t0
-    assert short_done < 0.6  # ~0.3 s on the other worker; >= 0.8 s behind the long call
-    _check_ran_once_each(path, jobs)
+        list(pool.map(acts.renamed, [1, 2]))  # as above: the first typed call is paid for
+        for run in range(2):
+            path = str(tmp_path / f"runs{run}")
+            jobs = _long_then_short(path, 0.8, 0.03)
+            t0 = time.monotonic()
+            results = list(pool.map(acts.noted_nap, jobs))
+            short_done = max(end for _, end in results[1:]) - t0
+            assert short_done < 0.6, run  # ~0.3 s on the other worker; >= 0.8 s behind it
+            _check_ran_once_each(path, jobs)
 
 
 def test_a_call_prefetched_behind_a_long_one_is_withdrawn_to_an_idle_worker(tmp_path):
