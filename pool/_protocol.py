@@ -90,11 +90,13 @@ class Kind(int):
     CANCEL: ClassVar[Kind]  # seq: the attempt to cancel
     CLOSE_SESSION: ClassVar[Kind]  # body: session id
     SHUTDOWN: ClassVar[Kind]
+    WITHDRAW: ClassVar[Kind]  # seq: a queued RUN to give back unstarted (answered WITHDRAWN)
     # worker -> supervisor
     READY: ClassVar[Kind]  # body: dict (pid, python, ...)
     HEARTBEAT: ClassVar[Kind]  # seq, body: the details
     RESULT: ClassVar[Kind]  # seq, body: the value
     FAILURE: ClassVar[Kind]  # seq, body: FailureInfo
+    WITHDRAWN: ClassVar[Kind]  # seq: that RUN was dropped unstarted; it answers the RUN
     # either way
     RELEASE: ClassVar[Kind]  # seq: id of a segment of the peer's whose frame was copied out
 
@@ -125,10 +127,12 @@ for _name, _value in (
     ("CANCEL", 3),
     ("CLOSE_SESSION", 4),
     ("SHUTDOWN", 5),
+    ("WITHDRAW", 6),
     ("READY", 16),
     ("HEARTBEAT", 17),
     ("RESULT", 18),
     ("FAILURE", 19),
+    ("WITHDRAWN", 21),
     ("RELEASE", 32),
 ):
     _kind = int.__new__(Kind, _value)

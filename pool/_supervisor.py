@@ -643,7 +643,17 @@ class Supervisor:
         if handle is None:
             return
         self._write(handle, encode(Kind.CANCEL, seq))
-        # SIGUSR1 makes a busy worker read its pipe: the CANCEL frame must be in it by then
+        self._flush_and_signal(handle)
+
+    def send_withdraw(self, worker_id: int, seqs: list[int]) -> None:
+        handle = self.handles.get(worker_id)
+        if handle is None:
+            return
+        self._write(handle, [encode_small(Kind.WITHDRAW, seq) for seq in seqs])
+        self._flush_and_signal(handle)
+
+    def _flush_and_signal(self, handle: WorkerHandle) -> None:
+        # SIGUSR1 makes a busy worker read its pipe: the frames must be in it by then
         handle.cancel_signal = True
         self._flush()
         self._signal_if_written(handle)
@@ -849,6 +859,12 @@ class Supervisor:
                 self._check_memory(handle, now)
         elif kind is Kind.FAILURE:
             sched.failure(handle.id, frame.seq, _rebuild_failure(frame), now)
+        elif kind is Kind.WITHDRAWN:
+            for entry in handle.in_pipe:
+                if entry[0] == frame.seq:
+                    handle.in_pipe.remove(entry)
+                    break
+            sched.withdrawn(handle.id, frame.seq, now)
         elif kind is Kind.RELEASE:
             if handle.segments is None:
                 raise ProtocolError("RELEASE from a worker that was sent no segment")
