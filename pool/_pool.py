@@ -50,8 +50,9 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 
-class _Calls:
-    """The calling API of a :class:`Pool` and of its :class:`PoolSession`.
+class PoolCalls:
+    """The calling API of a :class:`Pool` and of its :class:`PoolSession` (type checkers name
+    it in their messages: ``"run" of "PoolCalls"``).
 
     Typed from the activity: ``pool.run(add, 1, 2)`` is what ``add`` returns, an ``async def``
     activity's coroutine result included, and the arguments are checked against its
@@ -412,7 +413,7 @@ class _Calls:
         return _map.aresults(run, source, is_async, return_exceptions)
 
 
-class Pool(_Calls):
+class Pool(PoolCalls):
     """A supervised pool of worker processes that run activities.
 
     Use as ``async with Pool(...) as pool`` (on the running loop) or ``with Pool(...) as pool``
@@ -981,7 +982,7 @@ class Pool(_Calls):
         return self._config.workers
 
 
-class PoolSession(_Calls):
+class PoolSession(PoolCalls):
     """``pool.sticky_session()``: execute/run/submit/map/amap pinned to one worker (the
     unordered maps too; their calls still run in submission order there)."""
 
