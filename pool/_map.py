@@ -121,14 +121,17 @@ class MapRun:
         self.wake_later = wake_later
         self.pool_loop = loop
         self.threaded = threaded  # consumed by a thread (map), else by a task (amap)
-        # ordered: every unit not yet handed over, in input order. unordered: the units sent
-        # and not yet handed over (done or not); `completed` queues them as they finish
+        self.ordered = ordered
+        # ordered: every unit not yet handed over, in input order
         self.units: collections.deque[_Unit] = collections.deque()
+        # unordered: the units sent and not yet handed over (done or not), and the queue of
+        # those done (None once the map is closed: late answers of cancelled calls are dropped)
         self.flying: set[_Unit] = set()
         self.completed: collections.deque[_Unit] | None = None if ordered else collections.deque()
         self.inflight = 0  # items read and not yet handed over
         self.read = 0  # items read so far: the index of the next one
         self.buf: list[Any] = []  # the chunk being read (validated items)
+        self.buf_start = 0  # the index of its first item
         self.calls: list[Any] = []  # made, not yet submitted
         self.over = False  # the input is finished (or failed, or the map was closed)
         self.error: BaseException | None = None  # what ended the input, raised at its place
@@ -181,7 +184,7 @@ class MapRun:
         start = index = self.read
         n = max(self.window - self.inflight, 1)
         one, calls = self.one, self.calls
-        keep = self.units.append if self.completed is None else self.flying.add
+        keep = self.units.append if self.ordered else self.flying.add
         try:
             for item in itertools.islice(it, n):
                 try:
@@ -251,6 +254,8 @@ class MapRun:
             self._close_chunk()
             self._failed(index, 1, exc)
             return
+        if not self.buf:
+            self.buf_start = index
         self.buf.append(item)
         if len(self.buf) >= self.chunksize:
             self._close_chunk()
@@ -267,7 +272,7 @@ class MapRun:
         if not items:
             return
         self.buf = []
-        start = self.read - len(items)
+        start = self.buf_start
         try:
             call = self.chunk(items)
         except ActivityInputError as exc:  # cannot be pickled: each of its items fails
@@ -284,7 +289,7 @@ class MapRun:
         unit = call.waiter = _Unit(self, start, count, call)
         self.calls.append(call)
         self.inflight += count
-        if self.completed is None:
+        if self.ordered:
             self.units.append(unit)
         else:
             self.flying.add(unit)
@@ -293,9 +298,9 @@ class MapRun:
         unit = _Unit(self, start, count, None)
         unit.exc, unit.done = exc, True
         self.inflight += count
-        if self.completed is None:
+        if self.ordered:
             self.units.append(unit)
-        else:
+        elif self.completed is not None:
             self.completed.append(unit)
 
     def flush(self) -> None:
@@ -308,21 +313,21 @@ class MapRun:
     # -- handing over (consumer) -----------------------------------------------------------
     def ready(self) -> bool:
         """Is an outcome ready to hand over?"""
-        if self.completed is None:
+        if self.ordered:
             units = self.units
             return bool(units) and units[0].done
         return bool(self.completed)
 
     def take(self) -> _Unit | None:
         """The next unit to hand over, or None (wait, or the end: see ``finished``)."""
-        completed = self.completed
-        if completed is None:
+        if self.ordered:
             units = self.units
             if units and units[0].done:
                 unit = units.popleft()
                 self.inflight -= unit.count
                 return unit
             return None
+        completed = self.completed
         if completed:
             unit = completed.popleft()
             self.flying.discard(unit)
@@ -337,18 +342,17 @@ class MapRun:
     def close(self) -> None:
         """The consumer is done (or gone): read no more, cancel every call not answered."""
         self.over = True
-        units = self.units if self.completed is None else self.flying
+        units = self.units if self.ordered else self.flying
         calls = [call for unit in units if (call := unit.call) is not None]
         self.units.clear()
         self.flying.clear()
-        if self.completed is not None:
-            self.completed.clear()
+        self.completed = None
         if calls:
             self.cancel(calls)
 
     # -- sleeping and waking ---------------------------------------------------------------
     def _target(self) -> object:
-        return self.units[0] if self.completed is None else self
+        return self.units[0] if self.ordered else self
 
     def wait(self) -> None:
         """Sleep (a thread) until ``ready()``."""
@@ -410,7 +414,7 @@ def results(run: MapRun, it: Iterator[Any], return_exceptions: bool) -> Iterator
     None, so the work starts at the call of ``map`` and the ``finally`` runs even if the
     iterator is dropped unread. The loop inlines ``take`` (the hot path of a map).
     """
-    ordered = run.completed is None
+    ordered = run.ordered
     single = run.chunksize == 1
     queue = run.units if ordered else run.completed
     assert queue is not None
@@ -449,7 +453,7 @@ async def aresults(
     run: MapRun, source: Any, is_async: bool, return_exceptions: bool
 ) -> AsyncIterator[Any]:
     """``results`` for a task: the input may be an async iterator (``is_async``)."""
-    ordered = run.completed is None
+    ordered = run.ordered
     single = run.chunksize == 1
     try:
         while True:

@@ -229,6 +229,16 @@ def test_chunks_count_their_items_and_a_bad_item_fails_alone():
     assert [c.items for c in fake.sent][2:] == [[6, 7]]
 
 
+def test_unordered_chunks_index_their_items_around_a_bad_one():
+    fake = FakePool()
+    it = _started(fake.run(window=8, chunksize=3, ordered=False), [0, 1, "bad", 3, 4], True)
+    index, outcome = next(it)
+    assert index == 2 and isinstance(outcome, ActivityInputError)
+    fake.answer(fake.sent[1])
+    fake.answer(fake.sent[0])
+    assert list(it) == [(3, 30), (4, 40), (0, 0), (1, 10)]
+
+
 def test_a_failed_chunk_is_the_outcome_of_each_of_its_items():
     fake = FakePool()
     it = _started(fake.run(window=6, chunksize=3, ordered=False), range(6), True)
