@@ -1032,8 +1032,9 @@ def _check_chunksize(chunksize: Any) -> int:
     return chunksize
 
 
-def _item_check(defn: ActivityDefinition) -> Callable[[Any], Any]:
-    """Checks one item as ``defn(item)`` would be checked; returns it coerced.
+def _item_check(defn: ActivityDefinition) -> Callable[[Any], Any] | None:
+    """Checks one item as ``defn(item)`` would be checked; returns it coerced (None: every item
+    passes as it is).
 
     Binding one positional argument fails or succeeds alike for every item, so with a plain
     signature only the first parameter's type check runs per item.
@@ -1044,12 +1045,8 @@ def _item_check(defn: ActivityDefinition) -> Callable[[Any], Any]:
         return lambda item: defn.validate_args((item,), {})[0][0]
     check = defn._checks.get(first)
     if check is None:
-        return _same
+        return None
     return partial(defn._check, check, first)
-
-
-def _same(item: Any) -> Any:
-    return item
 
 
 def _source(iterable: Iterable[Any] | AsyncIterable[Any]) -> tuple[Any, bool]:

@@ -239,6 +239,23 @@ def test_unordered_chunks_index_their_items_around_a_bad_one():
     assert list(it) == [(3, 30), (4, 40), (0, 0), (1, 10)]
 
 
+@pytest.mark.parametrize("return_exceptions", [False, True])
+def test_the_inputs_exception_in_the_middle_of_a_chunk_comes_after_its_items(
+    return_exceptions,
+):
+    def source() -> Iterator[int]:
+        yield from range(4)
+        raise OSError("the input broke")
+
+    fake = FakePool()
+    it = _started(fake.run(window=9, chunksize=3), source(), return_exceptions)
+    assert [c.items for c in fake.sent] == [[0, 1, 2], [3]]
+    fake.answer_all()
+    assert [next(it) for _ in range(4)] == [0, 10, 20, 30]
+    with pytest.raises(OSError, match="the input broke"):
+        next(it)
+
+
 def test_a_failed_chunk_is_the_outcome_of_each_of_its_items():
     fake = FakePool()
     it = _started(fake.run(window=6, chunksize=3, ordered=False), range(6), True)
