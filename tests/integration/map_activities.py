@@ -68,7 +68,10 @@ def sticky_where(x: int) -> tuple[int, int, int]:
 
 
 @activity(sticky_to_worker=True)
-def sticky_nap(seconds: float) -> int:
-    activity.session_state()["napped"] = seconds
+def sticky_nap(item: tuple[float, str]) -> int:
+    """``(seconds, marker)``: touches the file ``marker`` (if any) as it starts, then sleeps."""
+    seconds, marker = item
+    if marker:
+        Path(marker).touch()
     time.sleep(seconds)
     return os.getpid()

@@ -206,16 +206,20 @@ def test_a_sticky_session_maps_lazily_on_its_worker_in_order(pool):
         assert {pid for _, (_, pid, _) in pairs} == {got[0][1]}
 
 
-def test_leaving_a_sessions_map_early_lets_its_running_item_finish(pool):
+def test_leaving_a_sessions_map_early_lets_its_running_item_finish(pool, tmp_path):
+    started = tmp_path / "started"
     with pool.sticky_session() as session:
-        it = session.map(ma.sticky_nap, [0.0, 0.4, 5.0, 5.0])
+        it = session.map(ma.sticky_nap, [(0.0, ""), (0.5, str(started)), (5.0, ""), (5.0, "")])
         pid = next(it)
-        time.sleep(0.1)  # the 0.4 s item runs now
+        deadline = time.monotonic() + 5
+        while not started.exists():  # the 0.5 s item runs now
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
         t0 = time.monotonic()
         it.close()
         # the session keeps its worker: the next call runs there once the running item is done
-        assert session.run(ma.sticky_nap, 0.0) == pid
-        assert 0.15 < time.monotonic() - t0 < 3  # not the two 5 s items: they were cancelled
+        assert session.run(ma.sticky_nap, (0.0, "")) == pid
+        assert 0.2 < time.monotonic() - t0 < 3  # not the two 5 s items: they were cancelled
 
 
 def test_mistakes_in_the_call_itself_raise_at_the_call(pool):
