@@ -36,12 +36,16 @@ def nap(seconds: float) -> float:
 
 @activity(retry_policy_max_attempts=1)
 def runs_until_cancelled(path: str) -> str:
-    """Marks its start and its end in files; item ``.../0`` returns after 0.2 s (the others
-    start meanwhile), the others run until they are cancelled (or 10 s)."""
+    """Marks its start and its end in files. Item ``.../0`` returns once item 1 has started
+    (so something runs when the caller leaves); the others run until cancelled (or 10 s)."""
     Path(path + ".start").touch()
+    first = path.endswith("/0")
+    second = Path(path[: -len("0")] + "1.start")
     try:
-        deadline = time.monotonic() + (0.2 if path.endswith("/0") else 10)
+        deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not activity.is_cancelled():
+            if first and second.exists():
+                break
             time.sleep(0.005)
     finally:
         Path(path + ".end").touch()
@@ -51,8 +55,13 @@ def runs_until_cancelled(path: str) -> str:
 @activity(retry_policy_max_attempts=1)
 async def async_runs_until_cancelled(path: str) -> str:
     Path(path + ".start").touch()
+    first = path.endswith("/0")
+    second = Path(path[: -len("0")] + "1.start")
     try:
-        await asyncio.sleep(0.2 if path.endswith("/0") else 10)
+        for _ in range(2000):
+            if first and second.exists():
+                break
+            await asyncio.sleep(0.005)
     finally:
         Path(path + ".end").touch()
     return path
