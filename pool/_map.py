@@ -451,10 +451,14 @@ def results(run: MapRun, it: Iterator[Any], return_exceptions: bool) -> Iterator
                 if not ordered:
                     run.flying.discard(unit)
                 run.inflight -= unit.count
-                if unit.exc is None and single:
+                if unit.exc is not None:
+                    yield from _failures(unit, ordered, return_exceptions)
+                elif single:
                     yield unit.value if ordered else (unit.start, unit.value)
+                elif ordered:
+                    yield from unit.value  # a chunk's results
                 else:
-                    yield from _outcomes(unit, ordered, return_exceptions)
+                    yield from enumerate(unit.value, unit.start)
                 if window - run.inflight >= step and not run.over:
                     run.fill(it)
             elif run.should_fill():  # about to wait: top the window up first
@@ -486,10 +490,13 @@ async def aresults(
                     run.fill(source)
             unit = run.take()
             if unit is not None:
-                if unit.exc is None and single:
+                if unit.exc is not None:
+                    for outcome in _failures(unit, ordered, return_exceptions):
+                        yield outcome
+                elif single:
                     yield unit.value if ordered else (unit.start, unit.value)
                 else:
-                    for outcome in _outcomes(unit, ordered, return_exceptions):
+                    for outcome in unit.value if ordered else enumerate(unit.value, unit.start):
                         yield outcome
             elif run.finished():
                 error = run.error
@@ -503,18 +510,14 @@ async def aresults(
         run.close()
 
 
-def _outcomes(unit: _Unit, ordered: bool, return_exceptions: bool) -> Iterator[Any]:
-    """Every item's outcome of a chunk, or of a failed unit."""
+def _failures(unit: _Unit, ordered: bool, return_exceptions: bool) -> Iterator[Any]:
+    """The outcome of each item of a failed unit: its error, raised unless returned."""
     exc = unit.exc
-    if exc is not None:
-        unit.exc = None  # the consumer has it: no cycle through its traceback
-        if not return_exceptions:
-            raise exc
-        values: Any = [exc] * unit.count
-    else:
-        values = unit.value
-        unit.value = None
+    assert exc is not None
+    unit.exc = None  # the consumer has it: no cycle through its traceback
+    if not return_exceptions:
+        raise exc
     if ordered:
-        yield from values
+        yield from [exc] * unit.count
     else:
-        yield from enumerate(values, unit.start)
+        yield from ((index, exc) for index in range(unit.start, unit.start + unit.count))
