@@ -49,6 +49,7 @@ import struct
 import sys
 
 from pool import _tree
+from pool._fds import above_stdio
 
 TYPE_CHECKING = False  # not typing's (~7 ms): a forked worker inherits what this imports
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def _fork_worker(fds: tuple[int, int, int], supervisor: int, closing: list[int])
         for fd in closing:
             os.close(fd)
         req_r, rep_w, out_w = fds
-        null = os.open(os.devnull, os.O_RDONLY)
+        null = above_stdio(os.open(os.devnull, os.O_RDONLY))  # (closed below: not fd 2)
         os.dup2(null, 0)
         os.dup2(out_w, 1)
         os.dup2(out_w, 2)
@@ -214,7 +215,7 @@ def serve(sock_fd: int, supervisor: int, start: StartWorker | None = None) -> in
     start_worker = _fork_worker if start is None else start
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0, sock_fd)
     os.set_inheritable(sock_fd, False)  # (a spawned worker must not hold it)
-    wake_r, wake_w = os.pipe()
+    wake_r, wake_w = (above_stdio(fd) for fd in os.pipe())
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -307,7 +308,7 @@ def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     for level, kind, data in ancdata:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             usable = len(data) - len(data) % 4
-            fds.extend(struct.unpack(f"<{usable // 4}i", data[:usable]))
+            fds.extend(above_stdio(fd) for fd in struct.unpack(f"<{usable // 4}i", data[:usable]))
     return fds
 
 
@@ -356,9 +357,13 @@ def _shed_caller_state(keep_fd: int, env: dict[str, str]) -> None:
     # connections) must not be held open here, or their far ends would never see EOF, so each
     # becomes /dev/null in place: the number stays taken, so a caller's object that closes it
     # later cannot close one of ours. Regular files (log files) stay as they are.
-    null = os.open(os.devnull, os.O_RDWR)
+    null = above_stdio(os.open(os.devnull, os.O_RDWR))
     os.dup2(null, 0)
     os.dup2(null, 1)
+    try:
+        os.fstat(2)
+    except OSError:  # the caller closed its stderr: ours is /dev/null, never a pool fd
+        os.dup2(null, 2)
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd <= 2 or fd in (keep_fd, null):

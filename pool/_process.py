@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from pool import _tree
+from pool._fds import FIRST, above_stdio
 
 # Variables through which BLAS/OpenMP libraries size their thread pools. N workers each
 # running numpy with one thread per core would oversubscribe the machine N times over.
@@ -187,12 +188,17 @@ def worker_env(thread_limit: int | None, pool_id: str | None = None) -> dict[str
     return env
 
 
+def _pipe() -> tuple[int, int]:
+    r, w = os.pipe()
+    return above_stdio(r), above_stdio(w)
+
+
 def _worker_pipes() -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """(the worker's ends: request read, reply write, output write), (ours: request write,
     reply read, output read); ours are non-blocking and the channel's are grown."""
-    req_r, req_w = os.pipe()
-    rep_r, rep_w = os.pipe()
-    out_r, out_w = os.pipe()
+    req_r, req_w = _pipe()
+    rep_r, rep_w = _pipe()
+    out_r, out_w = _pipe()
     for fd in (req_w, rep_r, out_r):
         os.set_blocking(fd, False)
     for fd in (req_w, rep_r):
@@ -203,7 +209,7 @@ def _worker_pipes() -> tuple[tuple[int, int, int], tuple[int, int, int]]:
 def _pidfd(pid: int) -> int | None:
     if hasattr(os, "pidfd_open"):
         try:
-            return os.pidfd_open(pid)
+            return above_stdio(os.pidfd_open(pid))
         except OSError:
             return None
     return None
@@ -236,6 +242,12 @@ def spawn_worker(env: dict[str, str]) -> WorkerProcess:
     for fd in child_fds:
         os.close(fd)
     return WorkerProcess(pid, req_w, rep_r, out_r, _pidfd(pid))
+
+
+def _socket_above_stdio(sock: socket.socket) -> socket.socket:
+    if sock.fileno() >= FIRST:
+        return sock
+    return socket.socket(fileno=above_stdio(sock.detach()))
 
 
 def _decode_status(proc: WorkerProcess, status: int) -> None:
@@ -306,7 +318,9 @@ class ForkServer:
         start, no imports) and lets workers share the caller's pages, as mp.Pool's do. With
         ``spawn``, the server does not import the worker's code and spawns each worker as a
         fresh interpreter: it is there to reap what workers leave behind."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = (
+            _socket_above_stdio(s) for s in socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        )
         try:
             if fork_caller:
                 self.pid = _fork_server(ours, theirs, env)

@@ -62,8 +62,6 @@ async def test_chaos_command_loses_duplicates_and_reorders_nothing(start_method,
     assert summary.ok > 0 and summary.failed_as_planned > 0, report
     assert summary.sessions > summary.sessions_lost, report  # some sessions ran to the end
     assert (summary.lost, summary.duplicated, summary.corrupt) == (0, 0, 0), report
-    if summary.out_of_order:
-        pytest.xfail(f"issue 9 section 5 (sticky order, lost sessions): {report}")
     assert summary.out_of_order == 0, report
 
 
