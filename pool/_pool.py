@@ -25,6 +25,7 @@ from pool._process import ForkServer
 from pool._protocol import dumps, lift_call_bytes
 from pool._scheduler import Call
 from pool._supervisor import FaultRule, Supervisor, SupervisorConfig, early_forkserver
+from pool._worker import refuse_pool_while_importing_main
 from sdk import _context
 from sdk._definition import ActivityDefinition, activities_in_module, get_definition
 from sdk._errors import (
@@ -73,6 +74,7 @@ class Pool:
         on_output: Callable[[int, str | None, str], None] | None = None,
         ambient: bool = True,
     ) -> None:
+        refuse_pool_while_importing_main()
         if workers is None:
             workers = os.cpu_count() or 1
         if not isinstance(workers, int) or workers < 1:
