@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from sdk import _context
 from sdk._definition import ActivityDefinition, _load_definition, _provided
-from sdk._errors import ApplicationError
+from sdk._errors import ApplicationError, safe_str
 
 TYPE_CHECKING = False  # not typing's: a worker does not import typing (see pool._worker)
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def _target(module: str, qualname: str, is_async: bool) -> ActivityDefinition:
     except BaseException as exc:
         name = ctx.info.name if ctx is not None else f"{module}.{qualname}"
         raise ApplicationError(
-            f"worker could not load {name!r}: {type(exc).__name__}: {exc}",
+            f"worker could not load {name!r}: {type(exc).__name__}: {safe_str(exc)}",
             type=type(exc).__name__,
             non_retryable=True,
         ) from exc

@@ -32,6 +32,7 @@ from sdk._errors import (
     ActivityInputError,
     PoolClosedError,
     StickyWorkerSessionMissingError,
+    safe_repr,
 )
 from sdk._retry import RetryPolicy
 
@@ -282,7 +283,7 @@ class Pool:
             payload = dumps(lift_call_bytes(args, kwargs))
         except Exception as exc:
             raise ActivityInputError(
-                f"arguments of activity {defn.name!r} cannot be pickled: {exc!r}"
+                f"arguments of activity {defn.name!r} cannot be pickled: {safe_repr(exc)}"
             ) from exc
         return self._sup.new_call(defn, self._policy(defn), payload, None, sid)
 
@@ -339,7 +340,7 @@ class Pool:
                 payload = dumps(((*where, chunk), {}))
             except Exception as exc:
                 raise ActivityInputError(
-                    f"arguments of activity {defn.name!r} cannot be pickled: {exc!r}"
+                    f"arguments of activity {defn.name!r} cannot be pickled: {safe_repr(exc)}"
                 ) from exc
             calls.append(new_call(cdefn, policy, payload, None, sid))
         return calls

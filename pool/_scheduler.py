@@ -35,6 +35,7 @@ from sdk._errors import (
     StickySessionLostError,
     TimeoutType,
     WorkerCrashedError,
+    safe_str,
 )
 from sdk._retry import RetryPolicy
 
@@ -627,7 +628,7 @@ class Scheduler:
     def _final_error(self, call: Call, exc: BaseException) -> BaseException:
         err = ActivityError(
             f"activity {call.defn.name!r} failed after {call.attempt} attempt"
-            f"{'s' if call.attempt != 1 else ''}: {type(exc).__name__}: {exc}",
+            f"{'s' if call.attempt != 1 else ''}: {type(exc).__name__}: {safe_str(exc)}",
             attempts=call.attempt,
             remote_traceback=getattr(exc, "remote_traceback_text", None),
         )

@@ -59,7 +59,12 @@ from pool._protocol import (
     shm_supported,
 )
 from pool._scheduler import Call, Scheduler, WorkerState
-from sdk._errors import ApplicationError, RemoteTraceback, WorkerCrashedError
+from sdk._errors import (
+    ApplicationError,
+    RemoteTraceback,
+    WorkerCrashedError,
+    safe_repr,
+)
 
 log = logging.getLogger("activitypool")
 # writev() takes at most this many buffers (Linux IOV_MAX)
@@ -813,7 +818,7 @@ class Supervisor:
                 value = frame.load()
             except BaseException as exc:
                 err = ApplicationError(
-                    f"the result could not be unpickled in the supervisor: {exc!r}",
+                    f"the result could not be unpickled in the supervisor: {safe_repr(exc)}",
                     type=type(exc).__name__,
                     non_retryable=True,
                 )
@@ -832,7 +837,10 @@ class Supervisor:
             try:
                 details, beat_at = frame.load()
             except BaseException as exc:
-                details, beat_at = f"<heartbeat details could not be unpickled: {exc!r}>", now
+                details, beat_at = (
+                    f"<heartbeat details could not be unpickled: {safe_repr(exc)}>",
+                    now,
+                )
             # CLOCK_MONOTONIC is one clock for every process on the machine
             sched.heartbeat(handle.id, frame.seq, details, min(beat_at, now))
         elif kind is Kind.READY:
@@ -990,7 +998,7 @@ def _rebuild_failure(frame: Frame) -> BaseException:
         info: FailureInfo = frame.load()
     except BaseException as exc:
         return ApplicationError(
-            f"a failure report could not be unpickled: {exc!r}", non_retryable=True
+            f"a failure report could not be unpickled: {safe_repr(exc)}", non_retryable=True
         )
     exc_obj: BaseException | None = None
     if info.exc is not None:

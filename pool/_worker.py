@@ -40,7 +40,7 @@ from pool._protocol import (
 from sdk import _context
 from sdk._definition import ActivityDefinition, _provided
 from sdk._depends import ResourceCache
-from sdk._errors import ApplicationError
+from sdk._errors import ApplicationError, safe_repr, safe_str
 
 # Not typing (~7 ms), nor pickle.py and signal.py: both are thin wrappers over the C modules
 # used here, and importing them costs a worker ~4 ms (pickle imports re, and re and signal
@@ -489,21 +489,16 @@ class Worker:
     def fail(
         self, seq: int, exc: BaseException, *, non_retryable: bool = False, note: str | None = None
     ) -> None:
-        import traceback  # lazily: a worker whose activities never fail never loads it
-
-        tb = "".join(traceback.format_exception(exc))
-        if note:
-            tb = f"{note}\n{tb}"
         try:
-            raw: bytes | None = pickle.dumps(exc, protocol=5)
-        except BaseException:
-            raw = None
-        if isinstance(exc, ApplicationError) and exc.non_retryable:
-            non_retryable = True
-        message = str(exc)
-        if note:
-            message = f"{note}: {type(exc).__name__}: {message}"
-        info = FailureInfo(raw, type(exc).__qualname__, message, tb, non_retryable)
+            info = _failure_info(exc, non_retryable, note)
+        except BaseException as err:  # the exception fought being reported: report that
+            info = FailureInfo(
+                None,
+                type(exc).__qualname__,
+                f"the failure could not be reported: {safe_repr(err)}",
+                "",
+                non_retryable,
+            )
         self.send(encode(Kind.FAILURE, seq, pickle.dumps(info, protocol=5)))
 
     # -- heartbeats ----------------------------------------------------------------------
@@ -581,6 +576,24 @@ def _inject_fault(kind: str, arg: Any) -> None:
     raise ValueError(f"unknown fault {kind!r}")
 
 
+def _failure_info(exc: BaseException, non_retryable: bool, note: str | None) -> FailureInfo:
+    import traceback  # lazily: a worker whose activities never fail never loads it
+
+    tb = "".join(traceback.format_exception(exc))
+    if note:
+        tb = f"{note}\n{tb}"
+    try:
+        raw: bytes | None = pickle.dumps(exc, protocol=5)
+    except BaseException:
+        raw = None
+    if isinstance(exc, ApplicationError) and exc.non_retryable:
+        non_retryable = True
+    message = safe_str(exc)  # user code: its __str__ may raise
+    if note:
+        message = f"{note}: {type(exc).__name__}: {message}"
+    return FailureInfo(raw, type(exc).__qualname__, message, tb, non_retryable)
+
+
 def _dump_details(details: Any, at: float) -> tuple[bytes, list[Any]]:
     """A HEARTBEAT body: the details and the CLOCK_MONOTONIC time they were given at, so that
     the supervisor's heartbeat deadline counts from the beat, not from when it arrived."""
@@ -588,7 +601,7 @@ def _dump_details(details: Any, at: float) -> tuple[bytes, list[Any]]:
         return dumps((details, at))
     except Exception:
         # details that cannot be pickled still prove liveness; keep their repr
-        return dumps((f"<unpicklable heartbeat details: {details!r}>", at))
+        return dumps((f"<unpicklable heartbeat details: {safe_repr(details)}>", at))
 
 
 def _cancelled_error() -> BaseException:

@@ -19,7 +19,12 @@ from types import FunctionType
 
 from . import _context
 from ._depends import Depends, default_resource_cache
-from ._errors import ActivityDefinitionError, ActivityInputError, ApplicationError
+from ._errors import (
+    ActivityDefinitionError,
+    ActivityInputError,
+    ApplicationError,
+    safe_repr,
+)
 from ._record import record
 
 TYPE_CHECKING = False  # not typing's: see the module docstring
@@ -518,7 +523,7 @@ def get_definition(obj: Callable[..., Any] | str | ActivityDefinition) -> Activi
         return defn
     defn = getattr(obj, "__activity_definition__", None)
     if not isinstance(defn, ActivityDefinition):
-        raise ActivityInputError(f"{obj!r} is not an activity; decorate it with @activity")
+        raise ActivityInputError(f"{safe_repr(obj)} is not an activity; decorate it with @activity")
     return defn
 
 
