@@ -111,6 +111,13 @@ class Pool:
                 raise ValueError("cpu_affinity: give True, or a non-empty list of CPU sets")
         if thread_limit == "auto":
             thread_limit = max(1, (os.cpu_count() or 1) // workers)
+        elif thread_limit is not None and (
+            isinstance(thread_limit, bool) or not isinstance(thread_limit, int) or thread_limit < 1
+        ):
+            raise ValueError(
+                f"thread_limit must be an int >= 1 (threads per worker), 'auto' or None "
+                f"(no limit), got {thread_limit!r}"
+            )
         preload: list[str] = []
         for item in activities:
             if isinstance(item, types.ModuleType | str):

@@ -743,6 +743,42 @@ def _wrap(defn: ActivityDefinition) -> Callable[..., Any]:
     return wrapper
 
 
+# The options @activity(...) takes, in the order the docs list them.
+ACTIVITY_OPTIONS = (
+    "name",
+    "start_to_close_timeout",
+    "heartbeat_timeout",
+    "schedule_to_close_timeout",
+    "retry_policy_max_attempts",
+    "retry_policy_backoff_coefficient",
+    "retry_policy_initial_interval",
+    "retry_policy_max_interval",
+    "non_retryable_error_types",
+    "sticky_to_worker",
+    "rate_limit",
+)
+
+
+def _unknown_options(unknown: dict[str, Any]) -> TypeError:
+    """The error for options @activity(...) does not take: names them, lists the valid ones."""
+    bad = sorted(unknown)
+    hint = ""
+    if len(bad) == 1:
+        # substring matches first: "timeout" means one of the three *_timeout options
+        close = [o for o in ACTIVITY_OPTIONS if bad[0] in o]
+        if not close:
+            import difflib  # lazily: only a mistyped option needs it
+
+            close = difflib.get_close_matches(bad[0], ACTIVITY_OPTIONS, n=3)
+        if close:
+            hint = f" (did you mean {' or '.join(close)}?)"
+    what = "an unknown option" if len(bad) == 1 else "unknown options"
+    return TypeError(
+        f"@activity() got {what} {', '.join(map(repr, bad))}{hint}; "
+        f"the valid options are: {', '.join(ACTIVITY_OPTIONS)}"
+    )
+
+
 class _ActivityDecorator:
     """``@activity`` / ``@activity(...)``, plus the in-activity helpers (``activity.heartbeat``)."""
 
@@ -783,7 +819,11 @@ class _ActivityDecorator:
         non_retryable_error_types: Iterable[type[BaseException] | str] = (),
         sticky_to_worker: bool = False,
         rate_limit: RateLimit | None = None,
+        **unknown: Any,
     ) -> Any:
+        if unknown:
+            raise _unknown_options(unknown)
+
         def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
             defn = _define(
                 f,
