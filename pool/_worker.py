@@ -62,6 +62,10 @@ else:
 # details are on the wire at most this long after they were given (the contract says 100 ms).
 HEARTBEAT_WINDOW = 0.05
 CANCEL_SIGNAL = signal.SIGUSR1
+# Setup (loading the arguments, making Depends resources) longer than this before the activity
+# is entered is reported, so that the supervisor's heartbeat clock starts at the entry. Shorter
+# setup is not worth a frame: the hot path sends none.
+SETUP_NOTICE = 0.001
 # A pipe write up to PIPE_BUF is atomic and, with a reader draining, completes in one call.
 SMALL_WRITE = 4096
 
@@ -396,6 +400,7 @@ class Worker:
 
     def run(self, frame: Frame) -> None:
         seq = frame.seq
+        began = time.monotonic()  # the library's setup of the attempt starts here
         try:
             meta = RunMeta(*frame.load())
             args, kwargs = frame.load2()
@@ -415,13 +420,23 @@ class Worker:
         hb_timeout = meta.heartbeat_timeout
         self.hb_window = min(HEARTBEAT_WINDOW, hb_timeout / 4) if hb_timeout else HEARTBEAT_WINDOW
         token = _context.set_activity(ctx)
+        held = False
         try:
             if defn.depends_params():
                 provided = _provided(defn, args, kwargs)
+                if hb_timeout and self.resources.missing(defn, provided):
+                    # factories are user code that may run for minutes: start-to-close times
+                    # them, the heartbeat clock waits until the activity is entered
+                    self._send_beat(seq, ())
+                    held = True
                 kwargs = {**self.resources.resolve(defn, provided), **kwargs}
             self.running = True
             if self.cancel_signalled:  # a SIGUSR1 that came just before we were running
                 self._absorb_cancels()
+            if hb_timeout:
+                entered = time.monotonic()
+                if held or entered - began > SETUP_NOTICE:
+                    self._send_beat(seq, (entered,))  # the heartbeat clock starts here
             if meta.fault is not None:
                 _inject_fault(*meta.fault)
             if defn.is_async:
@@ -429,7 +444,6 @@ class Worker:
             else:
                 result = defn.fn(*args, **kwargs)
             self.running = False
-            result = defn.validate_result(result)
         except SystemExit:
             raise
         except BaseException as exc:
@@ -521,6 +535,11 @@ class Worker:
                 )
                 self._flusher.start()
             self._flush_event.set()
+
+    def _send_beat(self, seq: int, body: tuple[float, ...]) -> None:
+        """A HEARTBEAT without details: ``()`` the setup runs user code, ``(at,)`` the
+        activity was entered at ``at``."""
+        self.send([encode_small(Kind.HEARTBEAT, seq, dumps(body)[0])])
 
     def _send_heartbeat(self, seq: int, details: Any, at: float) -> None:
         body, buffers = _dump_details(details, at)

@@ -24,6 +24,7 @@ from ._errors import (
     ActivityInputError,
     ApplicationError,
     safe_repr,
+    safe_str,
 )
 from ._record import record
 
@@ -470,10 +471,10 @@ class ActivityDefinition:
             return value
         try:
             return check(value)
-        # pydantic.ValidationError is a ValueError: caught here without importing pydantic.
-        except (TypeError, ValueError) as e:
+        # pydantic.ValidationError is a ValueError; a user's validator may raise anything
+        except Exception as e:
             raise ApplicationError(
-                f"activity {self.name!r} returned an invalid result: {e}",
+                f"activity {self.name!r} returned an invalid result: {safe_str(e)}",
                 type="ResultValidationError",
                 non_retryable=True,
             ) from None
