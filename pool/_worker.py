@@ -407,6 +407,13 @@ class Worker:
         except BaseException as exc:
             self.fail(seq, exc, non_retryable=True)
             return
+        hb_timeout = meta.heartbeat_timeout
+        # Importing the activity's module (not preloaded) and Depends factories run user code
+        # that may take minutes: start-to-close times it, while the heartbeat clock waits until
+        # the activity is entered. Each happens once per worker: the hot path sends nothing.
+        held = bool(hb_timeout) and (meta.module, meta.qualname) not in self.functions
+        if held:
+            self._send_beat(seq, ())
         try:
             defn = self.lookup(meta.module, meta.qualname)
         except BaseException as exc:
@@ -417,16 +424,12 @@ class Worker:
         self.cancel_requested = False
         self.hb_pending = False
         self.hb_next = 0.0
-        hb_timeout = meta.heartbeat_timeout
         self.hb_window = min(HEARTBEAT_WINDOW, hb_timeout / 4) if hb_timeout else HEARTBEAT_WINDOW
         token = _context.set_activity(ctx)
-        held = False
         try:
             if defn.depends_params():
                 provided = _provided(defn, args, kwargs)
-                if hb_timeout and self.resources.missing(defn, provided):
-                    # factories are user code that may run for minutes: start-to-close times
-                    # them, the heartbeat clock waits until the activity is entered
+                if hb_timeout and not held and self.resources.missing(defn, provided):
                     self._send_beat(seq, ())
                     held = True
                 kwargs = {**self.resources.resolve(defn, provided), **kwargs}

@@ -41,7 +41,7 @@ class BadRepr:
         raise RuntimeError("no repr for you")
 
 
-@activity
+@activity(name="hostile.pid_of")
 def pid_of() -> int:
     return os.getpid()
 
@@ -69,6 +69,6 @@ class HostileArgument:
         raise ValueError("no repr for you")
 
 
-@activity
+@activity(name="hostile.echo")
 def echo(x):
     return x

@@ -58,3 +58,10 @@ def test_result_is_checked_in_the_caller_and_fails_the_call():
 def test_slow_depends_factory_does_not_count_against_the_heartbeat():
     with Pool([acts], workers=1) as pool:
         assert pool.run(acts.beat_after_slow_setup, 1) == "loaded"
+
+
+def test_importing_the_activity_module_does_not_count_against_the_heartbeat():
+    from tests.integration import slow_import_activities as slow
+
+    with Pool([], workers=1) as pool:  # nothing preloaded: the first call imports the module
+        assert pool.run(slow.beat_after_slow_import, 3) == 3
