@@ -11,8 +11,9 @@ in ``pool._pool``. This module imports nothing beyond what a worker has loaded a
 worker imports it only when its first chunk arrives (tests/integration/test_worker_light.py).
 
 The runners are not registered by name (``pool.run("...")`` cannot reach them); a worker needs
-only their ``__activity_definition__``. They have no return annotation, so that the worker's
-check of a runner's result needs neither ``typing`` nor pydantic.
+only their ``__activity_definition__``. Results are checked by the supervisor, item by item, when
+the chunk's list comes back (``ActivityDefinition.checking_each_result_of``), never here: a
+worker needs neither ``typing`` nor pydantic.
 """
 
 from __future__ import annotations
@@ -64,16 +65,10 @@ def run_chunk(module: str, qualname: str, items: list[Any]):  # no return annota
     """Run the sync activity ``module.qualname`` over ``items``; its results, in order."""
     target = _target(module, qualname, False)
     fn: Callable[..., Any] = target.fn
-    kwargs = _injected(target) if target.depends_params() else None
-    check = target._result_check  # None when there is no return annotation to check
-    if check is None:  # the hot path: one call per item and nothing else
-        if kwargs:
-            return [fn(item, **kwargs) for item in items]
-        return [fn(item) for item in items]
-    validate = target.validate_result
-    if kwargs:
-        return [validate(fn(item, **kwargs)) for item in items]
-    return [validate(fn(item)) for item in items]
+    if target.depends_params():
+        kwargs = _injected(target)
+        return [fn(item, **kwargs) for item in items]
+    return [fn(item) for item in items]
 
 
 async def run_chunk_async(module: str, qualname: str, items: list[Any]):  # (see above)
@@ -85,8 +80,7 @@ async def run_chunk_async(module: str, qualname: str, items: list[Any]):  # (see
     if target.depends_params():
         resources = _context.require_activity().resources
         kwargs = await resources.aresolve(target, _provided(target, (None,), {}))
-    validate = target.validate_result
-    return [validate(await fn(item, **kwargs)) for item in items]
+    return [await fn(item, **kwargs) for item in items]
 
 
 def _definition(fn: Callable[..., Any], is_async: bool) -> ActivityDefinition:

@@ -769,7 +769,7 @@ def _chunk_definition(defn: ActivityDefinition, size: int) -> ActivityDefinition
         start_to_close_timeout=None if s2c is None else s2c * size,
         schedule_to_close_timeout=None if s2close is None else s2close * size,
     )
-    return ActivityDefinition(**fields)
+    return ActivityDefinition(**fields).checking_each_result_of(defn)
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:

@@ -134,7 +134,8 @@ def test_worker_running_a_typed_activity_needs_no_pydantic():
     # the caller checks arguments and results: a typed activity costs a fresh worker nothing more
     with _fresh_worker_pool(loaded_modules) as pool:
         pool.run(typed_loaded_modules, 1)
-        mods = set(pool.run(typed_loaded_modules, 2))  # after a typed result went back
+        list(pool.map(typed_loaded_modules, [1, 2, 3], chunksize=2))  # chunks: the same
+        mods = set(pool.run(typed_loaded_modules, 2))  # after typed results went back
     assert "pool._worker" in mods
     unexpected = sorted(({"pydantic", "pydantic_core", *HEAVY} - _startup_modules()) & mods)
     assert not unexpected, f"a worker imported {unexpected} to run a typed activity"
