@@ -35,9 +35,14 @@ def _target(module: str, qualname: str, is_async: bool) -> ActivityDefinition:
     """The activity a chunk runs, as the worker resolves any activity (its cache, __main__)."""
     ctx = _context._current_activity.get()
     try:
-        worker = getattr(ctx, "_worker", None)  # pool._worker's context of this attempt
+        worker = _worker_of(ctx)
         if worker is not None:
-            target = worker.lookup(module, qualname)
+            if (module, qualname) in worker.functions:
+                target = worker.lookup(module, qualname)
+            else:  # the first chunk here imports the activity's module: user code
+                worker.hold_heartbeat()
+                target = worker.lookup(module, qualname)
+                worker.resume_heartbeat()
         else:  # outside a pool worker (a test calling the runner directly)
             target = _load_definition(module, qualname)
     except BaseException as exc:
@@ -56,9 +61,22 @@ def _target(module: str, qualname: str, is_async: bool) -> ActivityDefinition:
     return target
 
 
+def _worker_of(ctx: Any) -> Any:
+    """The pool._worker.Worker running this attempt, or None outside a pool worker."""
+    return getattr(ctx, "_worker", None)  # pool._worker's context of this attempt
+
+
 def _injected(target: ActivityDefinition) -> dict[str, Any]:
     """Depends resources of ``target`` for a call given its item as the first positional."""
-    return _context.require_activity().resources.resolve(target, _provided(target, (None,), {}))
+    ctx = _context.require_activity()
+    provided = _provided(target, (None,), {})
+    worker = _worker_of(ctx)
+    if worker is None or not ctx.resources.missing(target, provided):
+        return ctx.resources.resolve(target, provided)
+    worker.hold_heartbeat()  # factories are user code: start-to-close times them, not heartbeats
+    resources = ctx.resources.resolve(target, provided)
+    worker.resume_heartbeat()
+    return resources
 
 
 def run_chunk(module: str, qualname: str, items: list[Any]):  # no return annotation: see above
@@ -78,8 +96,15 @@ async def run_chunk_async(module: str, qualname: str, items: list[Any]):  # (see
     fn: Callable[..., Any] = target.fn
     kwargs: dict[str, Any] = {}
     if target.depends_params():
-        resources = _context.require_activity().resources
-        kwargs = await resources.aresolve(target, _provided(target, (None,), {}))
+        ctx = _context.require_activity()
+        provided = _provided(target, (None,), {})
+        worker = _worker_of(ctx)
+        held = worker is not None and ctx.resources.missing(target, provided)
+        if held:
+            worker.hold_heartbeat()
+        kwargs = await ctx.resources.aresolve(target, provided)
+        if held:
+            worker.resume_heartbeat()
     return [await fn(item, **kwargs) for item in items]
 
 

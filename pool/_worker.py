@@ -157,6 +157,7 @@ class Worker:
         self._write_lock = threading.Lock()
         # state of the attempt being run (main thread; the signal handler reads it)
         self.current_seq = 0
+        self.current_heartbeat_timeout: float | None = None
         self.running = False
         self.cancel_requested = False
         self.cancel_signalled = False  # SIGUSR1 came while no attempt was running
@@ -421,6 +422,7 @@ class Worker:
             return
         ctx = _WorkerContext(self, meta)
         self.current_seq = seq
+        self.current_heartbeat_timeout = hb_timeout
         self.cancel_requested = False
         self.hb_pending = False
         self.hb_next = 0.0
@@ -436,6 +438,8 @@ class Worker:
             self.running = True
             if self.cancel_signalled:  # a SIGUSR1 that came just before we were running
                 self._absorb_cancels()
+            if defn.is_async and self.loop is None:
+                self._ensure_loop()  # imports asyncio: the library's setup, not the activity's
             if hb_timeout:
                 entered = time.monotonic()
                 if held or entered - began > SETUP_NOTICE:
@@ -538,6 +542,16 @@ class Worker:
                 )
                 self._flusher.start()
             self._flush_event.set()
+
+    def hold_heartbeat(self) -> None:
+        """User code prepares the running attempt from inside it (a chunk's activity module
+        imported, its Depends factories): hold the heartbeat clock until resume_heartbeat()."""
+        if self.current_heartbeat_timeout:
+            self._send_beat(self.current_seq, ())
+
+    def resume_heartbeat(self) -> None:
+        if self.current_heartbeat_timeout:
+            self._send_beat(self.current_seq, (time.monotonic(),))
 
     def _send_beat(self, seq: int, body: tuple[float, ...]) -> None:
         """A HEARTBEAT without details: ``()`` the setup runs user code, ``(at,)`` the

@@ -58,6 +58,8 @@ def test_result_is_checked_in_the_caller_and_fails_the_call():
 def test_slow_depends_factory_does_not_count_against_the_heartbeat():
     with Pool([acts], workers=1) as pool:
         assert pool.run(acts.beat_after_slow_setup, 1) == "loaded"
+        # async: the worker's first async call also sets up its event loop (imports asyncio)
+        assert pool.run(acts.async_beat_after_slow_setup, 1) == "loaded async"
 
 
 def test_importing_the_activity_module_does_not_count_against_the_heartbeat():
@@ -65,3 +67,14 @@ def test_importing_the_activity_module_does_not_count_against_the_heartbeat():
 
     with Pool([], workers=1) as pool:  # nothing preloaded: the first call imports the module
         assert pool.run(slow.beat_after_slow_import, 3) == 3
+
+
+def test_in_a_chunk_neither_a_slow_import_nor_a_slow_factory_counts_against_the_heartbeat():
+    from tests.integration import slow_import_activities as slow
+
+    with Pool([], workers=1) as pool:  # nothing preloaded: the first chunk imports the modules
+        assert list(pool.map(slow.beat_after_slow_import, [1, 2], chunksize=2)) == [1, 2]
+        got = list(pool.map(acts.beat_after_slow_setup, [1, 2, 3], chunksize=3))
+        assert got == ["loaded"] * 3
+        got = list(pool.map(acts.async_beat_after_slow_setup, [1, 2], chunksize=2))
+        assert got == ["loaded async"] * 2

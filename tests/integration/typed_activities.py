@@ -33,3 +33,16 @@ def slow_resource() -> str:
 def beat_after_slow_setup(x: int, resource: str = Depends(slow_resource)) -> str:
     activity.heartbeat(x)
     return resource
+
+
+def slow_resource_for_async() -> str:
+    time.sleep(0.3)
+    return "loaded async"
+
+
+@activity(heartbeat_timeout=0.05, retry_policy_max_attempts=1, start_to_close_timeout=5)
+async def async_beat_after_slow_setup(
+    x: int, resource: str = Depends(slow_resource_for_async)
+) -> str:
+    activity.heartbeat(x)
+    return resource
