@@ -13,8 +13,9 @@ class PoolEvent:
 
     ``kind`` is one of: worker_started, spare_ready, worker_exited, worker_killed, worker_recycled,
     attempt_started, attempt_completed, attempt_failed, attempt_requeued (prefetched onto a worker
-    that died; back in the queue, attempt not counted), retry_scheduled, session_bound,
-    session_lost, session_closed.
+    that died; back in the queue, attempt not counted), attempt_withdrawn (taken back unstarted
+    from a busy worker's pipe for an idle worker; attempt not counted), retry_scheduled,
+    session_bound, session_lost, session_closed.
     """
 
     kind: str

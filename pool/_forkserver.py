@@ -19,12 +19,24 @@ Channel: a ``SOCK_SEQPACKET`` unix socket, one message per packet.
   status>``: that worker exited. It stays a zombie until the supervisor sends ``R``, so its pid
   cannot be reused while the supervisor may still signal it (as with a child of its own).
 
-EOF on the socket (the pool closed, or the supervisor died) makes this process SIGKILL every
-worker it still has, reap them and exit. It dies with the supervisor (PR_SET_PDEATHSIG), and
-its workers die with it, so nothing outlives a killed supervisor.
+With ``start_method="spawn"`` the same server runs without the worker's code (``main`` is
+given the worker's boot line) and starts each worker with ``posix_spawn`` of a fresh
+interpreter: it is then only the pool's reaper.
 
-Only ``_socket``, ``select`` and ``struct`` beyond what a worker imports: a forked worker
-inherits this process's modules, and must stay as light as a spawned one.
+What an activity starts dies with its worker. Each worker is a child subreaper
+(PR_SET_CHILD_SUBREAPER, set in ``pool._worker``): a daemon that double-forks stays under it.
+This process is a subreaper too, so when a worker goes, for whatever reason, what the worker
+still had is handed to this process and not to init. Any child here that was not forked as a
+worker is such an orphan: it is killed with its whole tree the moment the worker's exit is seen
+(``_sweep``). The parent-death signal here is SIGTERM, which this process catches: when the
+supervisor dies (even by SIGKILL), as on EOF on the socket (the pool closed), it kills every
+worker and everything under them, reaps it all, and only then exits. What it cannot cover: this
+process itself SIGKILLed (its workers die by their own parent-death signal, their orphans go to
+init).
+
+Only ``_socket``, ``select``, ``struct`` and ``pool._tree`` (``os`` only) beyond what a worker
+imports: a forked worker inherits this process's modules, and must stay as light as a spawned
+one.
 """
 
 from __future__ import annotations
@@ -36,7 +48,16 @@ import select
 import struct
 import sys
 
-from pool import _worker
+from pool import _tree
+from pool._fds import above_stdio
+
+TYPE_CHECKING = False  # not typing's (~7 ms): a forked worker inherits what this imports
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    # (fds, supervisor pid, fds the new worker must not keep) -> the worker's pid
+    StartWorker = Callable[[tuple[int, int, int], int, list[int]], int]
 
 _FORK = struct.Struct("<Q")
 _FORKED = struct.Struct("<Qi")
@@ -52,13 +73,16 @@ def _fork_worker(fds: tuple[int, int, int], supervisor: int, closing: list[int])
         return pid
     code = 1
     try:
+        from pool import _worker  # (main imported it: a lookup)
+
         os.setsid()
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         for fd in closing:
             os.close(fd)
         req_r, rep_w, out_w = fds
-        null = os.open(os.devnull, os.O_RDONLY)
+        null = above_stdio(os.open(os.devnull, os.O_RDONLY))  # (closed below: not fd 2)
         os.dup2(null, 0)
         os.dup2(out_w, 1)
         os.dup2(out_w, 2)
@@ -91,12 +115,114 @@ def _fork_worker(fds: tuple[int, int, int], supervisor: int, closing: list[int])
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def serve(sock_fd: int, supervisor: int) -> int:
+def _spawner(boot: str) -> StartWorker:
+    """Start each worker by ``posix_spawn`` of a fresh interpreter running ``boot`` (the
+    server of a ``start_method="spawn"`` pool)."""
+
+    def spawn_worker(fds: tuple[int, int, int], supervisor: int, closing: list[int]) -> int:
+        req_r, rep_w, out_w = fds
+        os.set_inheritable(req_r, True)
+        os.set_inheritable(rep_w, True)
+        argv = [sys.executable, "-c", boot, str(req_r), str(rep_w), str(os.getpid())]
+        argv.append(str(supervisor))
+        return os.posix_spawn(
+            sys.executable,
+            argv,
+            os.environ,  # the workers' environment (the supervisor started us with it)
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, out_w, 1),
+                (os.POSIX_SPAWN_DUP2, out_w, 2),
+            ],
+            setsid=True,
+            setsigmask=(),
+        )
+
+    return spawn_worker
+
+
+def _libc_prctl() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):  # pragma: no cover - not Linux, exotic libc
+        return None
+
+
+def _watch_supervisor(supervisor: int) -> bool:
+    """Adopt the workers' orphans, and get SIGTERM (which ``serve`` catches) when the
+    supervisor dies; False if it is gone already."""
+    prctl = _libc_prctl()
+    if prctl:
+        PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    return os.getppid() == supervisor
+
+
+def _woken_by(wake_r: int, signum: int) -> bool:
+    """Empty the signal wake-up pipe; whether ``signum`` was among what woke us."""
+    seen = False
+    while True:
+        try:
+            data = os.read(wake_r, 512)
+        except BlockingIOError:
+            return seen
+        except InterruptedError:
+            continue
+        if not data:
+            return seen
+        seen = seen or signum in data
+
+
+def _sweep(workers: set[int]) -> None:
+    """Kill what gone workers left behind: a child of ours that we did not fork as a worker
+    is an orphan adopted here (we are a subreaper) from a worker that has exited. Kill it with
+    everything under it, and reap it once dead (its death wakes us again, for what it had)."""
+    for pid in _tree.children(os.getpid()):
+        if pid in workers:
+            continue
+        _tree.kill_tree(pid)
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
+def _sweep_all(workers: set[int]) -> None:
+    """On the way out: kill every worker and everything under it (and any orphan already
+    here), then reap until no child is left, so nothing outlives this process."""
+    me = os.getpid()
+    for pid in workers:
+        for kill in (os.killpg, os.kill):  # (the worker's group, then the worker itself)
+            try:
+                kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    while True:
+        for pid in _tree.children(me):
+            _tree.kill_tree(pid)
+        try:
+            os.waitpid(-1, 0)  # one is gone: what it still had is ours by now, to kill next
+        except ChildProcessError:
+            return
+
+
+def serve(sock_fd: int, supervisor: int, start: StartWorker | None = None) -> int:
+    """Answer the supervisor's requests until it closes the socket or dies. ``start``
+    starts one worker (default: fork it from here)."""
+    start_worker = _fork_worker if start is None else start
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0, sock_fd)
-    wake_r, wake_w = os.pipe()
+    os.set_inheritable(sock_fd, False)  # (a spawned worker must not hold it)
+    wake_r, wake_w = (above_stdio(fd) for fd in os.pipe())
+    os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # only to wake the poll below
+    # only to wake the poll below: a worker's (or an adopted orphan's) exit, and the
+    # supervisor's death (our parent-death signal)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     children: set[int] = set()  # forked and not reaped
     reported: set[int] = set()  # of those, exited and told
     poller = select.poll()
@@ -104,19 +230,14 @@ def serve(sock_fd: int, supervisor: int) -> int:
     poller.register(wake_r, select.POLLIN)
     fd_space = _socket.CMSG_SPACE(_FDS.size)
     try:
+        if not _watch_supervisor(supervisor):
+            return 1  # the supervisor died before we could register
         sock.send(b"U")
         while True:
             for fd, _ in poller.poll():
                 if fd == wake_r:
-                    while True:
-                        try:
-                            if not os.read(wake_r, 512):
-                                break
-                        except BlockingIOError:
-                            break
-                        except InterruptedError:
-                            continue
-                        break
+                    if _woken_by(wake_r, signal.SIGTERM):
+                        return 0  # the supervisor died: sweep everything (finally) and go
                     for pid in sorted(children - reported):
                         try:
                             info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -127,6 +248,7 @@ def serve(sock_fd: int, supervisor: int) -> int:
                             reported.add(pid)
                             status = _wait_status(info)
                             sock.send(b"X" + _EXIT.pack(pid, status))
+                    _sweep(children)
                     continue
                 msg, ancdata, _, _ = sock.recvmsg(1 << 16, fd_space, _socket.MSG_CMSG_CLOEXEC)
                 if not msg:
@@ -139,7 +261,7 @@ def serve(sock_fd: int, supervisor: int) -> int:
                         continue
                     (req_id,) = _FORK.unpack(msg[1:])
                     try:
-                        pid = _fork_worker(
+                        pid = start_worker(
                             (fds[0], fds[1], fds[2]), supervisor, [sock_fd, wake_r, wake_w]
                         )
                     except OSError:
@@ -163,20 +285,7 @@ def serve(sock_fd: int, supervisor: int) -> int:
     except OSError:  # the socket broke: the supervisor closed the pool (or died)
         return 0
     finally:
-        for pid in children:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        for pid in children:
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
+        _sweep_all(children)
 
 
 _NEVER_WARM = {"__main__", "antigravity", "this"}  # (their import does something)
@@ -199,7 +308,7 @@ def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     for level, kind, data in ancdata:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             usable = len(data) - len(data) % 4
-            fds.extend(struct.unpack(f"<{usable // 4}i", data[:usable]))
+            fds.extend(above_stdio(fd) for fd in struct.unpack(f"<{usable // 4}i", data[:usable]))
     return fds
 
 
@@ -248,9 +357,13 @@ def _shed_caller_state(keep_fd: int, env: dict[str, str]) -> None:
     # connections) must not be held open here, or their far ends would never see EOF, so each
     # becomes /dev/null in place: the number stays taken, so a caller's object that closes it
     # later cannot close one of ours. Regular files (log files) stay as they are.
-    null = os.open(os.devnull, os.O_RDWR)
+    null = above_stdio(os.open(os.devnull, os.O_RDWR))
     os.dup2(null, 0)
     os.dup2(null, 1)
+    try:
+        os.fstat(2)
+    except OSError:  # the caller closed its stderr: ours is /dev/null, never a pool fd
+        os.dup2(null, 2)
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd <= 2 or fd in (keep_fd, null):
@@ -291,7 +404,15 @@ def _shed_caller_state(keep_fd: int, env: dict[str, str]) -> None:
 
 
 def main(argv: list[str]) -> int:
+    """``argv``: the socket's fd, the supervisor's pid, and for a server that spawns its
+    workers (``start_method="spawn"``) the line a fresh worker interpreter runs."""
     sock_fd, supervisor = int(argv[0]), int(argv[1])
-    _worker._set_parent_death_signal(supervisor)  # (imports ctypes once, for every worker)
+    start = None
+    if len(argv) > 2:
+        start = _spawner(argv[2])
+    else:
+        from pool import _worker
+
+        _worker.load_prctl()  # once here, for every worker forked from here
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor
-    return serve(sock_fd, supervisor)
+    return serve(sock_fd, supervisor, start)

@@ -14,16 +14,17 @@ import contextvars
 import os
 import threading
 import types
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar, overload
 
-from pool import _chunks
+from pool import _chunks, _map
 from pool._events import PoolEvent, PoolStats
+from pool._fds import StdioReserved
 from pool._futures import PoolFuture
 from pool._process import ForkServer
 from pool._protocol import dumps, lift_call_bytes
-from pool._scheduler import Call
+from pool._scheduler import Call, CallState
 from pool._supervisor import FaultRule, Supervisor, SupervisorConfig, early_forkserver
 from pool._worker import refuse_pool_while_importing_main
 from sdk import _context
@@ -40,14 +41,383 @@ ActivityRef = Callable[..., Any] | str
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+    with StdioReserved():  # the loop's own fds (epoll, wake-up) are the pool's, never stdio
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+            return asyncio.new_event_loop()
+        return uvloop.new_event_loop()
 
 
-class Pool:
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class PoolCalls:
+    """The calling API of a :class:`Pool` and of its :class:`PoolSession` (type checkers name
+    it in their messages: ``"run" of "PoolCalls"``).
+
+    Typed from the activity: ``pool.run(add, 1, 2)`` is what ``add`` returns, an ``async def``
+    activity's coroutine result included, and the arguments are checked against its
+    parameters; ``map`` checks the items against its one parameter. An activity given by its
+    registered name is ``Any``.
+    """
+
+    __slots__ = ()
+
+    def _target(self) -> tuple[Pool, Any]:
+        """The pool that runs the calls, and the sticky session they belong to (or None)."""
+        raise NotImplementedError
+
+    @overload
+    async def execute(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R: ...
+    @overload
+    async def execute(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R: ...
+    @overload
+    async def execute(self, fn: str, /, *args: Any, **kwargs: Any) -> Any: ...
+    async def execute(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> Any:
+        """Run one activity in the pool and return its result (or raise its error)."""
+        pool, session = self._target()
+        return await pool.dispatch(get_definition(fn), args, kwargs, session)
+
+    @overload
+    def submit(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> concurrent.futures.Future[R]: ...
+    @overload
+    def submit(
+        self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> concurrent.futures.Future[R]: ...
+    @overload
+    def submit(self, fn: str, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]: ...
+    def submit(
+        self, fn: ActivityRef, /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[Any]:
+        """Start one activity; returns a ``concurrent.futures.Future``. Cancelling it cancels."""
+        pool, session = self._target()
+        return pool._submit_call(pool._prepare(fn, args, kwargs, session))
+
+    @overload
+    def run(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R: ...
+    @overload
+    def run(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R: ...
+    @overload
+    def run(self, fn: str, /, *args: Any, **kwargs: Any) -> Any: ...
+    def run(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> Any:
+        """Blocking call from a thread that is not the pool's loop."""
+        pool, session = self._target()
+        pool._refuse_on_loop("run")
+        return pool._run_call(pool._prepare(fn, args, kwargs, session))
+
+    @overload
+    def map(
+        self,
+        fn: Callable[[T], Coroutine[Any, Any, R]],
+        iterable: Iterable[T],
+        *,
+        buffersize: int | None = ...,
+        chunksize: int = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> Iterator[R]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T], R],
+        iterable: Iterable[T],
+        *,
+        buffersize: int | None = ...,
+        chunksize: int = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> Iterator[R]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T], Coroutine[Any, Any, R]],
+        iterable: Iterable[T],
+        *,
+        buffersize: int | None = ...,
+        chunksize: int = ...,
+        return_exceptions: bool,
+    ) -> Iterator[R | BaseException]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[T], R],
+        iterable: Iterable[T],
+        *,
+        buffersize: int | None = ...,
+        chunksize: int = ...,
+        return_exceptions: bool,
+    ) -> Iterator[R | BaseException]: ...
+    @overload
+    def map(
+        self,
+        fn: str,
+        iterable: Iterable[Any],
+        *,
+        buffersize: int | None = ...,
+        chunksize: int = ...,
+        return_exceptions: bool = ...,
+    ) -> Iterator[Any]: ...
+    def map(
+        self,
+        fn: ActivityRef,
+        iterable: Iterable[Any],
+        *,
+        buffersize: int | None = None,
+        chunksize: int = 1,
+        return_exceptions: bool = False,
+    ) -> Iterator[Any]:
+        """Call ``fn(item)`` for every item; results in input order. A blocking iterator.
+
+        The input is read lazily: at most ``buffersize`` items are read and not yet yielded
+        (default: 256 calls' worth, or 4 per worker if more; times ``chunksize``), so an endless
+        generator works. The first window is sent at once; then an item is read for each one
+        yielded. Leaving the iteration early (``break``, an exception, ``close()``) cancels the
+        calls in flight and reads no more.
+
+        An item's failure is raised when the iteration reaches it: its call's error
+        (``ActivityError``...), or ``ActivityInputError`` for an item that fails validation or
+        cannot be pickled (nothing was sent for it). With ``return_exceptions=True`` that error
+        is yielded in the item's place and the map goes on. An exception raised by the input
+        iterator itself is raised at its position, after every earlier item's outcome, with
+        or without ``return_exceptions``, and ends the map.
+
+        ``chunksize=k > 1`` sends the items ``k`` at a time (the last chunk shorter): each
+        chunk is *one* call, run in one worker, where ``fn``'s function runs over the chunk's
+        items in order with the activity context set up once (``activity.info()`` and
+        ``heartbeat()`` work in every item; ``info()`` describes the chunk's attempt). This
+        takes the per-call cost (a round trip, events, scheduling) off each item: use it for
+        many short items. A chunk is one attempt: its ``start_to_close_timeout`` (and
+        ``schedule_to_close_timeout``) is the activity's times the number of items in the
+        chunk; ``heartbeat_timeout`` is unchanged and a heartbeat from any item counts. A
+        failure of any item (an exception, a timeout, a crash) fails the chunk, and the
+        activity's retry policy retries the whole chunk: its items run again, so they must be
+        idempotent. When retries run out, the error is raised when the iteration reaches the
+        chunk's first item (with ``return_exceptions``, it is every item's outcome). An item
+        that fails validation is left out of its chunk and fails alone. Not allowed with an
+        activity that has a ``rate_limit``.
+        """
+        pool, session = self._target()
+        pool._refuse_on_loop("map")
+        run = pool._map_run(fn, session, buffersize, chunksize, ordered=True, threaded=True)
+        results = _map.results(run, iter(iterable), return_exceptions)
+        next(results)  # the first window goes out now
+        return results
+
+    @overload
+    def map_unordered(
+        self,
+        fn: Callable[[T], Coroutine[Any, Any, R]],
+        iterable: Iterable[T],
+        *,
+        buffersize: int | None = ...,
+        chunksize: int = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> Iterator[tuple[int, R]]: ...
+    @overload
+    def map_unordered(
+        self,
+        fn: Callable[[T], R],
+        iterable: Iterable[T],
+        *,
+        buffersize: int | None = ...,
+        chunksize: int = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> Iterator[tuple[int, R]]: ...
+    @overload
+    def map_unordered(
+        self,
+        fn: Callable[[T], Coroutine[Any, Any, R]],
+        iterable: Iterable[T],
+        *,
+        buffersize: int | None = ...,
+        chunksize: int = ...,
+        return_exceptions: bool,
+    ) -> Iterator[tuple[int, R | BaseException]]: ...
+    @overload
+    def map_unordered(
+        self,
+        fn: Callable[[T], R],
+        iterable: Iterable[T],
+        *,
+        buffersize: int | None = ...,
+        chunksize: int = ...,
+        return_exceptions: bool,
+    ) -> Iterator[tuple[int, R | BaseException]]: ...
+    @overload
+    def map_unordered(
+        self,
+        fn: str,
+        iterable: Iterable[Any],
+        *,
+        buffersize: int | None = ...,
+        chunksize: int = ...,
+        return_exceptions: bool = ...,
+    ) -> Iterator[tuple[int, Any]]: ...
+    def map_unordered(
+        self,
+        fn: ActivityRef,
+        iterable: Iterable[Any],
+        *,
+        buffersize: int | None = None,
+        chunksize: int = 1,
+        return_exceptions: bool = False,
+    ) -> Iterator[tuple[int, Any]]:
+        """:meth:`map` that yields ``(index, result)`` as the calls finish, not in input order.
+
+        ``index`` is the item's position in the input (from 0). The window, chunks, errors and
+        ``return_exceptions`` are as in :meth:`map`; a slow item holds back nothing but itself.
+        """
+        pool, session = self._target()
+        pool._refuse_on_loop("map_unordered")
+        run = pool._map_run(fn, session, buffersize, chunksize, ordered=False, threaded=True)
+        results = _map.results(run, iter(iterable), return_exceptions)
+        next(results)
+        return results
+
+    @overload
+    def amap(
+        self,
+        fn: Callable[[T], Coroutine[Any, Any, R]],
+        iterable: Iterable[T] | AsyncIterable[T],
+        *,
+        buffersize: int | None = ...,
+        chunksize: int = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> AsyncIterator[R]: ...
+    @overload
+    def amap(
+        self,
+        fn: Callable[[T], R],
+        iterable: Iterable[T] | AsyncIterable[T],
+        *,
+        buffersize: int | None = ...,
+        chunksize: int = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> AsyncIterator[R]: ...
+    @overload
+    def amap(
+        self,
+        fn: Callable[[T], Coroutine[Any, Any, R]],
+        iterable: Iterable[T] | AsyncIterable[T],
+        *,
+        buffersize: int | None = ...,
+        chunksize: int = ...,
+        return_exceptions: bool,
+    ) -> AsyncIterator[R | BaseException]: ...
+    @overload
+    def amap(
+        self,
+        fn: Callable[[T], R],
+        iterable: Iterable[T] | AsyncIterable[T],
+        *,
+        buffersize: int | None = ...,
+        chunksize: int = ...,
+        return_exceptions: bool,
+    ) -> AsyncIterator[R | BaseException]: ...
+    @overload
+    def amap(
+        self,
+        fn: str,
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        *,
+        buffersize: int | None = ...,
+        chunksize: int = ...,
+        return_exceptions: bool = ...,
+    ) -> AsyncIterator[Any]: ...
+    def amap(
+        self,
+        fn: ActivityRef,
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        *,
+        buffersize: int | None = None,
+        chunksize: int = 1,
+        return_exceptions: bool = False,
+    ) -> AsyncIterator[Any]:
+        """:meth:`map` for async code: an async iterator of results in input order.
+
+        The input may be an async iterable too. Reading starts with the iteration; the rest is
+        as in :meth:`map`. Leave early with ``contextlib.aclosing(pool.amap(...))``, or the
+        calls in flight are cancelled only when the iterator is garbage-collected.
+        """
+        pool, session = self._target()
+        run = pool._map_run(fn, session, buffersize, chunksize, ordered=True, threaded=False)
+        source, is_async = _source(iterable)
+        return _map.aresults(run, source, is_async, return_exceptions)
+
+    @overload
+    def amap_unordered(
+        self,
+        fn: Callable[[T], Coroutine[Any, Any, R]],
+        iterable: Iterable[T] | AsyncIterable[T],
+        *,
+        buffersize: int | None = ...,
+        chunksize: int = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> AsyncIterator[tuple[int, R]]: ...
+    @overload
+    def amap_unordered(
+        self,
+        fn: Callable[[T], R],
+        iterable: Iterable[T] | AsyncIterable[T],
+        *,
+        buffersize: int | None = ...,
+        chunksize: int = ...,
+        return_exceptions: Literal[False] = ...,
+    ) -> AsyncIterator[tuple[int, R]]: ...
+    @overload
+    def amap_unordered(
+        self,
+        fn: Callable[[T], Coroutine[Any, Any, R]],
+        iterable: Iterable[T] | AsyncIterable[T],
+        *,
+        buffersize: int | None = ...,
+        chunksize: int = ...,
+        return_exceptions: bool,
+    ) -> AsyncIterator[tuple[int, R | BaseException]]: ...
+    @overload
+    def amap_unordered(
+        self,
+        fn: Callable[[T], R],
+        iterable: Iterable[T] | AsyncIterable[T],
+        *,
+        buffersize: int | None = ...,
+        chunksize: int = ...,
+        return_exceptions: bool,
+    ) -> AsyncIterator[tuple[int, R | BaseException]]: ...
+    @overload
+    def amap_unordered(
+        self,
+        fn: str,
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        *,
+        buffersize: int | None = ...,
+        chunksize: int = ...,
+        return_exceptions: bool = ...,
+    ) -> AsyncIterator[tuple[int, Any]]: ...
+    def amap_unordered(
+        self,
+        fn: ActivityRef,
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        *,
+        buffersize: int | None = None,
+        chunksize: int = 1,
+        return_exceptions: bool = False,
+    ) -> AsyncIterator[tuple[int, Any]]:
+        """:meth:`map_unordered` for async code (the input may be an async iterable)."""
+        pool, session = self._target()
+        run = pool._map_run(fn, session, buffersize, chunksize, ordered=False, threaded=False)
+        source, is_async = _source(iterable)
+        return _map.aresults(run, source, is_async, return_exceptions)
+
+
+class Pool(PoolCalls):
     """A supervised pool of worker processes that run activities.
 
     Use as ``async with Pool(...) as pool`` (on the running loop) or ``with Pool(...) as pool``
@@ -317,40 +687,30 @@ class Pool:
             policy = self._policies[id(defn)] = defn.retry_policy(self._default_policy)
         return policy
 
-    def _prepare_chunks(
-        self, defn: ActivityDefinition, iterable: Iterable[Any], chunksize: int, session: Any
-    ) -> list[Call]:
-        """One call per ``chunksize`` items (the last may be shorter), each running ``defn``
-        over its items in one worker (see ``pool._chunks``)."""
+    def _chunk_call(
+        self,
+        defn: ActivityDefinition,
+        session: Any,
+        defns: dict[int, ActivityDefinition],
+        items: list[Any],
+    ) -> Call:
+        """One call running ``defn`` over ``items`` (validated) in one worker (see
+        ``pool._chunks``); ``defns`` caches the chunk definitions of one map by length."""
         if self._closed or self._sup is None:
             raise PoolClosedError(
                 "the pool is closed" if self._closed else "the pool is not started"
             )
-        if defn.rate_limit is not None:
-            raise ValueError(
-                f"activity {defn.name!r} has a rate_limit, which counts calls: map it with "
-                "chunksize=1 (a chunk would start many items as one call)"
-            )
         sid = self._session_id(defn, session)
-        items = _validate_items(defn, iterable)
-        policy = self._policy(defn)
-        where = (defn.module, defn.qualname)
-        defns: dict[int, ActivityDefinition] = {}  # by chunk length: at most two
-        calls = []
-        new_call = self._sup.new_call
-        for start in range(0, len(items), chunksize):
-            chunk = items[start : start + chunksize]
-            cdefn = defns.get(len(chunk))
-            if cdefn is None:
-                cdefn = defns[len(chunk)] = _chunk_definition(defn, len(chunk))
-            try:
-                payload = dumps(((*where, chunk), {}))
-            except Exception as exc:
-                raise ActivityInputError(
-                    f"arguments of activity {defn.name!r} cannot be pickled: {safe_repr(exc)}"
-                ) from exc
-            calls.append(new_call(cdefn, policy, payload, None, sid))
-        return calls
+        cdefn = defns.get(len(items))
+        if cdefn is None:
+            cdefn = defns[len(items)] = _chunk_definition(defn, len(items))
+        try:
+            payload = dumps(((defn.module, defn.qualname, items), {}))
+        except Exception as exc:
+            raise ActivityInputError(
+                f"arguments of activity {defn.name!r} cannot be pickled: {safe_repr(exc)}"
+            ) from exc
+        return self._sup.new_call(cdefn, self._policy(defn), payload, None, sid)
 
     def _session_closed(self, session: Any) -> None:
         sid = session.session_id
@@ -379,23 +739,8 @@ class Pool:
             sup.cancel(call)
             raise
 
-    async def execute(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> Any:
-        """Run one activity in the pool and return its result (or raise its error)."""
-        return await self.dispatch(get_definition(fn), args, kwargs, _context_session())
-
-    def submit(
-        self, fn: ActivityRef, /, *args: Any, **kwargs: Any
-    ) -> concurrent.futures.Future[Any]:
-        """Start one activity; returns a ``concurrent.futures.Future``. Cancelling it cancels."""
-        call = self._prepare(fn, args, kwargs, _context_session())
-        fut = call.waiter = PoolFuture(self, call)
-        self._to_loop(call)
-        return fut
-
-    def run(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> Any:
-        """Blocking call from a thread that is not the pool's loop."""
-        self._refuse_on_loop("run")
-        return self._run_call(self._prepare(fn, args, kwargs, _context_session()))
+    def _target(self) -> tuple[Pool, Any]:
+        return self, _context_session()
 
     def _run_call(self, call: Call) -> Any:
         # A lock released by the loop thread, not a Future: fewer objects and one wake-up.
@@ -411,100 +756,83 @@ class Pool:
                     self._to_loop(partial(sup.cancel, call))
             raise
 
-    def map(
-        self,
-        fn: ActivityRef,
-        iterable: Iterable[Any],
-        *,
-        session: Any = None,
-        chunksize: int = 1,
-    ) -> Iterator[Any]:
-        """Call ``fn(item)`` for every item; results in input order. Blocking iterator.
-
-        Every item is submitted at once. Leaving the iteration early cancels the calls that
-        have not finished. An item whose call fails raises its error (``ActivityError``...)
-        when the iteration reaches it.
-
-        ``chunksize=k > 1`` sends the items ``k`` at a time (the last chunk shorter): each
-        chunk is *one* call, run in one worker, where ``fn``'s function runs over the chunk's
-        items in order with the activity context set up once (``activity.info()`` and
-        ``heartbeat()`` work in every item; ``info()`` describes the chunk's attempt). This
-        takes the per-call cost (a round trip, events, scheduling) off each item: use it for
-        many short items. A chunk is one attempt: its ``start_to_close_timeout`` (and
-        ``schedule_to_close_timeout``) is the activity's times the number of items in the
-        chunk; ``heartbeat_timeout`` is unchanged and a heartbeat from any item counts. A
-        failure of any item (an exception, a timeout, a crash) fails the chunk, and the
-        activity's retry policy retries the whole chunk: its items run again, so they must be
-        idempotent. When retries run out, the error is raised when the iteration reaches the
-        chunk's first item. Not allowed with an activity that has a ``rate_limit``.
-        """
-        size = _check_chunksize(chunksize)
-        self._refuse_on_loop("map")
-        session = session if session is not None else _context_session()
-        defn = get_definition(fn)
-        if size > 1:
-            calls = self._prepare_chunks(defn, iterable, size, session)
-        else:
-            calls = [self._prepare(defn, (item,), {}, session) for item in iterable]
-        # one result board for the whole map, not a Future (and its Condition) per item:
-        # far fewer objects for the garbage collector to trace while thousands are in flight
-        sup = self._sup
-        assert sup is not None
-        batch = _MapBatch(len(calls), sup.wake_later, chunked=size > 1)
-        for i, call in enumerate(calls):
-            call.waiter = _Slot(batch, i)
-        self._to_loop(partial(sup.submit_many, calls))
-        return batch.results_in_order(lambda: self._to_loop(partial(sup.cancel_many, calls)))
-
     def _refuse_on_loop(self, what: str) -> None:
         if self._loop is not None and _on_loop(self._loop):
-            instead = "await pool.execute()" if what == "run" else "pool.amap()"
+            instead = "await pool.execute()" if what == "run" else f"pool.a{what}()"
             raise RuntimeError(f"{what}() would block the pool's own event loop: use {instead}")
 
-    def amap(
+    def _map_run(
         self,
         fn: ActivityRef,
-        iterable: Iterable[Any],
+        session: Any,
+        buffersize: Any,
+        chunksize: Any,
         *,
-        session: Any = None,
-        chunksize: int = 1,
-    ) -> AsyncIterator[Any]:
-        """``map`` for async code: an async iterator of results in input order.
-
-        The items are submitted when the iteration starts; ``chunksize`` as in :meth:`map`.
-        """
-        return self._amap(fn, iterable, session, _check_chunksize(chunksize))
-
-    async def _amap(
-        self, fn: ActivityRef, iterable: Iterable[Any], session: Any, chunksize: int
-    ) -> AsyncIterator[Any]:
-        futures = self._submit_all(fn, iterable, session, chunksize)
-        try:
-            if chunksize > 1:
-                for fut in futures:
-                    for value in await asyncio.wrap_future(fut):
-                        yield value
-            else:
-                for fut in futures:
-                    yield await asyncio.wrap_future(fut)
-        finally:
-            for fut in futures:
-                fut.cancel()
-
-    def _submit_all(
-        self, fn: ActivityRef, iterable: Iterable[Any], session: Any, chunksize: int = 1
-    ) -> list[PoolFuture]:
-        session = session if session is not None else _context_session()
-        defn = get_definition(fn)
-        if chunksize > 1:
-            calls = self._prepare_chunks(defn, iterable, chunksize, session)
-        else:
-            calls = [self._prepare(defn, (item,), {}, session) for item in iterable]
-        futures = [self._attach_future(call) for call in calls]
+        ordered: bool,
+        threaded: bool,
+    ) -> _map.MapRun:
+        """The state of one map of ``fn``, checked now: a mistake in the call itself (bad sizes,
+        an unknown activity, a sticky one without a session, a closed pool) raises here, at
+        the call of ``map``, not at the first item."""
+        size = _check_chunksize(chunksize)
+        window = _map.check_buffersize(buffersize)
         sup = self._sup
-        assert sup is not None
-        self._to_loop(partial(sup.submit_many, calls))
-        return futures
+        if self._closed or sup is None:
+            raise PoolClosedError(
+                "the pool is closed" if self._closed else "the pool is not started"
+            )
+        defn = get_definition(fn)
+        self._session_id(defn, session)
+        if size > 1 and defn.rate_limit is not None:
+            raise ValueError(
+                f"activity {defn.name!r} has a rate_limit, which counts calls: map it with "
+                "chunksize=1 (a chunk would start many items as one call)"
+            )
+        prepare = self._prepare
+
+        def one(item: Any) -> Call:
+            return prepare(defn, (item,), {}, session)
+
+        def session_closed() -> bool:
+            return defn.sticky_to_worker and session.closed
+
+        return _map.MapRun(
+            window=window or _map.default_window(self._config.workers, size),
+            chunksize=size,
+            ordered=ordered,
+            one=one,
+            check=_item_check(defn),
+            chunk=partial(self._chunk_call, defn, session, {}),
+            stopped=session_closed,
+            submit=lambda calls: self._to_loop(partial(sup.submit_many, calls)),
+            cancel=self._cancel_waiting if defn.sticky_to_worker else self._cancel_many,
+            wake_later=sup.wake_later,
+            loop=self._loop,
+            threaded=threaded,
+        )
+
+    def _cancel_many(self, calls: list[Call]) -> None:
+        sup = self._sup
+        if sup is not None:
+            try:
+                self._to_loop(partial(sup.cancel_many, calls))
+            except PoolClosedError:  # no loop left to run them: nothing runs either
+                pass
+
+    def _cancel_waiting(self, calls: list[Call]) -> None:
+        """Cancel the calls of a sticky map that a consumer left, except one that runs: that
+        would kill the session's worker and lose the session. It finishes; nothing follows."""
+        sup = self._sup
+        if sup is None:
+            return
+
+        def cancel() -> None:  # on the loop, where the calls' state is current
+            sup.cancel_many([call for call in calls if call.state is not CallState.RUNNING])
+
+        try:
+            self._to_loop(cancel)
+        except PoolClosedError:
+            pass
 
     def _attach_future(self, call: Call) -> PoolFuture:
         # A PoolFuture, not a plain Future: no Condition (a lock, a deque, bound methods) until
@@ -622,6 +950,12 @@ class Pool:
             lambda: sup.stats.snapshot(sup.scheduler.live_workers(), sup.scheduler.queued())
         )
 
+    @property
+    def pool_id(self) -> str:
+        """This pool's id: the value of ``ACTIVITYPOOL_POOL_ID`` in the environment of every
+        process it starts, which what an activity starts inherits (see docs/operations.md)."""
+        return self._config.pool_id
+
     def worker_pids(self) -> list[int]:
         """Pids of the live worker processes (a snapshot taken on the pool's loop)."""
         sup = self._sup
@@ -666,8 +1000,9 @@ class Pool:
         return self._config.workers
 
 
-class PoolSession:
-    """``pool.sticky_session()``: execute/run/submit/map pinned to one worker."""
+class PoolSession(PoolCalls):
+    """``pool.sticky_session()``: execute/run/submit/map/amap pinned to one worker (the
+    unordered maps too; their calls still run in submission order there)."""
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
@@ -696,25 +1031,8 @@ class PoolSession:
     async def __aexit__(self, *exc: Any) -> None:
         self.__exit__(*exc)
 
-    async def execute(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> Any:
-        return await self.pool.dispatch(get_definition(fn), args, kwargs, self.session)
-
-    def submit(
-        self, fn: ActivityRef, /, *args: Any, **kwargs: Any
-    ) -> concurrent.futures.Future[Any]:
-        return self.pool._submit_call(self.pool._prepare(fn, args, kwargs, self.session))
-
-    def run(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> Any:
-        self.pool._refuse_on_loop("run")
-        return self.pool._run_call(self.pool._prepare(fn, args, kwargs, self.session))
-
-    def map(self, fn: ActivityRef, iterable: Iterable[Any], *, chunksize: int = 1) -> Iterator[Any]:
-        return self.pool.map(fn, iterable, session=self.session, chunksize=chunksize)
-
-    def amap(
-        self, fn: ActivityRef, iterable: Iterable[Any], *, chunksize: int = 1
-    ) -> AsyncIterator[Any]:
-        return self.pool.amap(fn, iterable, session=self.session, chunksize=chunksize)
+    def _target(self) -> tuple[Pool, Any]:
+        return self.pool, self.session
 
     def close(self) -> None:
         self.session.close()
@@ -732,24 +1050,28 @@ def _check_chunksize(chunksize: Any) -> int:
     return chunksize
 
 
-def _validate_items(defn: ActivityDefinition, iterable: Iterable[Any]) -> list[Any]:
-    """Every item checked as ``defn(item)`` would be (coerced, in a new list).
+def _item_check(defn: ActivityDefinition) -> Callable[[Any], Any] | None:
+    """Checks one item as ``defn(item)`` would be checked; returns it coerced (None: every item
+    passes as it is).
 
     Binding one positional argument fails or succeeds alike for every item, so with a plain
-    signature it is checked once and only the first parameter's type check runs per item.
+    signature only the first parameter's type check runs per item.
     """
-    items = list(iterable)
-    if not items:
-        return items
-    args, kwargs = defn.validate_args((items[0],), {})
     binder = defn._binder
-    if not binder.simple or kwargs or len(args) != 1 or not binder.positional:
-        return [defn.validate_args((item,), {})[0][0] for item in items]
-    name = binder.positional[0]
-    check = defn._checks.get(name)
+    first = binder.positional[0] if binder.positional else None
+    if not binder.simple or first is None or any(name != first for name in binder.required):
+        return lambda item: defn.validate_args((item,), {})[0][0]
+    check = defn._checks.get(first)
     if check is None:
-        return items
-    return [defn._check(check, name, item) for item in items]
+        return None
+    return partial(defn._check, check, first)
+
+
+def _source(iterable: Iterable[Any] | AsyncIterable[Any]) -> tuple[Any, bool]:
+    """An iterator over a map's input, and whether it is an async one."""
+    if isinstance(iterable, AsyncIterable):
+        return aiter(iterable), True
+    return iter(iterable), False
 
 
 def _chunk_definition(defn: ActivityDefinition, size: int) -> ActivityDefinition:
@@ -805,66 +1127,3 @@ class _BlockingWaiter:
         if self.exc is not None:
             raise self.exc
         return self.value
-
-
-class _MapBatch:
-    """Results of one ``map``: written by the loop thread, read in order by the caller."""
-
-    __slots__ = ("chunked", "cond", "results", "waiting", "wake_later", "woken")
-
-    def __init__(
-        self, n: int, wake_later: Callable[[Callable[[], None]], None], chunked: bool = False
-    ) -> None:
-        self.results: list[Any] = [_PENDING] * n  # (value, exception) once answered
-        self.chunked = chunked  # each value is a chunk's list of results, yielded one by one
-        self.cond = threading.Condition()
-        self.waiting = -1  # the index the reader sleeps on cond for, or -1
-        self.woken = False  # a wake-up is queued with the supervisor
-        self.wake_later = wake_later  # Supervisor.wake_later: once this event's writes are out
-
-    def deliver(self, index: int, value: Any, exc: BaseException | None) -> None:
-        self.results[index] = (value, exc)
-        # read after the store: a reader that missed it sees the result
-        if index == self.waiting and not self.woken:
-            self.woken = True
-            self.wake_later(self._wake)
-
-    def _wake(self) -> None:
-        self.woken = False
-        with self.cond:
-            self.cond.notify()
-
-    def results_in_order(self, cancel_rest: Callable[[], object]) -> Iterator[Any]:
-        results, chunked = self.results, self.chunked
-        try:
-            for i in range(len(results)):
-                if results[i] is _PENDING:
-                    with self.cond:
-                        self.waiting = i
-                        while results[i] is _PENDING:
-                            self.cond.wait()
-                        self.waiting = -1
-                value, exc = results[i]
-                results[i] = None  # the caller has it; let it go
-                if exc is not None:
-                    raise exc
-                if chunked:
-                    yield from value
-                else:
-                    yield value
-        finally:
-            if any(r is _PENDING for r in results):
-                cancel_rest()
-
-
-class _Slot:
-    """The waiter of one ``map`` item (the supervisor calls it with the outcome)."""
-
-    __slots__ = ("batch", "index")
-
-    def __init__(self, batch: _MapBatch, index: int) -> None:
-        self.batch = batch
-        self.index = index
-
-    def __call__(self, value: Any, exc: BaseException | None) -> None:
-        self.batch.deliver(self.index, value, exc)

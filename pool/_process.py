@@ -1,18 +1,23 @@
 """Start, kill and reap worker processes. No scheduling, no protocol beyond the fds.
 
 A worker is forked by the pool's fork server (``ForkServer``, running ``pool._forkserver``),
-which has imported the worker's code once, or with ``start_method="spawn"`` (and whenever the
-fork server is gone) started with ``posix_spawn`` of a fresh interpreter. Either way the
-supervisor never forks itself (its loop thread makes that unsafe) and no
-``subprocess.Popen`` object tries to reap a worker behind our back. Each worker runs in a
-session of its own, so a kill reaches the activity's own children through the process group
-as well as through the walk of its descendants.
+which has imported the worker's code once, or with ``start_method="spawn"`` started by the
+same server with ``posix_spawn`` of a fresh interpreter (and whenever the server is gone, by
+the supervisor itself). Either way the supervisor never forks itself (its loop thread makes
+that unsafe) and no ``subprocess.Popen`` object tries to reap a worker behind our back. Each
+worker runs in a session of its own, so a kill reaches the activity's own children through the
+process group as well as through the walk of its descendants; the server, a subreaper, kills
+whatever a worker leaves behind when it goes (see ``pool._forkserver``).
+
+Every process the pool starts carries the pool marker (``pool._tree.POOL_MARKER``) in its
+environment, which an activity's own subprocesses inherit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import select
 import signal
@@ -22,6 +27,9 @@ import sys
 from dataclasses import dataclass, field
 
 import psutil
+
+from pool import _tree
+from pool._fds import FIRST, above_stdio
 
 # Variables through which BLAS/OpenMP libraries size their thread pools. N workers each
 # running numpy with one thread per core would oversubscribe the machine N times over.
@@ -147,47 +155,50 @@ def _grow_pipe(fd: int) -> None:
         fcntl.fcntl(fd, setpipe, PIPE_SIZE)
 
 
-# Linux with CONFIG_PROC_CHILDREN lists a thread's children in /proc; not every kernel has it.
-_PROC_CHILDREN = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+_HAVE_PROC = os.path.isdir("/proc/self/task")
 
 
 def _descendants(pid: int) -> list[int]:
-    """Every descendant of ``pid``: /proc/PID/task/TID/children (a read per thread of the
-    tree, not a scan of every process as psutil does); psutil where that file is missing."""
-    found: list[int] = []
-    if _PROC_CHILDREN:
-        todo = [pid]
-        while todo:
-            parent = todo.pop()
-            try:
-                for tid in os.listdir(f"/proc/{parent}/task"):
-                    with open(f"/proc/{parent}/task/{tid}/children") as f:
-                        kids = [int(k) for k in f.read().split()]
-                    found.extend(kids)
-                    todo.extend(kids)
-            except OSError:  # exited meanwhile
-                continue
-        return found
+    """Every descendant of ``pid``: from /proc (a read per process of the tree, not a scan of
+    every process as psutil does); psutil where there is no /proc."""
+    if _HAVE_PROC:
+        return _tree.descendants(pid)
     try:
         return [c.pid for c in psutil.Process(pid).children(recursive=True)]
     except psutil.Error:
-        return found
+        return []
 
 
-def worker_env(thread_limit: int | None) -> dict[str, str]:
+_pool_ids = itertools.count(1)
+
+
+def new_pool_id() -> str:
+    """A pool's id, unique on this machine while this process lives: ``<pid>.<n>``. A leak
+    check of this process's pools looks for markers starting with ``<pid>.``."""
+    return f"{os.getpid()}.{next(_pool_ids)}"
+
+
+def worker_env(thread_limit: int | None, pool_id: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     if thread_limit is not None:
         for var in THREAD_LIMIT_VARS:
             env.setdefault(var, str(thread_limit))
+    if pool_id is not None:
+        env[_tree.POOL_MARKER] = pool_id
     return env
+
+
+def _pipe() -> tuple[int, int]:
+    r, w = os.pipe()
+    return above_stdio(r), above_stdio(w)
 
 
 def _worker_pipes() -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """(the worker's ends: request read, reply write, output write), (ours: request write,
     reply read, output read); ours are non-blocking and the channel's are grown."""
-    req_r, req_w = os.pipe()
-    rep_r, rep_w = os.pipe()
-    out_r, out_w = os.pipe()
+    req_r, req_w = _pipe()
+    rep_r, rep_w = _pipe()
+    out_r, out_w = _pipe()
     for fd in (req_w, rep_r, out_r):
         os.set_blocking(fd, False)
     for fd in (req_w, rep_r):
@@ -198,7 +209,7 @@ def _worker_pipes() -> tuple[tuple[int, int, int], tuple[int, int, int]]:
 def _pidfd(pid: int) -> int | None:
     if hasattr(os, "pidfd_open"):
         try:
-            return os.pidfd_open(pid)
+            return above_stdio(os.pidfd_open(pid))
         except OSError:
             return None
     return None
@@ -231,6 +242,12 @@ def spawn_worker(env: dict[str, str]) -> WorkerProcess:
     for fd in child_fds:
         os.close(fd)
     return WorkerProcess(pid, req_w, rep_r, out_r, _pidfd(pid))
+
+
+def _socket_above_stdio(sock: socket.socket) -> socket.socket:
+    if sock.fileno() >= FIRST:
+        return sock
+    return socket.socket(fileno=above_stdio(sock.detach()))
 
 
 def _decode_status(proc: WorkerProcess, status: int) -> None:
@@ -293,11 +310,17 @@ class ForkServer:
     reap a worker whose exit it reported. ``close`` stops it and every worker it still has.
     """
 
-    def __init__(self, env: dict[str, str], *, fork_caller: bool = False) -> None:
+    def __init__(
+        self, env: dict[str, str], *, fork_caller: bool = False, spawn: bool = False
+    ) -> None:
         """Start the server: ``posix_spawn`` a fresh interpreter, or, with ``fork_caller``
         (see ``caller_can_fork``), fork this process, which is much faster (no interpreter
-        start, no imports) and lets workers share the caller's pages, as mp.Pool's do."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        start, no imports) and lets workers share the caller's pages, as mp.Pool's do. With
+        ``spawn``, the server does not import the worker's code and spawns each worker as a
+        fresh interpreter: it is there to reap what workers leave behind."""
+        ours, theirs = (
+            _socket_above_stdio(s) for s in socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        )
         try:
             if fork_caller:
                 self.pid = _fork_server(ours, theirs, env)
@@ -309,6 +332,7 @@ class ForkServer:
                     FORKSERVER_BOOT,
                     str(theirs.fileno()),
                     str(os.getpid()),
+                    *([WORKER_BOOT] if spawn else []),
                 ]
                 self.pid = os.posix_spawn(
                     sys.executable,
@@ -327,10 +351,11 @@ class ForkServer:
         finally:
             theirs.close()
         self.forked_caller = fork_caller
+        self.spawns = spawn  # its workers are fresh interpreters
         # standard modules it was told to import (see warm); forked from the caller it has the
-        # caller's modules, and needs none
+        # caller's modules, and needs none; spawning, it never imports for its workers
         self._warm_sent: set[str] = set()
-        self._report_asked = fork_caller
+        self._report_asked = fork_caller or spawn
         ours.setblocking(False)
         self.sock = ours
         self.pidfd = _pidfd(self.pid)
@@ -427,7 +452,7 @@ class ForkServer:
         need), so that the workers it forks afterwards have them already, in shared pages:
         activity modules import typing, dataclasses, json... which the server itself does not
         need. Not for a server forked from the caller: it has the caller's modules."""
-        if self.dead or self.forked_caller:
+        if self.dead or self.forked_caller or self.spawns:
             return
         new = set(modules) - self._warm_sent
         if new:
@@ -442,7 +467,8 @@ class ForkServer:
                 self.sock.send(b"R" + struct.pack("<i", proc.pid))
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the server: it kills and reaps the workers it still has, then exits."""
+        """Stop the server: it kills the workers it still has and everything under them,
+        reaps it all, then exits."""
         with contextlib.suppress(OSError):
             self.sock.close()
         self.dead = True

@@ -4,8 +4,10 @@ Nothing here schedules, spawns or kills. Both ends import this module; it stays 
 
 A frame is a fixed header followed by a body::
 
-    <I size> <I split> <B kind> <B nbuf> <2x> <Q seq> | nbuf x <Q len> | pickle | pickle2 | bufs
+    <I size> <I split> <B kind> <B nbuf> <H mark> <Q seq> | nbuf x <Q len> | pickle | pickle2 | bufs
 
+``mark`` is the constant ``MARK``: a header read where none is (bytes that did not come from
+``encode``, a stream that lost its framing) is refused at once rather than taken for a length.
 ``seq`` names the attempt a frame is about (0 when none), so a body that fails to unpickle
 still fails exactly one call. ``split`` lets a frame carry two pickles: RUN sends the attempt's
 metadata and the call's arguments, which the caller pickled once (retries reuse the bytes).
@@ -28,8 +30,11 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 from collections import namedtuple
+
+from pool._fds import StdioReserved
 
 # Not typing's TYPE_CHECKING, nor enum, dataclasses or typing.NamedTuple: every worker imports
 # this module, and those cost ~14 ms (with the re, inspect, ast and dis they bring).
@@ -45,7 +50,9 @@ else:
     except ImportError:  # pragma: no cover - an interpreter without the C accelerator
         import pickle
 
-HEADER = struct.Struct("<IIBB2xQ")
+HEADER = struct.Struct("<IIBBHQ")
+# Every header carries it (see the module docstring); an arbitrary value, unlikely in text.
+MARK = 0xA7F1
 _BUFLEN = struct.Struct("<Q")
 # Set in a buffer's length when the buffer is a ``bytes`` object's: the receiver may hand it to
 # the unpickler as ``bytes`` (a shared-memory frame copies it out as one), never as a view.
@@ -83,11 +90,13 @@ class Kind(int):
     CANCEL: ClassVar[Kind]  # seq: the attempt to cancel
     CLOSE_SESSION: ClassVar[Kind]  # body: session id
     SHUTDOWN: ClassVar[Kind]
+    WITHDRAW: ClassVar[Kind]  # seq: a queued RUN to give back unstarted (answered WITHDRAWN)
     # worker -> supervisor
     READY: ClassVar[Kind]  # body: dict (pid, python, ...)
     HEARTBEAT: ClassVar[Kind]  # seq, body: the details
     RESULT: ClassVar[Kind]  # seq, body: the value
     FAILURE: ClassVar[Kind]  # seq, body: FailureInfo
+    WITHDRAWN: ClassVar[Kind]  # seq: that RUN was dropped unstarted; it answers the RUN
     # either way
     RELEASE: ClassVar[Kind]  # seq: id of a segment of the peer's whose frame was copied out
 
@@ -118,10 +127,12 @@ for _name, _value in (
     ("CANCEL", 3),
     ("CLOSE_SESSION", 4),
     ("SHUTDOWN", 5),
+    ("WITHDRAW", 6),
     ("READY", 16),
     ("HEARTBEAT", 17),
     ("RESULT", 18),
     ("FAILURE", 19),
+    ("WITHDRAWN", 21),
     ("RELEASE", 32),
 ):
     _kind = int.__new__(Kind, _value)
@@ -132,7 +143,12 @@ del _name, _value, _kind
 
 
 class ProtocolError(Exception):
-    """A frame that cannot be understood: the channel is no longer trustworthy."""
+    """A frame that cannot be understood: the channel is no longer trustworthy.
+
+    ``frames``: the whole frames a ``FrameReader`` decoded before the malformed one (sound:
+    they are handled before the peer is ended)."""
+
+    frames: list[Frame] | tuple[()] = ()  # set by the raiser; never mutated
 
 
 if TYPE_CHECKING:
@@ -278,8 +294,8 @@ def encode(
     chunks.extend(raws)
     if segments is not None and size >= SHM_MIN:
         ref = segments.put(chunks, size)
-        return [HEADER.pack(len(ref), split, kind | SHM_FLAG, len(raws), seq), ref]
-    return [HEADER.pack(size, split, kind, len(raws), seq), *chunks]
+        return [HEADER.pack(len(ref), split, kind | SHM_FLAG, len(raws), MARK, seq), ref]
+    return [HEADER.pack(size, split, kind, len(raws), MARK, seq), *chunks]
 
 
 def write_all(fd: int, parts: list[bytes | memoryview], offset: int | None = None) -> None:
@@ -312,14 +328,15 @@ class _Segment:
         self.id = seg_id
         self.keep = keep
         self.map: mmap.mmap | None = None
-        self.fd = os.memfd_create(f"activitypool-{seg_id}", os.MFD_CLOEXEC)
-        try:
-            os.ftruncate(self.fd, capacity)
-            if keep:
-                self.map = mmap.mmap(self.fd, capacity, flags=mmap.MAP_SHARED)
-        except BaseException:
-            os.close(self.fd)
-            raise
+        with StdioReserved():  # the memfd, and the duplicate of it the mmap keeps
+            self.fd = os.memfd_create(f"activitypool-{seg_id}", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(self.fd, capacity)
+                if keep:
+                    self.map = mmap.mmap(self.fd, capacity, flags=mmap.MAP_SHARED)
+            except BaseException:
+                os.close(self.fd)
+                raise
         self.capacity = capacity
 
     def write(self, chunks: list[bytes | memoryview]) -> None:
@@ -449,6 +466,8 @@ class PeerSegments:
         if len(ref) != _SEGREF.size:
             raise ProtocolError(f"bad shared-memory reference of {len(ref)} bytes")
         seg_id, fd, size, keep = _SEGREF.unpack(ref)
+        if not 0 < size < MAX_FRAME or keep > 1:
+            raise ProtocolError(f"bad shared-memory reference: {size} bytes, keep={keep}")
         if keep:
             mem = self._maps.get(seg_id)
             if mem is None or len(mem) < size:
@@ -467,22 +486,40 @@ class PeerSegments:
 
     def _map(self, fd: int, size: int, private: bool) -> mmap.mmap:
         path = f"/proc/{self.pid}/fd/{fd}"
+        with StdioReserved():  # the fd opened here, and the duplicate the mmap keeps
+            try:
+                # non-blocking: a reference to one of the peer's pipes must not block the open
+                # (opening a pipe through /proc waits for a writer, as a FIFO's open does)
+                sfd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            except FileNotFoundError:
+                if self._peer_has_fds():
+                    raise ProtocolError(f"the peer has no segment {path}") from None
+                raise SegmentGone(f"segment {path} is gone (its process exited)") from None
+            except OSError as exc:
+                raise ProtocolError(f"cannot open shared-memory segment {path}: {exc}") from None
+            try:
+                st = os.fstat(sfd)
+                if not stat.S_ISREG(st.st_mode):  # a memfd is a regular file; not a pipe, a tty
+                    raise ProtocolError(f"{path} is not a shared-memory segment")
+                length = st.st_size
+                if length < size:
+                    raise ProtocolError(f"segment {path} holds {length} bytes, not {size}")
+                if private:  # copy-on-write: arrays built on it are writable, and ours alone
+                    prot = mmap.PROT_READ | mmap.PROT_WRITE
+                    return mmap.mmap(sfd, length, flags=mmap.MAP_PRIVATE, prot=prot)
+                return mmap.mmap(sfd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            except (OSError, ValueError) as exc:
+                raise ProtocolError(f"cannot map shared-memory segment {path}: {exc}") from None
+            finally:
+                os.close(sfd)
+
+    def _peer_has_fds(self) -> bool:
+        """Whether the peer still holds fds: then one its frame names and that is missing was
+        never a segment. A process that has exited (a zombie, or reaped) holds none."""
         try:
-            sfd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise SegmentGone(f"segment {path} is gone (its process exited)") from None
-        except OSError as exc:
-            raise ProtocolError(f"cannot open shared-memory segment {path}: {exc}") from None
-        try:
-            length = os.fstat(sfd).st_size
-            if length < size:
-                raise ProtocolError(f"segment {path} holds {length} bytes, not {size}")
-            if private:  # copy-on-write: arrays built on it are writable, and ours alone
-                prot = mmap.PROT_READ | mmap.PROT_WRITE
-                return mmap.mmap(sfd, length, flags=mmap.MAP_PRIVATE, prot=prot)
-            return mmap.mmap(sfd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-        finally:
-            os.close(sfd)
+            return bool(os.listdir(f"/proc/{self.pid}/fd"))
+        except OSError:
+            return False
 
     def close(self) -> None:
         for mem in self._maps.values():
@@ -507,7 +544,7 @@ def can_open_peer_fd(pid: int, fd: int) -> bool:
 def encode_small(kind: Kind, seq: int, body: bytes = b"", body2: bytes = b"") -> bytes:
     """A frame without out-of-band buffers as one bytes object: one ``write`` sends it."""
     split = len(body) if body2 else 0
-    return HEADER.pack(len(body) + len(body2), split, kind, 0, seq) + body + body2
+    return HEADER.pack(len(body) + len(body2), split, kind, 0, MARK, seq) + body + body2
 
 
 class Frame:
@@ -548,10 +585,19 @@ class Frame:
 READ_CHUNK = 64 * 1024
 # A frame at least this large is read straight into its own buffer (one copy, no regrowth).
 BIG_FRAME = 256 * 1024
+# The most a frame's buffer may run ahead of the bytes that came for it: a header claims its
+# length before any body byte arrives, and a garbled one must not get gigabytes. A larger frame's
+# buffer starts at this and doubles as its bytes arrive (a realloc; the pages are filled once).
+BIG_AHEAD = 8 << 20
 
 
 class FrameReader:
-    """Incremental decoder of one channel: ``read(fd)`` or ``feed(bytes)`` give whole frames."""
+    """Incremental decoder of one channel: ``read(fd)`` or ``feed(bytes)`` give whole frames.
+
+    A malformed frame (an unknown kind, a bad marker, a length out of bounds) raises
+    ``ProtocolError``, whose ``frames`` are the whole frames that came before it; the channel is
+    then useless (the stream has lost its framing) and its peer is ended.
+    """
 
     __slots__ = ("_big", "_big_at", "_big_head", "_buf", "peer")
 
@@ -560,7 +606,7 @@ class FrameReader:
         self._buf = bytearray()
         self._big: bytearray | None = None  # body of a large frame being filled in place
         self._big_at = 0
-        self._big_head: tuple[int, int, int, int] = (0, 0, 0, 0)
+        self._big_head: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)  # size kind split nbuf seq
 
     def read(self, fd: int) -> list[Frame] | None:
         """One read from ``fd``: the frames it completed, or None on EOF.
@@ -576,15 +622,42 @@ class FrameReader:
             self._big_at += n
             if self._big_at < len(big):
                 return []
-            self._big = None
-            kind, split, nbuf, seq = self._big_head
-            return [_split(_KINDS[kind], seq, memoryview(big), split, nbuf)]
+            return self._big_full([])
         data = os.read(fd, READ_CHUNK)
         if not data:
             return None
         return self.feed(data)
 
+    def _big_full(self, frames: list[Frame]) -> list[Frame]:
+        """The large frame's buffer is full: grow it if more of the frame is to come, else
+        append the frame to ``frames``."""
+        big = self._big
+        assert big is not None
+        size, kind, split, nbuf, seq = self._big_head
+        if len(big) < size:
+            big += bytes(min(size, 2 * len(big)) - len(big))  # (calloc'd: nothing to zero)
+            return frames
+        self._big = None
+        try:
+            frames.append(_split(_KINDS[kind], seq, memoryview(big), split, nbuf))
+        except ProtocolError as exc:
+            exc.frames = frames
+            raise
+        return frames
+
     def feed(self, data: bytes) -> list[Frame]:
+        frames: list[Frame] = []
+        while self._big is not None:  # (read() fills a large frame itself, without this copy)
+            big, at = self._big, self._big_at
+            take = min(len(big) - at, len(data))
+            big[at : at + take] = data[:take]
+            data = data[take:]
+            self._big_at = at + take
+            if self._big_at < len(big):
+                return frames
+            self._big_full(frames)
+            if not data:
+                return frames
         buf: bytes | bytearray
         if self._buf:
             buf = self._buf
@@ -594,51 +667,52 @@ class FrameReader:
         pos = 0
         n = len(buf)
         hsize = HEADER.size
-        frames: list[Frame] = []
         unpack = HEADER.unpack_from
-        while n - pos >= hsize:
-            size, split, kind, nbuf, seq = unpack(buf, pos)
-            if not nbuf and kind in _KINDS and pos + hsize + size <= n:
-                # small and plain (no buffers, not in shared memory): slices of the read
+        try:
+            while n - pos >= hsize:
+                size, split, kind, nbuf, mark, seq = unpack(buf, pos)
+                if mark != MARK:
+                    raise ProtocolError(f"no frame header at this point of the stream: {mark:#x}")
+                if not nbuf and kind in _KINDS and pos + hsize + size <= n:
+                    # small and plain (no buffers, not in shared memory): slices of the read
+                    start = pos + hsize
+                    pos = start + size
+                    if split:
+                        if split > size:
+                            raise ProtocolError("split beyond the frame")
+                        cut = start + split
+                        frames.append(Frame(_KINDS[kind], seq, buf[start:cut], buf[cut:pos], []))
+                    else:
+                        frames.append(Frame(_KINDS[kind], seq, buf[start:pos], None, []))
+                    continue
+                k = _checked_kind(size, split, kind, nbuf)
                 start = pos + hsize
-                pos = start + size
-                if split:
-                    if split > size:
-                        raise ProtocolError("split beyond the frame")
-                    cut = start + split
-                    frames.append(Frame(_KINDS[kind], seq, buf[start:cut], buf[cut:pos], []))
-                else:
-                    frames.append(Frame(_KINDS[kind], seq, buf[start:pos], None, []))
-                continue
-            k = _KINDS.get(kind & ~SHM_FLAG)
-            if k is None:
-                raise ProtocolError(f"unknown frame kind {kind}")
-            if size >= MAX_FRAME:
-                raise ProtocolError(f"frame of {size} bytes")
-            start = pos + hsize
-            end = start + size
-            if end > n:
-                if size >= BIG_FRAME:
-                    # fill the rest of this frame in place instead of growing the buffer
-                    big = bytearray(size)
-                    have = n - start
-                    big[:have] = buf[start:n]
-                    self._big, self._big_at = big, have
-                    self._big_head = (kind, split, nbuf, seq)
-                    pos = n
-                break
-            with memoryview(buf) as view:
-                raw = memoryview(view[start:end].tobytes())
-            pos = end
-            if kind & SHM_FLAG:
-                if self.peer is None:
-                    raise ProtocolError("a shared-memory frame on a channel without segments")
-                try:
-                    frames.append(self.peer.frame(k, seq, raw.tobytes(), split, nbuf))
-                except SegmentGone:
-                    pass  # its writer died after sending it: that death decides the attempt
-                continue
-            frames.append(_split(k, seq, raw, split, nbuf))
+                end = start + size
+                if end > n:
+                    if size >= BIG_FRAME:
+                        # fill the rest of this frame in place instead of growing the buffer
+                        have = n - start
+                        big = bytearray(min(size, max(BIG_AHEAD, 2 * have)))
+                        big[:have] = buf[start:n]
+                        self._big, self._big_at = big, have
+                        self._big_head = (size, kind, split, nbuf, seq)
+                        pos = n
+                    break
+                with memoryview(buf) as view:
+                    raw = memoryview(view[start:end].tobytes())
+                pos = end
+                if kind & SHM_FLAG:
+                    if self.peer is None:
+                        raise ProtocolError("a shared-memory frame on a channel without segments")
+                    try:
+                        frames.append(self.peer.frame(k, seq, raw.tobytes(), split, nbuf))
+                    except SegmentGone:
+                        pass  # its writer died after sending it: that death decides the attempt
+                    continue
+                frames.append(_split(k, seq, raw, split, nbuf))
+        except ProtocolError as exc:
+            exc.frames = frames
+            raise
         if buf is self._buf:
             if pos:
                 del buf[:pos]
@@ -648,7 +722,24 @@ class FrameReader:
 
     @property
     def pending(self) -> int:
-        return len(self._buf) + (len(self._big) - self._big_at if self._big is not None else 0)
+        """Bytes received and not yet part of a whole frame."""
+        return len(self._buf) + (self._big_at if self._big is not None else 0)
+
+
+def _checked_kind(size: int, split: int, kind: int, nbuf: int) -> Kind:
+    """The kind of a frame whose header is sound; else ``ProtocolError``. Checked before a
+    byte is allocated for its body."""
+    k = _KINDS.get(kind & ~SHM_FLAG)
+    if k is None:
+        raise ProtocolError(f"unknown frame kind {kind}")
+    if size >= MAX_FRAME:
+        raise ProtocolError(f"frame of {size} bytes")
+    if kind & SHM_FLAG:
+        if size != _SEGREF.size:
+            raise ProtocolError(f"shared-memory frame with a body of {size} bytes")
+    elif split > size or 8 * nbuf > size:
+        raise ProtocolError(f"frame of {size} bytes with split {split} and {nbuf} buffers")
+    return k
 
 
 def _split(
@@ -661,11 +752,13 @@ def _split(
     end = len(raw)
     if nbuf:
         table = 8 * nbuf
+        if table > end:
+            raise ProtocolError(f"{nbuf} buffers in a frame of {end} bytes")
         entries = [_BUFLEN.unpack_from(raw, 8 * i)[0] for i in range(nbuf)]
         lens = [e & ~BYTES_BUFFER for e in entries]
         end -= sum(lens)
         if end < table:
-            raise ProtocolError("buffer table larger than the frame")
+            raise ProtocolError(f"buffers of {sum(lens)} bytes in a frame of {len(raw)}")
         pos = end
         for n, entry in zip(lens, entries, strict=True):
             with raw[pos : pos + n] as piece:

@@ -13,8 +13,13 @@ The supervisor arms one timer for ``next_deadline()``.
 Per worker the scheduler keeps what it sent and in which order: the running attempt and up to
 ``prefetch`` attempts queued in the worker's pipe (sent while it was busy, so the worker starts
 the next one without a round trip). A worker answers every RUN exactly once, in order, so when a
-reply comes the next queued attempt is the one now running. When a worker dies its prefetched
-attempts go back to the head of the queue without counting an attempt.
+reply comes the next queued attempt is the one now running. The exception is WITHDRAWN: while
+another worker is idle, calls waiting behind an attempt that runs long are asked back, and the
+worker confirms each one it had not started (see _rebalance). When a worker dies, or confirms a
+withdrawal, those attempts go back to the head of the queue without counting an attempt.
+
+A sticky session's calls run one at a time in submission order: only the first of them that has
+not ended is queued for the session's worker (``Session.order``).
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ class Call:
     heartbeat_parked: bool = False
     schedule_deadline: float | None = None
     cancelled: bool = False
+    withdrawing: bool = False  # asked back from the pipe it waits in; no answer yet
     submitted_at: float = 0.0
     started_at: float = 0.0
 
@@ -95,6 +101,7 @@ class WorkerSlot:
     tasks_done: int = 0
     recycle: bool = False
     gen: int = 0
+    withdraw_armed: int = 0  # seq of the running attempt a WITHDRAW deadline is armed for
 
 
 @dataclass(eq=False, slots=True)
@@ -104,6 +111,9 @@ class Session:
     lost: BaseException | None = None
     closing: bool = False
     active: int = 0  # calls of this session not yet done
+    # its calls not yet done, in submission order: only the head may be queued for the worker,
+    # so a call in backoff keeps its place and the next waits until it has ended
+    order: deque[Call] = field(default_factory=deque)
 
 
 class Effects(Protocol):
@@ -112,6 +122,7 @@ class Effects(Protocol):
     def spawn(self, worker_id: int) -> None: ...
     def send_run(self, worker_id: int, call: Call) -> None: ...
     def send_cancel(self, worker_id: int, seq: int) -> None: ...
+    def send_withdraw(self, worker_id: int, seqs: list[int]) -> None: ...
     def close_session(self, worker_id: int, session_id: str) -> None: ...
     def kill(self, worker_id: int) -> None: ...
     def retire(self, worker_id: int) -> None: ...
@@ -132,6 +143,7 @@ class _Deadline(enum.IntEnum):
     CANCEL_GRACE = 5
     WORKER_START = 6
     RATE = 7  # a rate limit's window has room again
+    WITHDRAW = 8  # a worker is idle while calls wait behind this running attempt
 
 
 @dataclass(eq=False, slots=True)
@@ -153,6 +165,11 @@ class _Bucket:
 # busy worker's pipe: enough that a worker finishing a short call finds the next one waiting,
 # little enough that a newly idle worker rarely watches calls wait behind a busy one.
 PREFETCH_HORIZON = 0.002
+
+# A call prefetched behind a running attempt is taken back (WITHDRAW) when another worker is
+# idle and that attempt has run this long: so long that it is no longer the few ms of work that
+# prefetch budgets for. No call is prefetched behind an attempt that has run this long either.
+WITHDRAW_AFTER = 0.005
 
 # After this many workers in a row die before their handshake, the pool stops respawning and
 # fails what is queued: a broken environment must surface as an error, not a fork loop.
@@ -254,6 +271,7 @@ class Scheduler:
     def cancel_all(self, now: float) -> None:
         """Close and fail everything outstanding with PoolClosedError; kill busy workers."""
         self.closed = True
+        self._forget_session_order()
         for call in list(self.calls.values()):
             self._finish(
                 call, error=PoolClosedError("the pool was closed before this call finished")
@@ -302,6 +320,7 @@ class Scheduler:
             if session.lost is not None:
                 self._finish(call, error=self._session_lost_error(session))
                 return
+            session.order.append(call)
         self._enqueue(call, now)
 
     def _enqueue(self, call: Call, now: float, front: bool = False) -> None:
@@ -351,6 +370,8 @@ class Scheduler:
             lost = session or Session(call.session, lost=PoolClosedError("session closed"))
             self._finish(call, error=self._session_lost_error(lost))
             return
+        if session.order and session.order[0] is not call:
+            return  # an earlier call of the session has not ended; _finish places this one
         if session.worker is None:
             slot = self._choose_session_worker()
             if slot is None:  # every worker is gone: the pool is closing or broken
@@ -392,23 +413,30 @@ class Scheduler:
                 idle.append(slot)
                 continue
             self._start(slot, call, now)
-        if self.prefetch and self.queue and not idle and not self.n_starting:
-            self._prefetch()
+        if idle:
+            self._rebalance(now)
+        elif self.prefetch and self.queue and not self.n_starting:
+            self._prefetch(now)
 
-    def _prefetch(self) -> None:
+    def _prefetch(self, now: float) -> None:
         """Queue work in busy workers' pipes, about PREFETCH_HORIZON seconds of it each.
 
         Depth adapts to how long the activity at the head of the queue takes: no-op calls fill
-        the pipe (the worker never waits for a round trip), long calls get one spare at most, so
-        a call does not wait behind a long one while another worker could have run it.
+        the pipe (the worker never waits for a round trip), long calls get one spare at most.
+        An activity with no history yet is not prefetched, so that a first batch of long calls
+        spreads over the workers; nor is anything queued behind an attempt that has run for
+        WITHDRAW_AFTER already. What still ends up behind a long call is withdrawn when a
+        worker goes idle (see _rebalance).
         """
         max_tasks = self.max_tasks
         head = self.queue[0]
         if head.defn.rate_limit is not None:
             return  # rate-limited calls start only on idle workers (see _admit)
         avg = self._durations.get(head.defn.name)
-        depth = self.prefetch if avg is None else int(PREFETCH_HORIZON / max(avg, 1e-6))
-        depth = max(1, min(self.prefetch, depth))
+        if avg is None:
+            return
+        depth = max(1, min(self.prefetch, int(PREFETCH_HORIZON / max(avg, 1e-6))))
+        fresh = now - WITHDRAW_AFTER
         progress = True
         while progress and self.queue:
             progress = False
@@ -419,6 +447,7 @@ class Scheduler:
                     and not slot.recycle
                     and not slot.sticky
                     and (max_tasks is None or slot.tasks_done + 1 + len(slot.sent) < max_tasks)
+                    and (slot.running is None or slot.running.started_at > fresh)
                 ):
                     if self.queue and self.queue[0].defn.rate_limit is not None:
                         return
@@ -461,6 +490,7 @@ class Scheduler:
         call.seq = next(self._seqs)
         call.gen += 1
         call.worker = slot.id
+        call.withdrawing = False  # a WITHDRAW is about one dispatch (seq)
         self.fx.send_run(slot.id, call)
 
     def _start(self, slot: WorkerSlot, call: Call, now: float) -> None:
@@ -500,6 +530,8 @@ class Scheduler:
             self._running(slot, slot.sent.popleft(), now)
             if self.queue:
                 self._pump(now)  # keep the pipe full: the worker should never wait for us
+            elif self.idle and slot.sent:
+                self._rebalance(now)  # what is left in this pipe waits behind a new attempt
             return
         if self._maybe_recycle(slot, now):
             return
@@ -514,6 +546,73 @@ class Scheduler:
                 self._pump(now)
         else:
             self.idle.append(slot)
+            self._rebalance(now)
+
+    # -- withdrawal ----------------------------------------------------------------------
+    def _rebalance(self, now: float) -> None:
+        """A worker is idle: take back what waits in the pipes of workers whose running attempt
+        has run WITHDRAW_AFTER, or arm a deadline for when it will have.
+
+        So a call never waits behind a running one for more than WITHDRAW_AFTER (plus a round
+        trip) while another worker is idle, however long that running call turns out to take.
+        """
+        if not any(s.state is WorkerState.IDLE for s in self.idle):
+            return
+        for slot in self.workers.values():
+            running = slot.running
+            if slot.state is not WorkerState.BUSY or running is None or not slot.sent:
+                continue
+            due = running.started_at + WITHDRAW_AFTER
+            if now >= due:
+                self._withdraw(slot)
+            elif slot.withdraw_armed != running.seq:
+                slot.withdraw_armed = running.seq
+                self._push(due, _Deadline.WITHDRAW, running, running.gen)
+
+    def _withdraw(self, slot: WorkerSlot) -> None:
+        """Ask the worker to give back the calls in its pipe. Each stays in ``slot.sent`` until
+        the worker confirms (``withdrawn``) or, having started it already, answers it."""
+        seqs = []
+        for call in slot.sent:
+            if not call.withdrawing and call.state is CallState.SENT:
+                call.withdrawing = True
+                seqs.append(call.seq)
+        if seqs:
+            self.fx.send_withdraw(slot.id, seqs)
+
+    def withdrawn(self, wid: int, seq: int, now: float) -> None:
+        """The worker confirms it dropped RUN ``seq`` unstarted: the call may go elsewhere."""
+        self._now = now
+        slot = self.workers.get(wid)
+        if slot is None or slot.state is WorkerState.DEAD:
+            return
+        promoted = slot.running is not None and slot.running.seq == seq
+        if promoted:  # its predecessor's reply came first; the worker had not started it
+            call = slot.running
+            assert call is not None
+        else:
+            for call in slot.sent:
+                if call.seq == seq:
+                    slot.sent.remove(call)
+                    break
+            else:
+                return
+        call.withdrawing = False
+        call.attempt -= 1
+        if call.state is not CallState.DONE:
+            self._requeue_front(call, now)
+            if self.events:
+                self.fx.event(
+                    "attempt_withdrawn",
+                    worker_id=wid,
+                    activity=call.defn.name,
+                    call_id=call.id,
+                    attempt=call.attempt + 1,
+                )
+        if promoted:
+            self._became_idle(slot, now)
+        else:
+            self._pump(now)
 
     def _maybe_recycle(self, slot: WorkerSlot, now: float) -> bool:
         if self.max_tasks is not None and slot.tasks_done >= self.max_tasks:
@@ -673,16 +772,26 @@ class Scheduler:
         call.state = CallState.DONE
         call.gen += 1
         self.calls.pop(call.id, None)
+        after: Call | None = None  # the session's next call, now free to run
         if call.session is not None:
             session = self.sessions.get(call.session)
             if session is not None:
                 session.active -= 1
+                order = session.order
+                if order and order[0] is call:
+                    order.popleft()
+                    if order and session.lost is None:
+                        after = order[0]
+                elif call in order:  # cancelled or timed out while waiting its turn
+                    order.remove(call)
                 if session.closing and session.active <= 0:
                     self._drop_session(session)
         if error is not None:
             self.fx.reject(call, error)
         else:
             self.fx.resolve(call, value)
+        if after is not None and after.state is CallState.QUEUED:
+            self._place(after, self._now, True)
         if self.closed and not self.calls:
             self._maybe_retire_all()
 
@@ -793,6 +902,20 @@ class Scheduler:
                 "worker_killed" if kill else "worker_exited", worker_id=slot.id, cause=cause
             )
         running, slot.running = slot.running, None
+        lost = [self.sessions[sid] for sid in slot.sessions if sid in self.sessions]
+        for session in lost:
+            session.lost = cause or WorkerCrashedError(
+                "the worker was stopped",
+                exitcode=None,
+                signal=None,
+                pid=None,
+                worker_id=slot.id,
+            )
+        # Every call of a lost session that has not ended fails now, in submission order: the
+        # running one, those waiting their turn, one in backoff. None of them runs anywhere.
+        for session in lost:
+            for call in list(session.order):
+                self._finish(call, error=self._session_lost_error(session))
         # prefetched attempts never started: back to the head of the queue, attempt not counted
         for call in reversed(slot.sent):
             call.attempt -= 1
@@ -807,38 +930,20 @@ class Scheduler:
                         attempt=call.attempt + 1,
                     )
         slot.sent.clear()
-        for sid in list(slot.sessions):
-            session = self.sessions.get(sid)
-            if session is not None:
-                session.lost = cause or WorkerCrashedError(
+        slot.sticky.clear()  # each was its session's next call: failed with the session above
+        if running is not None and running.state is not CallState.DONE:
+            self._attempt_failed(
+                running,
+                cause
+                or WorkerCrashedError(
                     "the worker was stopped",
                     exitcode=None,
                     signal=None,
                     pid=None,
                     worker_id=slot.id,
-                )
-        sticky, slot.sticky = list(slot.sticky), deque()
-        if running is not None and running.state is not CallState.DONE:
-            if running.session is not None:
-                session = self.sessions.get(running.session)
-                if session is not None:
-                    self._finish(running, error=self._session_lost_error(session))
-            else:
-                self._attempt_failed(
-                    running,
-                    cause
-                    or WorkerCrashedError(
-                        "the worker was stopped",
-                        exitcode=None,
-                        signal=None,
-                        pid=None,
-                        worker_id=slot.id,
-                    ),
-                    now,
-                )
-        for call in sticky:
-            if call.state is not CallState.DONE and call.session in self.sessions:
-                self._finish(call, error=self._session_lost_error(self.sessions[call.session]))
+                ),
+                now,
+            )
         if self.events:
             for sid in slot.sessions:
                 self.fx.event("session_lost", worker_id=slot.id, session_id=sid, cause=cause)
@@ -852,6 +957,12 @@ class Scheduler:
             self._fail_queue(self.broken)
         self._pump(now)
 
+    def _forget_session_order(self) -> None:
+        """Every waiting call is about to fail: none may be let through as the one before it
+        ends (it would be sent to a worker only to fail)."""
+        for session in self.sessions.values():
+            session.order.clear()
+
     def _requeue_front(self, call: Call, now: float) -> None:
         call.state = CallState.QUEUED
         call.gen += 1
@@ -859,6 +970,7 @@ class Scheduler:
         self.queue.appendleft(call)
 
     def _fail_queue(self, exc: BaseException) -> None:
+        self._forget_session_order()
         for call in list(self.calls.values()):
             if call.state in (CallState.QUEUED, CallState.BACKOFF):
                 self._finish(call, error=exc)
@@ -882,6 +994,8 @@ class Scheduler:
             return bool(obj.gen == gen)  # the call is DONE: the caller was answered already
         if kind is _Deadline.RATE:
             return bool(obj.waiting)
+        if kind is _Deadline.WITHDRAW:
+            return bool(obj.gen == gen)  # the attempt is still the one the calls wait behind
         return bool(obj.gen == gen and obj.state is not CallState.DONE)
 
     def next_deadline(self) -> float | None:
@@ -902,6 +1016,9 @@ class Scheduler:
     def _fire(self, kind: _Deadline, obj: Any, gen: int, now: float) -> None:
         if kind is _Deadline.RATE:
             self._release(obj, now)
+            return
+        if kind is _Deadline.WITHDRAW:
+            self._rebalance(now)
             return
         if kind is _Deadline.RETRY:
             if obj.state is CallState.BACKOFF:

@@ -45,7 +45,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pool._events import PoolEvent, Stats
-from pool._process import ForkServer, WorkerProcess, caller_can_fork, spawn_worker, worker_env
+from pool._fds import above_stdio
+from pool._process import (
+    ForkServer,
+    WorkerProcess,
+    caller_can_fork,
+    new_pool_id,
+    spawn_worker,
+    worker_env,
+)
 from pool._protocol import (
     FailureInfo,
     Frame,
@@ -133,6 +141,8 @@ class SupervisorConfig:
     # after sending the pool's only call, of an activity that takes less than this on average:
     # wait for its reply on the CPU (up to this long) instead of sleeping in the loop (0: never)
     reply_spin: float = 0.0
+    # in the environment of every process the pool starts (pool._tree.POOL_MARKER)
+    pool_id: str = field(default_factory=new_pool_id)
 
 
 _LINUX = sys.platform.startswith("linux")
@@ -141,7 +151,7 @@ _LINUX = sys.platform.startswith("linux")
 def worker_environment(config: SupervisorConfig) -> dict[str, str]:
     """The environment workers start with: ours, the BLAS thread limit, and this package on
     ``PYTHONPATH`` (for a spawned worker, and an activity's own subprocesses)."""
-    env = worker_env(config.thread_limit)
+    env = worker_env(config.thread_limit, config.pool_id)
     pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
     return env
@@ -244,7 +254,8 @@ class Supervisor:
         self._shm_probe: int | None = None
         if shm_supported():
             with contextlib.suppress(OSError):
-                self._shm_probe = os.memfd_create("activitypool-probe", os.MFD_CLOEXEC)
+                probe = os.memfd_create("activitypool-probe", os.MFD_CLOEXEC)
+                self._shm_probe = above_stdio(probe)
 
     # -- lifecycle (loop thread) -----------------------------------------------------------
     async def start(self) -> None:
@@ -262,9 +273,10 @@ class Supervisor:
         fs = self._forkserver
         if fs is None and not self._early_tried and _LINUX:
             fs = early_forkserver(self.config)  # (async with: this is the caller's thread)
-        if fs is None and self.config.start_method in ("forkserver", "fork") and _LINUX:
+        if fs is None and _LINUX:
             try:  # (it needs SOCK_SEQPACKET, waitid and pidfds: Linux)
-                fs = ForkServer(self._env)
+                # under spawn too: it spawns the workers, and reaps what they leave behind
+                fs = ForkServer(self._env, spawn=self.config.start_method == "spawn")
             except (OSError, AttributeError) as exc:
                 log.warning("no fork server (%s): workers are spawned one by one", exc)
         self._forkserver = fs
@@ -636,7 +648,17 @@ class Supervisor:
         if handle is None:
             return
         self._write(handle, encode(Kind.CANCEL, seq))
-        # SIGUSR1 makes a busy worker read its pipe: the CANCEL frame must be in it by then
+        self._flush_and_signal(handle)
+
+    def send_withdraw(self, worker_id: int, seqs: list[int]) -> None:
+        handle = self.handles.get(worker_id)
+        if handle is None:
+            return
+        self._write(handle, [encode_small(Kind.WITHDRAW, seq) for seq in seqs])
+        self._flush_and_signal(handle)
+
+    def _flush_and_signal(self, handle: WorkerHandle) -> None:
+        # SIGUSR1 makes a busy worker read its pipe: the frames must be in it by then
         handle.cancel_signal = True
         self._flush()
         self._signal_if_written(handle)
@@ -776,10 +798,14 @@ class Supervisor:
 
     def _on_readable(self, handle: WorkerHandle) -> bool:
         """Read and handle what the worker wrote; False when nothing was there."""
+        error: ProtocolError | None = None
+        frames: list[Frame] | tuple[()] | None
         try:
             frames = handle.reader.read(handle.proc.from_worker)
         except BlockingIOError:
             return False
+        except ProtocolError as exc:  # the stream lost its framing: nothing after it is sound
+            frames, error = exc.frames, exc
         except OSError:
             frames = None
         if frames is None:
@@ -794,17 +820,26 @@ class Supervisor:
             for frame in frames:
                 self._on_frame(handle, frame, now)
         except ProtocolError as exc:
-            log.error("worker %d sent a malformed frame (%s); killing it", handle.id, exc)
-            crash = WorkerCrashedError(
-                f"protocol error from worker {handle.id}: {exc}",
-                exitcode=None,
-                signal=None,
-                pid=handle.proc.pid,
-                worker_id=handle.id,
-            )
-            self.scheduler.kill_worker(handle.id, crash, time.monotonic())
+            error = exc
+        if error is not None:
+            self._malformed(handle, error)
         self._after()
         return True
+
+    def _malformed(self, handle: WorkerHandle, exc: ProtocolError) -> None:
+        """A malformed frame from a worker: kill it; its attempt fails (and is retried as a
+        crash is) and a replacement starts."""
+        log.error("worker %d sent a malformed frame (%s); killing it", handle.id, exc)
+        crash = WorkerCrashedError(
+            f"protocol error from worker {handle.id}: {exc}"
+            + (f" while running {handle.activity!r}" if handle.activity else ""),
+            exitcode=None,
+            signal=None,
+            pid=handle.proc.pid,
+            worker_id=handle.id,
+        )
+        self.scheduler.kill_worker(handle.id, crash, time.monotonic())
+        self._stop_reading(handle)  # (already, if it was killed: not if it had died before)
 
     def _on_frame(self, handle: WorkerHandle, frame: Frame, now: float) -> None:
         kind = frame.kind
@@ -837,6 +872,12 @@ class Supervisor:
                 self._check_memory(handle, now)
         elif kind is Kind.FAILURE:
             sched.failure(handle.id, frame.seq, _rebuild_failure(frame), now)
+        elif kind is Kind.WITHDRAWN:
+            for entry in handle.in_pipe:
+                if entry[0] == frame.seq:
+                    handle.in_pipe.remove(entry)
+                    break
+            sched.withdrawn(handle.id, frame.seq, now)
         elif kind is Kind.RELEASE:
             if handle.segments is None:
                 raise ProtocolError("RELEASE from a worker that was sent no segment")

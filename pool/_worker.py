@@ -8,7 +8,9 @@ as ``main([RFD, WFD, PARENT_PID])``; stdout and stderr are a pipe the supervisor
 Threads: the main thread runs activities and owns the read side of the channel. A heartbeat
 flusher thread exists only after the first coalesced heartbeat; it shares the write side under
 ``_write_lock``. Cancellation arrives as a CANCEL frame followed by SIGUSR1, whose handler drains
-the channel while an activity runs (the main thread is not reading then).
+the channel while an activity runs (the main thread is not reading then). A WITHDRAW frame comes
+the same way: the RUN it names is dropped if it has not started, and WITHDRAWN says so; a RUN
+already started is answered as usual, so a call never runs in two places.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import threading
 import time
 from collections import deque
 
+from pool._fds import StdioReserved
 from pool._protocol import (
     FailureInfo,
     Frame,
@@ -136,6 +139,15 @@ def _set_parent_death_signal(parent: int) -> None:
         os._exit(1)  # the supervisor died before we could register
 
 
+def _adopt_orphans() -> None:
+    """Be the subreaper of what our activities start: a daemon that double-forks stays under
+    this worker, so it goes with the worker (see pool._forkserver) instead of to init."""
+    prctl = load_prctl()
+    if prctl:
+        PR_SET_CHILD_SUBREAPER = 36
+        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
 class Worker:
     def __init__(self, rfd: int, wfd: int, supervisor: int) -> None:
         self.rfd = rfd
@@ -144,6 +156,10 @@ class Worker:
         self.reader = FrameReader()
         self.pending: deque[Frame] = deque()  # frames read but not yet handled
         self.cancelled_seqs: set[int] = set()  # CANCELs for RUNs not yet started
+        # WITHDRAWs whose RUN was no longer in ``pending``: taken by the main loop, maybe not
+        # yet started (then it is withdrawn at the start), else it runs here
+        self.withdraw_seqs: set[int] = set()
+        self._absorbing = False
         self.worker_id: int | None = None
         # where large results go (None: through the pipe); main thread only
         self.segments: Segments | None = None
@@ -225,6 +241,9 @@ class Worker:
             self.pending = keep
 
     def _drain_nonblocking(self) -> None:
+        """Read what is in the pipe now into ``pending``. A malformed frame ends the process
+        here and now: this runs in the SIGUSR1 handler, or under an attempt's error handling,
+        where an exception would reach the activity (which might catch it) or its caller."""
         os.set_blocking(self.rfd, False)
         try:
             while True:
@@ -232,6 +251,8 @@ class Worker:
                     frames = self.reader.read(self.rfd)
                 except BlockingIOError:
                     return
+                except ProtocolError as exc:
+                    _protocol_exit(exc)
                 if frames is None:
                     return
                 self.pending.extend(frames)
@@ -239,24 +260,57 @@ class Worker:
             os.set_blocking(self.rfd, True)
 
     def _on_cancel_signal(self, signum: int, frame: Any) -> None:
-        if not self.running:
+        if not self.running or self._absorbing:
             # between attempts the main thread may be inside a read: only leave a note; it
             # absorbs the CANCEL frames before starting its next attempt (or on running)
             self.cancel_signalled = True
             return
-        self._absorb_cancels()
+        self.cancel_signalled = True
+        while self.cancel_signalled and self.running:  # again if a signal came meanwhile
+            self._absorb_cancels(in_handler=True)
 
-    def _absorb_cancels(self) -> None:
-        """Read what is in the pipe now and act on every CANCEL frame in it."""
-        self.cancel_signalled = False
-        self._drain_nonblocking()
-        keep: deque[Frame] = deque()
-        for f in self.pending:
-            if f.kind is Kind.CANCEL:
-                self._note_cancel(f.seq)
-            else:
-                keep.append(f)
-        self.pending = keep
+    def _absorb_cancels(self, in_handler: bool = False) -> None:
+        """Read what is in the pipe now and act on every CANCEL and WITHDRAW frame in it."""
+        self._absorbing = True
+        try:
+            self.cancel_signalled = False
+            self._drain_nonblocking()
+            keep: deque[Frame] = deque()
+            withdraw: set[int] = set()
+            for f in self.pending:
+                if f.kind is Kind.CANCEL:
+                    self._note_cancel(f.seq)
+                elif f.kind is Kind.WITHDRAW:
+                    withdraw.add(f.seq)
+                else:
+                    keep.append(f)
+            if withdraw:
+                # a RUN precedes its WITHDRAW in the pipe: one not in `keep` was taken already
+                dropped = [f.seq for f in keep if f.kind is Kind.RUN and f.seq in withdraw]
+                keep = deque(f for f in keep if f.kind is not Kind.RUN or f.seq not in withdraw)
+                self.withdraw_seqs.update(withdraw.difference(dropped))
+                if dropped:
+                    self._confirm_withdrawn(dropped, in_handler)
+            self.pending = keep
+        finally:
+            self._absorbing = False
+
+    def _confirm_withdrawn(self, seqs: list[int], in_handler: bool) -> None:
+        data = b"".join(encode_small(Kind.WITHDRAWN, seq) for seq in seqs)
+        if not in_handler:
+            self.send([data])
+            return
+        # The handler interrupted the main thread, which may hold the write lock mid-frame:
+        # never wait for it here. If it is taken, a short-lived thread waits instead.
+        if self._write_lock.acquire(blocking=False):
+            try:
+                write_all(self.wfd, [data])
+            finally:
+                self._write_lock.release()
+        else:
+            threading.Thread(
+                target=self.send, args=([data],), name="activitypool-withdrawn", daemon=True
+            ).start()
 
     def _note_cancel(self, seq: int) -> None:
         if self.running and seq == self.current_seq:
@@ -279,8 +333,9 @@ class Worker:
         ready: dict[str, Any] = {"pid": os.getpid(), "shm": shm}
         if settings.get("report_stdlib"):
             ready["stdlib"] = _stdlib_imported()
-        self.send(encode(Kind.READY, 0, dumps(ready)[0]))
+        # before READY: SIGUSR1 (cancel, withdraw) may come as soon as a RUN has been sent
         signal.signal(CANCEL_SIGNAL, self._on_cancel_signal)
+        self.send(encode(Kind.READY, 0, dumps(ready)[0]))
         try:
             while True:
                 frame = self.next_frame()
@@ -288,9 +343,11 @@ class Worker:
                     return 0
                 kind = frame.kind
                 if kind is Kind.RUN:
-                    if self.cancel_signalled:
+                    while self.cancel_signalled:
                         self._absorb_cancels()
-                    if frame.seq in self.cancelled_seqs:
+                    if self.withdraw_seqs and self._withdrawn_at_start(frame.seq):
+                        pass
+                    elif frame.seq in self.cancelled_seqs:
                         self.cancelled_seqs.discard(frame.seq)
                         self.fail(frame.seq, _cancelled_error(), non_retryable=True)
                     else:
@@ -302,6 +359,8 @@ class Worker:
                     frame = None
                 elif kind is Kind.CANCEL:
                     self._note_cancel(frame.seq)
+                elif kind is Kind.WITHDRAW:
+                    self.withdraw_seqs.discard(frame.seq)  # its RUN was answered already
                 elif kind is Kind.RELEASE and self.segments is not None:
                     self.segments.release(frame.seq)
                 elif kind is Kind.CLOSE_SESSION:
@@ -312,6 +371,15 @@ class Worker:
             self.resources.close()
             if self.segments is not None:
                 self.segments.close()
+
+    def _withdrawn_at_start(self, seq: int) -> bool:
+        """Whether RUN ``seq``, about to start, was withdrawn (and is now confirmed so)."""
+        withdrawn = seq in self.withdraw_seqs
+        # seqs rise in pipe order: the WITHDRAWs of earlier RUNs came too late for them
+        self.withdraw_seqs = {s for s in self.withdraw_seqs if s > seq}
+        if withdrawn:
+            self._confirm_withdrawn([seq], in_handler=False)
+        return withdrawn
 
     def setup(self, init: dict[str, Any]) -> bool:
         """Apply the INIT settings; whether large frames can go through shared memory."""
@@ -436,7 +504,7 @@ class Worker:
                     held = True
                 kwargs = {**self.resources.resolve(defn, provided), **kwargs}
             self.running = True
-            if self.cancel_signalled:  # a SIGUSR1 that came just before we were running
+            while self.cancel_signalled:  # a SIGUSR1 that came just before we were running
                 self._absorb_cancels()
             if defn.is_async and self.loop is None:
                 self._ensure_loop()  # imports asyncio: the library's setup, not the activity's
@@ -497,7 +565,8 @@ class Worker:
         if self.loop is None:
             import asyncio
 
-            self.loop = asyncio.new_event_loop()
+            with StdioReserved():  # its epoll fd and self-pipe are ours, not stdio
+                self.loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self.loop)
         return self.loop
 
@@ -583,6 +652,23 @@ class Worker:
                 self.hb_next = time.monotonic() + self.hb_window
                 body, buffers = _dump_details(details, at)
                 write_all(self.wfd, encode(Kind.HEARTBEAT, seq, body, buffers=buffers))
+
+
+# The exit code of a worker that received a malformed frame from the supervisor.
+PROTOCOL_ERROR_EXIT = 3
+
+
+def _report_protocol_error(exc: ProtocolError) -> None:
+    message = f"activitypool worker: malformed frame from the supervisor ({exc}); exiting\n"
+    try:
+        os.write(2, message.encode("utf-8", "replace"))
+    except OSError:  # stderr closed by an activity: the exit code still says it
+        pass
+
+
+def _protocol_exit(exc: ProtocolError) -> None:
+    _report_protocol_error(exc)
+    os._exit(PROTOCOL_ERROR_EXIT)
 
 
 def _unmap_forever(boxes: Any) -> None:
@@ -675,13 +761,18 @@ def main(argv: list[str]) -> int:
     global IN_WORKER
     IN_WORKER = True
     _set_parent_death_signal(parent)
+    _adopt_orphans()
     # Ctrl-C goes to the supervisor, which stops workers in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     except AttributeError:  # pragma: no cover
         pass
-    return Worker(rfd, wfd, supervisor).serve()
+    try:
+        return Worker(rfd, wfd, supervisor).serve()
+    except ProtocolError as exc:  # the channel lost its framing: nothing on it can be trusted
+        _report_protocol_error(exc)
+        return PROTOCOL_ERROR_EXIT
 
 
 if __name__ == "__main__":

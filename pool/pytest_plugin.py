@@ -11,8 +11,10 @@ Registered through the ``pytest11`` entry point, so installing activitypool is e
   overrides).
 
 Every pool fixture closes its pools with ``cancel=True`` at teardown (bounded: busy workers are
-killed, nothing is drained), then fails the test if a worker process or a pipe is left behind
-(shared-memory segments are memfds, which the kernel frees with their processes). When an
+killed, nothing is drained), then fails the test if a worker process or a pipe is left behind,
+or anything the pool's activities started, found by the pool's marker in its environment even
+once init has adopted it (shared-memory segments are memfds, which the kernel frees with their
+processes). When an
 activity call fails in a test, the report gets a section with the remote traceback, and one
 with the lines the pool's workers printed during the test.
 
@@ -27,6 +29,8 @@ import contextlib
 import contextvars
 import inspect
 import os
+import select
+import signal
 import sys
 import threading
 import time
@@ -285,12 +289,23 @@ def _warm_up_event_loop() -> None:
         loop.close()
 
 
+def _marked_processes() -> dict[int, str]:
+    from pool._tree import marked
+
+    return marked()
+
+
 class LeakGuard:
     """Snapshots processes and pipes; :meth:`check` says what was left behind.
 
     Take it before the pools start and :meth:`watch` each pool; check after closing them.
     Workers of other plugin-managed pools that are still open (and the pipes they share with
     this process) are not counted.
+
+    Beyond this process's children, it finds what escaped them: any process whose environment
+    carries the marker of a watched pool (``Pool.pool_id``, inherited by what an activity
+    starts), or of another pool of this process that is not open, once it is no longer a
+    descendant of this process (adopted by init). See docs/testing.md for what a marker misses.
     """
 
     def __init__(self) -> None:
@@ -317,7 +332,8 @@ class LeakGuard:
         other_workers = {pid for p in others for pid in p._process_pids()}
         other_pipes = {t for pid in other_workers for t in _pipe_inodes(pid).values()}
         problems = []
-        for pid, proc in sorted(_children().items()):
+        children = _children()
+        for pid, proc in sorted(children.items()):
             if pid in other_workers:
                 continue
             try:
@@ -332,10 +348,40 @@ class LeakGuard:
                     problems.append(f"worker process {pid} of the pool is still running ({cmd})")
             elif pid not in self.children and not zombie:
                 problems.append(f"process {pid} started during the test is still running ({cmd})")
+        for pid, pool_id in sorted(self._marked(others).items()):
+            if pid in self.worker_pids or pid in children:
+                continue  # named above, if it is a leak
+            try:
+                proc = psutil.Process(pid)
+                cmd, parent = " ".join(proc.cmdline()[:4]), proc.ppid()
+            except psutil.Error:  # gone meanwhile
+                continue
+            problems.append(
+                f"process {pid} started by pool {pool_id} is still running, adopted by "
+                f"pid {parent} ({cmd})"
+            )
         for fd, target in sorted(_pipe_inodes().items()):
             if self.pipes.get(fd) != target and target not in other_pipes:
                 problems.append(f"pipe fd {fd} ({target}) is still open")
         return problems
+
+    def _marked(self, others: list[Pool]) -> dict[int, str]:
+        """pid -> pool id of the live processes that carry the marker of a watched pool, or
+        of this process's pools that are not open elsewhere and escaped our tree."""
+        watched = {pid for p in self.pools if (pid := getattr(p, "pool_id", None))}
+        still_open = {p.pool_id for p in others}
+        mine = f"{os.getpid()}."
+        found: dict[int, str] = {}
+        descendants: set[int] | None = None
+        for pid, pool_id in _marked_processes().items():
+            if pool_id in watched:
+                found[pid] = pool_id
+            elif pool_id.startswith(mine) and pool_id not in still_open:
+                if descendants is None:
+                    descendants = set(_children())
+                if pid not in descendants:
+                    found[pid] = pool_id
+        return found
 
     def check(self, settle: float = LEAK_SETTLE) -> list[str]:
         """Wait up to ``settle`` seconds for leaks to clear; kill leaked processes; report."""
@@ -352,17 +398,29 @@ class LeakGuard:
     def _kill_leftovers(self) -> None:
         import psutil
 
-        others = {
-            p for pool in list(_live_pools) if pool not in self.pools for p in pool._process_pids()
-        }
-        for pid, proc in _children().items():
-            if pid in self.children or pid in others:
-                continue
+        other_pools = [pool for pool in list(_live_pools) if pool not in self.pools]
+        others = {p for pool in other_pools for p in pool._process_pids()}
+        leftovers = [
+            proc
+            for pid, proc in _children().items()
+            if pid not in self.children and pid not in others
+        ]
+        for proc in leftovers:
             try:
                 proc.kill()
                 proc.wait(1.0)
             except (psutil.Error, TimeoutError):
                 pass
+        # not our children: dead once they exit (their pidfd says so), whenever init reaps them
+        exits = []
+        for pid in self._marked(other_pools):
+            with contextlib.suppress(OSError):
+                exits.append(os.pidfd_open(pid))
+                signal.pidfd_send_signal(exits[-1], signal.SIGKILL)
+        deadline = time.monotonic() + 1.0
+        for fd in exits:
+            select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            os.close(fd)
 
 
 # -- pools -----------------------------------------------------------------------------------

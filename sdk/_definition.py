@@ -18,7 +18,7 @@ import threading
 from types import FunctionType
 
 from . import _context
-from ._depends import Depends, default_resource_cache
+from ._depends import Dependency, default_resource_cache
 from ._errors import (
     ActivityDefinitionError,
     ActivityInputError,
@@ -295,7 +295,7 @@ class ActivityDefinition:
         hints = self._hints
         checks: dict[str, _Check] = {}
         for p in self._signature.parameters.values():
-            if isinstance(p.default, Depends) or p.name not in hints:
+            if isinstance(p.default, Dependency) or p.name not in hints:
                 continue
             # For *args / **kwargs the hint is that of each element (checked one by one).
             check = _make_check(hints[p.name])
@@ -340,22 +340,22 @@ class ActivityDefinition:
         return _make_check(self._hints["return"])
 
     @functools.cached_property
-    def _depends(self) -> dict[str, Depends]:
+    def _depends(self) -> dict[str, Dependency]:
         fn = self.fn
         if _plain_function(fn):
             # The parameters' defaults are these: no Depends among them, no Signature needed.
             kwdefaults = fn.__kwdefaults__
-            if not any(isinstance(d, Depends) for d in fn.__defaults__ or ()) and not (
-                kwdefaults and any(isinstance(d, Depends) for d in kwdefaults.values())
+            if not any(isinstance(d, Dependency) for d in fn.__defaults__ or ()) and not (
+                kwdefaults and any(isinstance(d, Dependency) for d in kwdefaults.values())
             ):
                 return {}
         return {
             p.name: p.default
             for p in self._signature.parameters.values()
-            if isinstance(p.default, Depends)
+            if isinstance(p.default, Dependency)
         }
 
-    def depends_params(self) -> dict[str, Depends]:
+    def depends_params(self) -> dict[str, Dependency]:
         """Parameters whose default is ``Depends(...)``, by name (the runtime fills them)."""
         return self._depends
 

@@ -30,12 +30,13 @@ if TYPE_CHECKING:
     # A teardown is either a plain callable or a callable returning a coroutine.
     _Teardown = tuple[bool, Callable[[], Any]]  # (is_async, fn)
 
-__all__ = ["Depends", "ResourceCache", "default_resource_cache"]
+__all__ = ["Dependency", "Depends", "ResourceCache", "default_resource_cache"]
 
 
 @record(frozen=True)
-class Depends:
-    """Parameter default that injects ``factory``'s resource: ``model=Depends(load_model)``."""
+class Dependency:
+    """What ``Depends(factory)`` makes: the parameter default that injects ``factory``'s
+    resource (``model=Depends(load_model)``). At run time ``Depends`` is this class."""
 
     __match_args__ = ("factory",)
 
@@ -49,6 +50,16 @@ class Depends:
     def __post_init__(self) -> None:  # (pydantic calls it too, as for a dataclass)
         if not callable(self.factory):
             raise TypeError(f"Depends() needs a callable factory, got {self.factory!r}")
+
+
+if TYPE_CHECKING:
+    # For type checkers a function returning Any (as FastAPI's Depends): the default of a
+    # parameter of any annotated type, ``conn: Connection = Depends(connect)``.
+    def Depends(factory: Callable[[], Any]) -> Any:
+        """Parameter default that injects ``factory``'s resource: ``model=Depends(load)``."""
+
+else:
+    Depends = Dependency
 
 
 class ResourceCache:

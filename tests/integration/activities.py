@@ -417,3 +417,37 @@ def sleep_if(seconds: float) -> float:
     if seconds:
         time.sleep(seconds)
     return seconds
+
+
+def _sticky_step(path: str, tag: str, fail_first: bool) -> list:
+    """Note this attempt in ``path`` and in the session's state; fail the first attempt if
+    asked. Returns the session's record of attempts so far."""
+    attempt = activity.info().attempt
+    with open(path, "a") as f:
+        f.write(f"{tag}{attempt}\n")
+    order = activity.session_state().setdefault("order", [])
+    order.append(f"{tag}{attempt}")
+    if fail_first and attempt == 1:
+        raise ValueError("first attempt")
+    return list(order)
+
+
+@activity(sticky_to_worker=True, retry_policy_max_attempts=3, **FAST)
+def sticky_step(path: str, tag: str, fail_first: bool = False) -> list:
+    return _sticky_step(path, tag, fail_first)
+
+
+@activity(sticky_to_worker=True, retry_policy_max_attempts=3, retry_policy_initial_interval=5.0)
+def sticky_step_slow_retry(path: str, tag: str, fail_first: bool = False) -> list:
+    return _sticky_step(path, tag, fail_first)
+
+
+@activity
+def noted_nap(job: tuple) -> tuple:
+    """``job`` is (path, tag, seconds): note this execution in ``path`` (a line each), sleep,
+    and return the pid and when it ended (CLOCK_MONOTONIC: one clock for every process)."""
+    path, tag, seconds = job
+    with open(path, "a") as f:
+        f.write(tag + "\n")
+    time.sleep(seconds)
+    return os.getpid(), time.monotonic()

@@ -7,10 +7,10 @@ import time
 
 from sdk import activity
 
-time.sleep(0.3)  # user code at import time: a model loaded at module level, say
+time.sleep(0.4)  # user code at import time: a model loaded at module level, say
 
 
-@activity(heartbeat_timeout=0.05, retry_policy_max_attempts=1, start_to_close_timeout=10)
+@activity(heartbeat_timeout=0.1, retry_policy_max_attempts=1, start_to_close_timeout=10)
 def beat_after_slow_import(x: int) -> int:
     activity.heartbeat(x)
     return x

@@ -168,8 +168,12 @@ def test_depends_is_resolved_for_the_items_of_a_chunk(pool):
 
 def test_items_are_validated_in_the_caller_and_results_in_the_worker(pool):
     assert list(pool.map(ca.double, ["1", 2], chunksize=2)) == [2, 4]  # lax mode coerces
+    it = pool.map(ca.double, [1, "not a number", 3], chunksize=2)
+    assert next(it) == 2  # the bad item fails at its own position, alone
     with pytest.raises(sdk.ActivityInputError, match="'x'"):
-        pool.map(ca.double, [1, "not a number"], chunksize=2)
+        next(it)
+    got = pool.map(ca.double, [1, "not a number", 3], chunksize=2, return_exceptions=True)
+    assert [r if isinstance(r, int) else type(r) for r in got] == [2, sdk.ActivityInputError, 6]
     with pytest.raises(sdk.ActivityError, match="invalid result") as info:
         list(pool.map(ca.bad_result, range(5), chunksize=5))
     assert info.value.attempts == 1  # a result validation error is not retried

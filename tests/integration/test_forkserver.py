@@ -30,11 +30,13 @@ def test_workers_by_either_method_run_and_report_their_exit(method):
     with Pool([acts], workers=2, start_method=method) as pool:
         server = _fork_server_pid(pool)
         parents = {psutil.Process(pid).ppid() for pid in pool.worker_pids()}
-        if method == "forkserver":
-            assert server is not None and parents == {server}
-            assert psutil.Process(server).ppid() == os.getpid()
-        else:
-            assert server is None and parents == {os.getpid()}
+        # under spawn too: the server spawns the workers (and reaps what they leave behind)
+        assert server is not None and parents == {server}
+        assert psutil.Process(server).ppid() == os.getpid()
+        fresh = {
+            "pool._worker" in " ".join(psutil.Process(p).cmdline()) for p in pool.worker_pids()
+        }
+        assert fresh == {method == "spawn"}  # a spawned worker is a fresh interpreter
         assert pool.run(acts.add, 2, 3) == 5
         with pytest.raises(sdk.ActivityError) as info:
             pool.run(acts.exit_with, 7)

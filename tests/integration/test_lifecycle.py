@@ -125,7 +125,7 @@ SUPERVISOR = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize(("method", "processes"), [("forkserver", 3), ("spawn", 2)])
+@pytest.mark.parametrize(("method", "processes"), [("forkserver", 3), ("spawn", 3)])
 def test_workers_die_within_a_second_of_supervisor_sigkill(method, processes):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     script = SUPERVISOR.format(root=root, method=method)

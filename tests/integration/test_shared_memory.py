@@ -9,10 +9,10 @@ import time
 import pytest
 
 import sdk
+from benchmarks.chaos import RandomKiller
 from pool import Pool
 from pool._protocol import KEEP_BYTES, KEEP_SEGMENTS, SHM_MIN, shm_supported
 from tests.integration import activities as acts
-from tests.integration.chaos import RandomKiller
 
 np = pytest.importorskip("numpy")
 pytestmark = [

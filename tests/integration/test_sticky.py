@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +123,41 @@ def test_worker_with_pinned_session_is_not_recycled():
         pid = s.run(acts.load_model, "a")
         pids = {s.run(acts.predict, str(i))[0] for i in range(5)}
         assert pids == {pid}
+
+
+def test_a_retried_sticky_call_keeps_its_place_in_the_session(tmp_path):
+    """A raises once and is retried; B and C, submitted with it, wait until it has ended."""
+    path = str(tmp_path / "order")
+    with Pool([acts], workers=2) as pool, pool.sticky_session() as s:
+        futures = [
+            s.submit(acts.sticky_step, path, "A", True),
+            s.submit(acts.sticky_step, path, "B"),
+            s.submit(acts.sticky_step, path, "C"),
+        ]
+        results = [f.result(timeout=10) for f in futures]
+    assert results[-1] == ["A1", "A2", "B1", "C1"]
+    assert Path(path).read_text().split() == ["A1", "A2", "B1", "C1"]
+
+
+def test_no_call_of_a_lost_session_runs_once_it_is_lost(tmp_path):
+    """A fails and waits for its retry; B and C wait behind it. The worker dies: all three fail
+    at once (not when A's retry was due), none runs again, and later calls fail too."""
+    path = str(tmp_path / "order")
+    with Pool([acts], workers=2) as pool, pool.sticky_session() as s:
+        pid = s.run(acts.load_model, "m")
+        a = s.submit(acts.sticky_step_slow_retry, path, "A", True)
+        b = s.submit(acts.sticky_step_slow_retry, path, "B")
+        c = s.submit(acts.sticky_step_slow_retry, path, "C")
+        deadline = time.monotonic() + 5
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        for f in (a, b, c):
+            with pytest.raises(sdk.StickySessionLostError):
+                f.result(timeout=4)
+        assert time.monotonic() - t0 < 3  # A's retry was 5 s away
+        with pytest.raises(sdk.StickySessionLostError):
+            s.run(acts.sticky_step_slow_retry, path, "D")
+        assert pool.run(acts.add, 1, 2) == 3
+    assert Path(path).read_text().split() == ["A1"]

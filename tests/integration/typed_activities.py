@@ -25,22 +25,22 @@ def returns_wrong_type(x: int) -> int:
 
 
 def slow_resource() -> str:
-    time.sleep(0.3)  # user code that takes far longer than the heartbeat timeout
+    time.sleep(0.4)  # user code that takes far longer than the heartbeat timeout
     return "loaded"
 
 
-@activity(heartbeat_timeout=0.05, retry_policy_max_attempts=1, start_to_close_timeout=5)
+@activity(heartbeat_timeout=0.1, retry_policy_max_attempts=1, start_to_close_timeout=5)
 def beat_after_slow_setup(x: int, resource: str = Depends(slow_resource)) -> str:
     activity.heartbeat(x)
     return resource
 
 
 def slow_resource_for_async() -> str:
-    time.sleep(0.3)
+    time.sleep(0.4)
     return "loaded async"
 
 
-@activity(heartbeat_timeout=0.05, retry_policy_max_attempts=1, start_to_close_timeout=5)
+@activity(heartbeat_timeout=0.1, retry_policy_max_attempts=1, start_to_close_timeout=5)
 async def async_beat_after_slow_setup(
     x: int, resource: str = Depends(slow_resource_for_async)
 ) -> str:

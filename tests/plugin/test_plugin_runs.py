@@ -185,6 +185,30 @@ def test_leak_guard_fails_the_test_and_says_which(suite: Pytester):
     )
 
 
+def test_leak_guard_finds_what_init_adopted_by_the_pool_marker(suite: Pytester):
+    suite.makepyfile(
+        test_escaped="""
+        import os
+        import subprocess
+
+        def test_escaped(activity_pool):
+            # a leftover as an activity's escaped daemon would be: marked, adopted by init
+            env = {**os.environ, "ACTIVITYPOOL_POOL_ID": activity_pool.pool_id}
+            script = "sleep 60 >/dev/null 2>&1 & echo $!"
+            subprocess.run(["sh", "-c", script], env=env, check=True, capture_output=True)
+        """
+    )
+    result = suite.runpytest()
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_escaped*",
+            "activity_pool left resources behind:",
+            "  process * started by pool * is still running, adopted by pid * (sleep 60)",
+        ]
+    )
+
+
 def test_leak_check_can_be_switched_off(suite: Pytester):
     suite.makeini(INI + "activity_pool_leak_check = false\n")
     suite.makepyfile(

@@ -6,7 +6,7 @@ import pytest
 
 import sdk
 from pool import _chunks
-from pool._pool import _check_chunksize, _chunk_definition, _MapBatch, _validate_items
+from pool._pool import _check_chunksize, _chunk_definition, _item_check
 from tests.integration import chunked_activities as ca
 
 
@@ -29,14 +29,16 @@ def test_chunksize_refuses_the_rest(bad, error):
 
 
 def test_items_are_validated_and_coerced_like_single_calls():
-    assert _validate_items(_defn(ca.double), ["1", 2, 3.0]) == [1, 2, 3]
-    assert _validate_items(_defn(ca.double), iter([])) == []
+    check = _item_check(_defn(ca.double))
+    assert check is not None
+    assert [check(x) for x in ["1", 2, 3.0]] == [1, 2, 3]
     with pytest.raises(sdk.ActivityInputError, match="'x'"):
-        _validate_items(_defn(ca.double), [1, "nope"])
-    items = [object(), "x"]
-    assert _validate_items(_defn(ca.chunk_echo), items) == items  # unannotated: as given
+        check("nope")
+    assert _item_check(_defn(ca.chunk_echo)) is None  # unannotated: every item as given
+    no_argument = _item_check(_defn(ca.chunk_loaded_modules))  # takes no argument at all
+    assert no_argument is not None
     with pytest.raises(sdk.ActivityInputError, match="positional"):
-        _validate_items(_defn(ca.chunk_loaded_modules), [1])  # takes no argument at all
+        no_argument(1)
 
 
 def test_a_chunk_definition_keeps_the_activity_but_runs_the_runner():
@@ -74,15 +76,3 @@ def test_a_chunks_results_are_checked_item_by_item_against_the_activity() -> Non
     assert e.value.type == "ResultValidationError" and e.value.non_retryable
     untyped = _chunk_definition(sdk.get_definition(ca.chunk_echo), 3)
     assert untyped.validate_result(["anything"]) == ["anything"]
-
-
-def test_a_chunked_batch_yields_every_item_and_raises_at_a_chunks_first_item():
-    cancelled = []
-    batch = _MapBatch(3, lambda wake: wake(), chunked=True)
-    batch.deliver(0, [1, 2], None)
-    batch.deliver(1, None, ValueError("bad chunk"))
-    results = batch.results_in_order(lambda: cancelled.append(True))
-    assert [next(results), next(results)] == [1, 2]
-    with pytest.raises(ValueError, match="bad chunk"):
-        next(results)
-    assert cancelled == [True]  # chunk 2 never came: it is cancelled

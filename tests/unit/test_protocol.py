@@ -176,18 +176,51 @@ def test_segments_are_kept_within_budget_and_one_offs_are_closed_on_release():
     assert _memfds() == before  # nothing open, nothing mapped
 
 
+# A process that puts a frame in a segment of its own, writes the frame and exits.
+_WRITE_AND_EXIT = """
+import os, pickle, sys
+from pool import _protocol as p
+parts = p.encode(p.Kind.RESULT, 3, pickle.dumps(os.urandom(p.SHM_MIN)), segments=p.Segments())
+sys.stdout.buffer.write(b"".join(bytes(x) for x in parts))
+"""
+
+
 @needs_shm
 def test_a_segment_whose_owner_is_gone_is_reported_as_such():
-    segments = p.Segments()
-    parts = p.encode(p.Kind.RESULT, 3, pickle.dumps(os.urandom(p.SHM_MIN)), segments=segments)
-    segments.close()  # as if its process had exited
-    peer = p.PeerSegments(os.getpid())
+    import subprocess
+    import sys
+
+    with subprocess.Popen([sys.executable, "-c", _WRITE_AND_EXIT], stdout=subprocess.PIPE) as proc:
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0  # and reaped: its pid names no process now
+    parts = [out]
+    peer = p.PeerSegments(proc.pid)
     with pytest.raises(p.SegmentGone):
-        peer.frame(p.Kind.RESULT, 3, wire(parts)[p.HEADER.size :], 0, 0)
+        peer.frame(p.Kind.RESULT, 3, out[p.HEADER.size :], 0, 0)
     # a reader drops that frame (the writer's death decides it) and keeps the ones around it
     blob = wire(p.encode(p.Kind.RESULT, 1, pickle.dumps(1))) + wire(parts)
     blob += wire(p.encode(p.Kind.RESULT, 2, pickle.dumps(2)))
     assert [f.load() for f in p.FrameReader(peer).feed(blob)] == [1, 2]
+
+
+@needs_shm
+def test_a_reference_to_what_a_live_peer_has_not_or_to_no_segment_is_a_protocol_error():
+    peer = p.PeerSegments(os.getpid())
+    r, w = os.pipe()
+    try:
+        os.close(w)  # a pipe without a writer: opening it through /proc must not wait for one
+        closed = os.dup(r)
+        os.close(closed)
+        for fd, why in ((closed, "has no segment"), (r, "not a shared-memory segment")):
+            ref = p._SEGREF.pack(1, fd, p.SHM_MIN, 1)
+            with pytest.raises(p.ProtocolError, match=why):
+                peer.frame(p.Kind.RESULT, 3, ref, 0, 0)
+        for size, keep in ((0, 1), (p.MAX_FRAME, 1), (p.SHM_MIN, 2)):
+            with pytest.raises(p.ProtocolError, match="bad shared-memory reference"):
+                peer.frame(p.Kind.RESULT, 3, p._SEGREF.pack(1, r, size, keep), 0, 0)
+    finally:
+        os.close(r)
+        peer.close()
 
 
 def test_small_frames_never_use_shared_memory():
@@ -199,19 +232,58 @@ def test_small_frames_never_use_shared_memory():
     assert p.FrameReader().feed(wire(parts))[0].load() == 1
 
 
+def header(size: int, split: int, kind: int, nbuf: int, seq: int, mark: int = p.MARK) -> bytes:
+    return p.HEADER.pack(size, split, kind, nbuf, mark, seq)
+
+
 def test_unknown_kind_and_bad_segment_references_are_protocol_errors():
-    bad = p.HEADER.pack(0, 0, 99, 0, 1)
+    bad = header(0, 0, 99, 0, 1)
     with pytest.raises(p.ProtocolError, match="unknown frame kind"):
         p.FrameReader().feed(bad)
     ref = b"../etc/passwd"
-    frame = p.HEADER.pack(len(ref), 0, p.Kind.RESULT | p.SHM_FLAG, 0, 1) + ref
+    frame = header(len(ref), 0, p.Kind.RESULT | p.SHM_FLAG, 0, 1) + ref
+    with pytest.raises(p.ProtocolError, match="shared-memory frame with a body of 13 bytes"):
+        p.FrameReader(p.PeerSegments(os.getpid())).feed(frame)
+    ref = b"\0" * p._SEGREF.size
+    frame = header(len(ref), 0, p.Kind.RESULT | p.SHM_FLAG, 0, 1) + ref
     with pytest.raises(p.ProtocolError, match="without segments"):
         p.FrameReader().feed(frame)
     with pytest.raises(p.ProtocolError, match="bad shared-memory reference"):
         p.FrameReader(p.PeerSegments(os.getpid())).feed(frame)
-    oversize = struct.pack("<IIBB2xQ", p.MAX_FRAME, 0, p.Kind.RESULT, 0, 1)
-    with pytest.raises(p.ProtocolError):
+    oversize = header(p.MAX_FRAME, 0, p.Kind.RESULT, 0, 1)
+    with pytest.raises(p.ProtocolError, match="frame of"):
         p.FrameReader().feed(oversize)
+
+
+def test_a_header_where_none_is_or_with_lengths_out_of_bounds_is_refused_at_once():
+    good = p.encode_small(p.Kind.RESULT, 1, pickle.dumps(1))
+    cases = {
+        "no frame header": b"\xff" * 7 + good,  # a stream that lost its framing
+        "no frame header ": header(0, 0, p.Kind.RESULT, 0, 1, mark=0),
+        "split 9": header(8, 9, p.Kind.RUN, 0, 1),  # (the header alone: refused before the body)
+        "2 buffers": header(15, 0, p.Kind.RESULT, 2, 1),
+        "buffers of": header(16, 0, p.Kind.RESULT, 1, 1) + struct.pack("<Q", 9) + b"x" * 8,
+        "2 buffers ": header(8, 0, p.Kind.RESULT, 2, 1) + b"\0" * 8,
+    }
+    for why, blob in cases.items():
+        reader = p.FrameReader()
+        with pytest.raises(p.ProtocolError, match=why.strip()) as caught:
+            reader.feed(good + blob)
+        assert [f.load() for f in caught.value.frames] == [1]  # what came before is whole
+
+
+def test_a_large_header_gets_a_buffer_bounded_by_what_arrived():
+    import tracemalloc
+
+    reader = p.FrameReader()
+    tracemalloc.start()
+    try:
+        reader.feed(header(p.MAX_FRAME - 1, 0, p.Kind.RESULT, 0, 1) + b"x" * 1000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * p.BIG_AHEAD
+    assert reader.pending == 1000
 
 
 def test_large_bytes_travel_out_of_band_and_come_back_as_bytes():

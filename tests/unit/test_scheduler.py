@@ -13,6 +13,7 @@ import pytest
 import sdk
 from pool._scheduler import (
     MAX_STARTUP_FAILURES,
+    WITHDRAW_AFTER,
     Call,
     CallState,
     Scheduler,
@@ -169,6 +170,9 @@ class FakeEffects:
     def send_cancel(self, worker_id: int, seq: int) -> None:
         self.log.append(("send_cancel", worker_id, seq))
 
+    def send_withdraw(self, worker_id: int, seqs: list[int]) -> None:
+        self.log.append(("send_withdraw", worker_id, tuple(seqs)))
+
     def close_session(self, worker_id: int, session_id: str) -> None:
         self.log.append(("close_session", worker_id, session_id))
 
@@ -228,6 +232,14 @@ class Harness:
         defn = sdk.get_definition(fn)
         policy = defn.retry_policy(RetryPolicy())
         return Call(next(self._ids), defn, policy, payload=None, waiter=None, session=session)
+
+    def learn(self, fn: Any = plain, took: float = 0.001) -> None:
+        """Give ``fn`` a timing history (prefetch needs one): one call per worker, run from
+        ``-took`` to 0, so each worker is idle again and in its first order."""
+        calls = [self.submit(fn, now=-took) for _ in self.sched.workers]
+        for call in calls:
+            self.finish(call, None, 0.0)
+        self.fx.new()
 
     def submit(self, fn: Any = plain, session: str | None = None, now: float = 0.0) -> Call:
         call = self.call(fn, session)
@@ -305,6 +317,7 @@ def test_one_attempt_per_worker_and_third_call_waits_without_prefetch() -> None:
 
 def test_third_call_is_prefetched_onto_a_busy_worker_with_prefetch() -> None:
     h = Harness(workers=2, prefetch=1)
+    h.learn(timed)
     c1, c2, c3 = h.submit(timed), h.submit(timed), h.submit(timed)
     sends = h.fx.new()
     assert [(e[1], e[2]) for e in sends] == [(1, c1.id), (2, c2.id), (1, c3.id)]
@@ -328,10 +341,10 @@ def test_no_prefetch_while_a_worker_is_idle() -> None:
 
 def test_prefetched_call_is_promoted_and_its_start_to_close_counts_from_promotion() -> None:
     h = Harness(workers=2, prefetch=1)
+    h.learn(timed)
     c1, c2, c3 = h.submit(timed), h.submit(timed), h.submit(timed)
     assert c3.state is CallState.SENT and c3.worker == 1
-    h.finish(c2, "b", 1.0)
-    # only the running attempts have a start-to-close deadline: c1's at 0 + 10
+    # only the running attempts have a start-to-close deadline: c1's and c2's at 0 + 10
     assert h.sched.next_deadline() == pytest.approx(10.0)
     h.fx.new()
     h.finish(c1, "a", 5.0)
@@ -340,6 +353,8 @@ def test_prefetched_call_is_promoted_and_its_start_to_close_counts_from_promotio
     assert h.worker(1).running is c3 and not h.worker(1).sent
     assert c3.state is CallState.RUNNING
     assert c3.started_at == 5.0
+    h.finish(c2, "b", 5.0)
+    h.fx.new()
     assert h.sched.next_deadline() == pytest.approx(15.0)
     h.sched.advance(14.9)
     assert h.fx.new() == []
@@ -352,6 +367,7 @@ def test_prefetch_refills_the_pipe_after_a_promotion() -> None:
     starts the next one without a round trip. After the prefetched attempt is promoted, the
     next queued call should be sent behind it at once."""
     h = Harness(workers=1, prefetch=1)
+    h.learn()
     c1, c2, c3 = h.submit(), h.submit(), h.submit()
     assert c2.state is CallState.SENT and c3.state is CallState.QUEUED
     h.fx.new()
@@ -359,6 +375,171 @@ def test_prefetch_refills_the_pipe_after_a_promotion() -> None:
     assert c2.state is CallState.RUNNING
     assert h.fx.new() == [("resolve", c1.id, "a"), ("send_run", 1, c3.id, 1, c3.seq)]
     assert c3.state is CallState.SENT
+
+
+def test_an_activity_without_history_is_not_prefetched() -> None:
+    """Issue: map(nap_one_second, range(6)) on 2 workers ran 5 calls on one worker."""
+    h = Harness(workers=2, prefetch=32)
+    calls = [h.submit(timed) for _ in range(6)]
+    assert [c.state for c in calls[:2]] == [CallState.RUNNING] * 2
+    assert all(c.state is CallState.QUEUED for c in calls[2:])
+    assert not h.worker(1).sent and not h.worker(2).sent
+    # once it has a history (1 s a call), each worker gets the next in turn: 3 and 3
+    h.finish(calls[0], None, 1.0)
+    h.finish(calls[1], None, 1.001)
+    assert [c.worker for c in calls[2:]] == [1, 1, 2, 2]
+    assert calls[3].state is CallState.SENT and calls[5].state is CallState.SENT
+
+
+def test_nothing_is_prefetched_behind_an_attempt_running_for_withdraw_after() -> None:
+    h = Harness(workers=2, prefetch=4)
+    h.learn(timed)
+    slow, fast = h.submit(timed), h.submit(timed)
+    h.finish(fast, None, 0.004)
+    fresh = h.submit(timed, now=0.004)
+    assert slow.worker == 1 and fresh.worker == 2
+    q = h.submit(timed, now=WITHDRAW_AFTER + 0.001)  # slow has run longer than WITHDRAW_AFTER
+    assert q.worker == 2 and q.state is CallState.SENT
+    assert not h.worker(1).sent
+
+
+def _long_call_with_one_behind_it(h: Harness) -> tuple[Call, Call, Call]:
+    """Worker 1 runs ``slow`` with ``behind`` prefetched; worker 2 ran ``fast`` and is idle
+    at 0.002 (the learnt run time is 1 ms: two calls a pipe)."""
+    h.learn(timed)
+    slow, fast, behind = h.submit(timed), h.submit(timed), h.submit(timed)
+    assert behind.worker == 1 and behind.state is CallState.SENT
+    h.finish(fast, None, 0.002)
+    h.fx.new()
+    return slow, fast, behind
+
+
+def test_an_idle_worker_takes_back_a_call_waiting_behind_a_long_one() -> None:
+    """Issue: a 1 s call held back the 50 ms calls in its worker's pipe while the other worker
+    was idle. They are withdrawn once it has run WITHDRAW_AFTER, and run once, elsewhere."""
+    h = Harness(workers=2, prefetch=1, events=True)
+    slow, _, behind = _long_call_with_one_behind_it(h)
+    assert h.worker(2).state is WorkerState.IDLE
+    assert h.sched.next_deadline() == pytest.approx(WITHDRAW_AFTER)
+    h.sched.advance(WITHDRAW_AFTER - 0.0001)
+    assert h.fx.new() == []
+    h.sched.advance(WITHDRAW_AFTER)
+    assert h.fx.new() == [("send_withdraw", 1, (behind.seq,))]
+    # nothing moves before the worker confirms: it may have started the call meanwhile
+    assert behind.state is CallState.SENT and h.worker(1).sent == deque([behind])
+    old_seq = behind.seq
+    h.sched.withdrawn(1, old_seq, 0.006)
+    assert h.fx.new() == [("send_run", 2, behind.id, 1, behind.seq)]
+    assert behind.seq != old_seq and behind.state is CallState.RUNNING
+    assert not h.worker(1).sent and h.worker(1).running is slow
+    assert [e["call_id"] for e in h.fx.events("attempt_withdrawn")] == [behind.id]
+    h.finish(behind, "b", 0.01)
+    h.sched.result(1, old_seq, "stale", 0.02)  # not possible, and ignored if it came
+    assert h.fx.outcomes(behind) == [("resolve", behind.id, "b")]
+
+
+def test_a_worker_already_idle_withdraws_at_once() -> None:
+    h = Harness(workers=2, prefetch=1)
+    h.learn(timed)
+    _, other = h.submit(timed), h.submit(timed)
+    behind = h.submit(timed)
+    assert behind.worker == 1
+    h.fx.new()
+    h.finish(other, None, 1.0)  # slow has run 1 s: withdraw now, no deadline needed
+    assert h.fx.new() == [("resolve", other.id, None), ("send_withdraw", 1, (behind.seq,))]
+    h.sched.advance(2.0)
+    assert h.fx.of("send_withdraw") == [("send_withdraw", 1, (behind.seq,))]  # asked once
+
+
+def test_a_withdrawn_call_the_worker_had_started_runs_there_once() -> None:
+    h = Harness(workers=2, prefetch=1)
+    slow, _, behind = _long_call_with_one_behind_it(h)
+    h.sched.advance(WITHDRAW_AFTER)
+    h.finish(slow, "s", 0.5)
+    # the worker took the next RUN before it saw the WITHDRAW: it answers it, as usual
+    assert h.worker(1).running is behind and behind.state is CallState.RUNNING
+    h.sched.result(1, behind.seq, "b", 0.6)
+    assert h.fx.outcomes(behind) == [("resolve", behind.id, "b")]
+    assert len(h.fx.runs(behind)) == 1
+
+
+def test_a_withdrawal_confirmed_after_promotion_frees_the_worker() -> None:
+    """The reply to the long call came first, so the call behind it became the running one;
+    then the worker says it withdrew that call unstarted. It runs once, on an idle worker."""
+    h = Harness(workers=2, prefetch=1)
+    slow, _, behind = _long_call_with_one_behind_it(h)
+    h.sched.advance(WITHDRAW_AFTER)
+    h.finish(slow, "s", 0.5)
+    assert h.worker(1).running is behind
+    h.fx.new()
+    h.sched.withdrawn(1, behind.seq, 0.5)
+    runs = h.fx.new()
+    assert runs == [("send_run", runs[0][1], behind.id, 1, behind.seq)]
+    assert behind.state is CallState.RUNNING and behind.attempt == 1
+    h.sched.advance(1.0)  # the deadline armed for the promoted attempt is gone
+    assert h.fx.new() == []
+
+
+def test_no_withdrawal_when_the_running_call_ends_in_time() -> None:
+    h = Harness(workers=2, prefetch=1)
+    slow, _, behind = _long_call_with_one_behind_it(h)
+    h.finish(slow, "s", 0.003)
+    assert h.worker(1).running is behind
+    h.sched.advance(1.0)
+    assert h.fx.of("send_withdraw") == []
+
+
+def test_a_call_behind_a_promoted_attempt_is_withdrawn_when_that_one_runs_long() -> None:
+    h = Harness(workers=2, prefetch=2)
+    h.learn(timed)
+    c1, c2, c3, c4 = (h.submit(timed) for _ in range(4))
+    assert h.worker(1).sent == deque([c3, c4])
+    h.finish(c2, None, 0.001)  # worker 2 idle
+    h.finish(c1, None, 0.004)  # in time: c3 runs now, c4 waits behind it
+    assert h.worker(1).running is c3
+    h.sched.advance(0.0089)
+    assert h.fx.of("send_withdraw") == []
+    h.sched.advance(0.004 + WITHDRAW_AFTER)
+    assert h.fx.of("send_withdraw") == [("send_withdraw", 1, (c4.seq,))]
+
+
+def test_a_call_the_worker_ran_instead_of_withdrawing_can_be_withdrawn_next_time() -> None:
+    h = Harness(workers=2, prefetch=1)
+    slow, _, behind = _long_call_with_one_behind_it(h)
+    behind.policy = RetryPolicy(maximum_attempts=3, initial_interval=0.1)
+    h.sched.advance(WITHDRAW_AFTER)
+    h.finish(slow, None, 0.5)
+    h.fail(behind, ValueError("ran after all, and failed"), 0.6)  # retried at 0.7
+    long2, short2 = h.submit(timed, now=0.699), h.submit(timed, now=0.699)  # both busy
+    assert {long2.worker, short2.worker} == {1, 2}
+    h.sched.advance(0.7)  # the retry is prefetched behind one of them
+    assert behind.state is CallState.SENT
+    ahead = long2 if behind.worker == long2.worker else short2
+    other = short2 if ahead is long2 else long2
+    h.finish(other, None, 0.701)
+    h.sched.advance(1.0)
+    assert h.fx.of("send_withdraw")[-1] == ("send_withdraw", ahead.worker, (behind.seq,))
+
+
+def test_a_cancelled_call_confirmed_withdrawn_is_not_sent_again() -> None:
+    h = Harness(workers=2, prefetch=1)
+    _, _, behind = _long_call_with_one_behind_it(h)
+    h.sched.advance(WITHDRAW_AFTER)
+    h.sched.cancel(behind.id, 0.006)
+    h.sched.withdrawn(1, behind.seq, 0.007)
+    assert len(h.fx.runs(behind)) == 1
+    assert isinstance(h.fx.rejection(behind), asyncio.CancelledError)
+    assert not h.worker(1).sent
+
+
+def test_a_call_being_withdrawn_from_a_worker_that_dies_runs_once() -> None:
+    h = Harness(workers=2, prefetch=1)
+    _, _, behind = _long_call_with_one_behind_it(h)
+    h.sched.advance(WITHDRAW_AFTER)
+    h.sched.worker_exited(1, crash(1), 0.006)
+    assert behind.worker == 2 and behind.attempt == 1 and len(h.fx.runs(behind)) == 2
+    h.sched.withdrawn(1, behind.seq, 0.007)  # from the dead worker: ignored
+    assert len(h.fx.runs(behind)) == 2 and behind.state is CallState.RUNNING
 
 
 # -- results and stale replies -----------------------------------------------------------------
@@ -624,6 +805,7 @@ def test_schedule_to_close_of_a_prefetched_call_completes_it_only_once() -> None
     """A call that times out while sitting in a busy worker's pipe is over: when the worker
     later gets to it (and even answers it) the caller must not be resolved a second time."""
     h = Harness(workers=1, prefetch=1)
+    h.learn(s2c)
     c1 = h.submit(plain)
     c2 = h.submit(s2c)
     assert c2.state is CallState.SENT
@@ -644,6 +826,7 @@ def test_schedule_to_close_of_a_prefetched_call_completes_it_only_once() -> None
 
 def test_worker_crash_fails_attempt_retries_and_requeues_prefetched_call() -> None:
     h = Harness(workers=2, prefetch=1, events=True)
+    h.learn(retrying)
     c1, c2, c3 = h.submit(retrying), h.submit(retrying), h.submit(retrying)
     assert c1.worker == 1 and c2.worker == 2 and c3.worker == 1
     assert c3.state is CallState.SENT and c3.attempt == 1
@@ -801,6 +984,97 @@ def test_ordinary_failure_of_sticky_call_retries_on_the_same_worker() -> None:
     assert h.fx.outcomes(a) == [("resolve", a.id, "ok")]
 
 
+def test_a_sticky_call_in_backoff_keeps_its_place_in_the_session() -> None:
+    """Issue: A (raises once), B, C of one session ran as A1, B, C, A2."""
+    h = Harness(workers=2, prefetch=0)
+    a, b, c = (h.submit(sticky, session="s1") for _ in range(3))
+    h.fail(a, ValueError("transient"), 1.0)
+    assert a.state is CallState.BACKOFF
+    # B and C wait for A's retry; the session's worker is free for other work meanwhile
+    assert h.fx.runs(b) == [] and h.fx.runs(c) == []
+    p = h.submit(plain, now=1.01)
+    assert p.state is CallState.RUNNING
+    h.finish(p, "p", 1.02)
+    assert h.fx.runs(b) == [] and h.fx.runs(c) == []
+    h.sched.advance(1.1)
+    assert h.fx.runs(a)[-1] == ("send_run", 1, a.id, 2, a.seq)
+    assert h.fx.runs(b) == []
+    h.finish(a, "a", 1.2)
+    assert h.fx.runs(b) == [("send_run", 1, b.id, 1, b.seq)] and h.fx.runs(c) == []
+    h.finish(b, "b", 1.3)
+    h.finish(c, "c", 1.4)
+    sticky_runs = [(e[2], e[3]) for e in h.fx.of("send_run") if e[2] in (a.id, b.id, c.id)]
+    assert sticky_runs == [(a.id, 1), (a.id, 2), (b.id, 1), (c.id, 1)]
+    assert [e[1] for e in h.fx.of("resolve") if e[1] != p.id] == [a.id, b.id, c.id]
+
+
+def test_the_next_sticky_call_runs_once_the_one_before_has_failed_for_good() -> None:
+    h = Harness(workers=1, prefetch=0)
+    a = h.submit(once, session="s1")
+    b = h.submit(sticky, session="s1")
+    h.fail(a, ValueError("final"), 1.0)
+    assert isinstance(h.fx.rejection(a), ActivityError)
+    assert h.fx.runs(b) == [("send_run", 1, b.id, 1, b.seq)]
+
+
+def test_a_cancelled_waiting_sticky_call_does_not_hold_up_the_next() -> None:
+    h = Harness(workers=1, prefetch=0)
+    a, b, c = (h.submit(sticky, session="s1") for _ in range(3))
+    h.sched.cancel(b.id, 0.5)
+    assert isinstance(h.fx.rejection(b), asyncio.CancelledError)
+    h.finish(a, "a", 1.0)
+    assert h.fx.runs(b) == []
+    assert h.fx.runs(c) == [("send_run", 1, c.id, 1, c.seq)]
+
+
+def test_sessions_on_one_worker_each_keep_their_own_order() -> None:
+    h = Harness(workers=1, prefetch=0)
+    a1 = h.submit(sticky, session="s1")
+    b1 = h.submit(sticky, session="s2")
+    a2 = h.submit(sticky, session="s1")
+    b2 = h.submit(sticky, session="s2")
+    h.fail(a1, ValueError("transient"), 1.0)  # s1 waits for a1's retry; s2 goes on
+    assert h.worker(1).running is b1
+    h.finish(b1, None, 1.05)
+    assert h.worker(1).running is b2
+    h.finish(b2, None, 1.08)
+    h.sched.advance(1.1)  # a1's retry is due
+    assert h.worker(1).running is a1 and a1.attempt == 2
+    h.finish(a1, None, 1.3)
+    assert h.worker(1).running is a2
+
+
+def test_a_lost_session_fails_every_call_not_yet_started_at_once() -> None:
+    """A in backoff, B and C waiting behind it: the worker dies. All three fail now (not when
+    A's retry was due), and none is ever sent again; nor is a later call."""
+    h = Harness(workers=2, prefetch=0)
+    a, b, c = (h.submit(sticky, session="s1") for _ in range(3))
+    h.fail(a, ValueError("transient"), 1.0)
+    assert a.state is CallState.BACKOFF
+    boom = crash(1)
+    h.sched.worker_exited(1, boom, 1.01)
+    for call in (a, b, c):
+        exc = h.fx.rejection(call)
+        assert isinstance(exc, StickySessionLostError) and exc.__cause__ is boom
+    assert [e[1] for e in h.fx.of("reject")] == [a.id, b.id, c.id]  # in submission order
+    h.sched.worker_ready(3, 1.02)
+    h.sched.advance(10.0)
+    d = h.submit(sticky, session="s1", now=10.0)
+    assert isinstance(h.fx.rejection(d), StickySessionLostError)
+    assert len(h.fx.runs(a)) == 1
+    assert h.fx.runs(b) == h.fx.runs(c) == h.fx.runs(d) == []
+
+
+def test_a_closing_session_is_dropped_once_its_waiting_calls_are_done() -> None:
+    h = Harness(workers=1, prefetch=0)
+    a, b = h.submit(sticky, session="s1"), h.submit(sticky, session="s1")
+    h.sched.close_session("s1")
+    h.finish(a, None, 1.0)
+    assert h.fx.of("close_session") == [] and b.state is CallState.RUNNING
+    h.finish(b, None, 2.0)
+    assert h.fx.of("close_session") == [("close_session", 1, "s1")]
+
+
 def test_close_session_sends_close_and_unpins() -> None:
     h = Harness(workers=2)
     a = h.submit(sticky, session="s1")
@@ -894,6 +1168,7 @@ def test_cancel_sticky_running_call_kills_worker_and_loses_session() -> None:
 
 def test_cancel_prefetched_call_never_delivers_a_result() -> None:
     h = Harness(workers=1, prefetch=1)
+    h.learn()
     c1, c2 = h.submit(plain), h.submit(plain)
     assert c2.state is CallState.SENT
     h.sched.cancel(c2.id, 1.0)
@@ -1195,3 +1470,26 @@ def test_average_duration_is_a_moving_average_per_activity_from_start_to_result(
     # 0.010 + (0.110 - 0.010) * 0.2
     assert h.sched.average_duration(name) == pytest.approx(0.030)
     assert h.sched.average_duration("some other activity") is None
+
+
+def test_cancel_all_sends_no_waiting_sticky_call_to_its_worker() -> None:
+    """A in backoff, B waiting behind it, the worker idle: failing A must not let B through."""
+    h = Harness(workers=1, prefetch=0)
+    a, b = h.submit(sticky, session="s1"), h.submit(sticky, session="s1")
+    h.fail(a, ValueError("transient"), 1.0)
+    h.sched.cancel_all(1.01)
+    assert all(isinstance(h.fx.rejection(x), PoolClosedError) for x in (a, b))
+    assert h.fx.runs(b) == [] and h.fx.of("kill") == []
+
+
+def test_a_sticky_retry_after_the_pool_broke_still_runs_on_its_worker() -> None:
+    h = Harness(workers=2, prefetch=0)
+    a = h.submit(sticky, session="s1")
+    assert a.worker == 1
+    h.sched.worker_exited(2, crash(2), 0.1)
+    for wid in (3, 4, 5):  # each replacement dies before it is ready
+        h.sched.worker_exited(wid, crash(wid), 0.2)
+    assert h.sched.broken is not None
+    h.fail(a, ValueError("transient"), 0.3)
+    h.sched.advance(0.4)
+    assert h.fx.runs(a)[-1] == ("send_run", 1, a.id, 2, a.seq)
