@@ -69,7 +69,12 @@ from pool._protocol import (
     shm_supported,
 )
 from pool._scheduler import Call, Scheduler, WorkerState
-from sdk._errors import ApplicationError, RemoteTraceback, WorkerCrashedError
+from sdk._errors import (
+    ApplicationError,
+    RemoteTraceback,
+    WorkerCrashedError,
+    safe_repr,
+)
 
 log = logging.getLogger("activitypool")
 # writev() takes at most this many buffers (Linux IOV_MAX)
@@ -854,12 +859,20 @@ class Supervisor:
                 value = frame.load()
             except BaseException as exc:
                 err = ApplicationError(
-                    f"the result could not be unpickled in the supervisor: {exc!r}",
+                    f"the result could not be unpickled in the supervisor: {safe_repr(exc)}",
                     type=type(exc).__name__,
                     non_retryable=True,
                 )
                 sched.failure(handle.id, frame.seq, err, now)
                 return
+            # checked here, where it comes back, so that a worker never needs pydantic
+            call = sched.running_call(handle.id, frame.seq)
+            if call is not None:
+                try:
+                    value = call.defn.validate_result(value)
+                except ApplicationError as err:
+                    sched.failure(handle.id, frame.seq, err, now)
+                    return
             sched.result(handle.id, frame.seq, value, now)
             if self.config.max_memory_per_worker is not None:
                 self._check_memory(handle, now)
@@ -877,11 +890,18 @@ class Supervisor:
             handle.segments.release(frame.seq)
         elif kind is Kind.HEARTBEAT:
             try:
-                details, beat_at = frame.load()
+                beat = frame.load()
             except BaseException as exc:
-                details, beat_at = f"<heartbeat details could not be unpickled: {exc!r}>", now
-            # CLOCK_MONOTONIC is one clock for every process on the machine
-            sched.heartbeat(handle.id, frame.seq, details, min(beat_at, now))
+                beat = (f"<heartbeat details could not be unpickled: {safe_repr(exc)}>", now)
+            # (details, at): a heartbeat; (at,): the activity was entered at `at` after a slow
+            # setup; (): its setup runs user code (Depends factories). See pool._worker.
+            if len(beat) == 2:
+                # CLOCK_MONOTONIC is one clock for every process on the machine
+                sched.heartbeat(handle.id, frame.seq, beat[0], min(beat[1], now))
+            elif len(beat) == 1:
+                sched.entered(handle.id, frame.seq, min(beat[0], now))
+            else:
+                sched.setup_started(handle.id, frame.seq)
         elif kind is Kind.LOG:
             self._on_log(handle, frame)
         elif kind is Kind.READY:
@@ -1098,7 +1118,7 @@ def _rebuild_failure(frame: Frame) -> BaseException:
         info: FailureInfo = frame.load()
     except BaseException as exc:
         return ApplicationError(
-            f"a failure report could not be unpickled: {exc!r}", non_retryable=True
+            f"a failure report could not be unpickled: {safe_repr(exc)}", non_retryable=True
         )
     exc_obj: BaseException | None = None
     if info.exc is not None:
