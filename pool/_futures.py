@@ -24,6 +24,8 @@ order of the stores: the result (or exception) is stored before the state says F
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -75,13 +77,14 @@ class _LazyList:
         return value
 
 
-class CancelForwarder(Protocol):
-    """What a PoolFuture tells when it is cancelled (the pool)."""
+class FutureOwner(Protocol):
+    """What a PoolFuture tells when it is cancelled (the pool's side of it).
 
-    def _cancel_call(self, call: Any, /) -> object: ...
+    It may also have ``wake_later(wake)``, which wakes a waiting thread later, once the loop
+    thread's current event is done (see Supervisor.wake_later); without it, at once.
+    """
 
-    # Optional: wakes a waiting thread later, once the loop thread's current event is done
-    # (see Supervisor.wake_later); absent or None: at once.
+    def cancel_call(self, call: Any, /) -> object: ...
 
 
 def _notify_all(cond: threading.Condition) -> None:
@@ -93,7 +96,7 @@ class PoolFuture(Future[Any]):
     """The future of one pool call. Behaves as ``concurrent.futures.Future`` in every way.
 
     A ``cancel()`` that succeeds also asks the pool to cancel the call
-    (``owner._cancel_call(call)``), before the done callbacks run.
+    (``owner.cancel_call(call)``), before the done callbacks run.
     """
 
     # made by whoever first needs them (see _LazyList); the base class reads them under the
@@ -103,7 +106,7 @@ class PoolFuture(Future[Any]):
     # list on the first append), iterated once the state is final
     _done_callbacks: Any = ()
 
-    def __init__(self, owner: CancelForwarder | None = None, call: Any = None) -> None:
+    def __init__(self, owner: FutureOwner | None = None, call: Any = None) -> None:
         # no super().__init__(): that is what builds the Condition and the lists
         self._cond: threading.Condition | None = None
         self._state = PENDING
@@ -112,6 +115,10 @@ class PoolFuture(Future[Any]):
         # a reference to the owner, not a bound method of it: one object fewer per future,
         # and no cycle (the owner does not keep its futures)
         self._owner = owner
+        self._call = call
+
+    def bind(self, call: Any) -> None:
+        """The call this future is the waiter of (made after the future, which it carries)."""
         self._call = call
 
     # -- the Condition, made on demand -----------------------------------------------------
@@ -214,7 +221,7 @@ class PoolFuture(Future[Any]):
         self._call = None
         if owner is not None:
             try:
-                owner._cancel_call(call)
+                owner.cancel_call(call)
             except Exception:
                 LOGGER.exception("could not forward the cancellation of %r", self)
         self._invoke_callbacks()
@@ -248,6 +255,29 @@ class PoolFuture(Future[Any]):
         self._call = None
         self._invoke_callbacks()
 
+    def settle(self, value: Any, exc: BaseException | None, /) -> None:
+        """The pool's answer (the ``Waiter`` protocol; on the loop thread). The future stayed
+        PENDING until now, so its owner may have cancelled it at any time before: then the
+        answer is dropped and the cancellation is notified for ``wait()``/``as_completed()``."""
+        if exc is None:
+            try:
+                self.set_result(value)  # one lock round on the common path
+            except InvalidStateError:
+                self._notify_cancelled()
+            return
+        if isinstance(exc, asyncio.CancelledError):
+            self.cancel()  # the canceller's own cancel() got here first in practice
+            self._notify_cancelled()
+            return
+        try:
+            self.set_exception(exc)
+        except InvalidStateError:
+            self._notify_cancelled()
+
+    def _notify_cancelled(self) -> None:
+        with contextlib.suppress(RuntimeError):  # already notified
+            self.set_running_or_notify_cancel()
+
     def _finish(
         self, cond: threading.Condition | None, result: Any, exception: BaseException | None
     ) -> None:
@@ -265,7 +295,7 @@ class PoolFuture(Future[Any]):
                 for waiter in self._waiters:
                     waiter.add_exception(self)
             owner = self._owner
-            wake_later = getattr(owner, "_wake_later", None)
+            wake_later = getattr(owner, "wake_later", None)
             if wake_later is None:
                 cond.notify_all()
             else:  # a thread waits on this one: wake it when the loop thread lets go

@@ -6,7 +6,7 @@
     ----------------------------------            ----------------------
     MapRun.fill: read items, validate, pickle
         -> calls ----------- submit ----------->  scheduler -> worker -> ...
-    MapRun.take: the next unit, if it is done  <-  _Unit(value, exc): each call's waiter
+    MapRun.take: the next unit, if it is done  <-  _Unit.settle(value, exc): each call's waiter
         else sleep until a delivery wakes it       (wakes the consumer only if it waits on it)
 
 The input is only ever touched by the consumer, in its own thread or task: an iterator that is
@@ -61,20 +61,20 @@ def check_buffersize(buffersize: Any) -> int | None:
 
 class _Unit:
     """One call of a map (an item or a chunk of items), or an item that failed before it was
-    sent; the call's waiter: the loop thread calls it once with the outcome."""
+    sent; the call's waiter (``pool._waiters.Waiter``): the loop thread settles it once."""
 
     __slots__ = ("call", "count", "done", "exc", "run", "start", "value")
 
-    def __init__(self, run: MapRun, start: int, count: int, call: Any) -> None:
+    def __init__(self, run: MapRun, start: int, count: int) -> None:
         self.run = run
         self.start = start  # index of its first item in the input
         self.count = count  # items it stands for
-        self.call = call  # the call, until it is answered (to cancel it); None: failed before
+        self.call: Any = None  # the call, until it is answered (to cancel it); None: not sent
         self.value: Any = None
         self.exc: BaseException | None = None
         self.done = False
 
-    def __call__(self, value: Any, exc: BaseException | None) -> None:
+    def settle(self, value: Any, exc: BaseException | None, /) -> None:
         self.value, self.exc, self.call = value, exc, None
         self.done = True
         run = self.run
@@ -90,12 +90,12 @@ class _Unit:
 class MapRun:
     """The state of one map, owned by its consumer (see the module docstring).
 
-    ``one(item)`` makes the call of one item; ``check(item)`` validates an item of a chunk
-    (None: items are taken as they are) and
-    ``chunk(items)`` makes a chunk's call (each raises ``ActivityInputError`` for a bad item,
-    which becomes that item's outcome, unless ``stopped()`` says nothing can be sent any more
-    (a sticky session closed); any other error ends the input there). ``submit`` and
-    ``cancel`` hand lists of calls to the loop; ``wake_later`` is ``Supervisor.wake_later``.
+    ``one(item, waiter)`` makes the call of one item; ``check(item)`` validates an item of a
+    chunk (None: items are taken as they are) and ``chunk(items, waiter)`` makes a chunk's
+    call (each raises ``ActivityInputError`` for a bad item, which becomes that item's
+    outcome, unless ``stopped()`` says nothing can be sent any more (a sticky session
+    closed); any other error ends the input there). ``submit`` and ``cancel`` hand lists of
+    calls to the loop; ``wake_later`` is ``Supervisor.wake_later``.
     """
 
     def __init__(
@@ -104,9 +104,9 @@ class MapRun:
         window: int,
         chunksize: int,
         ordered: bool,
-        one: Callable[[Any], Any],
+        one: Callable[[Any, _Unit], Any],
         check: Callable[[Any], Any] | None,
-        chunk: Callable[[list[Any]], Any],
+        chunk: Callable[[list[Any], _Unit], Any],
         stopped: Callable[[], bool],
         submit: Callable[[list[Any]], None],
         cancel: Callable[[list[Any]], None],
@@ -208,8 +208,9 @@ class MapRun:
         keep = self.units.append if self.ordered else self.flying.add
         try:
             for item in itertools.islice(it, n):
+                unit = _Unit(self, index, 1)
                 try:
-                    call = one(item)
+                    unit.call = call = one(item, unit)
                 except ActivityInputError as exc:
                     if self.stopped():
                         self.over, self.error = True, exc
@@ -220,7 +221,6 @@ class MapRun:
                 except Exception as exc:  # e.g. the pool closed: nothing from here on is sent
                     self.over, self.error = True, exc
                     return
-                unit = call.waiter = _Unit(self, index, 1, call)
                 calls.append(call)
                 keep(unit)
                 self.inflight += 1
@@ -257,8 +257,9 @@ class MapRun:
         index = self.read
         self.read = index + 1
         if self.chunksize == 1:
+            unit = _Unit(self, index, 1)
             try:
-                call = self.one(item)
+                unit.call = self.one(item, unit)
             except ActivityInputError as exc:
                 if self.stopped():
                     self.end(exc)
@@ -267,7 +268,7 @@ class MapRun:
             except Exception as exc:  # e.g. the pool closed: nothing from here on is sent
                 self.end(exc)
             else:
-                self._sent(call, index, 1)
+                self._sent(unit)
             return
         try:
             if self.check is not None:
@@ -295,8 +296,9 @@ class MapRun:
             return
         self.buf = []
         start = self.buf_start
+        unit = _Unit(self, start, len(items))
         try:
-            call = self.chunk(items)
+            unit.call = self.chunk(items, unit)
         except ActivityInputError as exc:  # cannot be pickled: each of its items fails
             if self.stopped():
                 self.over, self.error = True, exc
@@ -305,19 +307,18 @@ class MapRun:
         except Exception as exc:  # e.g. the pool closed: nothing from here on is sent
             self.over, self.error = True, exc
         else:
-            self._sent(call, start, len(items))
+            self._sent(unit)
 
-    def _sent(self, call: Any, start: int, count: int) -> None:
-        unit = call.waiter = _Unit(self, start, count, call)
-        self.calls.append(call)
-        self.inflight += count
+    def _sent(self, unit: _Unit) -> None:
+        self.calls.append(unit.call)
+        self.inflight += unit.count
         if self.ordered:
             self.units.append(unit)
         else:
             self.flying.add(unit)
 
     def _failed(self, start: int, count: int, exc: BaseException) -> None:
-        unit = _Unit(self, start, count, None)
+        unit = _Unit(self, start, count)
         unit.exc, unit.done = exc, True
         self.inflight += count
         if self.ordered:

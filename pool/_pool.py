@@ -1,420 +1,39 @@
-"""``Pool``: the public face of the runtime. Loop management and the calling API only.
+"""``Pool``: the public face of the runtime. The calling API and the lifecycle only.
 
 The supervisor (and its scheduler) live on one event loop: the caller's, under ``async with``,
-or a private uvloop loop on a background thread, under ``with``. Calls are validated and their
-arguments pickled in the calling thread; only the finished ``Call`` crosses to the loop.
+or a private uvloop loop on a background thread (``pool._loop.LoopThread``), under ``with``.
+Calls are made in the calling thread (``pool._calls``: validated, pickled, with their waiter
+from ``pool._waiters``); only the finished ``Call`` crosses to the loop, through the
+supervisor's inbox. The typed calling methods themselves are ``pool._calling.PoolCalls``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import concurrent.futures
 import contextvars
 import os
-import threading
 import types
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any, Literal, ParamSpec, TypeVar, overload
+from typing import Any, Literal
 
-from pool import _chunks, _map
+from pool import _map
+from pool._calling import ActivityRef, PoolCalls
+from pool._calls import CallMaker, check_chunksize, item_check
 from pool._events import PoolEvent, PoolStats
-from pool._fds import StdioReserved
 from pool._futures import PoolFuture
+from pool._loop import LoopThread, on_loop
 from pool._process import ForkServer
-from pool._protocol import dumps, lift_call_bytes
 from pool._scheduler import Call, CallState
 from pool._supervisor import FaultRule, Supervisor, SupervisorConfig, early_forkserver
+from pool._waiters import AsyncWaiter, BlockingWaiter, Waiter
 from pool._worker import refuse_pool_while_importing_main
 from sdk import _context
 from sdk._definition import ActivityDefinition, activities_in_module, get_definition
-from sdk._errors import (
-    ActivityInputError,
-    PoolClosedError,
-    StickyWorkerSessionMissingError,
-    safe_repr,
-)
+from sdk._errors import PoolClosedError
 from sdk._retry import RetryPolicy
 
-ActivityRef = Callable[..., Any] | str
-
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    with StdioReserved():  # the loop's own fds (epoll, wake-up) are the pool's, never stdio
-        try:
-            import uvloop
-        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-            return asyncio.new_event_loop()
-        return uvloop.new_event_loop()
-
-
-P = ParamSpec("P")
-R = TypeVar("R")
-T = TypeVar("T")
-
-
-class PoolCalls:
-    """The calling API of a :class:`Pool` and of its :class:`PoolSession` (type checkers name
-    it in their messages: ``"run" of "PoolCalls"``).
-
-    Typed from the activity: ``pool.run(add, 1, 2)`` is what ``add`` returns, an ``async def``
-    activity's coroutine result included, and the arguments are checked against its
-    parameters; ``map`` checks the items against its one parameter. An activity given by its
-    registered name is ``Any``.
-    """
-
-    __slots__ = ()
-
-    def _target(self) -> tuple[Pool, Any]:
-        """The pool that runs the calls, and the sticky session they belong to (or None)."""
-        raise NotImplementedError
-
-    @overload
-    async def execute(
-        self, fn: Callable[P, Coroutine[Any, Any, R]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> R: ...
-    @overload
-    async def execute(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R: ...
-    @overload
-    async def execute(self, fn: str, /, *args: Any, **kwargs: Any) -> Any: ...
-    async def execute(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> Any:
-        """Run one activity in the pool and return its result (or raise its error)."""
-        pool, session = self._target()
-        return await pool.dispatch(get_definition(fn), args, kwargs, session)
-
-    @overload
-    def submit(
-        self, fn: Callable[P, Coroutine[Any, Any, R]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> concurrent.futures.Future[R]: ...
-    @overload
-    def submit(
-        self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> concurrent.futures.Future[R]: ...
-    @overload
-    def submit(self, fn: str, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]: ...
-    def submit(
-        self, fn: ActivityRef, /, *args: Any, **kwargs: Any
-    ) -> concurrent.futures.Future[Any]:
-        """Start one activity; returns a ``concurrent.futures.Future``. Cancelling it cancels."""
-        pool, session = self._target()
-        return pool._submit_call(pool._prepare(fn, args, kwargs, session))
-
-    @overload
-    def run(
-        self, fn: Callable[P, Coroutine[Any, Any, R]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> R: ...
-    @overload
-    def run(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R: ...
-    @overload
-    def run(self, fn: str, /, *args: Any, **kwargs: Any) -> Any: ...
-    def run(self, fn: ActivityRef, /, *args: Any, **kwargs: Any) -> Any:
-        """Blocking call from a thread that is not the pool's loop."""
-        pool, session = self._target()
-        pool._refuse_on_loop("run")
-        return pool._run_call(pool._prepare(fn, args, kwargs, session))
-
-    @overload
-    def map(
-        self,
-        fn: Callable[[T], Coroutine[Any, Any, R]],
-        iterable: Iterable[T],
-        *,
-        buffersize: int | None = ...,
-        chunksize: int = ...,
-        return_exceptions: Literal[False] = ...,
-    ) -> Iterator[R]: ...
-    @overload
-    def map(
-        self,
-        fn: Callable[[T], R],
-        iterable: Iterable[T],
-        *,
-        buffersize: int | None = ...,
-        chunksize: int = ...,
-        return_exceptions: Literal[False] = ...,
-    ) -> Iterator[R]: ...
-    @overload
-    def map(
-        self,
-        fn: Callable[[T], Coroutine[Any, Any, R]],
-        iterable: Iterable[T],
-        *,
-        buffersize: int | None = ...,
-        chunksize: int = ...,
-        return_exceptions: bool,
-    ) -> Iterator[R | BaseException]: ...
-    @overload
-    def map(
-        self,
-        fn: Callable[[T], R],
-        iterable: Iterable[T],
-        *,
-        buffersize: int | None = ...,
-        chunksize: int = ...,
-        return_exceptions: bool,
-    ) -> Iterator[R | BaseException]: ...
-    @overload
-    def map(
-        self,
-        fn: str,
-        iterable: Iterable[Any],
-        *,
-        buffersize: int | None = ...,
-        chunksize: int = ...,
-        return_exceptions: bool = ...,
-    ) -> Iterator[Any]: ...
-    def map(
-        self,
-        fn: ActivityRef,
-        iterable: Iterable[Any],
-        *,
-        buffersize: int | None = None,
-        chunksize: int = 1,
-        return_exceptions: bool = False,
-    ) -> Iterator[Any]:
-        """Call ``fn(item)`` for every item; results in input order. A blocking iterator.
-
-        The input is read lazily: at most ``buffersize`` items are read and not yet yielded
-        (default: 256 calls' worth, or 4 per worker if more; times ``chunksize``), so an endless
-        generator works. The first window is sent at once; then an item is read for each one
-        yielded. Leaving the iteration early (``break``, an exception, ``close()``) cancels the
-        calls in flight and reads no more.
-
-        An item's failure is raised when the iteration reaches it: its call's error
-        (``ActivityError``...), or ``ActivityInputError`` for an item that fails validation or
-        cannot be pickled (nothing was sent for it). With ``return_exceptions=True`` that error
-        is yielded in the item's place and the map goes on. An exception raised by the input
-        iterator itself is raised at its position, after every earlier item's outcome, with
-        or without ``return_exceptions``, and ends the map.
-
-        ``chunksize=k > 1`` sends the items ``k`` at a time (the last chunk shorter): each
-        chunk is *one* call, run in one worker, where ``fn``'s function runs over the chunk's
-        items in order with the activity context set up once (``activity.info()`` and
-        ``heartbeat()`` work in every item; ``info()`` describes the chunk's attempt). This
-        takes the per-call cost (a round trip, events, scheduling) off each item: use it for
-        many short items. A chunk is one attempt: its ``start_to_close_timeout`` (and
-        ``schedule_to_close_timeout``) is the activity's times the number of items in the
-        chunk; ``heartbeat_timeout`` is unchanged and a heartbeat from any item counts. A
-        failure of any item (an exception, a timeout, a crash) fails the chunk, and the
-        activity's retry policy retries the whole chunk: its items run again, so they must be
-        idempotent. When retries run out, the error is raised when the iteration reaches the
-        chunk's first item (with ``return_exceptions``, it is every item's outcome). An item
-        that fails validation is left out of its chunk and fails alone. Not allowed with an
-        activity that has a ``rate_limit``.
-        """
-        pool, session = self._target()
-        pool._refuse_on_loop("map")
-        run = pool._map_run(fn, session, buffersize, chunksize, ordered=True, threaded=True)
-        results = _map.results(run, iter(iterable), return_exceptions)
-        next(results)  # the first window goes out now
-        return results
-
-    @overload
-    def map_unordered(
-        self,
-        fn: Callable[[T], Coroutine[Any, Any, R]],
-        iterable: Iterable[T],
-        *,
-        buffersize: int | None = ...,
-        chunksize: int = ...,
-        return_exceptions: Literal[False] = ...,
-    ) -> Iterator[tuple[int, R]]: ...
-    @overload
-    def map_unordered(
-        self,
-        fn: Callable[[T], R],
-        iterable: Iterable[T],
-        *,
-        buffersize: int | None = ...,
-        chunksize: int = ...,
-        return_exceptions: Literal[False] = ...,
-    ) -> Iterator[tuple[int, R]]: ...
-    @overload
-    def map_unordered(
-        self,
-        fn: Callable[[T], Coroutine[Any, Any, R]],
-        iterable: Iterable[T],
-        *,
-        buffersize: int | None = ...,
-        chunksize: int = ...,
-        return_exceptions: bool,
-    ) -> Iterator[tuple[int, R | BaseException]]: ...
-    @overload
-    def map_unordered(
-        self,
-        fn: Callable[[T], R],
-        iterable: Iterable[T],
-        *,
-        buffersize: int | None = ...,
-        chunksize: int = ...,
-        return_exceptions: bool,
-    ) -> Iterator[tuple[int, R | BaseException]]: ...
-    @overload
-    def map_unordered(
-        self,
-        fn: str,
-        iterable: Iterable[Any],
-        *,
-        buffersize: int | None = ...,
-        chunksize: int = ...,
-        return_exceptions: bool = ...,
-    ) -> Iterator[tuple[int, Any]]: ...
-    def map_unordered(
-        self,
-        fn: ActivityRef,
-        iterable: Iterable[Any],
-        *,
-        buffersize: int | None = None,
-        chunksize: int = 1,
-        return_exceptions: bool = False,
-    ) -> Iterator[tuple[int, Any]]:
-        """:meth:`map` that yields ``(index, result)`` as the calls finish, not in input order.
-
-        ``index`` is the item's position in the input (from 0). The window, chunks, errors and
-        ``return_exceptions`` are as in :meth:`map`; a slow item holds back nothing but itself.
-        """
-        pool, session = self._target()
-        pool._refuse_on_loop("map_unordered")
-        run = pool._map_run(fn, session, buffersize, chunksize, ordered=False, threaded=True)
-        results = _map.results(run, iter(iterable), return_exceptions)
-        next(results)
-        return results
-
-    @overload
-    def amap(
-        self,
-        fn: Callable[[T], Coroutine[Any, Any, R]],
-        iterable: Iterable[T] | AsyncIterable[T],
-        *,
-        buffersize: int | None = ...,
-        chunksize: int = ...,
-        return_exceptions: Literal[False] = ...,
-    ) -> AsyncIterator[R]: ...
-    @overload
-    def amap(
-        self,
-        fn: Callable[[T], R],
-        iterable: Iterable[T] | AsyncIterable[T],
-        *,
-        buffersize: int | None = ...,
-        chunksize: int = ...,
-        return_exceptions: Literal[False] = ...,
-    ) -> AsyncIterator[R]: ...
-    @overload
-    def amap(
-        self,
-        fn: Callable[[T], Coroutine[Any, Any, R]],
-        iterable: Iterable[T] | AsyncIterable[T],
-        *,
-        buffersize: int | None = ...,
-        chunksize: int = ...,
-        return_exceptions: bool,
-    ) -> AsyncIterator[R | BaseException]: ...
-    @overload
-    def amap(
-        self,
-        fn: Callable[[T], R],
-        iterable: Iterable[T] | AsyncIterable[T],
-        *,
-        buffersize: int | None = ...,
-        chunksize: int = ...,
-        return_exceptions: bool,
-    ) -> AsyncIterator[R | BaseException]: ...
-    @overload
-    def amap(
-        self,
-        fn: str,
-        iterable: Iterable[Any] | AsyncIterable[Any],
-        *,
-        buffersize: int | None = ...,
-        chunksize: int = ...,
-        return_exceptions: bool = ...,
-    ) -> AsyncIterator[Any]: ...
-    def amap(
-        self,
-        fn: ActivityRef,
-        iterable: Iterable[Any] | AsyncIterable[Any],
-        *,
-        buffersize: int | None = None,
-        chunksize: int = 1,
-        return_exceptions: bool = False,
-    ) -> AsyncIterator[Any]:
-        """:meth:`map` for async code: an async iterator of results in input order.
-
-        The input may be an async iterable too. Reading starts with the iteration; the rest is
-        as in :meth:`map`. Leave early with ``contextlib.aclosing(pool.amap(...))``, or the
-        calls in flight are cancelled only when the iterator is garbage-collected.
-        """
-        pool, session = self._target()
-        run = pool._map_run(fn, session, buffersize, chunksize, ordered=True, threaded=False)
-        source, is_async = _source(iterable)
-        return _map.aresults(run, source, is_async, return_exceptions)
-
-    @overload
-    def amap_unordered(
-        self,
-        fn: Callable[[T], Coroutine[Any, Any, R]],
-        iterable: Iterable[T] | AsyncIterable[T],
-        *,
-        buffersize: int | None = ...,
-        chunksize: int = ...,
-        return_exceptions: Literal[False] = ...,
-    ) -> AsyncIterator[tuple[int, R]]: ...
-    @overload
-    def amap_unordered(
-        self,
-        fn: Callable[[T], R],
-        iterable: Iterable[T] | AsyncIterable[T],
-        *,
-        buffersize: int | None = ...,
-        chunksize: int = ...,
-        return_exceptions: Literal[False] = ...,
-    ) -> AsyncIterator[tuple[int, R]]: ...
-    @overload
-    def amap_unordered(
-        self,
-        fn: Callable[[T], Coroutine[Any, Any, R]],
-        iterable: Iterable[T] | AsyncIterable[T],
-        *,
-        buffersize: int | None = ...,
-        chunksize: int = ...,
-        return_exceptions: bool,
-    ) -> AsyncIterator[tuple[int, R | BaseException]]: ...
-    @overload
-    def amap_unordered(
-        self,
-        fn: Callable[[T], R],
-        iterable: Iterable[T] | AsyncIterable[T],
-        *,
-        buffersize: int | None = ...,
-        chunksize: int = ...,
-        return_exceptions: bool,
-    ) -> AsyncIterator[tuple[int, R | BaseException]]: ...
-    @overload
-    def amap_unordered(
-        self,
-        fn: str,
-        iterable: Iterable[Any] | AsyncIterable[Any],
-        *,
-        buffersize: int | None = ...,
-        chunksize: int = ...,
-        return_exceptions: bool = ...,
-    ) -> AsyncIterator[tuple[int, Any]]: ...
-    def amap_unordered(
-        self,
-        fn: ActivityRef,
-        iterable: Iterable[Any] | AsyncIterable[Any],
-        *,
-        buffersize: int | None = None,
-        chunksize: int = 1,
-        return_exceptions: bool = False,
-    ) -> AsyncIterator[tuple[int, Any]]:
-        """:meth:`map_unordered` for async code (the input may be an async iterable)."""
-        pool, session = self._target()
-        run = pool._map_run(fn, session, buffersize, chunksize, ordered=False, threaded=False)
-        source, is_async = _source(iterable)
-        return _map.aresults(run, source, is_async, return_exceptions)
+__all__ = ["Pool", "PoolCalls", "PoolSession"]
 
 
 class Pool(PoolCalls):
@@ -514,21 +133,16 @@ class Pool(PoolCalls):
             start_method=start_method,
             reply_spin=float(reply_spin),
         )
-        self._default_policy = retry_policy or RetryPolicy()
-        self._policies: dict[int, RetryPolicy] = {}
+        self._calls = CallMaker(retry_policy or RetryPolicy(), self._session_closed)
         self._ambient = ambient  # entering makes this pool the dispatcher of `await activity()`
         self._on_event = on_event
         self._on_output = on_output
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._thread: LoopThread | None = None  # the loop's thread under `with`
         self._sup: Supervisor | None = None
-        self._wake_later: Callable[[Callable[[], None]], None] | None = None
+        self._future_owner: _FutureOwner | None = None  # what a PoolFuture tells of a cancel
         self._closed = False
         self._dispatcher_token: contextvars.Token[Any] | None = None
-        self._sessions_hooked: set[str] = set()
-        # calls and actions on their way to the loop thread (see _to_loop)
-        self._inbox: collections.deque[Call | Callable[[], object]] = collections.deque()
-        self._inbox_armed = False
 
     # -- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> Pool:
@@ -555,17 +169,8 @@ class Pool(PoolCalls):
         return self
 
     def _enter(self, early: ForkServer | None) -> None:
-        loop = _new_loop()
-        started = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            loop.call_soon(started.set)
-            loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="activitypool-supervisor", daemon=True)
-        self._thread.start()
-        started.wait()
+        self._thread = thread = LoopThread()
+        loop = thread.loop
         try:
             asyncio.run_coroutine_threadsafe(self._start_on(loop, early, True), loop).result()
         except BaseException:
@@ -597,8 +202,7 @@ class Pool(PoolCalls):
         self._sup = Supervisor(
             loop, self._config, self._on_event, self._on_output, early, early_tried=with_thread
         )
-        self._sup.inbox = self._inbox
-        self._wake_later = self._sup.wake_later  # PoolFuture: wake waiters after the event
+        self._future_owner = _FutureOwner(self._sup)
         try:
             await self._sup.start()
         except BaseException:
@@ -636,133 +240,85 @@ class Pool(PoolCalls):
             self._stop_thread()
 
     def _stop_thread(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        if loop.is_running():
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join()
-        loop.close()
-        self._thread = None
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.stop()
 
-    # -- calling ---------------------------------------------------------------------------
-    def _prepare(
-        self, fn: ActivityRef | ActivityDefinition, args: tuple, kwargs: dict, session: Any
-    ) -> Call:
-        if self._closed or self._sup is None:
-            raise PoolClosedError(
-                "the pool is closed" if self._closed else "the pool is not started"
-            )
-        defn = fn if isinstance(fn, ActivityDefinition) else get_definition(fn)
-        sid = self._session_id(defn, session)
-        args, kwargs = defn.validate_args(args, kwargs)
-        try:
-            payload = dumps(lift_call_bytes(args, kwargs))
-        except Exception as exc:
-            raise ActivityInputError(
-                f"arguments of activity {defn.name!r} cannot be pickled: {safe_repr(exc)}"
-            ) from exc
-        return self._sup.new_call(defn, self._policy(defn), payload, None, sid)
-
-    def _session_id(self, defn: ActivityDefinition, session: Any) -> str | None:
-        """The sticky session a call of ``defn`` belongs to (None if it is not sticky)."""
-        if not defn.sticky_to_worker:
-            return None
-        if session is None:
-            raise StickyWorkerSessionMissingError(
-                f"activity {defn.name!r} is sticky_to_worker: call it inside "
-                "run_sticky_worker_session() or pool.sticky_session()"
-            )
-        sid: str = session.session_id
-        if session.closed:
-            raise ActivityInputError(f"sticky session {sid} is closed; start a new one")
-        if sid not in self._sessions_hooked:
-            self._sessions_hooked.add(sid)
-            session.on_close(self._session_closed)
-        return sid
-
-    def _policy(self, defn: ActivityDefinition) -> RetryPolicy:
-        policy = self._policies.get(id(defn))
-        if policy is None:
-            policy = self._policies[id(defn)] = defn.retry_policy(self._default_policy)
-        return policy
-
-    def _chunk_call(
+    # -- calling (the CallTarget of PoolCalls) --------------------------------------------
+    def _make(
         self,
-        defn: ActivityDefinition,
+        fn: ActivityRef | ActivityDefinition,
+        args: tuple,
+        kwargs: dict,
         session: Any,
-        defns: dict[int, ActivityDefinition],
-        items: list[Any],
+        waiter: Waiter,
     ) -> Call:
-        """One call running ``defn`` over ``items`` (validated) in one worker (see
-        ``pool._chunks``); ``defns`` caches the chunk definitions of one map by length."""
-        if self._closed or self._sup is None:
+        self._check_open()
+        defn = fn if isinstance(fn, ActivityDefinition) else get_definition(fn)
+        return self._calls.call(defn, args, kwargs, session, waiter)
+
+    def _check_open(self) -> Supervisor:
+        sup = self._sup
+        if self._closed or sup is None:
             raise PoolClosedError(
                 "the pool is closed" if self._closed else "the pool is not started"
             )
-        sid = self._session_id(defn, session)
-        cdefn = defns.get(len(items))
-        if cdefn is None:
-            cdefn = defns[len(items)] = _chunk_definition(defn, len(items))
-        try:
-            payload = dumps(((defn.module, defn.qualname, items), {}))
-        except Exception as exc:
-            raise ActivityInputError(
-                f"arguments of activity {defn.name!r} cannot be pickled: {safe_repr(exc)}"
-            ) from exc
-        return self._sup.new_call(cdefn, self._policy(defn), payload, None, sid)
-
-    def _session_closed(self, session: Any) -> None:
-        sid = session.session_id
-        self._sessions_hooked.discard(sid)
-        loop, sup = self._loop, self._sup
-        if loop is None or sup is None or loop.is_closed():
-            return
-        self._to_loop(partial(sup.release_session, sid))
+        return sup
 
     async def dispatch(
         self, defn: ActivityDefinition, args: tuple, kwargs: dict, session: Any
     ) -> Any:
         """The ambient-dispatcher entry used by ``await my_activity(...)`` inside the pool."""
-        call = self._prepare(defn, args, kwargs, session)
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # another loop's task: a Future it can await
+            return await asyncio.wrap_future(self.submit_call(defn, args, kwargs, session))
+        waiter = AsyncWaiter(loop)
+        call = self._make(defn, args, kwargs, session, waiter)
         sup = self._sup
         assert sup is not None
-        if loop is not self._loop:
-            return await asyncio.wrap_future(self._submit_call(call))
-        fut = loop.create_future()
-        call.waiter = fut
         sup.submit(call)
         try:
-            return await fut
+            return await waiter.fut
         except asyncio.CancelledError:
             sup.cancel(call)
             raise
 
-    def _target(self) -> tuple[Pool, Any]:
-        return self, _context_session()
+    def submit_call(
+        self, fn: ActivityRef | ActivityDefinition, args: tuple, kwargs: dict, session: Any
+    ) -> PoolFuture:
+        # A PoolFuture, not a plain Future: no Condition (a lock, a deque, bound methods) until
+        # somebody waits on it, so thousands in flight are not thousands of objects for the
+        # garbage collector to trace; its cancel() comes back here (no done callback per call).
+        fut = PoolFuture(self._future_owner)
+        call = self._make(fn, args, kwargs, session, fut)
+        fut.bind(call)
+        self._to_loop(call)
+        return fut
 
-    def _run_call(self, call: Call) -> Any:
-        # A lock released by the loop thread, not a Future: fewer objects and one wake-up.
-        waiter = _BlockingWaiter()
-        call.waiter = waiter
+    def run_call(self, fn: ActivityRef, args: tuple, kwargs: dict, session: Any) -> Any:
+        """Blocking call from a thread that is not the pool's loop."""
+        self._refuse_on_loop("run")
+        sup = self._check_open()
+        waiter = BlockingWaiter(sup.wake_later)
+        call = self._make(fn, args, kwargs, session, waiter)
         self._to_loop(call)
         try:
             return waiter.wait()
         except BaseException:
             if not waiter.done:  # interrupted (Ctrl-C): the activity is cancelled too
-                sup = self._sup
-                if sup is not None:
-                    self._to_loop(partial(sup.cancel, call))
+                self._to_loop(partial(sup.cancel, call))
             raise
 
     def _refuse_on_loop(self, what: str) -> None:
-        if self._loop is not None and _on_loop(self._loop):
-            instead = "await pool.execute()" if what == "run" else f"pool.a{what}()"
+        if self._loop is not None and on_loop(self._loop):
+            instead = (
+                "await pool.execute()" if what == "run" else f"pool.a{what.removeprefix('a')}()"
+            )
             raise RuntimeError(f"{what}() would block the pool's own event loop: use {instead}")
 
-    def _map_run(
+    def map_run(
         self,
+        what: str,
         fn: ActivityRef,
         session: Any,
         buffersize: Any,
@@ -774,24 +330,27 @@ class Pool(PoolCalls):
         """The state of one map of ``fn``, checked now: a mistake in the call itself (bad sizes,
         an unknown activity, a sticky one without a session, a closed pool) raises here, at
         the call of ``map``, not at the first item."""
-        size = _check_chunksize(chunksize)
+        if threaded:
+            self._refuse_on_loop(what)
+        size = check_chunksize(chunksize)
         window = _map.check_buffersize(buffersize)
-        sup = self._sup
-        if self._closed or sup is None:
-            raise PoolClosedError(
-                "the pool is closed" if self._closed else "the pool is not started"
-            )
+        sup = self._check_open()
         defn = get_definition(fn)
-        self._session_id(defn, session)
+        self._calls.session_id(defn, session)
         if size > 1 and defn.rate_limit is not None:
             raise ValueError(
                 f"activity {defn.name!r} has a rate_limit, which counts calls: map it with "
                 "chunksize=1 (a chunk would start many items as one call)"
             )
-        prepare = self._prepare
+        make, chunk_call = self._make, self._calls.chunk_call
+        check_open = self._check_open
 
-        def one(item: Any) -> Call:
-            return prepare(defn, (item,), {}, session)
+        def one(item: Any, waiter: Waiter) -> Call:
+            return make(defn, (item,), {}, session, waiter)
+
+        def chunk(items: list[Any], waiter: Waiter, defns: dict[int, Any] = {}) -> Call:  # noqa: B006
+            check_open()
+            return chunk_call(defn, session, defns, items, waiter)
 
         def session_closed() -> bool:
             return defn.sticky_to_worker and session.closed
@@ -801,8 +360,8 @@ class Pool(PoolCalls):
             chunksize=size,
             ordered=ordered,
             one=one,
-            check=_item_check(defn),
-            chunk=partial(self._chunk_call, defn, session, {}),
+            check=item_check(defn),
+            chunk=chunk,
             stopped=session_closed,
             submit=lambda calls: self._to_loop(partial(sup.submit_many, calls)),
             cancel=self._cancel_waiting if defn.sticky_to_worker else self._cancel_many,
@@ -834,66 +393,21 @@ class Pool(PoolCalls):
         except PoolClosedError:
             pass
 
-    def _attach_future(self, call: Call) -> PoolFuture:
-        # A PoolFuture, not a plain Future: no Condition (a lock, a deque, bound methods) until
-        # somebody waits on it, so thousands in flight are not thousands of objects for the
-        # garbage collector to trace; its cancel() forwards here (no done callback per call).
-        fut = call.waiter = PoolFuture(self, call)
-        return fut
-
-    def _cancel_call(self, call: Call) -> None:
-        """A PoolFuture was cancelled: cancel its call (on the loop, in order)."""
-        sup = self._sup
-        if sup is not None:
-            self._to_loop(partial(sup.cancel, call))
-
-    def _submit_call(self, call: Call) -> PoolFuture:
-        fut = self._attach_future(call)
-        self._to_loop(call)
-        return fut
+    def _session_closed(self, session: Any) -> None:
+        loop, sup = self._loop, self._sup
+        if loop is None or sup is None or loop.is_closed():
+            return
+        self._to_loop(partial(sup.release_session, session.session_id))
 
     def _to_loop(self, item: Call | Callable[[], object]) -> None:
-        """Hand a call (or an action) to the loop thread, in order with everything else handed.
-
-        Items wait in ``_inbox``; one loop callback drains all that arrived meanwhile, so a
-        burst of submissions costs one wake-up of the loop and one batch, not one of each per
-        call. Lock-free: the flag is cleared before draining, so an item appended after the
-        drain's last pop always finds it cleared and schedules another drain.
-        """
-        loop, sup = self._loop, self._sup
-        if loop is None or sup is None:
-            raise PoolClosedError("the pool is not started")
-        self._inbox.append(item)
-        if not self._inbox_armed:
-            self._inbox_armed = True
-            try:
-                if _on_loop(loop):
-                    # never straight into the scheduler: we may be inside it (a Future's done
-                    # callback runs while the scheduler answers a call)
-                    loop.call_soon(self._drain_inbox)
-                else:
-                    loop.call_soon_threadsafe(self._drain_inbox)
-            except RuntimeError:  # the loop is closed: nothing will run it
-                self._inbox_armed = False
-
-    def _drain_inbox(self) -> None:
-        """On the loop thread: submit what other threads handed over, in their order."""
-        self._inbox_armed = False
-        inbox, sup = self._inbox, self._sup
+        """Hand a call (or an action) to the loop thread, in order with everything else."""
+        sup = self._sup
         if sup is None:
-            return
-        batch: list[Call] = []
-        while inbox:
-            item = inbox.popleft()
-            if isinstance(item, Call):
-                batch.append(item)
-                continue
-            if batch:
-                sup.submit_many(batch)
-                batch = []
-            item()
-        if batch:
-            sup.submit_many(batch)
+            raise PoolClosedError("the pool is not started")
+        sup.inbox.put(item)
+
+    def _target(self) -> tuple[Pool, Any]:
+        return self, _context.get_sticky_worker_session()
 
     # -- fault injection (for tests of your own retry logic) -----------------------------
     def inject_fault(
@@ -978,22 +492,10 @@ class Pool(PoolCalls):
 
     def _on_loop_call(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` where the state it reads is owned: on the pool's loop thread."""
-        loop = self._loop
-        if loop is None or _on_loop(loop) or not loop.is_running() or self._thread is None:
+        thread = self._thread
+        if thread is None or on_loop(thread.loop):
             return fn()
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-        def call() -> None:
-            try:
-                fut.set_result(fn())
-            except BaseException as exc:
-                fut.set_exception(exc)
-
-        try:
-            loop.call_soon_threadsafe(call)
-            return fut.result(timeout=5.0)
-        except (RuntimeError, concurrent.futures.TimeoutError):  # the loop is going away
-            return fn()
+        return thread.call(fn)
 
     @property
     def workers(self) -> int:
@@ -1038,92 +540,16 @@ class PoolSession(PoolCalls):
         self.session.close()
 
 
-def _context_session() -> Any:
-    return _context.get_sticky_worker_session()
+class _FutureOwner:
+    """A ``PoolFuture``'s owner: its cancellation goes to the loop, in order with the calls;
+    a thread waiting on it is woken once the loop thread's event is done."""
 
+    __slots__ = ("sup", "wake_later")
 
-def _check_chunksize(chunksize: Any) -> int:
-    if isinstance(chunksize, bool) or not isinstance(chunksize, int):
-        raise TypeError(f"chunksize must be an int >= 1, got {chunksize!r}")
-    if chunksize < 1:
-        raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
-    return chunksize
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+        self.wake_later = sup.wake_later
 
-
-def _item_check(defn: ActivityDefinition) -> Callable[[Any], Any] | None:
-    """Checks one item as ``defn(item)`` would be checked; returns it coerced (None: every item
-    passes as it is).
-
-    Binding one positional argument fails or succeeds alike for every item, so with a plain
-    signature only the first parameter's type check runs per item.
-    """
-    binder = defn._binder
-    first = binder.positional[0] if binder.positional else None
-    if not binder.simple or first is None or any(name != first for name in binder.required):
-        return lambda item: defn.validate_args((item,), {})[0][0]
-    check = defn._checks.get(first)
-    if check is None:
-        return None
-    return partial(defn._check, check, first)
-
-
-def _source(iterable: Iterable[Any] | AsyncIterable[Any]) -> tuple[Any, bool]:
-    """An iterator over a map's input, and whether it is an async one."""
-    if isinstance(iterable, AsyncIterable):
-        return aiter(iterable), True
-    return iter(iterable), False
-
-
-def _chunk_definition(defn: ActivityDefinition, size: int) -> ActivityDefinition:
-    """What the scheduler and the worker see of a chunk of ``size`` items of ``defn``.
-
-    The worker runs the runner of ``pool._chunks``; everything else is ``defn``'s (its name,
-    for events, log tags, ``info().name`` and injected faults; its heartbeat timeout, sticky
-    flag and retry policy), with its per-call time limits multiplied by ``size``.
-    """
-    runner = _chunks.run_chunk_async if defn.is_async else _chunks.run_chunk
-    s2c, s2close = defn.start_to_close_timeout, defn.schedule_to_close_timeout
-    fields = {name: getattr(defn, name) for name in ActivityDefinition.__match_args__}
-    fields.update(
-        fn=runner,
-        module=_chunks.__name__,
-        qualname=runner.__qualname__,
-        start_to_close_timeout=None if s2c is None else s2c * size,
-        schedule_to_close_timeout=None if s2close is None else s2close * size,
-    )
-    return ActivityDefinition(**fields).checking_each_result_of(defn)
-
-
-def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
-
-
-_PENDING = object()
-
-
-class _BlockingWaiter:
-    """One blocking call's outcome: set once by the loop thread, waited for by the caller."""
-
-    __slots__ = ("done", "exc", "lock", "value")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.lock.acquire()
-        self.done = False
-        self.value: Any = None
-        self.exc: BaseException | None = None
-
-    def __call__(self, value: Any, exc: BaseException | None) -> None:
-        if self.done:
-            return
-        self.value, self.exc, self.done = value, exc, True
-        self.lock.release()
-
-    def wait(self) -> Any:
-        self.lock.acquire()
-        if self.exc is not None:
-            raise self.exc
-        return self.value
+    def cancel_call(self, call: Call) -> None:
+        sup = self.sup
+        sup.inbox.put(partial(sup.cancel, call))

@@ -12,7 +12,7 @@ Data flow (everything below runs on one event loop thread, the supervisor's)::
                                                                HEARTBEAT  (pool._worker) ─▶ activity
 
 Ownership: the loop thread owns every attribute here and everything in the scheduler. Other
-threads reach in only through the pool's inbox (``Pool._to_loop``: one ``call_soon_threadsafe``
+threads reach in only through the inbox (``pool._loop.Inbox``: one ``call_soon_threadsafe``
 drains a burst) or ``call_soon_threadsafe``. The scheduler owns all deadlines; this class arms a
 single loop timer for the earliest one (``_after``). Frames queued for a worker during one event
 leave in one write at the end of it (``_flush``); large bodies go through shared-memory
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import itertools
 import logging
@@ -46,6 +45,7 @@ from typing import Any
 
 from pool._events import PoolEvent, Stats
 from pool._fds import above_stdio
+from pool._loop import Inbox
 from pool._output import LineSplitter
 from pool._process import (
     ForkServer,
@@ -242,15 +242,14 @@ class Supervisor:
         self._timer_at = 0.0
         self._ready: asyncio.Future[None] = loop.create_future()
         self._all_gone: asyncio.Future[None] = loop.create_future()
-        self._call_ids = itertools.count(1)
         self._env: dict[str, str] = {}
         self._init_body = b""
         self.faults: dict[str, list[FaultRule]] = {}
         self._dirty: list[WorkerHandle] = []  # handles with frames queued in this event
         self._wakes: list[Callable[[], None]] = []  # see wake_later
         self._spinning = False  # in _spin_for_reply (never nested)
-        # calls handed to the loop and not yet submitted (the Pool's inbox): no spin then
-        self.inbox: collections.deque[Any] | tuple[()] = ()
+        # calls and actions other threads hand to the loop (no reply spin while it holds any)
+        self.inbox = Inbox(loop, self)
         self.spins_caught = 0  # replies a spin caught / spins that gave up (for tests, tuning)
         self.spins_missed = 0
         self._forkserver: ForkServer | None = forkserver  # forks workers (None: spawn them)
@@ -353,11 +352,6 @@ class Supervisor:
             self._all_gone.set_result(None)
 
     # -- callers (loop thread) -------------------------------------------------------------
-    def new_call(
-        self, defn: Any, policy: Any, payload: Any, waiter: Any, session: str | None
-    ) -> Call:
-        return Call(next(self._call_ids), defn, policy, payload, waiter, session)
-
     def submit(self, call: Call) -> None:
         self.scheduler.submit(call, time.monotonic())
         self._after()
@@ -706,11 +700,11 @@ class Supervisor:
 
     def resolve(self, call: Call, value: Any) -> None:
         self.stats.completed(time.monotonic() - call.submitted_at)
-        _set_result(call.waiter, value)
+        call.waiter.settle(value, None)
 
     def reject(self, call: Call, exc: BaseException) -> None:
         self.stats.failed()
-        _set_exception(call.waiter, exc)
+        call.waiter.settle(None, exc)
 
     def event(self, kind: str, **fields: Any) -> None:
         if self.on_event is None:
@@ -1146,43 +1140,3 @@ def _rebuild_failure(frame: Frame) -> BaseException:
     with contextlib.suppress(Exception):
         exc_obj.remote_traceback_text = info.traceback  # type: ignore[attr-defined]
     return exc_obj
-
-
-def _set_result(waiter: Any, value: Any) -> None:
-    if isinstance(waiter, asyncio.Future):
-        if not waiter.done():
-            waiter.set_result(value)
-    elif isinstance(waiter, concurrent.futures.Future):
-        # PENDING until now, so the caller could cancel() at any time before this; one lock
-        # round on the common path, the cancelled one is notified for wait()/as_completed()
-        try:
-            waiter.set_result(value)
-        except concurrent.futures.InvalidStateError:
-            _notify_cancelled(waiter)
-    else:
-        waiter(value, None)
-
-
-def _notify_cancelled(waiter: concurrent.futures.Future[Any]) -> None:
-    with contextlib.suppress(RuntimeError):  # already notified
-        waiter.set_running_or_notify_cancel()
-
-
-def _set_exception(waiter: Any, exc: BaseException) -> None:
-    if isinstance(waiter, asyncio.Future):
-        if not waiter.done():
-            if isinstance(exc, asyncio.CancelledError):
-                waiter.cancel()
-            else:
-                waiter.set_exception(exc)
-    elif isinstance(waiter, concurrent.futures.Future):
-        if isinstance(exc, asyncio.CancelledError):
-            waiter.cancel()  # the canceller's own cancel() got here first in practice
-            _notify_cancelled(waiter)
-            return
-        try:
-            waiter.set_exception(exc)
-        except concurrent.futures.InvalidStateError:
-            _notify_cancelled(waiter)
-    else:
-        waiter(None, exc)

@@ -280,7 +280,7 @@ def _warm_up_event_loop() -> None:
     if _warmed_up:
         return
     _warmed_up = True
-    from pool._pool import _new_loop
+    from pool._loop import new_loop as _new_loop
 
     loop = _new_loop()
     try:

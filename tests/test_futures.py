@@ -48,7 +48,7 @@ class Owner:
     def __init__(self) -> None:
         self.cancelled: list[Any] = []
 
-    def _cancel_call(self, call: Any) -> None:
+    def cancel_call(self, call: Any) -> None:
         self.cancelled.append(call)
 
 
@@ -254,7 +254,7 @@ def test_cancel_after_completion_is_refused_and_not_forwarded():
 
 def test_a_forwarding_error_is_logged_and_the_cancel_still_holds(caplog):
     class Broken:
-        def _cancel_call(self, call: Any) -> None:
+        def cancel_call(self, call: Any) -> None:
             raise RuntimeError("pool gone")
 
     fut = PoolFuture(Broken(), "c")
@@ -297,9 +297,9 @@ def test_an_owner_with_wake_later_wakes_a_waiting_thread_when_it_says():
     class Owner:
         def __init__(self) -> None:
             self.queued: list[Callable[[], None]] = []
-            self._wake_later = self.queued.append
+            self.wake_later = self.queued.append
 
-        def _cancel_call(self, call: Any) -> None:
+        def cancel_call(self, call: Any) -> None:
             raise AssertionError("not cancelled")
 
     owner = Owner()

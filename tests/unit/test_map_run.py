@@ -17,10 +17,10 @@ pytestmark = pytest.mark.timeout(10)
 
 
 class FakeCall:
-    def __init__(self, items: list[Any], chunk: bool = False) -> None:
+    def __init__(self, items: list[Any], waiter: Any, chunk: bool = False) -> None:
         self.items = items
         self.chunk = chunk  # answered with a list of results
-        self.waiter: Any = None
+        self.waiter = waiter
         self.answered = False
 
 
@@ -40,8 +40,8 @@ class FakePool:
             raise PoolClosedError("the pool is closed")
         return item
 
-    def one(self, item: Any) -> FakeCall:
-        return FakeCall([self.check(item)])
+    def one(self, item: Any, waiter: Any) -> FakeCall:
+        return FakeCall([self.check(item)], waiter)
 
     def submit(self, calls: list[FakeCall]) -> None:
         self.sent.extend(calls)
@@ -50,7 +50,7 @@ class FakePool:
     def answer(self, call: FakeCall, exc: BaseException | None = None) -> None:
         call.answered = True
         values = [10 * item for item in call.items]
-        call.waiter(values if call.chunk else values[0], exc)
+        call.waiter.settle(values if call.chunk else values[0], exc)
 
     def answer_all(self) -> None:
         for call in self.sent:
@@ -71,7 +71,7 @@ class FakePool:
             ordered=ordered,
             one=self.one,
             check=self.check,
-            chunk=lambda items: FakeCall(items, chunk=True),
+            chunk=lambda items, waiter: FakeCall(items, waiter, chunk=True),
             submit=self.submit,
             cancel=self.cancelled.extend,
             **options,

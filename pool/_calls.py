@@ -1,0 +1,152 @@
+"""Making a ``Call``: a caller's request validated and pickled, in the calling thread.
+
+``CallMaker`` checks the arguments against the activity, pickles them once (retries reuse the
+pickle), resolves the retry policy and the sticky session, and makes the ``Call`` with its
+waiter (``pool._waiters``): one path for every kind of caller. Only the finished call crosses
+to the loop thread. A mistake of the caller (bad arguments, a sticky activity without a
+session, a closed session) raises here, and nothing is sent.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterable, Callable, Iterable
+from functools import partial
+from typing import Any
+
+from pool import _chunks
+from pool._protocol import dumps, lift_call_bytes
+from pool._scheduler import Call
+from pool._waiters import Waiter
+from sdk._definition import ActivityDefinition
+from sdk._errors import ActivityInputError, StickyWorkerSessionMissingError, safe_repr
+from sdk._retry import RetryPolicy
+
+
+class CallMaker:
+    """Makes the calls of one pool. Any thread may use it: its caches are single dict and set
+    operations, and a race only computes the same entry twice."""
+
+    def __init__(
+        self, default_policy: RetryPolicy, on_session_close: Callable[[Any], None]
+    ) -> None:
+        self._ids = itertools.count(1)  # call ids, unique within the pool
+        self._default_policy = default_policy
+        self._policies: dict[int, RetryPolicy] = {}
+        self._on_session_close = on_session_close
+        self._sessions_hooked: set[str] = set()
+
+    def call(
+        self, defn: ActivityDefinition, args: tuple, kwargs: dict, session: Any, waiter: Waiter
+    ) -> Call:
+        """One call of ``defn(*args, **kwargs)``, answered through ``waiter``."""
+        sid = self.session_id(defn, session)
+        args, kwargs = defn.validate_args(args, kwargs)
+        try:
+            payload = dumps(lift_call_bytes(args, kwargs))
+        except Exception as exc:
+            raise ActivityInputError(
+                f"arguments of activity {defn.name!r} cannot be pickled: {safe_repr(exc)}"
+            ) from exc
+        return Call(next(self._ids), defn, self.policy(defn), payload, waiter, sid)
+
+    def chunk_call(
+        self,
+        defn: ActivityDefinition,
+        session: Any,
+        defns: dict[int, ActivityDefinition],
+        items: list[Any],
+        waiter: Waiter,
+    ) -> Call:
+        """One call running ``defn`` over ``items`` (validated) in one worker (see
+        ``pool._chunks``); ``defns`` caches the chunk definitions of one map by length."""
+        sid = self.session_id(defn, session)
+        cdefn = defns.get(len(items))
+        if cdefn is None:
+            cdefn = defns[len(items)] = chunk_definition(defn, len(items))
+        try:
+            payload = dumps(((defn.module, defn.qualname, items), {}))
+        except Exception as exc:
+            raise ActivityInputError(
+                f"arguments of activity {defn.name!r} cannot be pickled: {safe_repr(exc)}"
+            ) from exc
+        return Call(next(self._ids), cdefn, self.policy(defn), payload, waiter, sid)
+
+    def session_id(self, defn: ActivityDefinition, session: Any) -> str | None:
+        """The sticky session a call of ``defn`` belongs to (None if it is not sticky)."""
+        if not defn.sticky_to_worker:
+            return None
+        if session is None:
+            raise StickyWorkerSessionMissingError(
+                f"activity {defn.name!r} is sticky_to_worker: call it inside "
+                "run_sticky_worker_session() or pool.sticky_session()"
+            )
+        sid: str = session.session_id
+        if session.closed:
+            raise ActivityInputError(f"sticky session {sid} is closed; start a new one")
+        if sid not in self._sessions_hooked:
+            self._sessions_hooked.add(sid)
+            session.on_close(self._session_closed)
+        return sid
+
+    def _session_closed(self, session: Any) -> None:
+        self._sessions_hooked.discard(session.session_id)
+        self._on_session_close(session)
+
+    def policy(self, defn: ActivityDefinition) -> RetryPolicy:
+        policy = self._policies.get(id(defn))
+        if policy is None:
+            policy = self._policies[id(defn)] = defn.retry_policy(self._default_policy)
+        return policy
+
+
+def check_chunksize(chunksize: Any) -> int:
+    if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+        raise TypeError(f"chunksize must be an int >= 1, got {chunksize!r}")
+    if chunksize < 1:
+        raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
+    return chunksize
+
+
+def item_check(defn: ActivityDefinition) -> Callable[[Any], Any] | None:
+    """Checks one item as ``defn(item)`` would be checked; returns it coerced (None: every item
+    passes as it is).
+
+    Binding one positional argument fails or succeeds alike for every item, so with a plain
+    signature only the first parameter's type check runs per item.
+    """
+    binder = defn._binder
+    first = binder.positional[0] if binder.positional else None
+    if not binder.simple or first is None or any(name != first for name in binder.required):
+        return lambda item: defn.validate_args((item,), {})[0][0]
+    check = defn._checks.get(first)
+    if check is None:
+        return None
+    return partial(defn._check, check, first)
+
+
+def map_source(iterable: Iterable[Any] | AsyncIterable[Any]) -> tuple[Any, bool]:
+    """An iterator over a map's input, and whether it is an async one."""
+    if isinstance(iterable, AsyncIterable):
+        return aiter(iterable), True
+    return iter(iterable), False
+
+
+def chunk_definition(defn: ActivityDefinition, size: int) -> ActivityDefinition:
+    """What the scheduler and the worker see of a chunk of ``size`` items of ``defn``.
+
+    The worker runs the runner of ``pool._chunks``; everything else is ``defn``'s (its name,
+    for events, log tags, ``info().name`` and injected faults; its heartbeat timeout, sticky
+    flag and retry policy), with its per-call time limits multiplied by ``size``.
+    """
+    runner = _chunks.run_chunk_async if defn.is_async else _chunks.run_chunk
+    s2c, s2close = defn.start_to_close_timeout, defn.schedule_to_close_timeout
+    fields = {name: getattr(defn, name) for name in ActivityDefinition.__match_args__}
+    fields.update(
+        fn=runner,
+        module=_chunks.__name__,
+        qualname=runner.__qualname__,
+        start_to_close_timeout=None if s2c is None else s2c * size,
+        schedule_to_close_timeout=None if s2close is None else s2close * size,
+    )
+    return ActivityDefinition(**fields).checking_each_result_of(defn)
