@@ -5,10 +5,11 @@ gone, the clock reaching the next deadline) with the current monotonic time, and
 through the narrow ``Effects`` port (send this attempt to that worker, kill that worker, resolve
 that call...). Unit tests drive it with a fake port and a fake clock.
 
-It owns the only deadline structure of the pool: a heap of start-to-close, heartbeat,
-schedule-to-close, retry-backoff, cancel-grace and worker-start deadlines. Entries are never
-removed in place; each carries the generation of what it guards and is dropped when popped stale.
-The supervisor arms one timer for ``next_deadline()``.
+It owns the only deadline structure of the pool (``pool._deadlines``: start-to-close,
+heartbeat, schedule-to-close, retry-backoff, cancel-grace, worker-start, rate-limit and
+withdraw deadlines, with generation numbers) and the rate-limit buckets (``pool._ratelimit``).
+The supervisor arms one timer for ``next_deadline()``. The shell asks questions (``ready()``,
+``starting()``, ``wants_process()``, ``in_flight()``...) rather than reading the dicts.
 
 Per worker the scheduler keeps what it sent and in which order: the running attempt and up to
 ``prefetch`` attempts queued in the worker's pipe (sent while it was busy, so the worker starts
@@ -25,14 +26,15 @@ not ended is queued for the session's worker (``Session.order``).
 from __future__ import annotations
 
 import enum
-import heapq
 import itertools
 from asyncio import CancelledError
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sdk._definition import ActivityDefinition, RateLimit
+from pool._deadlines import Deadline, Deadlines
+from pool._ratelimit import Bucket, RateLimits
+from sdk._definition import ActivityDefinition
 from sdk._errors import (
     ActivityError,
     ActivityTimeoutError,
@@ -135,32 +137,6 @@ _ACTIVE = (WorkerState.IDLE, WorkerState.BUSY)
 _ACTIVE_OR_STARTING = (WorkerState.IDLE, WorkerState.BUSY, WorkerState.STARTING)
 
 
-class _Deadline(enum.IntEnum):
-    START_TO_CLOSE = 1
-    HEARTBEAT = 2
-    SCHEDULE_TO_CLOSE = 3
-    RETRY = 4
-    CANCEL_GRACE = 5
-    WORKER_START = 6
-    RATE = 7  # a rate limit's window has room again
-    WITHDRAW = 8  # a worker is idle while calls wait behind this running attempt
-
-
-@dataclass(eq=False, slots=True)
-class _Bucket:
-    """Attempt starts admitted within the last ``window`` seconds, and the calls waiting."""
-
-    window: float
-    limit: int
-    starts: deque[float] = field(default_factory=deque)
-    waiting: deque[Call] = field(default_factory=deque)
-
-    def expire(self, now: float) -> None:
-        starts = self.starts
-        while starts and starts[0] <= now - self.window:
-            starts.popleft()
-
-
 # How much work (in seconds of the activity's average run time) prefetch keeps queued in each
 # busy worker's pipe: enough that a worker finishing a short call finds the next one waiting,
 # little enough that a newly idle worker rarely watches calls wait behind a busy one.
@@ -208,15 +184,15 @@ class Scheduler:
         self.calls: dict[int, Call] = {}  # every call not yet DONE
         self.closed = False
         self.broken: BaseException | None = None
-        self._heap: list[tuple[float, int, _Deadline, Any, int]] = []
-        self._order = itertools.count()
+        # every timeout, backoff and grace period (see pool._deadlines)
+        self.deadlines = Deadlines(self._valid, lambda: len(self.calls) + len(self.workers))
         self._wids = itertools.count(1)
         self._seqs = itertools.count(1)
         self._consecutive_start_failures = 0
         self.n_starting = 0  # workers spawned but not yet ready (no prefetch until all are up)
         self._now = 0.0  # the time of the event being handled, for paths that need it
         self._durations: dict[str, float] = {}  # moving average run time per activity name
-        self._buckets: dict[str, _Bucket] = {}  # rate limits by key
+        self._rates = RateLimits()
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -227,11 +203,29 @@ class Scheduler:
         slot = WorkerSlot(next(self._wids))
         self.workers[slot.id] = slot
         self.n_starting += 1
-        self._push(now + self.start_timeout, _Deadline.WORKER_START, slot, slot.gen)
+        self.deadlines.push(now + self.start_timeout, Deadline.WORKER_START, slot, slot.gen)
         self.fx.spawn(slot.id)
 
+    # -- questions (the supervisor asks; nothing outside reads the state itself) ---------
     def live_workers(self) -> int:
         return sum(1 for w in self.workers.values() if w.state is not WorkerState.DEAD)
+
+    def starting(self) -> int:
+        """Workers spawned that have not finished their handshake yet."""
+        return sum(1 for w in self.workers.values() if w.state is WorkerState.STARTING)
+
+    def ready(self) -> bool:
+        """Is every worker started so far ready (or gone)?"""
+        return self.starting() == 0
+
+    def wants_process(self, wid: int) -> bool:
+        """Is worker ``wid`` still starting, so that a process made for it is wanted?"""
+        slot = self.workers.get(wid)
+        return slot is not None and slot.state is WorkerState.STARTING
+
+    def in_flight(self) -> int:
+        """Calls submitted and not yet answered."""
+        return len(self.calls)
 
     def worker_ready(self, wid: int, now: float) -> None:
         self._now = now
@@ -311,7 +305,7 @@ class Scheduler:
         self.calls[call.id] = call
         if call.defn.schedule_to_close_timeout is not None:
             call.schedule_deadline = now + call.defn.schedule_to_close_timeout
-            self._push(call.schedule_deadline, _Deadline.SCHEDULE_TO_CLOSE, call, -1)
+            self.deadlines.push(call.schedule_deadline, Deadline.SCHEDULE_TO_CLOSE, call, -1)
         if call.session is not None:
             session = self.sessions.get(call.session)
             if session is None:
@@ -329,29 +323,10 @@ class Scheduler:
         call.worker = None
         self._place(call, now, front)
 
-    # -- rate limits ---------------------------------------------------------------------
-    # Checked when a call is about to start on an idle worker (rate-limited calls are never
-    # prefetched, so dispatch is the start, give or take a pipe's latency).
-    def _admit(self, call: Call, limit: RateLimit, now: float) -> bool:
-        """Count an attempt against its rate limit, or park it (True: it may start now)."""
-        key = limit.key or f"activity:{call.defn.name}"
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = _Bucket(limit.time_window_in_sec, limit.max_execution)
-        bucket.expire(now)
-        if not bucket.waiting and len(bucket.starts) < bucket.limit:
-            bucket.starts.append(now)
-            return True
-        if not bucket.waiting:
-            self._push(bucket.starts[0] + bucket.window, _Deadline.RATE, bucket, -1)
-        bucket.waiting.append(call)
-        return False
-
-    def _release(self, bucket: _Bucket, now: float) -> None:
-        """A window moved on: parked calls go back to the head of their queues, in order;
-        they are admitted (or parked again) when a worker takes them."""
-        waiting, bucket.waiting = bucket.waiting, deque()
-        for call in reversed(waiting):
+    def _release(self, bucket: Bucket, now: float) -> None:
+        """A rate limit's window moved on: parked calls go back to the head of their queues,
+        in order; they are admitted (or parked again) when a worker takes them."""
+        for call in reversed(bucket.release()):
             if call.state is CallState.QUEUED:  # not cancelled or timed out meanwhile
                 self._place(call, now, True, pump=False)
         self._pump(now)
@@ -431,7 +406,7 @@ class Scheduler:
         max_tasks = self.max_tasks
         head = self.queue[0]
         if head.defn.rate_limit is not None:
-            return  # rate-limited calls start only on idle workers (see _admit)
+            return  # rate-limited calls start only on idle workers (see _next_for)
         avg = self._durations.get(head.defn.name)
         if avg is None:
             return
@@ -482,8 +457,13 @@ class Scheduler:
             else:
                 return None
             limit = call.defn.rate_limit
-            if limit is None or self._admit(call, limit, now):
+            if limit is None:
                 return call
+            parked = self._rates.admit(call, call.defn.name, limit, now)
+            if parked is None:
+                return call
+            if len(parked.waiting) == 1:  # the first parked: wake up when the window has room
+                self.deadlines.push(parked.reopens, Deadline.RATE, parked, -1)
 
     def _dispatch(self, slot: WorkerSlot, call: Call) -> None:
         call.attempt += 1
@@ -504,16 +484,18 @@ class Scheduler:
         call.started_at = now
         gen = call.gen
         if call.cancelled:  # already answered; it only occupies the worker until it stops
-            self._push(now + self.cancel_grace, _Deadline.CANCEL_GRACE, call, gen)
+            self.deadlines.push(now + self.cancel_grace, Deadline.CANCEL_GRACE, call, gen)
             return
         call.state = CallState.RUNNING
         defn = call.defn
         if defn.start_to_close_timeout is not None:
-            self._push(now + defn.start_to_close_timeout, _Deadline.START_TO_CLOSE, call, gen)
+            self.deadlines.push(
+                now + defn.start_to_close_timeout, Deadline.START_TO_CLOSE, call, gen
+            )
         if defn.heartbeat_timeout is not None:
             call.heartbeat_held = call.heartbeat_parked = False
             call.heartbeat_deadline = now + defn.heartbeat_timeout
-            self._push(call.heartbeat_deadline, _Deadline.HEARTBEAT, call, gen)
+            self.deadlines.push(call.heartbeat_deadline, Deadline.HEARTBEAT, call, gen)
         if self.events:
             self.fx.event(
                 "attempt_started",
@@ -567,7 +549,7 @@ class Scheduler:
                 self._withdraw(slot)
             elif slot.withdraw_armed != running.seq:
                 slot.withdraw_armed = running.seq
-                self._push(due, _Deadline.WITHDRAW, running, running.gen)
+                self.deadlines.push(due, Deadline.WITHDRAW, running, running.gen)
 
     def _withdraw(self, slot: WorkerSlot) -> None:
         """Ask the worker to give back the calls in its pipe. Each stays in ``slot.sent`` until
@@ -724,7 +706,7 @@ class Scheduler:
         call.heartbeat_deadline = now + call.defn.heartbeat_timeout
         if call.heartbeat_parked:
             call.heartbeat_parked = False
-            self._push(call.heartbeat_deadline, _Deadline.HEARTBEAT, call, call.gen)
+            self.deadlines.push(call.heartbeat_deadline, Deadline.HEARTBEAT, call, call.gen)
 
     def _attempt_failed(self, call: Call, exc: BaseException, now: float) -> None:
         if self.events:
@@ -754,7 +736,7 @@ class Scheduler:
                 attempt=call.attempt + 1,
                 delay=delay,
             )
-        self._push(now + delay, _Deadline.RETRY, call, call.gen)
+        self.deadlines.push(now + delay, Deadline.RETRY, call, call.gen)
 
     def _final_error(self, call: Call, exc: BaseException) -> BaseException:
         err = ActivityError(
@@ -819,7 +801,7 @@ class Scheduler:
         if slot is not None:
             self.fx.send_cancel(slot.id, call.seq)
             if state is CallState.RUNNING:
-                self._push(now + self.cancel_grace, _Deadline.CANCEL_GRACE, call, call.gen)
+                self.deadlines.push(now + self.cancel_grace, Deadline.CANCEL_GRACE, call, call.gen)
 
     # -- sessions ------------------------------------------------------------------------
     def close_session(self, session_id: str) -> None:
@@ -976,55 +958,41 @@ class Scheduler:
                 self._finish(call, error=exc)
 
     # -- deadlines -----------------------------------------------------------------------
-    def _push(self, when: float, kind: _Deadline, obj: Any, gen: int) -> None:
-        heapq.heappush(self._heap, (when, next(self._order), kind, obj, gen))
-        if len(self._heap) > 4096 and len(self._heap) > 4 * (len(self.calls) + len(self.workers)):
-            self._compact()
-
-    def _compact(self) -> None:
-        self._heap = [e for e in self._heap if self._valid(e[2], e[3], e[4])]
-        heapq.heapify(self._heap)
-
-    def _valid(self, kind: _Deadline, obj: Any, gen: int) -> bool:
-        if kind is _Deadline.WORKER_START:
+    def _valid(self, kind: Deadline, obj: Any, gen: int) -> bool:
+        if kind is Deadline.WORKER_START:
             return bool(obj.gen == gen and obj.state is WorkerState.STARTING)
-        if kind is _Deadline.SCHEDULE_TO_CLOSE:
+        if kind is Deadline.SCHEDULE_TO_CLOSE:
             return bool(obj.state is not CallState.DONE)
-        if kind is _Deadline.CANCEL_GRACE:
+        if kind is Deadline.CANCEL_GRACE:
             return bool(obj.gen == gen)  # the call is DONE: the caller was answered already
-        if kind is _Deadline.RATE:
+        if kind is Deadline.RATE:
             return bool(obj.waiting)
-        if kind is _Deadline.WITHDRAW:
+        if kind is Deadline.WITHDRAW:
             return bool(obj.gen == gen)  # the attempt is still the one the calls wait behind
         return bool(obj.gen == gen and obj.state is not CallState.DONE)
 
     def next_deadline(self) -> float | None:
-        heap = self._heap
-        while heap and not self._valid(heap[0][2], heap[0][3], heap[0][4]):
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        """When the supervisor's one timer must fire next (None: no deadline pending)."""
+        return self.deadlines.next()
 
     def advance(self, now: float) -> None:
         """The clock reached ``now``: fire every deadline due."""
         self._now = now
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, _, kind, obj, gen = heapq.heappop(heap)
-            if self._valid(kind, obj, gen):
-                self._fire(kind, obj, gen, now)
+        for kind, obj, gen in self.deadlines.due(now):
+            self._fire(kind, obj, gen, now)
 
-    def _fire(self, kind: _Deadline, obj: Any, gen: int, now: float) -> None:
-        if kind is _Deadline.RATE:
+    def _fire(self, kind: Deadline, obj: Any, gen: int, now: float) -> None:
+        if kind is Deadline.RATE:
             self._release(obj, now)
             return
-        if kind is _Deadline.WITHDRAW:
+        if kind is Deadline.WITHDRAW:
             self._rebalance(now)
             return
-        if kind is _Deadline.RETRY:
+        if kind is Deadline.RETRY:
             if obj.state is CallState.BACKOFF:
                 self._enqueue(obj, now)
             return
-        if kind is _Deadline.WORKER_START:
+        if kind is Deadline.WORKER_START:
             slot: WorkerSlot = obj
             crash = WorkerCrashedError(
                 f"worker {slot.id} did not become ready in {self.start_timeout:g}s",
@@ -1039,25 +1007,25 @@ class Scheduler:
             self._worker_gone(slot, now, kill=True, cause=crash)
             return
         call: Call = obj
-        if kind is _Deadline.SCHEDULE_TO_CLOSE:
+        if kind is Deadline.SCHEDULE_TO_CLOSE:
             self._timeout(call, TimeoutType.SCHEDULE_TO_CLOSE, now)
             return
-        if kind is _Deadline.CANCEL_GRACE:
+        if kind is Deadline.CANCEL_GRACE:
             owner = self.workers.get(call.worker) if call.worker is not None else None
             if owner is not None and owner.running is call and owner.state is WorkerState.BUSY:
                 self._worker_gone(owner, now, kill=True, cause=None)
             return
         if call.state is not CallState.RUNNING:
             return
-        if kind is _Deadline.HEARTBEAT and call.heartbeat_held:
+        if kind is Deadline.HEARTBEAT and call.heartbeat_held:
             call.heartbeat_parked = True  # entered() pushes it again
             return
-        if kind is _Deadline.HEARTBEAT and now < call.heartbeat_deadline:
-            self._push(call.heartbeat_deadline, _Deadline.HEARTBEAT, call, gen)
+        if kind is Deadline.HEARTBEAT and now < call.heartbeat_deadline:
+            self.deadlines.push(call.heartbeat_deadline, Deadline.HEARTBEAT, call, gen)
             return
         self._timeout(
             call,
-            TimeoutType.HEARTBEAT if kind is _Deadline.HEARTBEAT else TimeoutType.START_TO_CLOSE,
+            TimeoutType.HEARTBEAT if kind is Deadline.HEARTBEAT else TimeoutType.START_TO_CLOSE,
             now,
         )
 

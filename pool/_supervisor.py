@@ -68,7 +68,7 @@ from pool._protocol import (
     encode_small,
     shm_supported,
 )
-from pool._scheduler import Call, Scheduler, WorkerState
+from pool._scheduler import Call, Scheduler
 from sdk._errors import (
     ApplicationError,
     RemoteTraceback,
@@ -301,7 +301,7 @@ class Supervisor:
         sched = self.scheduler
         if sched.broken is not None:
             self._ready.set_exception(sched.broken)
-        elif sum(1 for w in sched.workers.values() if w.state is WorkerState.STARTING) == 0:
+        elif sched.ready():
             self._ready.set_result(None)
 
     async def close(self, cancel: bool = False) -> None:
@@ -443,7 +443,7 @@ class Supervisor:
             if len(self._dirty) != 1:
                 return None
             handle = self._dirty[0]
-        if len(self.scheduler.calls) != 1 or self.inbox or len(handle.in_pipe) != 1:
+        if self.scheduler.in_flight() != 1 or self.inbox or len(handle.in_pipe) != 1:
             return None
         if handle.outbox or handle.eof or handle.gone or handle.proc.fds_closed:
             return None  # (the write is not complete, or the worker is going or gone)
@@ -509,8 +509,7 @@ class Supervisor:
         return self._forkserver is not None and not self._forkserver.dead
 
     def _spawn_now(self, worker_id: int) -> None:
-        slot = self.scheduler.workers.get(worker_id)
-        if slot is None or slot.state is not WorkerState.STARTING:
+        if not self.scheduler.wants_process(worker_id):
             return  # gone before it started (pool cancelled, start timeout)
         fs = self._forkserver
         if fs is not None and not fs.dead:
@@ -548,10 +547,9 @@ class Supervisor:
             kind = event[0]
             if kind == "forked":
                 worker_id, proc = event[1], event[2]
-                slot = self.scheduler.workers.get(worker_id)
                 if proc is None:
                     self._not_started(worker_id, "the fork server could not fork")
-                elif slot is None or slot.state is not WorkerState.STARTING:
+                elif not self.scheduler.wants_process(worker_id):
                     proc.kill_tree()  # not wanted any more; its exit report reaps it
                     proc.close_fds()
                 else:

@@ -1340,7 +1340,7 @@ def test_deadline_heap_stays_small_over_many_calls() -> None:
         sched.heartbeat(c.worker, c.seq, i, now)
         h.finish(c, i, now)
         sched.next_deadline()
-        biggest = max(biggest, len(sched._heap))
+        biggest = max(biggest, len(sched.deadlines))
     assert len(h.fx.of("resolve")) == 20_000
     assert biggest <= 16
 
@@ -1352,7 +1352,7 @@ def test_deadline_heap_is_compacted_without_next_deadline_calls() -> None:
     for i in range(20_000):
         c = h.submit(busy, now=0.0)
         h.finish(c, i, 0.0)
-        biggest = max(biggest, len(sched._heap))
+        biggest = max(biggest, len(sched.deadlines))
     assert len(h.fx.of("resolve")) == 20_000
     assert biggest <= 5000  # 3 entries per call would be 60,000 without compaction
 
