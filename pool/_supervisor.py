@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pool._events import PoolEvent, Stats
+from pool._events import PoolEvent, PoolStats, Stats
 from pool._fds import above_stdio
 from pool._loop import Inbox
 from pool._output import LineSplitter
@@ -390,6 +390,19 @@ class Supervisor:
                         rules.remove(rule)
                 return (rule.kind, rule.arg)
         return None
+
+    # -- questions from the pool (on the loop thread) -------------------------------------
+    def snapshot(self) -> PoolStats:
+        return self.stats.snapshot(self.scheduler.live_workers(), self.scheduler.queued())
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the live worker processes."""
+        return [h.proc.pid for h in self.handles.values() if not h.proc.reaped and not h.eof]
+
+    def helper_pids(self) -> list[int]:
+        """Pids of the pool's own other processes (its fork server), for leak checks."""
+        fs = self._forkserver
+        return [fs.pid] if fs is not None and not fs.dead else []
 
     def release_session(self, session_id: str) -> None:
         self.scheduler.close_session(session_id)
