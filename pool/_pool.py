@@ -22,6 +22,7 @@ from pool._calling import ActivityRef, PoolCalls
 from pool._calls import CallMaker, check_chunksize, item_check
 from pool._events import PoolEvent, PoolStats
 from pool._futures import PoolFuture
+from pool._lane import LANE_NUDGE
 from pool._loop import LoopThread, on_loop
 from pool._process import ForkServer
 from pool._scheduler import Call, CallState
@@ -248,11 +249,19 @@ class Pool(PoolCalls):
         sup = self._check_open()
         waiter = BlockingWaiter(sup.wake_later)
         call = self._make(fn, args, kwargs, session, waiter)
-        self._to_loop(call)
+        lane = sup.lane
+        lane.wanted = True  # from now on the loop lends an idle worker when it can
+        taken = lane.send(call, sup.lane_failed)
+        if taken is None:
+            self._to_loop(call)
         try:
+            if taken is not None and not waiter.sleep(LANE_NUDGE) and lane.unadopted(taken):
+                sup.adopt_notes()  # a longer call: the loop arms its deadlines now
             return waiter.wait()
         except BaseException:
             if not waiter.done:  # interrupted (Ctrl-C): the activity is cancelled too
+                if taken is not None:
+                    sup.adopt_notes()
                 self._to_loop(partial(sup.cancel, call))
             raise
 

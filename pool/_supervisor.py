@@ -13,10 +13,16 @@ Data flow (everything below runs on one event loop thread, the supervisor's)::
 
 Ownership: the loop thread owns every attribute here and everything in the scheduler. Other
 threads reach in only through the inbox (``pool._loop.Inbox``: one ``call_soon_threadsafe``
-drains a burst) or ``call_soon_threadsafe``. The scheduler owns all deadlines; this class arms a
-single loop timer for the earliest one (``_after``). Frames queued for a worker during one event
-leave in one write at the end of it (``_flush``); large bodies go through shared-memory
-segments (``pool._protocol.Segments``), one set per worker and direction.
+drains a burst) or ``call_soon_threadsafe``, with one exception, the direct lane
+(``pool._lane``): while the pool is quiet the loop lends one idle worker, and a thread blocked
+in ``pool.run()`` may write that worker's next RUN frame itself, under the lane's lock, and
+leave a note that the loop adopts before it reads that worker's reply. The loop revokes the
+offer (under the same lock) before it gives the worker other work or lets go of its pipes.
+
+The scheduler owns all deadlines; this class arms a single loop timer for the earliest one
+(``_after``). Frames queued for a worker during one event leave in one write at the end of it
+(``_flush``); large bodies go through shared-memory segments (``pool._protocol.Segments``),
+one set per worker and direction.
 
 Workers come from the pool's fork server (``pool._process.ForkServer``; requests answered in
 ``_on_forkserver``) or are spawned. Worker death is seen without polling: EOF on the reply pipe,
@@ -41,10 +47,12 @@ import time
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from pool._events import PoolEvent, PoolStats, Stats
 from pool._fds import above_stdio
+from pool._lane import Lane, Offer, Taken, run_meta
 from pool._loop import Inbox
 from pool._output import LineSplitter
 from pool._process import (
@@ -250,6 +258,8 @@ class Supervisor:
         self._spinning = False  # in _spin_for_reply (never nested)
         # calls and actions other threads hand to the loop (no reply spin while it holds any)
         self.inbox = Inbox(loop, self)
+        # a blocking caller's thread may write its RUN to a worker lent here (see _lend)
+        self.lane = Lane()
         self.spins_caught = 0  # replies a spin caught / spins that gave up (for tests, tuning)
         self.spins_missed = 0
         self._forkserver: ForkServer | None = forkserver  # forks workers (None: spawn them)
@@ -305,6 +315,7 @@ class Supervisor:
             self._ready.set_result(None)
 
     async def close(self, cancel: bool = False) -> None:
+        self._reclaim()
         sched = self.scheduler
         if cancel:
             sched.cancel_all(time.monotonic())
@@ -373,6 +384,7 @@ class Supervisor:
         self._after()
 
     def add_fault(self, rule: FaultRule) -> None:
+        self._reclaim()  # a lent worker's RUN would carry no fault
         self.faults.setdefault(rule.name, []).append(rule)
 
     def clear_faults(self) -> None:
@@ -406,6 +418,71 @@ class Supervisor:
 
     def release_session(self, session_id: str) -> None:
         self.scheduler.close_session(session_id)
+        self._after()
+
+    # -- the direct lane (pool._lane): a blocking caller writes its RUN itself -----------
+    def _lend(self) -> None:
+        if not self._ready.done():
+            return
+        lent = self.scheduler.lend(self._lendable)
+        if lent is not None:
+            wid, seq = lent
+            self.lane.put(Offer(wid, self.handles[wid].proc.to_worker, seq))
+
+    def _lendable(self, worker_id: int) -> bool:
+        h = self.handles.get(worker_id)
+        return h is not None and not (h.eof or h.gone or h.outbox or h.unsent or h.in_pipe)
+
+    def unlend(self, worker_id: int) -> bool:
+        offer = self.lane.offer
+        return offer is not None and offer.worker_id == worker_id and self.lane.revoke() is not None
+
+    def _reclaim(self) -> None:
+        """Before giving workers other work: adopt what callers sent through the lane, and
+        take back a lent worker that no caller took."""
+        lane = self.lane
+        if lane.notes:
+            self._adopt_notes()
+        if lane.offer is None:
+            return
+        offer = lane.revoke()
+        if offer is not None:
+            self.scheduler.reclaim(offer.worker_id, time.monotonic())
+
+    def adopt_notes(self) -> None:
+        """From a caller's thread: its call sent through the lane is not answered yet; have
+        the loop adopt it now (arming its deadlines)."""
+        self.inbox.put(self._on_notes)
+
+    def lane_failed(self, taken: Taken) -> None:
+        """From a caller's thread: its RUN could not be written; the worker is going."""
+        self.inbox.put(partial(self._lane_failed, taken))
+
+    def _on_notes(self) -> None:
+        self._adopt_notes()
+        self._after()
+
+    def _adopt_notes(self) -> None:
+        now = time.monotonic()
+        for taken in self.lane.take_notes():
+            call, wid = taken.call, taken.offer.worker_id
+            handle = self.handles.get(wid)
+            if handle is not None and not handle.eof:
+                handle.in_pipe.append((call.seq, call.defn.name))
+            self.scheduler.adopt(call, wid, min(taken.sent_at, now), now)
+
+    def _lane_failed(self, taken: Taken) -> None:
+        self._adopt_notes()
+        call = taken.call
+        if self.scheduler.running_call(taken.offer.worker_id, call.seq) is call:
+            err = WorkerCrashedError(
+                "the worker's request pipe was closed",
+                exitcode=None,
+                signal=None,
+                pid=None,
+                worker_id=taken.offer.worker_id,
+            )
+            self.scheduler.kill_worker(taken.offer.worker_id, err, time.monotonic())
         self._after()
 
     # -- the one timer ---------------------------------------------------------------------
@@ -442,6 +519,9 @@ class Supervisor:
         if self._wakes:
             self._run_wakes()
         self._arm_timer()
+        lane = self.lane
+        if lane.wanted and lane.offer is None and not lane.notes and not self.faults:
+            self._lend()
         if spin is not None:
             # not now: first let what is ready run (a caller woken by this event may be about
             # to submit; then two calls are in flight and spinning would only delay it)
@@ -633,19 +713,8 @@ class Supervisor:
     def send_run(self, worker_id: int, call: Call) -> None:
         handle = self.handles[worker_id]
         defn = call.defn
-        now_wall = time.time()
-        meta = (  # a RunMeta, as a plain tuple (see RunMeta)
-            defn.module,
-            defn.qualname,
-            defn.name,
-            str(call.id),
-            call.attempt,
-            call.session,
-            now_wall + defn.start_to_close_timeout if defn.start_to_close_timeout else None,
-            defn.heartbeat_timeout,
-            call.heartbeat_details,
-            self._fault_for(defn.name, call.attempt) if self.faults else None,
-        )
+        fault = self._fault_for(defn.name, call.attempt) if self.faults else None
+        meta = run_meta(call, fault)
         body, buffers = call.payload
         handle.in_pipe.append((call.seq, defn.name))
         meta_body = pickle.dumps(meta, protocol=5)
@@ -826,6 +895,8 @@ class Supervisor:
         if peer is not None and peer.released:  # copied out: the worker may reuse them
             ids, peer.released = peer.released, []
             self._write(handle, [encode_small(Kind.RELEASE, seg_id) for seg_id in ids])
+        if self.lane.notes:  # a caller's RUN went through the lane: the reply may be to it
+            self._adopt_notes()
         now = time.monotonic()  # one clock reading for everything this read brought
         try:
             for frame in frames:
@@ -1028,6 +1099,9 @@ class Supervisor:
         self._watch_exit(handle)
 
     def _stop_reading(self, handle: WorkerHandle) -> None:
+        offer = self.lane.offer
+        if offer is not None and offer.worker_id == handle.id:
+            self.lane.revoke()  # before its fds close; the slot goes with the worker
         if not handle.eof:
             handle.eof = True
             self.loop.remove_reader(handle.proc.from_worker)

@@ -1,0 +1,73 @@
+"""The direct lane: pool.run() from a plain thread writes its RUN to an idle worker itself.
+
+The loop still owns the call: its deadlines, a crash, cancellation and other callers' work
+behave as on the ordinary path.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import sdk
+from pool import Pool
+from tests.integration import activities as acts
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _lane_sent(pool: Pool) -> int:
+    assert pool._sup is not None
+    return pool._sup.lane.sent
+
+
+@pytest.fixture
+def pool():
+    with Pool([acts], workers=2) as p:
+        assert p.run(acts.add, 1, 1) == 2  # the first blocking call makes the loop lend
+        yield p
+
+
+def test_calls_one_after_another_take_the_lane(pool):
+    before = _lane_sent(pool)
+    assert [pool.run(acts.add, i, 1) for i in range(50)] == [i + 1 for i in range(50)]
+    assert _lane_sent(pool) - before >= 45  # (a call may find the offer not yet renewed)
+
+
+def test_a_hung_call_sent_through_the_lane_is_timed_out(pool):
+    before = _lane_sent(pool)
+    t0 = time.monotonic()
+    with pytest.raises(sdk.ActivityError) as info:
+        pool.run(acts.hang_sleep)  # start_to_close 0.1 s
+    elapsed = time.monotonic() - t0
+    assert _lane_sent(pool) == before + 1
+    cause = info.value.__cause__
+    assert isinstance(cause, sdk.ActivityTimeoutError)
+    assert cause.type is sdk.TimeoutType.START_TO_CLOSE
+    assert 0.1 <= elapsed < 2.0
+    assert pool.run(acts.add, 2, 3) == 5
+
+
+def test_a_worker_dying_under_a_lane_call_is_retried(pool):
+    before = _lane_sent(pool)
+    assert pool.run(acts.kill_self_first_attempt) == 2
+    assert _lane_sent(pool) == before + 1
+
+
+def test_other_threads_and_the_lane_share_the_workers(pool):
+    results: list[int] = []
+
+    def runner(base: int) -> None:
+        for i in range(30):
+            results.append(pool.run(acts.add, base, i))
+
+    threads = [threading.Thread(target=runner, args=(1000 * k,)) for k in range(3)]
+    futures = [pool.submit(acts.add, 0, i) for i in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert sorted(f.result(timeout=10) for f in futures) == list(range(30))
+    assert sorted(results) == sorted(1000 * k + i for k in range(3) for i in range(30))
