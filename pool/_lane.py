@@ -128,7 +128,6 @@ class Lane:
             frame = encode_small(Kind.RUN, offer.seq, meta, body)
             if len(frame) > LANE_MAX_FRAME:
                 return None
-            self.offer = None
             taken = Taken(call, offer, time.monotonic())
             self.notes.append(taken)
             self.sent += 1
@@ -136,6 +135,8 @@ class Lane:
                 os.write(offer.fd, frame)  # atomic (<= PIPE_BUF) into an idle worker's empty pipe
             except OSError:  # the worker is going (EPIPE): the loop fails the attempt
                 failed(taken)
+            # only now: the loop, seeing the offer up, waits for this lock before it closes fd
+            self.offer = None
         return taken
 
     def unadopted(self, taken: Taken) -> bool:

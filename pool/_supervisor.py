@@ -1098,10 +1098,13 @@ class Supervisor:
         self._stop_reading(handle)
         self._watch_exit(handle)
 
-    def _stop_reading(self, handle: WorkerHandle) -> None:
+    def _revoke_lane(self, handle: WorkerHandle) -> None:
         offer = self.lane.offer
         if offer is not None and offer.worker_id == handle.id:
             self.lane.revoke()  # before its fds close; the slot goes with the worker
+
+    def _stop_reading(self, handle: WorkerHandle) -> None:
+        self._revoke_lane(handle)
         if not handle.eof:
             handle.eof = True
             self.loop.remove_reader(handle.proc.from_worker)
@@ -1158,6 +1161,7 @@ class Supervisor:
         self._check_all_gone()
 
     def _forget(self, handle: WorkerHandle) -> None:
+        self._revoke_lane(handle)
         proc = handle.proc
         if proc.fds_closed:
             self.handles.pop(handle.id, None)
