@@ -16,6 +16,13 @@ class PoolEvent:
     that died; back in the queue, attempt not counted), attempt_withdrawn (taken back unstarted
     from a busy worker's pipe for an idle worker; attempt not counted), retry_scheduled,
     session_bound, session_lost, session_closed.
+
+    ``reason`` says why a worker ended, on every worker_killed, worker_exited and
+    worker_recycled event: ``deadline`` (start-to-close timeout), ``heartbeat``,
+    ``schedule_to_close``, ``cancel`` (a cancelled call the worker did not give up in time, or
+    a cancelled sticky call), ``start_timeout`` (not ready in time), ``protocol_error``,
+    ``crash`` (it died: exit, signal, the kernel's OOM killer), ``shutdown`` (the pool closed
+    with cancel), ``memory_recycle`` or ``tasks_recycle``. Other events have None.
     """
 
     kind: str
@@ -31,6 +38,7 @@ class PoolEvent:
     delay: float | None = None
     duration: float | None = None
     tasks: int | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)

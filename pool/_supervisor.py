@@ -701,6 +701,11 @@ class Supervisor:
         self.stats.failed()
         _set_exception(call.waiter, exc)
 
+    def set_on_event(self, on_event: Callable[[PoolEvent], None] | None) -> None:
+        """Start (or, with None, stop) handing events to ``on_event`` (on the loop thread)."""
+        self.on_event = on_event
+        self.scheduler.events = on_event is not None
+
     def event(self, kind: str, **fields: Any) -> None:
         if self.on_event is None:
             return
