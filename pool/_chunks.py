@@ -89,6 +89,39 @@ async def run_chunk_async(module: str, qualname: str, items: list[Any]):  # (see
     return [validate(await fn(item, **kwargs)) for item in items]
 
 
+def run_chunk_spread(module: str, qualname: str, items: list[Any]):  # (see above)
+    """``run_chunk`` over ``(args, kwargs)`` pairs: each item is ``fn(*args, **kwargs)``."""
+    target = _target(module, qualname, False)
+    fn: Callable[..., Any] = target.fn
+    check = target._result_check
+    validate = target.validate_result
+    deps = target.depends_params()
+    out = []
+    for args, kwargs in items:
+        if deps:
+            resources = _context.require_activity().resources
+            kwargs = {**kwargs, **resources.resolve(target, _provided(target, args, kwargs))}
+        value = fn(*args, **kwargs)
+        out.append(value if check is None else validate(value))
+    return out
+
+
+async def run_chunk_spread_async(module: str, qualname: str, items: list[Any]):  # (see above)
+    """``run_chunk_async`` over ``(args, kwargs)`` pairs."""
+    target = _target(module, qualname, True)
+    fn: Callable[..., Any] = target.fn
+    validate = target.validate_result
+    deps = target.depends_params()
+    out = []
+    for args, kwargs in items:
+        if deps:
+            resources = _context.require_activity().resources
+            provided = _provided(target, args, kwargs)
+            kwargs = {**kwargs, **(await resources.aresolve(target, provided))}
+        out.append(validate(await fn(*args, **kwargs)))
+    return out
+
+
 def _definition(fn: Callable[..., Any], is_async: bool) -> ActivityDefinition:
     # The options here are never used: the supervisor sends each chunk with the deadlines and
     # the retry policy of the activity it runs (see pool._pool._chunk_definition).
@@ -111,4 +144,10 @@ def _definition(fn: Callable[..., Any], is_async: bool) -> ActivityDefinition:
 run_chunk.__activity_definition__ = _definition(run_chunk, False)  # type: ignore[attr-defined]
 run_chunk_async.__activity_definition__ = _definition(  # type: ignore[attr-defined]
     run_chunk_async, True
+)
+run_chunk_spread.__activity_definition__ = _definition(  # type: ignore[attr-defined]
+    run_chunk_spread, False
+)
+run_chunk_spread_async.__activity_definition__ = _definition(  # type: ignore[attr-defined]
+    run_chunk_spread_async, True
 )
