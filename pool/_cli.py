@@ -153,7 +153,9 @@ def error_info(exc: BaseException) -> dict[str, Any]:
     name = type(inner).__name__
     if isinstance(inner, ApplicationError) and isinstance(inner.type, str) and inner.type:
         name = inner.type  # the type named by the activity (or of a remote exception)
-    message = inner.message if isinstance(getattr(inner, "message", None), str) else _text(inner)
+    message = getattr(inner, "message", None)
+    if not isinstance(message, str):
+        message = _text(inner)
     return {"type": name, "message": message, "attempts": attempts}
 
 

@@ -115,7 +115,7 @@ class Progress:
 
     def eta(self) -> float | None:
         rate = self.rate()
-        if self.total is None or rate <= 0:
+        if self.total is None or rate <= 0 or self.done >= self.total:
             return None
         return max(0.0, (self.total - self.done) / rate)
 
