@@ -1,0 +1,76 @@
+"""Activities the command-line tests run (``activitypool run tests.integration.cli_activities:X``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import time
+
+from sdk import ApplicationError, activity
+
+
+@activity(
+    start_to_close_timeout=10, retry_policy_max_attempts=2, retry_policy_initial_interval=0.01
+)
+def add(x: int, y: int = 0) -> int:
+    if x < 0:
+        raise ValueError(f"negative: {x}")
+    return x + y
+
+
+@activity(start_to_close_timeout=10)
+def noop(x: object) -> None:
+    return None
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    when: datetime.datetime
+
+
+@activity
+def shapes(n: int) -> dict:
+    import numpy as np
+
+    return {
+        "point": Point(n, datetime.datetime(2024, 1, 1, 12, 0, n)),
+        "i64": np.int64(n),
+        "arr": np.arange(n),
+        "f32": np.float32(0.5),
+    }
+
+
+@activity(
+    start_to_close_timeout=10, retry_policy_max_attempts=3, retry_policy_initial_interval=0.01
+)
+def hangs_first(x: int) -> int:
+    if activity.info().attempt == 1:
+        time.sleep(60)
+    return x
+
+
+@activity(retry_policy_max_attempts=2, retry_policy_initial_interval=0.01)
+def crashes(x: int) -> int:
+    os._exit(3)
+
+
+@activity(retry_policy_max_attempts=5, retry_policy_initial_interval=0.01)
+def typed_failure(x: int) -> int:
+    raise ApplicationError("no luck", type="LuckError", non_retryable=True)
+
+
+@activity(start_to_close_timeout=10)
+def slow(x: int) -> int:
+    time.sleep(0.05)
+    return x
+
+
+@activity(start_to_close_timeout=10)
+def where(x: int, y: int = 0) -> int:
+    return os.getpid()
+
+
+def not_an_activity(x: int) -> int:
+    return x
