@@ -1,4 +1,4 @@
-"""Activities the command-line tests run (``activitypool run tests.integration.cli_activities:X``)."""
+"""Activities the command-line tests run (``activitypool run <this module>:NAME``)."""
 
 from __future__ import annotations
 
