@@ -1019,8 +1019,12 @@ class Pool(PoolCalls):
         """
         if maxsize < 1:
             raise ValueError("maxsize must be >= 1")
+        if self._closed or self._sup is None:
+            raise PoolClosedError(
+                "the pool is closed" if self._closed else "the pool is not started"
+            )
         stream = EventStream(maxsize)
-        self._to_loop(partial(self._listen, stream.push))
+        self._listen_soon(stream.push)
         stream.on_close = lambda: self._to_loop_if_open(partial(self._unlisten, stream.push))
         self._streams.append(stream)
         return stream
@@ -1037,6 +1041,17 @@ class Pool(PoolCalls):
         self._listeners = [*self._listeners, listener]  # a copy: _emit may be iterating
         if self._sup is not None:
             self._sup.set_on_event(self._emit)
+
+    def _listen_soon(self, listener: Callable[[PoolEvent], None]) -> None:
+        """``_listen`` before any call made after this returns: at once on the loop (where a
+        call goes straight to the supervisor), else in order through the inbox."""
+        loop = self._loop
+        if loop is not None and _on_loop(loop):
+            if self._closed:
+                raise PoolClosedError("the pool is closed")
+            self._listen(listener)
+        else:
+            self._to_loop(partial(self._listen, listener))
 
     def _unlisten(self, listener: Callable[[PoolEvent], None]) -> None:
         self._listeners = [fn for fn in self._listeners if fn is not listener]
@@ -1060,7 +1075,7 @@ class Pool(PoolCalls):
 
         progress = _progress.Progress(total)
         display = _progress.Display(progress)
-        self._to_loop(partial(self._listen, progress.on_event))
+        self._listen_soon(progress.on_event)
         display.start()
         try:
             for outcome in results:
@@ -1082,7 +1097,7 @@ class Pool(PoolCalls):
 
         progress = _progress.Progress(total)
         display = _progress.Display(progress)
-        self._to_loop(partial(self._listen, progress.on_event))
+        self._listen_soon(progress.on_event)
         display.start()
         try:
             async for outcome in results:
