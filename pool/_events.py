@@ -41,6 +41,8 @@ class PoolEvent:
     duration: float | None = None
     tasks: int | None = None
     reason: str | None = None
+    # attempt_completed: seconds from the call's submission to this result (as pool.stats())
+    latency: float | None = None
 
 
 @dataclass(frozen=True)

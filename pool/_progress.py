@@ -91,10 +91,12 @@ class Progress:
 
     def on_event(self, ev: PoolEvent) -> None:
         kind = ev.kind
-        if kind == "attempt_completed" or kind == "attempt_failed":
+        if kind == "attempt_completed":
             self.attempts += 1
-            if ev.duration is not None:
-                self.latency.add(ev.duration)
+            if ev.latency is not None:
+                self.latency.add(ev.latency)
+        elif kind == "attempt_failed":
+            self.attempts += 1
         elif kind == "retry_scheduled":
             self.retries += 1
         elif kind in ("worker_killed", "worker_exited", "worker_recycled"):

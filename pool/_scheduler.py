@@ -681,6 +681,7 @@ class Scheduler:
                 call_id=call.id,
                 attempt=call.attempt,
                 duration=now - call.started_at,
+                latency=now - call.submitted_at,
             )
         if not call.cancelled:
             self._finish(call, value=value)

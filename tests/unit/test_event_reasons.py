@@ -78,3 +78,11 @@ def test_recycles_say_tasks_or_memory() -> None:
     h.sched.request_recycle(1, 0.5)
     h.finish(c, None, 1.0)
     assert _ends(h) == [("worker_recycled", "memory_recycle")]
+
+
+def test_attempt_completed_carries_the_calls_latency_from_submission() -> None:
+    h = Harness(workers=1, events=True)
+    c = h.submit(plain, now=0.5)
+    h.finish(c, None, 2.0)
+    (done,) = h.fx.events("attempt_completed")
+    assert done["latency"] == 1.5

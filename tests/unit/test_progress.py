@@ -32,8 +32,8 @@ def test_progress_counts_attempts_retries_and_workers_lost_by_reason() -> None:
     p = Progress(total=10)
     for ev in (
         _ev("attempt_started"),
-        _ev("attempt_completed", duration=0.01),
-        _ev("attempt_failed", duration=0.5),
+        _ev("attempt_completed", duration=0.01, latency=0.02),
+        _ev("attempt_failed"),
         _ev("retry_scheduled"),
         _ev("worker_killed", reason="deadline"),
         _ev("worker_exited", reason="crash"),
@@ -54,7 +54,7 @@ def test_progress_counts_attempts_retries_and_workers_lost_by_reason() -> None:
     assert rows["calls"] == "4 (1 failed)"
     assert rows["attempts"] == "2" and rows["retries"] == "1"
     assert rows["workers ended"] == "deadline 1, crash 2, memory_recycle 1"
-    assert rows["latency p99"].endswith("ms")
+    assert rows["latency p50"] in ("19.9 ms", "20.0 ms", "20.1 ms")  # submit to result
     assert rows["throughput"].endswith("calls/s")
 
 
