@@ -227,9 +227,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     writer = Writer(sink)
     status = EXIT_OK
     try:
-        # events only feed the display and the summary: none at all when quiet
-        on_event = None if args.quiet else progress.on_event
-        with Pool([defn.module], workers=args.workers, on_event=on_event) as pool:
+        with Pool([defn.module], workers=args.workers) as pool:
             display.start()
             try:
                 status = _stream(pool, defn, args, source, writer, progress)
@@ -265,6 +263,8 @@ def _stream(
             session=None if session is None else session.session,
             ordered=not args.unordered,
             chunksize=args.chunksize,
+            # events feed only the display and the summary: none at all when quiet
+            progress=None if args.quiet else progress,
         )
         pairs: Iterator[tuple[int, Any]] = results if args.unordered else enumerate(results)
         record, item = writer.record, progress.item

@@ -7,6 +7,7 @@ import collections
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,24 @@ class PoolEvent:
     reason: str | None = None
     # attempt_completed: seconds from the call's submission to this result (as pool.stats())
     latency: float | None = None
+
+
+_DEFAULTS = {
+    name: f.default for name, f in PoolEvent.__dataclass_fields__.items() if name != "kind"
+}
+
+
+def make_event(kind: str, time: float, fields: dict[str, Any]) -> PoolEvent:
+    """``PoolEvent(kind=kind, time=time, **fields)`` at a quarter of the cost: a frozen
+    dataclass sets each field through ``object.__setattr__``; this fills its ``__dict__``
+    at once (the supervisor makes one or two per call when events are on)."""
+    event = object.__new__(PoolEvent)
+    d = event.__dict__
+    d.update(_DEFAULTS)
+    d["kind"] = kind
+    d["time"] = time
+    d.update(fields)
+    return event
 
 
 @dataclass(frozen=True)

@@ -549,7 +549,7 @@ class Pool(PoolCalls):
         self._on_output = on_output
         # more receivers of events, beside on_event: pool.events() streams, progress displays
         # (the loop thread's; each is called on the loop thread)
-        self._listeners: list[Callable[[PoolEvent], None]] = []
+        self._listeners: list[tuple[Callable[[PoolEvent], None], frozenset[str] | None]] = []
         self._streams: list[EventStream] = []  # to end when the pool closes
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -994,20 +994,37 @@ class Pool(PoolCalls):
         ordered: bool = True,
         buffersize: int | None = None,
         chunksize: int = 1,
+        progress: Any = None,
     ) -> Iterator[Any]:
         """The lazy map of ``fn(*args, **kwargs)`` over ``(args, kwargs)`` pairs, every
         outcome returned (an error in its item's place): the engine of ``activitypool run``.
 
         Ordered, it yields outcomes in input order; else ``(index, outcome)`` as calls finish.
         ``session`` is a ``sticky_session()``'s ``session`` (sticky activities need one).
+        ``progress``: a ``pool._progress.Progress`` that receives the events it counts while
+        the map runs (the caller counts the outcomes).
         """
         self._refuse_on_loop("map")
         run = self._map_run(
             fn, session, buffersize, chunksize, ordered=ordered, threaded=True, spread=True
         )
         results = _map.results(run, iter(calls), True)
+        if progress is None:
+            next(results)
+            return results
+        from pool import _progress
+
+        self._listen_soon(progress.on_event, _progress.KINDS)
         next(results)
-        return results
+        return self._unlisten_after(results, progress.on_event)
+
+    def _unlisten_after(
+        self, results: Iterator[Any], listener: Callable[[PoolEvent], None]
+    ) -> Iterator[Any]:
+        try:
+            yield from results
+        finally:
+            self._to_loop_if_open(partial(self._unlisten, listener))
 
     # -- events --------------------------------------------------------------------------
     def events(self, *, maxsize: int = 10_000) -> EventStream:
@@ -1030,33 +1047,50 @@ class Pool(PoolCalls):
         return stream
 
     def _emit(self, event: PoolEvent) -> None:
-        """On the loop thread: hand an event to on_event and every listener."""
+        """On the loop thread: hand an event to on_event and every listener of its kind."""
         if self._on_event is not None:
             self._on_event(event)
-        for listener in self._listeners:
-            listener(event)
+        for listener, kinds in self._listeners:
+            if kinds is None or event.kind in kinds:
+                listener(event)
 
-    def _listen(self, listener: Callable[[PoolEvent], None]) -> None:
-        """On the loop thread: ``listener`` gets every event from now on."""
-        self._listeners = [*self._listeners, listener]  # a copy: _emit may be iterating
-        if self._sup is not None:
-            self._sup.set_on_event(self._emit)
+    def _listen(
+        self, listener: Callable[[PoolEvent], None], kinds: frozenset[str] | None = None
+    ) -> None:
+        """On the loop thread: ``listener`` gets every event (of ``kinds``) from now on."""
+        self._listeners = [*self._listeners, (listener, kinds)]  # a copy: _emit may iterate
+        self._update_sink()
 
-    def _listen_soon(self, listener: Callable[[PoolEvent], None]) -> None:
+    def _listen_soon(
+        self, listener: Callable[[PoolEvent], None], kinds: frozenset[str] | None = None
+    ) -> None:
         """``_listen`` before any call made after this returns: at once on the loop (where a
         call goes straight to the supervisor), else in order through the inbox."""
         loop = self._loop
         if loop is not None and _on_loop(loop):
             if self._closed:
                 raise PoolClosedError("the pool is closed")
-            self._listen(listener)
+            self._listen(listener, kinds)
         else:
-            self._to_loop(partial(self._listen, listener))
+            self._to_loop(partial(self._listen, listener, kinds))
 
     def _unlisten(self, listener: Callable[[PoolEvent], None]) -> None:
-        self._listeners = [fn for fn in self._listeners if fn is not listener]
-        if not self._listeners and self._on_event is None and self._sup is not None:
-            self._sup.set_on_event(None)  # no receiver: the scheduler makes no events
+        # == not is: each access to a bound method (progress.on_event) is a new object
+        self._listeners = [(fn, k) for fn, k in self._listeners if fn != listener]
+        self._update_sink()
+
+    def _update_sink(self) -> None:
+        """Tell the supervisor which events anybody receives: none makes none (the scheduler
+        then builds no events at all); a few kinds make only those."""
+        sup = self._sup
+        if sup is None:
+            return
+        if self._on_event is not None or any(k is None for _, k in self._listeners):
+            sup.set_on_event(self._emit)
+        elif self._listeners:
+            sup.set_on_event(self._emit, frozenset().union(*(k for _, k in self._listeners if k)))
+        else:
+            sup.set_on_event(None)
 
     def _to_loop_if_open(self, action: Callable[[], object]) -> None:
         try:
@@ -1075,7 +1109,7 @@ class Pool(PoolCalls):
 
         progress = _progress.Progress(total)
         display = _progress.Display(progress)
-        self._listen_soon(progress.on_event)
+        self._listen_soon(progress.on_event, _progress.KINDS)
         display.start()
         try:
             for outcome in results:
@@ -1097,7 +1131,7 @@ class Pool(PoolCalls):
 
         progress = _progress.Progress(total)
         display = _progress.Display(progress)
-        self._listen_soon(progress.on_event)
+        self._listen_soon(progress.on_event, _progress.KINDS)
         display.start()
         try:
             async for outcome in results:

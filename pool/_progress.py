@@ -33,6 +33,17 @@ REASONS = (
     "tasks_recycle",
     "shutdown",
 )
+# The events a Progress counts: a pool builds only these for it.
+KINDS = frozenset(
+    {
+        "attempt_completed",
+        "attempt_failed",
+        "retry_scheduled",
+        "worker_killed",
+        "worker_exited",
+        "worker_recycled",
+    }
+)
 # Reasons that mean a worker was lost while working (recycling is planned, not lost).
 _PLANNED = frozenset({"memory_recycle", "tasks_recycle", "shutdown"})
 

@@ -170,3 +170,17 @@ def test_the_demo_runs_every_part() -> None:
     assert "results [0, 1, 4, 9]" in err and "results [1, 2, 3, 4]" in err
     assert "demo summary" in err and "deadline 4, crash 4" in err
     assert time.monotonic() - started < 30
+
+
+def test_a_progress_attached_to_spread_map_counts_only_what_it_needs() -> None:
+    from pool._progress import Progress
+
+    progress = Progress()
+    with Pool([acts], workers=1) as pool:
+        out = list(pool.spread_map(acts.crashes, [((1,), {})], progress=progress))
+        assert isinstance(out[0], Exception)
+        # after the map the listener is gone: later calls are not counted
+        pool.run(acts.add, 1)
+    assert progress.kills["crash"] == 2  # two attempts, each killed its worker
+    assert (progress.attempts, progress.retries) == (2, 1)
+    assert progress.latency.n == 0  # nothing completed

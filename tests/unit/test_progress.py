@@ -83,3 +83,12 @@ def test_quiet_display_prints_nothing() -> None:
     display.stop()
     display.summary()
     assert out.getvalue() == ""
+
+
+def test_make_event_is_the_same_event_as_the_constructor_makes() -> None:
+    from pool._events import make_event
+
+    fields = {"worker_id": 2, "reason": "crash", "latency": 0.5}
+    made = make_event("worker_exited", 1.0, dict(fields))
+    assert made == PoolEvent(kind="worker_exited", time=1.0, **fields)  # type: ignore[arg-type]
+    assert made.pid is None and made.tasks is None
