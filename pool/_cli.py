@@ -66,7 +66,16 @@ def load_activity(spec: str) -> Any:
 def with_overrides(defn: Any, **overrides: Any) -> Any:
     """``defn`` with some of its options replaced (the names of ``@activity``'s keywords; None
     keeps the activity's own). The one place the command line changes an activity's options:
-    swap in ``sdk.with_options`` here once the SDK has it."""
+    through ``sdk.with_options`` when the SDK has it, else a copy made here."""
+    changed = {k: v for k, v in overrides.items() if v is not None}
+    if not changed:
+        return defn
+    try:
+        from sdk import with_options  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        pass
+    else:
+        return with_options(defn, **changed)
     from sdk._definition import ActivityDefinition
 
     field_of = {
@@ -319,8 +328,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         address=args.address,
         namespace=args.namespace,
         task_queue=args.task_queue,
-        workers=args.workers,
-        modules=args.modules,
+        workers=args.workers or os.cpu_count() or 1,
+        modules=list(args.modules),
     )
     if hasattr(result, "__await__"):
         import asyncio

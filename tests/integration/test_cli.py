@@ -227,3 +227,27 @@ def test_python_dash_m_and_the_console_script_are_the_same_command() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert records(proc.stdout) == [{"index": 0, "result": 2}]
+
+
+def test_worker_hands_its_options_to_the_temporal_host(monkeypatch, capsys) -> None:
+    import types
+
+    from pool import _cli
+
+    seen: dict = {}
+
+    async def serve_host(**kwargs: object) -> None:
+        seen.update(kwargs)
+
+    fake = types.ModuleType("pool.temporal")
+    fake.serve_host = serve_host  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pool.temporal", fake)
+    argv = ["worker", MOD, "other.mod", "--task-queue", "q", "--address", "h:1", "-w", "3"]
+    assert _cli.main(argv) == 0
+    assert seen == {
+        "address": "h:1",
+        "namespace": "default",
+        "task_queue": "q",
+        "workers": 3,
+        "modules": [MOD, "other.mod"],
+    }
