@@ -18,6 +18,7 @@ import os
 import stat
 import sys
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import IO, Any
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -175,8 +176,13 @@ class Writer:
         import pydantic_core
 
         self.out = out
-        self._to_json = pydantic_core.to_json
         self.failed = 0
+        to_json = pydantic_core.to_json
+        try:  # NaN and infinities as null: the records stay valid JSON (pydantic >= 2.7)
+            to_json(0.0, inf_nan_mode="null")
+            self._to_json: Callable[..., bytes] = partial(to_json, inf_nan_mode="null")
+        except TypeError:
+            self._to_json = to_json
 
     def record(self, index: int, outcome: Any) -> bool:
         """Write one call's record; False if it failed."""
@@ -232,7 +238,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     source = _open_input(args.input)
     sink = _open_output(args.output)
     progress = _progress.Progress(total)
-    display = _progress.Display(progress, quiet=args.quiet, label=defn.name)
+    # records written to the terminal would tear a live bar: plain lines then
+    to_terminal = sink is sys.stdout.buffer and _progress.isatty(sys.stdout)
+    display = _progress.Display(progress, quiet=args.quiet, label=defn.name, live=not to_terminal)
     writer = Writer(sink)
     status = EXIT_OK
     try:

@@ -200,13 +200,15 @@ class Display:
         quiet: bool = False,
         interval: float = 5.0,
         label: str = "",
+        live: bool = True,
     ) -> None:
         self.progress = progress
         self.stream = stream if stream is not None else sys.stderr
         self.quiet = quiet
         self.interval = interval  # between plain lines
         self.label = label
-        self.tty = _isatty(self.stream)
+        self.tty = isatty(self.stream)
+        self.live = live and self.tty  # the bar; else plain lines
         self._live: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -214,7 +216,7 @@ class Display:
     def start(self) -> None:
         if self.quiet:
             return
-        if self.tty:
+        if self.live:
             from rich.console import Console
             from rich.live import Live
 
@@ -310,7 +312,7 @@ class _Renderable:
         return grid
 
 
-def _isatty(stream: Any) -> bool:
+def isatty(stream: Any) -> bool:
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):

@@ -39,6 +39,7 @@ def shapes(n: int) -> dict:
         "i64": np.int64(n),
         "arr": np.arange(n),
         "f32": np.float32(0.5),
+        "nan": float("nan"),
     }
 
 

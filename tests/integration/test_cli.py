@@ -111,6 +111,7 @@ def test_results_serialise_models_dataclasses_datetimes_and_numpy() -> None:
                 "i64": 3,
                 "arr": [0, 1, 2],
                 "f32": 0.5,
+                "nan": None,  # valid JSON: no NaN
             },
         }
     ]

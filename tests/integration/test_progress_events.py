@@ -153,6 +153,18 @@ def test_the_bar_on_a_terminal(tmp_path: Path) -> None:
     assert len(out.read_text().splitlines()) == 60
 
 
+def test_records_on_the_terminal_get_plain_lines_not_a_bar(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(f"{i}\n" for i in range(5)))
+    code, screen = _run_in_pty(
+        [sys.executable, "-m", "pool", "run", f"{MOD}:add", "-i", str(src), "-w", "1"]
+    )
+    assert code == 0, screen
+    assert '{"index":4,"result":4}' in screen
+    assert "done 5/5 | failed 0" in screen  # the plain line
+    assert "━" not in screen.split("calls")[0]  # no bar drawn between the records
+
+
 def test_the_demo_runs_every_part() -> None:
     started = time.monotonic()
     proc = subprocess.run(
