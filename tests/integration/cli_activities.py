@@ -11,7 +11,10 @@ from sdk import ApplicationError, activity
 
 
 @activity(
-    start_to_close_timeout=10, retry_policy_max_attempts=2, retry_policy_initial_interval=0.01
+    name="cli_test.add",
+    start_to_close_timeout=10,
+    retry_policy_max_attempts=2,
+    retry_policy_initial_interval=0.01,
 )
 def add(x: int, y: int = 0) -> int:
     if x < 0:
@@ -19,7 +22,7 @@ def add(x: int, y: int = 0) -> int:
     return x + y
 
 
-@activity(start_to_close_timeout=10)
+@activity(name="cli_test.noop", start_to_close_timeout=10)
 def noop(x: object) -> None:
     return None
 
@@ -30,7 +33,7 @@ class Point:
     when: datetime.datetime
 
 
-@activity
+@activity(name="cli_test.shapes")
 def shapes(n: int) -> dict:
     import numpy as np
 
@@ -44,7 +47,10 @@ def shapes(n: int) -> dict:
 
 
 @activity(
-    start_to_close_timeout=10, retry_policy_max_attempts=3, retry_policy_initial_interval=0.01
+    name="cli_test.hangs_first",
+    start_to_close_timeout=10,
+    retry_policy_max_attempts=3,
+    retry_policy_initial_interval=0.01,
 )
 def hangs_first(x: int) -> int:
     if activity.info().attempt == 1:
@@ -52,23 +58,25 @@ def hangs_first(x: int) -> int:
     return x
 
 
-@activity(retry_policy_max_attempts=2, retry_policy_initial_interval=0.01)
+@activity(name="cli_test.crashes", retry_policy_max_attempts=2, retry_policy_initial_interval=0.01)
 def crashes(x: int) -> int:
     os._exit(3)
 
 
-@activity(retry_policy_max_attempts=5, retry_policy_initial_interval=0.01)
+@activity(
+    name="cli_test.typed_failure", retry_policy_max_attempts=5, retry_policy_initial_interval=0.01
+)
 def typed_failure(x: int) -> int:
     raise ApplicationError("no luck", type="LuckError", non_retryable=True)
 
 
-@activity(start_to_close_timeout=10)
+@activity(name="cli_test.slow", start_to_close_timeout=10)
 def slow(x: int) -> int:
     time.sleep(0.05)
     return x
 
 
-@activity(start_to_close_timeout=10)
+@activity(name="cli_test.where", start_to_close_timeout=10)
 def where(x: int, y: int = 0) -> int:
     return os.getpid()
 
