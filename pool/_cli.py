@@ -114,23 +114,18 @@ def read_calls(lines: IO[bytes]) -> Iterator[tuple[tuple[Any, ...], dict[str, An
 
 
 def count_lines(path: str) -> int | None:
-    """The number of non-blank lines of a regular file, for the progress total (None: unknown,
-    a pipe or stdin)."""
+    """The number of lines of a regular file, for the progress total (None: unknown, a pipe or
+    stdin). Blank lines count too: a file of them ends a little short of its total."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return None
         n = 0
+        last = b"\n"
         with open(path, "rb") as f:
-            tail = b"\n"
             while block := f.read(1 << 20):
-                n += block.count(b"\n") - block.count(b"\n\n")
-                # a blank line spanning two blocks, or a last line without its newline
-                if tail == b"\n" and block[:1] == b"\n":
-                    n -= 1
-                tail = block[-1:]
-            if tail != b"\n":
-                n += 1
-        return max(n, 0)
+                n += block.count(b"\n")
+                last = block[-1:]
+        return n if last == b"\n" else n + 1
     except OSError:
         return None
 
