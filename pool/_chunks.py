@@ -108,36 +108,46 @@ async def run_chunk_async(module: str, qualname: str, items: list[Any]):  # (see
     return [await fn(item, **kwargs) for item in items]
 
 
+def _injected_for(target: ActivityDefinition, args: tuple, kwargs: dict[str, Any]) -> Any:
+    """``_injected`` for one call given as ``(args, kwargs)``."""
+    ctx = _context.require_activity()
+    provided = _provided(target, args, kwargs)
+    worker = _worker_of(ctx)
+    if worker is None or not ctx.resources.missing(target, provided):
+        return ctx.resources.resolve(target, provided)
+    worker.hold_heartbeat()
+    resources = ctx.resources.resolve(target, provided)
+    worker.resume_heartbeat()
+    return resources
+
+
 def run_chunk_spread(module: str, qualname: str, items: list[Any]):  # (see above)
     """``run_chunk`` over ``(args, kwargs)`` pairs: each item is ``fn(*args, **kwargs)``."""
     target = _target(module, qualname, False)
     fn: Callable[..., Any] = target.fn
-    check = target._result_check
-    validate = target.validate_result
-    deps = target.depends_params()
-    out = []
-    for args, kwargs in items:
-        if deps:
-            resources = _context.require_activity().resources
-            kwargs = {**kwargs, **resources.resolve(target, _provided(target, args, kwargs))}
-        value = fn(*args, **kwargs)
-        out.append(value if check is None else validate(value))
-    return out
+    if target.depends_params():
+        return [fn(*a, **kw, **_injected_for(target, a, kw)) for a, kw in items]
+    return [fn(*a, **kw) for a, kw in items]
 
 
 async def run_chunk_spread_async(module: str, qualname: str, items: list[Any]):  # (see above)
     """``run_chunk_async`` over ``(args, kwargs)`` pairs."""
     target = _target(module, qualname, True)
     fn: Callable[..., Any] = target.fn
-    validate = target.validate_result
-    deps = target.depends_params()
+    if not target.depends_params():
+        return [await fn(*a, **kw) for a, kw in items]
+    ctx = _context.require_activity()
+    worker = _worker_of(ctx)
     out = []
     for args, kwargs in items:
-        if deps:
-            resources = _context.require_activity().resources
-            provided = _provided(target, args, kwargs)
-            kwargs = {**kwargs, **(await resources.aresolve(target, provided))}
-        out.append(validate(await fn(*args, **kwargs)))
+        provided = _provided(target, args, kwargs)
+        held = worker is not None and ctx.resources.missing(target, provided)
+        if held:
+            worker.hold_heartbeat()
+        resources = await ctx.resources.aresolve(target, provided)
+        if held:
+            worker.resume_heartbeat()
+        out.append(await fn(*args, **kwargs, **resources))
     return out
 
 

@@ -7,7 +7,7 @@ import datetime
 import os
 import time
 
-from sdk import ApplicationError, activity
+from sdk import ApplicationError, Depends, activity
 
 
 @activity(
@@ -83,3 +83,22 @@ def where(x: int, y: int = 0) -> int:
 
 def not_an_activity(x: int) -> int:
     return x
+
+
+def _offset() -> int:
+    return 100
+
+
+@activity(name="cli_test.with_dep", start_to_close_timeout=10)
+def with_dep(x: int, y: int = 0, offset: int = Depends(_offset)) -> int:
+    return x + y + offset
+
+
+@activity(name="cli_test.with_dep_async", start_to_close_timeout=10)
+async def with_dep_async(x: int, offset: int = Depends(_offset)) -> int:
+    return x + offset
+
+
+@activity(name="cli_test.lies", start_to_close_timeout=10)
+def lies(x: int) -> int:
+    return "not an int" if x == 2 else x  # type: ignore[return-value]

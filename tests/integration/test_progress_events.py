@@ -196,3 +196,17 @@ def test_a_progress_attached_to_spread_map_counts_only_what_it_needs() -> None:
     assert progress.kills["crash"] == 2  # two attempts, each killed its worker
     assert (progress.attempts, progress.retries) == (2, 1)
     assert progress.latency.n == 0  # nothing completed
+
+
+def test_spread_chunks_inject_depends_and_check_each_result() -> None:
+    calls = [((i,), {}) for i in range(5)] + [((), {"x": 1, "y": 2})]
+    with Pool([acts], workers=1) as pool:
+        sync = list(pool.spread_map(acts.with_dep, calls, chunksize=4))
+        asyn = list(
+            pool.spread_map(acts.with_dep_async, [((i,), {}) for i in range(3)], chunksize=2)
+        )
+        lies = list(pool.spread_map(acts.lies, [((i,), {}) for i in range(4)], chunksize=4))
+    assert sync == [100, 101, 102, 103, 104, 103]
+    assert asyn == [100, 101, 102]
+    assert all(isinstance(v, Exception) for v in lies)  # one bad result fails its chunk
+    assert "returned an invalid result" in str(lies[0].__cause__)  # checked by the supervisor
