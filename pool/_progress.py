@@ -226,8 +226,10 @@ class Display:
                 console=console,
                 refresh_per_second=8,
                 transient=False,
-                redirect_stdout=False,
-                redirect_stderr=False,
+                # what else is written to this terminal meanwhile (the workers' output goes to
+                # sys.stderr, looked up at each write) is printed above the bar, not through it
+                redirect_stdout=self.stream is sys.stderr and isatty(sys.stdout),
+                redirect_stderr=self.stream is sys.stderr,
             )
             self._live.start()
         else:

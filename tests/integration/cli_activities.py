@@ -102,3 +102,10 @@ async def with_dep_async(x: int, offset: int = Depends(_offset)) -> int:
 @activity(name="cli_test.lies", start_to_close_timeout=10)
 def lies(x: int) -> int:
     return "not an int" if x == 2 else x  # type: ignore[return-value]
+
+
+@activity(name="cli_test.chatty", start_to_close_timeout=10)
+def chatty(x: int) -> int:
+    time.sleep(0.01)
+    print(f"chatty says {x}")
+    return x

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -105,6 +106,11 @@ async def test_amap_with_progress(capsys) -> None:
     assert capsys.readouterr().err.startswith("done 5/5 | failed 0")
 
 
+def _plain(text: str) -> str:
+    """``text`` without terminal control sequences and carriage returns."""
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", text)
+
+
 def _run_in_pty(argv: list[str], timeout: float = 40) -> tuple[int, str]:
     """Run ``argv`` with its stdin, stdout and stderr on a pseudo-terminal; its exit status
     and everything it wrote there."""
@@ -151,6 +157,22 @@ def test_the_bar_on_a_terminal(tmp_path: Path) -> None:
     assert "ETA" in screen  # while it ran
     assert "latency p95" in screen and "throughput" in screen  # the summary table
     assert len(out.read_text().splitlines()) == 60
+
+
+def test_what_workers_print_goes_above_the_bar(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(f"{i}\n" for i in range(30)))
+    code, screen = _run_in_pty(
+        [sys.executable, "-m", "pool", "run", f"{MOD}:chatty", "-i", str(src), "-o", os.devnull,
+         "-w", "2"]
+    )  # fmt: skip
+    assert code == 0, screen
+    said = [line for line in screen.splitlines() if "chatty says" in line]
+    assert len(said) == 30
+    # each printed line is whole: the bar is redrawn below it, never inside it
+    assert all(
+        re.match(r"\[worker \d+ cli_test\.chatty\] chatty says \d+$", _plain(line)) for line in said
+    )
 
 
 def test_records_on_the_terminal_get_plain_lines_not_a_bar(tmp_path: Path) -> None:
