@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Any
 
+    from ._attempt import Host
     from ._depends import ResourceCache
     from ._dispatcher import Dispatcher
 
@@ -126,6 +127,10 @@ class ActivityContext:
     session_state: dict[str, Any]
     resources: ResourceCache
     extra: dict[str, Any]
+
+    # The runtime running the attempt (sdk._attempt.Host), for the sdk's own runners: a map's
+    # chunk holds the heartbeat clock through it. Not a field: activities never use it.
+    host: Host | None = None
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ import importlib
 import threading
 from types import FunctionType
 
-from . import _context
+from . import _attempt, _context
 from ._depends import Dependency, default_resource_cache
 from ._errors import (
     ActivityDefinitionError,
@@ -354,6 +354,15 @@ class ActivityDefinition:
             for p in self._signature.parameters.values()
             if isinstance(p.default, Dependency)
         }
+
+    @functools.cached_property
+    def positional_names(self) -> tuple[str, ...]:
+        """The names of the parameters that may be given positionally, in order."""
+        fn = self.fn
+        if _plain_function(fn):  # its code says, without a Signature
+            code = fn.__code__
+            return code.co_varnames[: code.co_argcount]
+        return self._binder.positional
 
     def depends_params(self) -> dict[str, Dependency]:
         """Parameters whose default is ``Depends(...)``, by name (the runtime fills them)."""
@@ -721,13 +730,6 @@ def _is_coroutine_function(fn: FunctionType) -> bool:
     return bool(fn.__code__.co_flags & _CO_COROUTINE)
 
 
-def _provided(defn: ActivityDefinition, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Names the caller supplied, so injection never overrides them."""
-    if not args:
-        return kwargs
-    return {*defn._binder.positional[: len(args)], *kwargs}
-
-
 def _wrap(defn: ActivityDefinition) -> Callable[..., Any]:
     fn = defn.fn
     if defn.is_async:
@@ -745,8 +747,7 @@ def _wrap(defn: ActivityDefinition) -> Callable[..., Any]:
             else:
                 cache = ctx.resources
             if defn.depends_params():
-                injected = await cache.aresolve(defn, _provided(defn, args, kwargs))
-                kwargs = {**injected, **kwargs}
+                kwargs = await _attempt.ainject(defn, cache, args, kwargs)
             return await fn(*args, **kwargs)
 
         wrapper: Callable[..., Any] = async_wrapper
@@ -757,8 +758,7 @@ def _wrap(defn: ActivityDefinition) -> Callable[..., Any]:
             if defn.depends_params():
                 ctx = _context._current_activity.get()
                 cache = default_resource_cache() if ctx is None else ctx.resources
-                injected = cache.resolve(defn, _provided(defn, args, kwargs))
-                kwargs = {**injected, **kwargs}
+                kwargs = _attempt.inject(defn, cache, args, kwargs)
             return fn(*args, **kwargs)
 
         wrapper = sync_wrapper
