@@ -364,8 +364,9 @@ class Worker(Host):
                 if kind is Kind.RUN:
                     while self.cancel_signalled:
                         self._absorb_cancels()
-                    if self.withdraw_seqs and self._withdrawn_at_start(frame.seq):
-                        pass
+                    withdrawn = self.withdraw_seqs and self._withdrawn_at_start(frame.seq)
+                    if withdrawn:  # confirmed WITHDRAWN: the supervisor runs it elsewhere
+                        self.cancelled_seqs.discard(frame.seq)
                     elif frame.seq in self.cancelled_seqs:
                         self.cancelled_seqs.discard(frame.seq)
                         self.fail(frame.seq, _cancelled_error(), non_retryable=True)

@@ -1,8 +1,8 @@
 """Context variables: the running activity, the ambient dispatcher and the ambient session.
 
-The sdk owns these; the runtime injects them. A worker installs an :class:`ActivityContext`
-around each call (``activity_scope``); a pool installs itself as the ambient :class:`Dispatcher`
-while it is active, so that awaiting an ``async def`` activity dispatches to it.
+The sdk owns these; the runtime injects them. An :class:`ActivityContext` is installed around
+each attempt by ``sdk._attempt``; a pool installs itself as the ambient :class:`Dispatcher` while
+it is active, so that awaiting an ``async def`` activity dispatches to it.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from ._record import record
 # (re, enum, contextlib...). Nor dataclasses (which imports inspect): see sdk._record.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
-    from contextlib import AbstractContextManager
+    from collections.abc import Callable
     from types import TracebackType
     from typing import Any
 
@@ -30,7 +29,6 @@ __all__ = [
     "Dispatcher",
     "StickyWorkerSession",
     "activity_heartbeat",
-    "activity_scope",
     "current_activity",
     "current_dispatcher",
     "get_sticky_worker_session",
@@ -178,21 +176,6 @@ def set_activity(ctx: ActivityContext | None) -> Token[ActivityContext | None]:
 def reset_activity(token: Token[ActivityContext | None]) -> None:
     """Undo :func:`set_activity`."""
     _current_activity.reset(token)
-
-
-def activity_scope(ctx: ActivityContext) -> AbstractContextManager[ActivityContext]:
-    """Run the body with ``ctx`` as the running activity (``with activity_scope(ctx):``)."""
-    import contextlib  # lazily: a worker installs its context with set_activity()
-
-    return contextlib.contextmanager(_activity_scope)(ctx)
-
-
-def _activity_scope(ctx: ActivityContext) -> Iterator[ActivityContext]:
-    token = _current_activity.set(ctx)
-    try:
-        yield ctx
-    finally:
-        _current_activity.reset(token)
 
 
 _current_dispatcher: ContextVar[Dispatcher | None] = ContextVar(

@@ -55,7 +55,6 @@ __all__ = [
     "activities_in_module",
     "activity",
     "get_definition",
-    "lookup",
 ]
 
 # float('inf') rather than math.inf: math is an extension module, loaded from disk by every worker
@@ -533,11 +532,6 @@ def _register(defn: ActivityDefinition) -> None:
             if (other.module, other.qualname) == (defn.module, defn.qualname):
                 del _registry[name]
         _registry[defn.name] = defn
-
-
-def lookup(name: str) -> ActivityDefinition | None:
-    """The definition registered under ``name`` in this process, or None."""
-    return _registry.get(name)
 
 
 def get_definition(obj: Callable[..., Any] | str | ActivityDefinition) -> ActivityDefinition:
