@@ -18,11 +18,11 @@ if TYPE_CHECKING:
         get_sticky_worker_session,
         run_sticky_worker_session,
     )
+    from ._decorator import activity
     from ._definition import (
         ActivityDefinition,
         RateLimit,
         activities_in_module,
-        activity,
         get_definition,
     )
     from ._depends import Depends
@@ -82,7 +82,7 @@ _WHERE = {
     "ActivityDefinition": "sdk._definition",
     "RateLimit": "sdk._definition",
     "activities_in_module": "sdk._definition",
-    "activity": "sdk._definition",
+    "activity": "sdk._decorator",
     "get_definition": "sdk._definition",
     "Depends": "sdk._depends",
     "ActivityDefinitionError": "sdk._errors",

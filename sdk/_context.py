@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Any
 
-    from ._attempt import Host
     from ._depends import ResourceCache
     from ._dispatcher import Dispatcher
 
@@ -126,9 +125,10 @@ class ActivityContext:
     resources: ResourceCache
     extra: dict[str, Any]
 
-    # The runtime running the attempt (sdk._attempt.Host), for the sdk's own runners: a map's
-    # chunk holds the heartbeat clock through it. Not a field: activities never use it.
-    host: Host | None = None
+    # The runtime running the attempt (an sdk._attempt.Host), for the sdk's own runners: a map's
+    # chunk holds the heartbeat clock through it. Not a field: activities never use it. Typed
+    # Any so that this module, which sdk._attempt imports, does not import it back.
+    host: Any = None
 
     def __init__(
         self,
