@@ -23,7 +23,7 @@ from sdk._definition import ActivityDefinition
 from sdk._depends import default_resource_cache
 from sdk._errors import ApplicationError, safe_str
 
-TYPE_CHECKING = False  # not typing's: a worker does not import typing (see pool._worker)
+TYPE_CHECKING = False  # not typing's: a worker imports this module (see sdk._lazy)
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any

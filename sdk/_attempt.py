@@ -28,7 +28,7 @@ import threading
 
 from ._context import ActivityInfo, _current_activity
 
-TYPE_CHECKING = False  # see sdk._record: a worker imports this module
+TYPE_CHECKING = False  # not typing's: a worker imports this module (see sdk._lazy)
 if TYPE_CHECKING:
     import asyncio
     import contextvars

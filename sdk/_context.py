@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from contextvars import ContextVar, Token
 
+from ._lazy import lazy_exports
 from ._record import record
 
-# Not typing's TYPE_CHECKING: every worker imports this module, and typing costs ~7 ms to import
-# (re, enum, contextlib...). Nor dataclasses (which imports inspect): see sdk._record.
+# Not typing's TYPE_CHECKING, nor dataclasses: a worker imports this module (see sdk._lazy).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -321,16 +321,5 @@ def session_state() -> dict[str, Any]:
     return require_activity().session_state
 
 
-def __getattr__(name: str) -> Any:
-    # Dispatcher, a typing.Protocol, lives in its own module, loaded on first use: typing costs
-    # a worker ~7 ms to import, and no worker needs it (PEP 562).
-    if name == "Dispatcher":
-        from ._dispatcher import Dispatcher
-
-        globals()[name] = Dispatcher
-        return Dispatcher
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), "Dispatcher"})
+# Dispatcher, a typing.Protocol, loads on first use (see sdk._lazy): no worker needs it.
+__getattr__, __dir__ = lazy_exports(__name__, {"Dispatcher": "sdk._dispatcher"}, globals(), __all__)

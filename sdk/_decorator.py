@@ -33,7 +33,7 @@ from ._definition import (
 from ._depends import default_resource_cache
 from ._errors import ActivityDefinitionError
 
-TYPE_CHECKING = False  # not typing's: see sdk._definition
+TYPE_CHECKING = False  # not typing's: a worker imports this module (see sdk._lazy)
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from datetime import timedelta

@@ -18,7 +18,7 @@ import threading
 from ._record import record
 
 # Not typing's TYPE_CHECKING, nor dataclasses, nor inspect at import: every worker imports this
-# module (see sdk._record). inspect is imported where a factory is first made.
+# module (see sdk._lazy). inspect is imported where a factory is first made.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import asyncio
