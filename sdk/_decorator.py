@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 from types import FunctionType
 
-from . import _attempt, _context
+from . import _attempt, _context, _session
 from ._definition import (
     _CO_ASYNC_GENERATOR,
     _CO_COROUTINE,
@@ -220,7 +220,7 @@ def _wrap(defn: ActivityDefinition) -> Callable[..., Any]:
                 dispatcher = _context._current_dispatcher.get()
                 if dispatcher is not None:
                     return await dispatcher.dispatch(
-                        defn, args, kwargs, _context.get_sticky_worker_session()
+                        defn, args, kwargs, _session.get_sticky_worker_session()
                     )
                 cache = default_resource_cache()
             else:

@@ -25,13 +25,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._attempt import AttemptTimedOut, arun_attempt, attempt_info
-from ._context import (
-    ActivityContext,
-    StickyWorkerSession,
-    get_sticky_worker_session,
-    reset_dispatcher,
-    set_dispatcher,
-)
+from ._context import ActivityContext, reset_dispatcher, set_dispatcher
 from ._definition import ActivityDefinition, get_definition
 from ._depends import ResourceCache, close_private_loop
 from ._errors import (
@@ -40,6 +34,7 @@ from ._errors import (
     TimeoutType,
 )
 from ._retry import RetryPolicy, final_error
+from ._session import StickyWorkerSession, get_sticky_worker_session
 
 if TYPE_CHECKING:
     import asyncio
