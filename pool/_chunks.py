@@ -76,47 +76,23 @@ async def run_chunk_async(module: str, qualname: str, items: list[Any]):  # (see
     return await _attempt.acall_each(target, ctx.resources, items, ctx.host)
 
 
-def _injected_for(target: ActivityDefinition, args: tuple, kwargs: dict[str, Any]) -> Any:
-    """``_injected`` for one call given as ``(args, kwargs)``."""
-    ctx = _context.require_activity()
-    provided = _provided(target, args, kwargs)
-    worker = _worker_of(ctx)
-    if worker is None or not ctx.resources.missing(target, provided):
-        return ctx.resources.resolve(target, provided)
-    worker.hold_heartbeat()
-    resources = ctx.resources.resolve(target, provided)
-    worker.resume_heartbeat()
-    return resources
-
-
 def run_chunk_spread(module: str, qualname: str, items: list[Any]):  # (see above)
-    """``run_chunk`` over ``(args, kwargs)`` pairs: each item is ``fn(*args, **kwargs)``."""
-    target = _target(module, qualname, False)
+    """``run_chunk`` over ``(args, kwargs)`` pairs: each item is ``fn(*args, **kwargs)``, its
+    ``Depends`` resources injected for the parameters it does not supply."""
+    target, ctx = _target(module, qualname, False)
     fn: Callable[..., Any] = target.fn
-    if target.depends_params():
-        return [fn(*a, **kw, **_injected_for(target, a, kw)) for a, kw in items]
-    return [fn(*a, **kw) for a, kw in items]
+    cache, host = (default_resource_cache(), None) if ctx is None else (ctx.resources, ctx.host)
+    inject = _attempt.inject
+    return [fn(*a, **inject(target, cache, a, kw, host)) for a, kw in items]
 
 
 async def run_chunk_spread_async(module: str, qualname: str, items: list[Any]):  # (see above)
     """``run_chunk_async`` over ``(args, kwargs)`` pairs."""
-    target = _target(module, qualname, True)
+    target, ctx = _target(module, qualname, True)
     fn: Callable[..., Any] = target.fn
-    if not target.depends_params():
-        return [await fn(*a, **kw) for a, kw in items]
-    ctx = _context.require_activity()
-    worker = _worker_of(ctx)
-    out = []
-    for args, kwargs in items:
-        provided = _provided(target, args, kwargs)
-        held = worker is not None and ctx.resources.missing(target, provided)
-        if held:
-            worker.hold_heartbeat()
-        resources = await ctx.resources.aresolve(target, provided)
-        if held:
-            worker.resume_heartbeat()
-        out.append(await fn(*args, **kwargs, **resources))
-    return out
+    cache, host = (default_resource_cache(), None) if ctx is None else (ctx.resources, ctx.host)
+    ainject = _attempt.ainject
+    return [await fn(*a, **(await ainject(target, cache, a, kw, host))) for a, kw in items]
 
 
 def _definition(fn: Callable[..., Any], is_async: bool) -> ActivityDefinition:
