@@ -44,6 +44,12 @@ class CallTarget(Protocol):
         ordered: bool,
         threaded: bool,
     ) -> _map.MapRun: ...
+    def tracked(
+        self, results: Iterator[Any], total: int | None, *, pairs: bool
+    ) -> Iterator[Any]: ...
+    def atracked(
+        self, results: AsyncIterator[Any], total: int | None, *, pairs: bool
+    ) -> AsyncIterator[Any]: ...
 
 
 class PoolCalls:
@@ -114,6 +120,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: Literal[False] = ...,
+        progress: bool = ...,
     ) -> Iterator[R]: ...
     @overload
     def map(
@@ -124,6 +131,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: Literal[False] = ...,
+        progress: bool = ...,
     ) -> Iterator[R]: ...
     @overload
     def map(
@@ -134,6 +142,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool,
+        progress: bool = ...,
     ) -> Iterator[R | BaseException]: ...
     @overload
     def map(
@@ -144,6 +153,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool,
+        progress: bool = ...,
     ) -> Iterator[R | BaseException]: ...
     @overload
     def map(
@@ -154,6 +164,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool = ...,
+        progress: bool = ...,
     ) -> Iterator[Any]: ...
     def map(
         self,
@@ -163,6 +174,7 @@ class PoolCalls:
         buffersize: int | None = None,
         chunksize: int = 1,
         return_exceptions: bool = False,
+        progress: bool = False,
     ) -> Iterator[Any]:
         """Call ``fn(item)`` for every item; results in input order. A blocking iterator.
 
@@ -193,11 +205,17 @@ class PoolCalls:
         chunk's first item (with ``return_exceptions``, it is every item's outcome). An item
         that fails validation is left out of its chunk and fails alone. Not allowed with an
         activity that has a ``rate_limit``.
+
+        ``progress=True`` shows a progress bar on stderr while the results are consumed (plain
+        periodic lines when stderr is not a terminal): done/total, failed, retried, workers
+        lost by reason, rate and ETA (docs/cli.md).
         """
         pool, session = self._target()
         run = pool.map_run("map", fn, session, buffersize, chunksize, ordered=True, threaded=True)
         results = _map.results(run, iter(iterable), return_exceptions)
         next(results)  # the first window goes out now
+        if progress:
+            return pool.tracked(results, _length(iterable), pairs=False)
         return results
 
     @overload
@@ -209,6 +227,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: Literal[False] = ...,
+        progress: bool = ...,
     ) -> Iterator[tuple[int, R]]: ...
     @overload
     def map_unordered(
@@ -219,6 +238,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: Literal[False] = ...,
+        progress: bool = ...,
     ) -> Iterator[tuple[int, R]]: ...
     @overload
     def map_unordered(
@@ -229,6 +249,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool,
+        progress: bool = ...,
     ) -> Iterator[tuple[int, R | BaseException]]: ...
     @overload
     def map_unordered(
@@ -239,6 +260,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool,
+        progress: bool = ...,
     ) -> Iterator[tuple[int, R | BaseException]]: ...
     @overload
     def map_unordered(
@@ -249,6 +271,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool = ...,
+        progress: bool = ...,
     ) -> Iterator[tuple[int, Any]]: ...
     def map_unordered(
         self,
@@ -258,6 +281,7 @@ class PoolCalls:
         buffersize: int | None = None,
         chunksize: int = 1,
         return_exceptions: bool = False,
+        progress: bool = False,
     ) -> Iterator[tuple[int, Any]]:
         """:meth:`map` that yields ``(index, result)`` as the calls finish, not in input order.
 
@@ -270,6 +294,8 @@ class PoolCalls:
         )
         results = _map.results(run, iter(iterable), return_exceptions)
         next(results)
+        if progress:
+            return pool.tracked(results, _length(iterable), pairs=True)
         return results
 
     @overload
@@ -281,6 +307,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: Literal[False] = ...,
+        progress: bool = ...,
     ) -> AsyncIterator[R]: ...
     @overload
     def amap(
@@ -291,6 +318,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: Literal[False] = ...,
+        progress: bool = ...,
     ) -> AsyncIterator[R]: ...
     @overload
     def amap(
@@ -301,6 +329,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool,
+        progress: bool = ...,
     ) -> AsyncIterator[R | BaseException]: ...
     @overload
     def amap(
@@ -311,6 +340,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool,
+        progress: bool = ...,
     ) -> AsyncIterator[R | BaseException]: ...
     @overload
     def amap(
@@ -321,6 +351,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool = ...,
+        progress: bool = ...,
     ) -> AsyncIterator[Any]: ...
     def amap(
         self,
@@ -330,6 +361,7 @@ class PoolCalls:
         buffersize: int | None = None,
         chunksize: int = 1,
         return_exceptions: bool = False,
+        progress: bool = False,
     ) -> AsyncIterator[Any]:
         """:meth:`map` for async code: an async iterator of results in input order.
 
@@ -340,7 +372,10 @@ class PoolCalls:
         pool, session = self._target()
         run = pool.map_run("amap", fn, session, buffersize, chunksize, ordered=True, threaded=False)
         source, is_async = map_source(iterable)
-        return _map.aresults(run, source, is_async, return_exceptions)
+        results = _map.aresults(run, source, is_async, return_exceptions)
+        if progress:
+            return pool.atracked(results, _length(iterable), pairs=False)
+        return results
 
     @overload
     def amap_unordered(
@@ -351,6 +386,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: Literal[False] = ...,
+        progress: bool = ...,
     ) -> AsyncIterator[tuple[int, R]]: ...
     @overload
     def amap_unordered(
@@ -361,6 +397,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: Literal[False] = ...,
+        progress: bool = ...,
     ) -> AsyncIterator[tuple[int, R]]: ...
     @overload
     def amap_unordered(
@@ -371,6 +408,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool,
+        progress: bool = ...,
     ) -> AsyncIterator[tuple[int, R | BaseException]]: ...
     @overload
     def amap_unordered(
@@ -381,6 +419,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool,
+        progress: bool = ...,
     ) -> AsyncIterator[tuple[int, R | BaseException]]: ...
     @overload
     def amap_unordered(
@@ -391,6 +430,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool = ...,
+        progress: bool = ...,
     ) -> AsyncIterator[tuple[int, Any]]: ...
     def amap_unordered(
         self,
@@ -400,6 +440,7 @@ class PoolCalls:
         buffersize: int | None = None,
         chunksize: int = 1,
         return_exceptions: bool = False,
+        progress: bool = False,
     ) -> AsyncIterator[tuple[int, Any]]:
         """:meth:`map_unordered` for async code (the input may be an async iterable)."""
         pool, session = self._target()
@@ -407,4 +448,15 @@ class PoolCalls:
             "amap_unordered", fn, session, buffersize, chunksize, ordered=False, threaded=False
         )
         source, is_async = map_source(iterable)
-        return _map.aresults(run, source, is_async, return_exceptions)
+        results = _map.aresults(run, source, is_async, return_exceptions)
+        if progress:
+            return pool.atracked(results, _length(iterable), pairs=True)
+        return results
+
+
+def _length(iterable: Any) -> int | None:
+    """The number of items, when the input knows it without being read."""
+    try:
+        return len(iterable)
+    except TypeError:
+        return None

@@ -57,13 +57,15 @@ class CallMaker:
         defns: dict[int, ActivityDefinition],
         items: list[Any],
         waiter: Waiter,
+        spread: bool = False,
     ) -> Call:
         """One call running ``defn`` over ``items`` (validated) in one worker (see
-        ``pool._chunks``); ``defns`` caches the chunk definitions of one map by length."""
+        ``pool._chunks``); ``defns`` caches the chunk definitions of one map by length.
+        ``spread``: each item is an ``(args, kwargs)`` pair."""
         sid = self.session_id(defn, session)
         cdefn = defns.get(len(items))
         if cdefn is None:
-            cdefn = defns[len(items)] = chunk_definition(defn, len(items))
+            cdefn = defns[len(items)] = chunk_definition(defn, len(items), spread)
         try:
             payload = dumps(((defn.module, defn.qualname, items), {}))
         except Exception as exc:
@@ -132,14 +134,19 @@ def map_source(iterable: Iterable[Any] | AsyncIterable[Any]) -> tuple[Any, bool]
     return iter(iterable), False
 
 
-def chunk_definition(defn: ActivityDefinition, size: int) -> ActivityDefinition:
+def chunk_definition(
+    defn: ActivityDefinition, size: int, spread: bool = False
+) -> ActivityDefinition:
     """What the scheduler and the worker see of a chunk of ``size`` items of ``defn``.
 
     The worker runs the runner of ``pool._chunks``; everything else is ``defn``'s (its name,
     for events, log tags, ``info().name`` and injected faults; its heartbeat timeout, sticky
     flag and retry policy), with its per-call time limits multiplied by ``size``.
     """
-    runner = _chunks.run_chunk_async if defn.is_async else _chunks.run_chunk
+    if spread:
+        runner = _chunks.run_chunk_spread_async if defn.is_async else _chunks.run_chunk_spread
+    else:
+        runner = _chunks.run_chunk_async if defn.is_async else _chunks.run_chunk
     s2c, s2close = defn.start_to_close_timeout, defn.schedule_to_close_timeout
     fields = {name: getattr(defn, name) for name in ActivityDefinition.__match_args__}
     fields.update(

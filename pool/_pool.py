@@ -13,16 +13,17 @@ import asyncio
 import contextvars
 import os
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from functools import partial
 from typing import Any, Literal
 
 from pool import _map
 from pool._calling import ActivityRef, PoolCalls
 from pool._calls import CallMaker, check_chunksize, item_check
-from pool._events import PoolEvent, PoolStats
+from pool._events import EventStream, PoolEvent, PoolStats
 from pool._futures import PoolFuture
 from pool._lane import LANE_NUDGE
+from pool._listeners import Listeners
 from pool._loop import LoopThread, on_loop
 from pool._process import ForkServer
 from pool._scheduler import Call, CallState
@@ -85,6 +86,14 @@ class Pool(PoolCalls):
         self._ambient = ambient  # entering makes this pool the dispatcher of `await activity()`
         self._on_event = on_event
         self._on_output = on_output
+        # who receives events: on_event, pool.events() streams, progress displays
+        self._events = Listeners(
+            on_event,
+            on_loop=lambda: self._loop is not None and on_loop(self._loop),
+            closed=lambda: self._closed,
+            to_loop=self._to_loop,
+            set_sink=self._set_sink,
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: LoopThread | None = None  # the loop's thread under `with`
         self._sup: Supervisor | None = None
@@ -148,7 +157,12 @@ class Pool(PoolCalls):
             raise RuntimeError("this Pool was already started; make a new one")
         self._loop = loop
         self._sup = Supervisor(
-            loop, self._config, self._on_event, self._on_output, early, early_tried=with_thread
+            loop,
+            self._config,
+            self._events.emit if self._on_event is not None else None,
+            self._on_output,
+            early,
+            early_tried=with_thread,
         )
         self._future_owner = _FutureOwner(self._sup)
         try:
@@ -165,12 +179,15 @@ class Pool(PoolCalls):
         sup = self._sup
         if sup is None or self._loop is None:
             return
-        if asyncio.get_running_loop() is self._loop:
-            await sup.close(cancel=cancel)
-        else:
-            await asyncio.wrap_future(
-                asyncio.run_coroutine_threadsafe(sup.close(cancel), self._loop)
-            )
+        try:
+            if asyncio.get_running_loop() is self._loop:
+                await sup.close(cancel=cancel)
+            else:
+                await asyncio.wrap_future(
+                    asyncio.run_coroutine_threadsafe(sup.close(cancel), self._loop)
+                )
+        finally:
+            self._events.end_streams()
 
     def close(self, cancel: bool = False) -> None:
         """Blocking close of a ``with`` pool; idempotent. ``cancel`` fails what is outstanding."""
@@ -186,6 +203,7 @@ class Pool(PoolCalls):
                 asyncio.run_coroutine_threadsafe(sup.close(cancel), loop).result()
         finally:
             self._stop_thread()
+            self._events.end_streams()
 
     def _stop_thread(self) -> None:
         thread, self._thread = self._thread, None
@@ -275,23 +293,25 @@ class Pool(PoolCalls):
     def map_run(
         self,
         what: str,
-        fn: ActivityRef,
+        fn: ActivityRef | ActivityDefinition,
         session: Any,
         buffersize: Any,
         chunksize: Any,
         *,
         ordered: bool,
         threaded: bool,
+        spread: bool = False,
     ) -> _map.MapRun:
         """The state of one map of ``fn``, checked now: a mistake in the call itself (bad sizes,
         an unknown activity, a sticky one without a session, a closed pool) raises here, at
-        the call of ``map``, not at the first item."""
+        the call of ``map``, not at the first item. ``spread``: each item is an
+        ``(args, kwargs)`` pair, the call is ``fn(*args, **kwargs)`` (see ``spread_map``)."""
         if threaded:
             self._refuse_on_loop(what)
         size = check_chunksize(chunksize)
         window = _map.check_buffersize(buffersize)
         sup = self._check_open()
-        defn = get_definition(fn)
+        defn = fn if isinstance(fn, ActivityDefinition) else get_definition(fn)
         self._calls.session_id(defn, session)
         if size > 1 and defn.rate_limit is not None:
             raise ValueError(
@@ -304,9 +324,17 @@ class Pool(PoolCalls):
         def one(item: Any, waiter: Waiter) -> Call:
             return make(defn, (item,), {}, session, waiter)
 
-        def chunk(items: list[Any], waiter: Waiter, defns: dict[int, Any] = {}) -> Call:  # noqa: B006
+        def one_spread(item: Any, waiter: Waiter) -> Call:
+            return make(defn, item[0], item[1], session, waiter)
+
+        def check_spread(item: Any) -> Any:
+            return defn.validate_args(item[0], item[1])
+
+        defns: dict[int, ActivityDefinition] = {}  # the chunk definitions, by chunk length
+
+        def chunk(items: list[Any], waiter: Waiter) -> Call:
             check_open()
-            return chunk_call(defn, session, defns, items, waiter)
+            return chunk_call(defn, session, defns, items, waiter, spread)
 
         def session_closed() -> bool:
             return defn.sticky_to_worker and session.closed
@@ -315,8 +343,8 @@ class Pool(PoolCalls):
             window=window or _map.default_window(self._config.workers, size),
             chunksize=size,
             ordered=ordered,
-            one=one,
-            check=item_check(defn),
+            one=one_spread if spread else one,
+            check=check_spread if spread else item_check(defn),
             chunk=chunk,
             stopped=session_closed,
             submit=lambda calls: self._to_loop(partial(sup.submit_many, calls)),
@@ -404,6 +432,67 @@ class Pool(PoolCalls):
             raise PoolClosedError("the pool is not started")
         # in order with calls: a call submitted after this returns sees the rule
         self._to_loop(sup.clear_faults if rule is None else partial(sup.add_fault, rule))
+
+    def spread_map(
+        self,
+        fn: ActivityRef | ActivityDefinition,
+        calls: Iterable[tuple[tuple[Any, ...], dict[str, Any]]],
+        *,
+        session: Any = None,
+        ordered: bool = True,
+        buffersize: int | None = None,
+        chunksize: int = 1,
+        progress: Any = None,
+    ) -> Iterator[Any]:
+        """The lazy map of ``fn(*args, **kwargs)`` over ``(args, kwargs)`` pairs, every
+        outcome returned (an error in its item's place): the engine of ``activitypool run``.
+
+        Ordered, it yields outcomes in input order; else ``(index, outcome)`` as calls finish.
+        ``session`` is a ``sticky_session()``'s ``session`` (sticky activities need one).
+        ``progress``: a ``pool._progress.Progress`` that receives the events it counts while
+        the map runs (the caller counts the outcomes).
+        """
+        run = self.map_run(
+            "map", fn, session, buffersize, chunksize, ordered=ordered, threaded=True, spread=True
+        )
+        results = _map.results(run, iter(calls), True)
+        if progress is None:
+            next(results)
+            return results
+        from pool import _progress
+
+        self._events.listen_soon(progress.on_event, _progress.KINDS)
+        next(results)
+        return self._events.unlisten_after(results, progress.on_event)
+
+    # -- events ----------------------------------------------------------------------------
+    def events(self, *, maxsize: int = 10_000) -> EventStream:
+        """An async iterator of every ``PoolEvent`` from now on, ending when the pool closes.
+
+        ``async for event in pool.events(): ...``; leave early with ``await stream.aclose()``
+        (or ``contextlib.aclosing``). Events wait in a queue of ``maxsize``; when a slow reader
+        lets it fill, later events are dropped and counted in ``stream.dropped``.
+        """
+        if maxsize < 1:
+            raise ValueError("maxsize must be >= 1")
+        self._check_open()
+        return self._events.stream(maxsize)
+
+    def tracked(self, results: Iterator[Any], total: int | None, *, pairs: bool) -> Iterator[Any]:
+        """A map's ``results`` shown in a progress display while consumed (``progress=True``)."""
+        return self._events.tracked(results, total, pairs=pairs)
+
+    def atracked(
+        self, results: AsyncIterator[Any], total: int | None, *, pairs: bool
+    ) -> AsyncIterator[Any]:
+        return self._events.atracked(results, total, pairs=pairs)
+
+    def _set_sink(
+        self, emit: Callable[[PoolEvent], None] | None, kinds: frozenset[str] | None
+    ) -> None:
+        sup = self._sup
+        if sup is not None:
+            sup.set_on_event(emit, kinds)
 
     # -- sessions --------------------------------------------------------------------------
     def sticky_session(self) -> PoolSession:

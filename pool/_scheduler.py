@@ -36,15 +36,13 @@ from pool._deadlines import Deadline, Deadlines
 from pool._ratelimit import Bucket, RateLimits
 from sdk._definition import ActivityDefinition
 from sdk._errors import (
-    ActivityError,
     ActivityTimeoutError,
     PoolClosedError,
     StickySessionLostError,
     TimeoutType,
     WorkerCrashedError,
-    safe_str,
 )
-from sdk._retry import RetryPolicy
+from sdk._retry import RetryPolicy, final_error
 
 
 class CallState(enum.Enum):
@@ -103,6 +101,7 @@ class WorkerSlot:
     sessions: set[str] = field(default_factory=set)
     tasks_done: int = 0
     recycle: bool = False
+    recycle_reason: str = "tasks_recycle"  # why it is to be recycled (see PoolEvent.reason)
     gen: int = 0
     withdraw_armed: int = 0  # seq of the running attempt a WITHDRAW deadline is armed for
     lent_seq: int = 0  # while LENT: the seq reserved for the RUN a caller may write
@@ -139,6 +138,14 @@ class Effects(Protocol):
 _ACTIVE = (WorkerState.IDLE, WorkerState.BUSY, WorkerState.LENT)
 _ACTIVE_OR_STARTING = (WorkerState.IDLE, WorkerState.BUSY, WorkerState.LENT, WorkerState.STARTING)
 _FREE = (WorkerState.IDLE, WorkerState.LENT)
+
+
+# why a timeout killed a worker, as PoolEvent.reason names it
+_KILL_REASON = {
+    TimeoutType.START_TO_CLOSE: "deadline",
+    TimeoutType.HEARTBEAT: "heartbeat",
+    TimeoutType.SCHEDULE_TO_CLOSE: "schedule_to_close",
+}
 
 
 # How much work (in seconds of the activity's average run time) prefetch keeps queued in each
@@ -277,7 +284,9 @@ class Scheduler:
             )
         for slot in list(self.workers.values()):
             if slot.state in (WorkerState.BUSY, WorkerState.STARTING):
-                self._worker_gone(slot, now, kill=True, cause=None, respawn=False)
+                self._worker_gone(
+                    slot, now, kill=True, cause=None, respawn=False, reason="shutdown"
+                )
         self._maybe_retire_all()
 
     def _maybe_retire_all(self) -> None:
@@ -679,24 +688,32 @@ class Scheduler:
             self._pump(now)
 
     def _maybe_recycle(self, slot: WorkerSlot, now: float) -> bool:
-        if self.max_tasks is not None and slot.tasks_done >= self.max_tasks:
+        if self.max_tasks is not None and slot.tasks_done >= self.max_tasks and not slot.recycle:
             slot.recycle = True
+            slot.recycle_reason = "tasks_recycle"
         if not slot.recycle or slot.sessions:
             return False
         slot.state = WorkerState.RETIRING
         slot.gen += 1
         if self.events:
-            self.fx.event("worker_recycled", worker_id=slot.id, tasks=slot.tasks_done)
+            self.fx.event(
+                "worker_recycled",
+                worker_id=slot.id,
+                tasks=slot.tasks_done,
+                reason=slot.recycle_reason,
+            )
         self.fx.retire(slot.id)
         if not self.closed:
             self._replace(now)
         return True
 
-    def request_recycle(self, wid: int, now: float) -> None:
+    def request_recycle(self, wid: int, now: float, reason: str = "memory_recycle") -> None:
         """Recycle a worker (e.g. over its memory limit) as soon as it is free and unpinned."""
         slot = self.workers.get(wid)
         if slot is None or slot.state in (WorkerState.DEAD, WorkerState.SPARE):
             return
+        if not slot.recycle:
+            slot.recycle_reason = reason
         slot.recycle = True
         if slot.state is WorkerState.LENT:
             self._unlend()
@@ -739,6 +756,7 @@ class Scheduler:
                 call_id=call.id,
                 attempt=call.attempt,
                 duration=now - call.started_at,
+                latency=now - call.submitted_at,
             )
         if not call.cancelled:
             self._finish(call, value=value)
@@ -802,13 +820,10 @@ class Scheduler:
                 attempt=call.attempt,
                 error=exc,
             )
-        policy = call.policy
-        if not policy.is_retryable(exc) or policy.exhausted(call.attempt):
+        delay = call.policy.next_delay(exc, call.attempt)
+        if delay is None:
             self._finish(call, error=self._final_error(call, exc))
             return
-        delay = getattr(exc, "next_retry_delay", None)
-        if delay is None:
-            delay = policy.delay(call.attempt)
         call.state = CallState.BACKOFF
         call.gen += 1
         call.worker = None
@@ -823,14 +838,8 @@ class Scheduler:
         self.deadlines.push(now + delay, Deadline.RETRY, call, call.gen)
 
     def _final_error(self, call: Call, exc: BaseException) -> BaseException:
-        err = ActivityError(
-            f"activity {call.defn.name!r} failed after {call.attempt} attempt"
-            f"{'s' if call.attempt != 1 else ''}: {type(exc).__name__}: {safe_str(exc)}",
-            attempts=call.attempt,
-            remote_traceback=getattr(exc, "remote_traceback_text", None),
-        )
-        err.__cause__ = exc
-        return err
+        text = getattr(exc, "remote_traceback_text", None)
+        return final_error(call.defn.name, call.attempt, exc, text)
 
     def _finish(self, call: Call, value: Any = None, error: BaseException | None = None) -> None:
         if call.state is CallState.DONE:
@@ -877,7 +886,7 @@ class Scheduler:
         slot = self.workers[call.worker] if call.worker is not None else None
         if call.session is not None and slot is not None and state is CallState.RUNNING:
             # sticky: the session's state in that worker is now unknown; the worker goes
-            self._worker_gone(slot, now, kill=True, cause=cause)
+            self._worker_gone(slot, now, kill=True, cause=cause, reason="cancel")
             return
         # The caller is answered now. The call stays the worker's running (or prefetched)
         # attempt in slot.running / slot.sent until the worker answers or is killed.
@@ -937,14 +946,16 @@ class Scheduler:
                     pid=crash.pid,
                     worker_id=wid,
                 )
-        self._worker_gone(slot, now, kill=False, cause=crash)
+        self._worker_gone(slot, now, kill=False, cause=crash, reason="crash")
         del self.workers[wid]
 
-    def kill_worker(self, wid: int, cause: BaseException, now: float) -> None:
+    def kill_worker(
+        self, wid: int, cause: BaseException, now: float, reason: str = "protocol_error"
+    ) -> None:
         """The shell found the worker unusable (a protocol error): kill it, fail its attempt."""
         slot = self.workers.get(wid)
         if slot is not None and slot.state is not WorkerState.DEAD:
-            self._worker_gone(slot, now, kill=True, cause=cause)
+            self._worker_gone(slot, now, kill=True, cause=cause, reason=reason)
 
     def _worker_gone(
         self,
@@ -953,9 +964,11 @@ class Scheduler:
         *,
         kill: bool,
         cause: BaseException | None,
+        reason: str,
         respawn: bool = True,
     ) -> None:
-        """Take a worker out: its attempt fails with ``cause``; prefetched work goes back."""
+        """Take a worker out: its attempt fails with ``cause``; prefetched work goes back.
+        ``reason`` names why in the event (see ``PoolEvent``)."""
         was = slot.state
         if was is WorkerState.STARTING:
             self.n_starting -= 1
@@ -967,7 +980,10 @@ class Scheduler:
             self.fx.kill(slot.id)
         if self.events:
             self.fx.event(
-                "worker_killed" if kill else "worker_exited", worker_id=slot.id, cause=cause
+                "worker_killed" if kill else "worker_exited",
+                worker_id=slot.id,
+                cause=cause,
+                reason=reason,
             )
         running, slot.running = slot.running, None
         lost = [self.sessions[sid] for sid in slot.sessions if sid in self.sessions]
@@ -1090,7 +1106,7 @@ class Scheduler:
             self._consecutive_start_failures += 1
             if self._consecutive_start_failures >= MAX_STARTUP_FAILURES:
                 self.broken = crash
-            self._worker_gone(slot, now, kill=True, cause=crash)
+            self._worker_gone(slot, now, kill=True, cause=crash, reason="start_timeout")
             return
         call: Call = obj
         if kind is Deadline.SCHEDULE_TO_CLOSE:
@@ -1099,7 +1115,7 @@ class Scheduler:
         if kind is Deadline.CANCEL_GRACE:
             owner = self.workers.get(call.worker) if call.worker is not None else None
             if owner is not None and owner.running is call and owner.state is WorkerState.BUSY:
-                self._worker_gone(owner, now, kill=True, cause=None)
+                self._worker_gone(owner, now, kill=True, cause=None, reason="cancel")
             return
         if call.state is not CallState.RUNNING:
             return
@@ -1138,6 +1154,6 @@ class Scheduler:
             if type is TimeoutType.SCHEDULE_TO_CLOSE and call.session is None:
                 # the call is over whatever the policy says; the worker must stop running it
                 self._finish(call, error=self._final_error(call, exc))
-            self._worker_gone(slot, now, kill=True, cause=exc)
+            self._worker_gone(slot, now, kill=True, cause=exc, reason=_KILL_REASON[type])
             return
         self._finish(call, error=self._final_error(call, exc))
