@@ -16,7 +16,7 @@ threads reach in only through the pool's inbox (``Pool._to_loop``: one ``call_so
 drains a burst) or ``call_soon_threadsafe``. The scheduler owns all deadlines; this class arms a
 single loop timer for the earliest one (``_after``). Frames queued for a worker during one event
 leave in one write at the end of it (``_flush``); large bodies go through shared-memory
-segments (``pool._protocol.Segments``), one set per worker and direction.
+segments (``pool._segments``), one set per worker and direction.
 
 Workers come from the pool's fork server (``pool._process.ForkServer``; requests answered in
 ``_on_forkserver``) or are spawned. Worker death is seen without polling: EOF on the reply pipe,
@@ -60,15 +60,13 @@ from pool._protocol import (
     Frame,
     FrameReader,
     Kind,
-    PeerSegments,
     ProtocolError,
-    Segments,
     decode_log,
     encode,
     encode_small,
-    shm_supported,
 )
 from pool._scheduler import Call, Scheduler, WorkerState
+from pool._segments import PeerSegments, Segments, shm_supported
 from sdk._errors import (
     ApplicationError,
     RemoteTraceback,
