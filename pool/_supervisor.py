@@ -46,6 +46,7 @@ from typing import Any
 
 from pool._events import PoolEvent, Stats
 from pool._fds import above_stdio
+from pool._logrecord import decode_log
 from pool._output import LineSplitter
 from pool._process import (
     ForkServer,
@@ -61,7 +62,6 @@ from pool._protocol import (
     FrameReader,
     Kind,
     ProtocolError,
-    decode_log,
     encode,
     encode_small,
 )
