@@ -11,7 +11,6 @@ import asyncio
 import collections
 import concurrent.futures
 import contextvars
-import os
 import threading
 import types
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Iterator
@@ -19,16 +18,17 @@ from functools import partial
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from pool import _chunks, _map
+from pool._config import PoolConfig
 from pool._events import PoolEvent, PoolStats
 from pool._fds import StdioReserved
 from pool._futures import PoolFuture
 from pool._process import ForkServer
 from pool._protocol import dumps, lift_call_bytes
 from pool._scheduler import Call, CallState
-from pool._supervisor import FaultRule, Supervisor, SupervisorConfig, early_forkserver
+from pool._supervisor import FaultRule, Supervisor, early_forkserver
 from pool._worker import refuse_pool_while_importing_main
 from sdk import _context
-from sdk._definition import ActivityDefinition, activities_in_module, get_definition
+from sdk._definition import ActivityDefinition, get_definition
 from sdk._errors import (
     ActivityInputError,
     PoolClosedError,
@@ -446,73 +446,20 @@ class Pool(PoolCalls):
         ambient: bool = True,
     ) -> None:
         refuse_pool_while_importing_main()
-        if workers is None:
-            workers = os.cpu_count() or 1
-        if not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be a positive int, got {workers!r}")
-        if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
-            raise ValueError("max_tasks_per_worker must be >= 1 or None")
-        if max_memory_per_worker is not None and max_memory_per_worker < 1:
-            raise ValueError("max_memory_per_worker must be a positive byte count or None")
-        if start_method not in ("forkserver", "fork", "spawn"):
-            raise ValueError(
-                f"unsupported start_method {start_method!r}: 'forkserver', 'fork' or 'spawn'"
-            )
-        if prefetch < 0:
-            raise ValueError("prefetch must be >= 0")
-        if not isinstance(spares, int) or spares < 0:
-            raise ValueError("spares must be an int >= 0")
-        if (
-            isinstance(reply_spin, bool)
-            or not isinstance(reply_spin, int | float)
-            or not 0 <= reply_spin <= 0.01
-        ):
-            raise ValueError(f"reply_spin must be seconds in [0, 0.01], got {reply_spin!r}")
-        if cancel_grace < 0 or start_timeout <= 0 or shutdown_timeout <= 0:
-            raise ValueError("cancel_grace must be >= 0; start and shutdown timeouts > 0")
-        affinity: tuple[frozenset[int], ...] | None = None
-        if cpu_affinity is True:
-            # one allowed CPU per worker, round robin
-            allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-            affinity = tuple(frozenset({cpu}) for cpu in allowed) or None
-        elif cpu_affinity is not False:
-            affinity = tuple(frozenset(int(c) for c in cpus) for cpus in cpu_affinity)
-            if not affinity or not all(affinity):
-                raise ValueError("cpu_affinity: give True, or a non-empty list of CPU sets")
-        if thread_limit == "auto":
-            thread_limit = max(1, (os.cpu_count() or 1) // workers)
-        elif thread_limit is not None and (
-            isinstance(thread_limit, bool) or not isinstance(thread_limit, int) or thread_limit < 1
-        ):
-            raise ValueError(
-                f"thread_limit must be an int >= 1 (threads per worker), 'auto' or None "
-                f"(no limit), got {thread_limit!r}"
-            )
-        preload: list[str] = []
-        for item in activities:
-            if isinstance(item, types.ModuleType | str):
-                defs = activities_in_module(item)
-                name = item if isinstance(item, str) else item.__name__
-                if defs or name not in preload:
-                    preload.append(name)
-            else:
-                defn = get_definition(item)
-                if defn.module not in preload:
-                    preload.append(defn.module)
-        self._config = SupervisorConfig(
+        self._config = PoolConfig.from_options(
+            activities,
             workers=workers,
-            prefetch=prefetch,
+            max_tasks_per_worker=max_tasks_per_worker,
+            max_memory_per_worker=max_memory_per_worker,
+            start_method=start_method,
             cancel_grace=cancel_grace,
             start_timeout=start_timeout,
             shutdown_timeout=shutdown_timeout,
-            max_tasks_per_worker=max_tasks_per_worker,
-            max_memory_per_worker=max_memory_per_worker,
-            thread_limit=thread_limit if isinstance(thread_limit, int) else None,
-            cpu_affinity=affinity,
+            prefetch=prefetch,
+            thread_limit=thread_limit,
+            cpu_affinity=cpu_affinity,
             spares=spares,
-            preload=tuple(preload),
-            start_method=start_method,
-            reply_spin=float(reply_spin),
+            reply_spin=reply_spin,
         )
         self._default_policy = retry_policy or RetryPolicy()
         self._policies: dict[int, RetryPolicy] = {}

@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pool._config import PoolConfig
 from pool._events import PoolEvent, Stats
 from pool._fds import above_stdio
 from pool._logrecord import decode_log
@@ -52,7 +53,6 @@ from pool._process import (
     ForkServer,
     WorkerProcess,
     caller_can_fork,
-    new_pool_id,
     spawn_worker,
     worker_env,
 )
@@ -125,33 +125,10 @@ class FaultRule:
     remaining: int | None  # None: forever
 
 
-@dataclass(frozen=True)
-class SupervisorConfig:
-    workers: int
-    prefetch: int
-    cancel_grace: float
-    start_timeout: float
-    shutdown_timeout: float
-    max_tasks_per_worker: int | None
-    max_memory_per_worker: int | None
-    thread_limit: int | None
-    cpu_affinity: tuple[frozenset[int], ...] | None  # worker n runs on set (n - 1) % len
-    preload: tuple[str, ...]
-    spares: int = 0  # ready workers held back to replace one that dies
-    # "forkserver": a fresh fork server; "fork": one forked from the caller (while it has one
-    # thread, else a fresh one); "spawn": a fresh interpreter per worker
-    start_method: str = "forkserver"
-    # after sending the pool's only call, of an activity that takes less than this on average:
-    # wait for its reply on the CPU (up to this long) instead of sleeping in the loop (0: never)
-    reply_spin: float = 0.0
-    # in the environment of every process the pool starts (pool._tree.POOL_MARKER)
-    pool_id: str = field(default_factory=new_pool_id)
-
-
 _LINUX = sys.platform.startswith("linux")
 
 
-def worker_environment(config: SupervisorConfig) -> dict[str, str]:
+def worker_environment(config: PoolConfig) -> dict[str, str]:
     """The environment workers start with: ours, the BLAS thread limit, and this package on
     ``PYTHONPATH`` (for a spawned worker, and an activity's own subprocesses)."""
     env = worker_env(config.thread_limit, config.pool_id)
@@ -186,7 +163,7 @@ def stdlib_imported_by(module_names: Iterable[str]) -> list[str]:
     return sorted(found)
 
 
-def early_forkserver(config: SupervisorConfig) -> ForkServer | None:
+def early_forkserver(config: PoolConfig) -> ForkServer | None:
     """With ``start_method="fork"``: a fork server forked from the caller, if that is safe now
     (the caller has one thread); None otherwise (then a fresh one is spawned).
 
@@ -211,7 +188,7 @@ class Supervisor:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        config: SupervisorConfig,
+        config: PoolConfig,
         on_event: Callable[[PoolEvent], None] | None = None,
         on_output: Callable[[int, str | None, str], None] | None = None,
         forkserver: ForkServer | None = None,
