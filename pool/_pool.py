@@ -20,12 +20,13 @@ from typing import Any, Literal, ParamSpec, TypeVar, overload
 from pool import _chunks, _map
 from pool._config import PoolConfig
 from pool._events import PoolEvent, PoolStats
+from pool._faults import FaultRule
 from pool._fds import StdioReserved
 from pool._futures import PoolFuture
 from pool._process import ForkServer
 from pool._protocol import dumps, lift_call_bytes
 from pool._scheduler import Call, CallState
-from pool._supervisor import FaultRule, Supervisor, early_forkserver
+from pool._supervisor import Supervisor, early_forkserver
 from pool._worker import refuse_pool_while_importing_main
 from sdk import _context
 from sdk._definition import ActivityDefinition, get_definition
@@ -861,15 +862,16 @@ class Pool(PoolCalls):
         ``memory`` bytes then dies by SIGKILL as under the kernel's OOM killer. ``attempt=None``
         matches every attempt; the rule is used ``times`` times (None: until cleared).
         """
-        defn = get_definition(fn)
-        if fault not in ("hang", "crash", "exit", "raise", "oom"):
-            raise ValueError(f"unknown fault {fault!r}")
-        if fault == "raise" and not isinstance(exception, BaseException):
-            raise ValueError("fault='raise' needs exception=<an exception instance>")
-        if attempt is not None and attempt < 1:
-            raise ValueError("attempt is 1-based")
-        arg: Any = {"exit": exit_code, "raise": exception, "oom": memory}.get(fault)
-        self._on_loop_thread(FaultRule(defn.name, attempt, fault, arg, times))
+        rule = FaultRule.make(
+            get_definition(fn).name,
+            fault,
+            attempt=attempt,
+            times=times,
+            exit_code=exit_code,
+            exception=exception,
+            memory=memory,
+        )
+        self._on_loop_thread(rule)
 
     def clear_faults(self) -> None:
         """Drop every injected fault."""

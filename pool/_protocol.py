@@ -157,7 +157,8 @@ if TYPE_CHECKING:
         deadline: float | None  # time.time() based, informational for activity.info()
         heartbeat_timeout: float | None
         heartbeat_details: Any
-        fault: tuple[str, Any] | None  # injected by Pool.inject_fault, for users' tests
+        # injected by Pool.inject_fault (pool._faults); left off the frame when there is none
+        fault: tuple[str, Any] | None = None
 
 else:
     # the class typing.NamedTuple would make (it calls namedtuple), without importing typing
@@ -165,6 +166,7 @@ else:
         "RunMeta",
         "module qualname name activity_id attempt session_id deadline heartbeat_timeout "
         "heartbeat_details fault",
+        defaults=(None,),
     )
     RunMeta.__doc__ = """What a worker needs to run one attempt, besides the arguments.
 

@@ -46,6 +46,7 @@ from typing import Any
 
 from pool._config import PoolConfig
 from pool._events import PoolEvent, Stats
+from pool._faults import FaultRule, FaultRules
 from pool._fds import above_stdio
 from pool._logrecord import decode_log
 from pool._output import LineSplitter
@@ -112,17 +113,6 @@ class WorkerHandle:
     segments: Segments | None = None
     cancel_signal: bool = False  # SIGUSR1 owed once the queued CANCEL frame is in the pipe
     spin_poll: Any = None  # a poll object on its reply pipe, made on the first reply spin
-
-
-@dataclass(eq=False)
-class FaultRule:
-    """Make attempt ``attempt`` (None: every attempt) of activity ``name`` misbehave."""
-
-    name: str
-    attempt: int | None
-    kind: str  # hang | crash | exit | raise | oom
-    arg: Any
-    remaining: int | None  # None: forever
 
 
 _LINUX = sys.platform.startswith("linux")
@@ -220,7 +210,7 @@ class Supervisor:
         self._call_ids = itertools.count(1)
         self._env: dict[str, str] = {}
         self._init_body = b""
-        self.faults: dict[str, list[FaultRule]] = {}
+        self.faults: FaultRules | None = None  # made by the first inject_fault
         self._dirty: list[WorkerHandle] = []  # handles with frames queued in this event
         self._wakes: list[Callable[[], None]] = []  # see wake_later
         self._spinning = False  # in _spin_for_reply (never nested)
@@ -354,23 +344,13 @@ class Supervisor:
         self._after()
 
     def add_fault(self, rule: FaultRule) -> None:
-        self.faults.setdefault(rule.name, []).append(rule)
+        if self.faults is None:
+            self.faults = FaultRules()
+        self.faults.add(rule)
 
     def clear_faults(self) -> None:
-        self.faults.clear()
-
-    def _fault_for(self, name: str, attempt: int) -> tuple[str, Any] | None:
-        rules = self.faults.get(name)
-        if not rules:
-            return None
-        for rule in rules:
-            if rule.attempt is None or rule.attempt == attempt:
-                if rule.remaining is not None:
-                    rule.remaining -= 1
-                    if rule.remaining <= 0:
-                        rules.remove(rule)
-                return (rule.kind, rule.arg)
-        return None
+        if self.faults is not None:
+            self.faults.clear()
 
     def release_session(self, session_id: str) -> None:
         self.scheduler.close_session(session_id)
@@ -604,7 +584,7 @@ class Supervisor:
         handle = self.handles[worker_id]
         defn = call.defn
         now_wall = time.time()
-        meta = (  # a RunMeta, as a plain tuple (see RunMeta)
+        meta: tuple[Any, ...] = (  # a RunMeta, as a plain tuple (see RunMeta)
             defn.module,
             defn.qualname,
             defn.name,
@@ -614,8 +594,11 @@ class Supervisor:
             now_wall + defn.start_to_close_timeout if defn.start_to_close_timeout else None,
             defn.heartbeat_timeout,
             call.heartbeat_details,
-            self._fault_for(defn.name, call.attempt) if self.faults else None,
         )
+        if self.faults is not None:
+            fault = self.faults.match(defn.name, call.attempt)
+            if fault is not None:
+                meta += (fault,)
         body, buffers = call.payload
         handle.in_pipe.append((call.seq, defn.name))
         meta_body = pickle.dumps(meta, protocol=5)
