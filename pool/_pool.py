@@ -26,7 +26,8 @@ from pool._futures import PoolFuture
 from pool._process import ForkServer
 from pool._protocol import dumps, lift_call_bytes
 from pool._scheduler import Call, CallState
-from pool._supervisor import Supervisor, early_forkserver
+from pool._spawner import early_forkserver
+from pool._supervisor import Supervisor
 from pool._worker import refuse_pool_while_importing_main
 from sdk import _context
 from sdk._definition import ActivityDefinition, get_definition
@@ -895,9 +896,7 @@ class Pool(PoolCalls):
         sup = self._sup
         if sup is None:
             return PoolStats(0, 0, 0, 0, None, None, None)
-        return self._on_loop_call(
-            lambda: sup.stats.snapshot(sup.scheduler.live_workers(), sup.scheduler.queued())
-        )
+        return self._on_loop_call(sup.stats_snapshot)
 
     @property
     def pool_id(self) -> str:
@@ -910,19 +909,14 @@ class Pool(PoolCalls):
         sup = self._sup
         if sup is None:
             return []
-        return self._on_loop_call(
-            lambda: [h.proc.pid for h in sup.handles.values() if not h.proc.reaped and not h.eof]
-        )
+        return self._on_loop_call(sup.worker_pids)
 
     def _process_pids(self) -> list[int]:
         """``worker_pids()`` and the pool's fork server (for leak checks)."""
         sup = self._sup
         if sup is None:
             return []
-        pids = self.worker_pids()
-        fs = sup._forkserver
-        if fs is not None and not fs.dead:
-            pids.append(fs.pid)
+        pids: list[int] = self._on_loop_call(sup.process_pids)
         return pids
 
     def _on_loop_call(self, fn: Callable[[], Any]) -> Any:
