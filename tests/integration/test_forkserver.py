@@ -175,3 +175,16 @@ def test_requests_a_failing_fork_server_never_answered_are_spawned(monkeypatch):
         assert {psutil.Process(p).ppid() for p in pool.worker_pids()} == {os.getpid()}
         assert len(pool.worker_pids()) == 3
         assert list(pool.map(acts.echo, range(6))) == list(range(6))
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_the_fork_servers_ready_report_is_handled_not_dropped(method, caplog):
+    caplog.set_level("DEBUG", logger="activitypool")
+    with Pool([acts], workers=1, start_method=method) as pool:
+        assert pool.run(acts.echo, 1) == 1
+        server = _fork_server_pid(pool)
+    assert server is not None
+    ready = [r for r in caplog.records if "is ready after" in r.getMessage()]
+    assert [r.getMessage().split(" is ready")[0] for r in ready] == [
+        f"the fork server (pid {server})"
+    ]
