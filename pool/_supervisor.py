@@ -15,7 +15,7 @@ Data flow (everything below runs on one event loop thread, the supervisor's)::
 Ownership: the loop thread owns everything here. This class owns the worker handles (one
 ``pool._channel.Channel`` per live worker, by worker id), the one loop timer armed for the
 scheduler's earliest deadline (``_arm_timer``), the batch of channels with frames queued in the
-current event (``_batch``, flushed in ``_after``), the callers to wake after it
+current event (``_batch``, flushed in ``after``), the callers to wake after it
 (``wake_later``), the fault rules (``pool._faults``) and the reply spin's decision. The
 scheduler owns all call, worker and session state and every deadline; a channel owns one
 worker's pipes, segments and output; the spawner owns the fork server and sees exits. Other
@@ -100,7 +100,7 @@ class Supervisor:
     async def start(self) -> None:
         self.spawner.start()
         self.scheduler.start(time.monotonic())
-        self._after()
+        self.after()
         await self._ready
 
     def _check_ready(self) -> None:
@@ -118,7 +118,7 @@ class Supervisor:
             sched.cancel_all(time.monotonic())
         else:
             sched.close()
-        self._after()
+        self.after()
         self._check_all_gone()
         if not self._all_gone.done():
             try:
@@ -181,23 +181,23 @@ class Supervisor:
 
     def submit(self, call: Call) -> None:
         self.scheduler.submit(call, time.monotonic())
-        self._after()
+        self.after()
 
     def submit_many(self, calls: list[Call]) -> None:
         now = time.monotonic()
         for call in calls:
             self.scheduler.submit(call, now)
-        self._after()
+        self.after()
 
     def cancel(self, call: Call) -> None:
         self.scheduler.cancel(call.id, time.monotonic())
-        self._after()
+        self.after()
 
     def cancel_many(self, calls: list[Call]) -> None:
         now = time.monotonic()
         for call in calls:
             self.scheduler.cancel(call.id, now)
-        self._after()
+        self.after()
 
     def add_fault(self, rule: FaultRule) -> None:
         if self.faults is None:
@@ -210,7 +210,7 @@ class Supervisor:
 
     def release_session(self, session_id: str) -> None:
         self.scheduler.close_session(session_id)
-        self._after()
+        self.after()
 
     # -- the end of every event ------------------------------------------------------------
     def wake_later(self, wake: Callable[[], None]) -> None:
@@ -218,7 +218,7 @@ class Supervisor:
 
         A thread woken mid-event wants the GIL while this thread still works and then writes:
         each such hand-off costs both a switch. Woken after the writes, it runs while this
-        thread waits in the loop. ``_after`` runs these; a loop callback is the safety net.
+        thread waits in the loop. ``after`` runs these; a loop callback is the safety net.
         """
         if not self._wakes:
             if self.loop.is_closed():
@@ -236,12 +236,9 @@ class Supervisor:
                 log.exception("waking a caller failed")
 
     def after(self) -> None:
-        """The listeners' end of an event (a read, a fork server report)."""
-        self._after()
-
-    def _after(self) -> None:
-        """After every event: send what it queued, wake the callers it answered, re-arm the
-        timer for the next deadline; then perhaps wait for a quick reply on the CPU."""
+        """After every event (a call, a read, a timer, a fork server report): send what it
+        queued, wake the callers it answered, re-arm the timer for the next deadline; then
+        perhaps wait for a quick reply on the CPU."""
         spin = None
         batch = self._batch
         if batch:
@@ -303,7 +300,7 @@ class Supervisor:
     def _on_timer(self) -> None:
         self._timer = None
         self.scheduler.advance(time.monotonic())
-        self._after()
+        self.after()
 
     # -- Effects (called by the scheduler) -------------------------------------------------
     def spawn(self, worker_id: int) -> None:
@@ -458,7 +455,7 @@ class Supervisor:
         self.handles[worker_id] = channel
         channel.start_reading()
         channel.send_init(self.spawner.init_settings(worker_id))
-        self._after()
+        self.after()
 
     def not_started(self, worker_id: int, why: str) -> None:
         log.error("could not start a worker: %s", why)
@@ -471,7 +468,7 @@ class Supervisor:
         )
         self.scheduler.worker_exited(worker_id, crash, time.monotonic())
         self._check_ready()
-        self._after()
+        self.after()
 
     def exit_reported(self, proc: WorkerProcess) -> None:
         channel = next((ch for ch in self.handles.values() if ch.proc is proc), None)
@@ -502,7 +499,7 @@ class Supervisor:
         )
         self.scheduler.worker_exited(channel.id, crash, time.monotonic())
         self._check_ready()
-        self._after()
+        self.after()
         self._check_all_gone()
 
     def _forget(self, channel: Channel) -> None:
