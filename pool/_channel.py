@@ -90,6 +90,7 @@ class Channel:
         "_listener",
         "_loop",
         "_on_output",
+        "_peer",
         "_spin_poll",
         "cancel_signal",
         "eof",
@@ -122,7 +123,8 @@ class Channel:
         self._listener = listener
         self._batch = batch
         self._on_output = on_output
-        self.reader = FrameReader(PeerSegments(proc.pid) if shm else None)
+        self._peer = PeerSegments(proc.pid) if shm else None  # its segments, mapped here
+        self.reader = FrameReader(self._peer)
         self.unsent: list[bytes | memoryview] = []  # this event's frames
         self.outbox: collections.deque[memoryview] = collections.deque()  # the pipe is full
         self.output = LineSplitter()  # what it printed, in lines
@@ -398,8 +400,8 @@ class Channel:
                 pass
         if self.segments is not None:
             self.segments.close()
-        if self.reader.peer is not None:
-            self.reader.peer.close()
+        if self._peer is not None:
+            self._peer.close()
 
     # -- what it prints and logs -----------------------------------------------------------
     def _on_output_readable(self) -> None:

@@ -37,9 +37,20 @@ from collections import namedtuple
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import pickle
-    from typing import Any, ClassVar, NamedTuple, SupportsIndex
+    from typing import Any, ClassVar, NamedTuple, Protocol, SupportsIndex
 
-    from pool._segments import PeerSegments, Segments
+    # What framing needs of shared memory (pool._segments has both; it depends on this
+    # module, not the other way round).
+    class SegmentWriter(Protocol):
+        def put(self, chunks: list[bytes | memoryview], size: int) -> bytes:
+            """Copy ``chunks`` into a segment; the frame body that names it."""
+
+    class SegmentReader(Protocol):
+        released: list[int]
+
+        def frame(self, kind: Kind, seq: int, ref: bytes, split: int, nbuf: int) -> Frame:
+            """The frame held in the segment ``ref`` names (``SegmentGone`` if its
+            writer has exited)."""
 else:
     try:
         # pickle.py only re-exports _pickle's dumps, loads and PickleBuffer (the Python
@@ -271,7 +282,7 @@ def encode(
     body: bytes = b"",
     body2: bytes = b"",
     buffers: list[pickle.PickleBuffer] | None = None,
-    segments: Segments | None = None,
+    segments: SegmentWriter | None = None,
 ) -> list[bytes | memoryview]:
     """A frame as a list of chunks for ``os.writev`` (buffers are not copied).
 
@@ -380,7 +391,7 @@ class FrameReader:
 
     __slots__ = ("_big", "_big_at", "_big_head", "_buf", "peer")
 
-    def __init__(self, peer: PeerSegments | None = None) -> None:
+    def __init__(self, peer: SegmentReader | None = None) -> None:
         self.peer = peer  # where frames in shared memory come from (None: refused)
         self._buf = bytearray()
         self._big: bytearray | None = None  # body of a large frame being filled in place

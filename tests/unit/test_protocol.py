@@ -96,7 +96,8 @@ def _fds() -> list[str]:
 @needs_shm
 def test_shared_memory_frame_names_a_segment_that_is_copied_out_and_reused():
     segments = seg.Segments()
-    reader = p.FrameReader(seg.PeerSegments(os.getpid()))
+    peer = seg.PeerSegments(os.getpid())
+    reader = p.FrameReader(peer)
     try:
         data = os.urandom(p.SHM_MIN + 10)
         parts = p.encode(p.Kind.RESULT, 3, pickle.dumps(data), segments=segments)
@@ -118,8 +119,7 @@ def test_shared_memory_frame_names_a_segment_that_is_copied_out_and_reused():
             segments.release(999)
     finally:
         segments.close()
-        assert reader.peer is not None
-        reader.peer.close()
+        peer.close()
 
 
 @needs_shm
