@@ -41,7 +41,7 @@ from pool._protocol import (
     encode_small,
 )
 from pool._segments import PeerSegments, Segments
-from sdk._errors import ApplicationError, RemoteTraceback, safe_repr
+from sdk._errors import ApplicationError, RemoteTraceback, WorkerCrashedError, safe_repr
 
 log = logging.getLogger("activitypool")
 # writev() takes at most this many buffers (Linux IOV_MAX)
@@ -142,6 +142,18 @@ class Channel:
     def activity(self) -> str | None:
         """The activity it runs now (the oldest RUN it has not answered)."""
         return self.in_pipe[0][1] if self.in_pipe else None
+
+    def crash(self, message: str, *, exited: bool = False) -> WorkerCrashedError:
+        """The error that ends the attempt it runs: ``message``, naming the activity; with
+        ``exited``, the worker's exit status."""
+        proc = self.proc
+        return WorkerCrashedError(
+            message + (f" while running {self.activity!r}" if self.activity else ""),
+            exitcode=proc.exitcode if exited else None,
+            signal=proc.signal if exited else None,
+            pid=proc.pid,
+            worker_id=self.id,
+        )
 
     def start_reading(self) -> None:
         self._loop.add_reader(self.proc.from_worker, self.on_readable)

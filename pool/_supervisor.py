@@ -428,14 +428,7 @@ class Supervisor:
         """A malformed frame from a worker: kill it; its attempt fails (and is retried as a
         crash is) and a replacement starts."""
         log.error("worker %d sent a malformed frame (%s); killing it", channel.id, exc)
-        crash = WorkerCrashedError(
-            f"protocol error from worker {channel.id}: {exc}"
-            + (f" while running {channel.activity!r}" if channel.activity else ""),
-            exitcode=None,
-            signal=None,
-            pid=channel.proc.pid,
-            worker_id=channel.id,
-        )
+        crash = channel.crash(f"protocol error from worker {channel.id}: {exc}")
         self.scheduler.kill_worker(channel.id, crash, time.monotonic())
         channel.stop_reading()  # (already, if it was killed: not if it had died before)
 
@@ -489,14 +482,7 @@ class Supervisor:
         self._forget(channel)
         proc = channel.proc
         how = f"signal {proc.signal}" if proc.signal is not None else f"exit code {proc.exitcode}"
-        crash = WorkerCrashedError(
-            f"worker {channel.id} (pid {proc.pid}) died with {how}"
-            + (f" while running {channel.activity!r}" if channel.activity else ""),
-            exitcode=proc.exitcode,
-            signal=proc.signal,
-            pid=proc.pid,
-            worker_id=channel.id,
-        )
+        crash = channel.crash(f"worker {channel.id} (pid {proc.pid}) died with {how}", exited=True)
         self.scheduler.worker_exited(channel.id, crash, time.monotonic())
         self._check_ready()
         self.after()
