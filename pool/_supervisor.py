@@ -40,7 +40,7 @@ from typing import Any
 
 from pool._channel import Channel, OutputCallback
 from pool._config import PoolConfig
-from pool._events import PoolEvent, PoolStats, Stats
+from pool._events import PoolEvent, PoolStats, Stats, make_event
 from pool._faults import FaultRule, FaultRules
 from pool._process import ForkServer, WorkerProcess
 from pool._protocol import ProtocolError
@@ -68,6 +68,7 @@ class Supervisor:
         self.loop = loop
         self.config = config
         self.on_event = on_event
+        self.event_kinds: frozenset[str] | None = None  # None: every kind (see set_on_event)
         self.on_output = on_output
         self.handles: dict[int, Channel] = {}
         self.scheduler = Scheduler(
@@ -374,15 +375,26 @@ class Supervisor:
         self.stats.failed()
         _set_exception(call.waiter, exc)
 
+    def set_on_event(
+        self, on_event: Callable[[PoolEvent], None] | None, kinds: frozenset[str] | None = None
+    ) -> None:
+        """Start (or, with None, stop) handing events to ``on_event`` (on the loop thread);
+        only those of ``kinds`` when given (no others are built)."""
+        self.on_event = on_event
+        self.event_kinds = kinds
+        self.scheduler.events = on_event is not None
+
     def event(self, kind: str, **fields: Any) -> None:
         if self.on_event is None:
+            return
+        if self.event_kinds is not None and kind not in self.event_kinds:
             return
         wid = fields.get("worker_id")
         channel = self.handles.get(wid) if wid is not None else None
         if channel is not None:
             fields.setdefault("pid", channel.proc.pid)
         try:
-            self.on_event(PoolEvent(kind=kind, time=time.time(), **fields))
+            self.on_event(make_event(kind, time.time(), fields))
         except Exception:
             log.exception("on_event callback failed")
 
