@@ -11,7 +11,6 @@ import asyncio
 import collections
 import concurrent.futures
 import contextvars
-import os
 import threading
 import types
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Iterator
@@ -19,16 +18,19 @@ from functools import partial
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from pool import _chunks, _map
+from pool._config import PoolConfig
 from pool._events import EventStream, PoolEvent, PoolStats
+from pool._faults import FaultRule
 from pool._fds import StdioReserved
 from pool._futures import PoolFuture
 from pool._process import ForkServer
 from pool._protocol import dumps, lift_call_bytes
 from pool._scheduler import Call, CallState
-from pool._supervisor import FaultRule, Supervisor, SupervisorConfig, early_forkserver
+from pool._spawner import early_forkserver
+from pool._supervisor import Supervisor
 from pool._worker import refuse_pool_while_importing_main
 from sdk import _context
-from sdk._definition import ActivityDefinition, activities_in_module, get_definition
+from sdk._definition import ActivityDefinition, get_definition
 from sdk._errors import (
     ActivityInputError,
     PoolClosedError,
@@ -484,73 +486,20 @@ class Pool(PoolCalls):
         ambient: bool = True,
     ) -> None:
         refuse_pool_while_importing_main()
-        if workers is None:
-            workers = os.cpu_count() or 1
-        if not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be a positive int, got {workers!r}")
-        if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
-            raise ValueError("max_tasks_per_worker must be >= 1 or None")
-        if max_memory_per_worker is not None and max_memory_per_worker < 1:
-            raise ValueError("max_memory_per_worker must be a positive byte count or None")
-        if start_method not in ("forkserver", "fork", "spawn"):
-            raise ValueError(
-                f"unsupported start_method {start_method!r}: 'forkserver', 'fork' or 'spawn'"
-            )
-        if prefetch < 0:
-            raise ValueError("prefetch must be >= 0")
-        if not isinstance(spares, int) or spares < 0:
-            raise ValueError("spares must be an int >= 0")
-        if (
-            isinstance(reply_spin, bool)
-            or not isinstance(reply_spin, int | float)
-            or not 0 <= reply_spin <= 0.01
-        ):
-            raise ValueError(f"reply_spin must be seconds in [0, 0.01], got {reply_spin!r}")
-        if cancel_grace < 0 or start_timeout <= 0 or shutdown_timeout <= 0:
-            raise ValueError("cancel_grace must be >= 0; start and shutdown timeouts > 0")
-        affinity: tuple[frozenset[int], ...] | None = None
-        if cpu_affinity is True:
-            # one allowed CPU per worker, round robin
-            allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-            affinity = tuple(frozenset({cpu}) for cpu in allowed) or None
-        elif cpu_affinity is not False:
-            affinity = tuple(frozenset(int(c) for c in cpus) for cpus in cpu_affinity)
-            if not affinity or not all(affinity):
-                raise ValueError("cpu_affinity: give True, or a non-empty list of CPU sets")
-        if thread_limit == "auto":
-            thread_limit = max(1, (os.cpu_count() or 1) // workers)
-        elif thread_limit is not None and (
-            isinstance(thread_limit, bool) or not isinstance(thread_limit, int) or thread_limit < 1
-        ):
-            raise ValueError(
-                f"thread_limit must be an int >= 1 (threads per worker), 'auto' or None "
-                f"(no limit), got {thread_limit!r}"
-            )
-        preload: list[str] = []
-        for item in activities:
-            if isinstance(item, types.ModuleType | str):
-                defs = activities_in_module(item)
-                name = item if isinstance(item, str) else item.__name__
-                if defs or name not in preload:
-                    preload.append(name)
-            else:
-                defn = get_definition(item)
-                if defn.module not in preload:
-                    preload.append(defn.module)
-        self._config = SupervisorConfig(
+        self._config = PoolConfig.from_options(
+            activities,
             workers=workers,
-            prefetch=prefetch,
+            max_tasks_per_worker=max_tasks_per_worker,
+            max_memory_per_worker=max_memory_per_worker,
+            start_method=start_method,
             cancel_grace=cancel_grace,
             start_timeout=start_timeout,
             shutdown_timeout=shutdown_timeout,
-            max_tasks_per_worker=max_tasks_per_worker,
-            max_memory_per_worker=max_memory_per_worker,
-            thread_limit=thread_limit if isinstance(thread_limit, int) else None,
-            cpu_affinity=affinity,
+            prefetch=prefetch,
+            thread_limit=thread_limit,
+            cpu_affinity=cpu_affinity,
             spares=spares,
-            preload=tuple(preload),
-            start_method=start_method,
-            reply_spin=float(reply_spin),
+            reply_spin=reply_spin,
         )
         self._default_policy = retry_policy or RetryPolicy()
         self._policies: dict[int, RetryPolicy] = {}
@@ -974,15 +923,16 @@ class Pool(PoolCalls):
         ``memory`` bytes then dies by SIGKILL as under the kernel's OOM killer. ``attempt=None``
         matches every attempt; the rule is used ``times`` times (None: until cleared).
         """
-        defn = get_definition(fn)
-        if fault not in ("hang", "crash", "exit", "raise", "oom"):
-            raise ValueError(f"unknown fault {fault!r}")
-        if fault == "raise" and not isinstance(exception, BaseException):
-            raise ValueError("fault='raise' needs exception=<an exception instance>")
-        if attempt is not None and attempt < 1:
-            raise ValueError("attempt is 1-based")
-        arg: Any = {"exit": exit_code, "raise": exception, "oom": memory}.get(fault)
-        self._on_loop_thread(FaultRule(defn.name, attempt, fault, arg, times))
+        rule = FaultRule.make(
+            get_definition(fn).name,
+            fault,
+            attempt=attempt,
+            times=times,
+            exit_code=exit_code,
+            exception=exception,
+            memory=memory,
+        )
+        self._on_loop_thread(rule)
 
     def clear_faults(self) -> None:
         """Drop every injected fault."""
@@ -1169,9 +1119,7 @@ class Pool(PoolCalls):
         sup = self._sup
         if sup is None:
             return PoolStats(0, 0, 0, 0, None, None, None)
-        return self._on_loop_call(
-            lambda: sup.stats.snapshot(sup.scheduler.live_workers(), sup.scheduler.queued())
-        )
+        return self._on_loop_call(sup.stats_snapshot)
 
     @property
     def pool_id(self) -> str:
@@ -1184,19 +1132,14 @@ class Pool(PoolCalls):
         sup = self._sup
         if sup is None:
             return []
-        return self._on_loop_call(
-            lambda: [h.proc.pid for h in sup.handles.values() if not h.proc.reaped and not h.eof]
-        )
+        return self._on_loop_call(sup.worker_pids)
 
     def _process_pids(self) -> list[int]:
         """``worker_pids()`` and the pool's fork server (for leak checks)."""
         sup = self._sup
         if sup is None:
             return []
-        pids = self.worker_pids()
-        fs = sup._forkserver
-        if fs is not None and not fs.dead:
-            pids.append(fs.pid)
+        pids: list[int] = self._on_loop_call(sup.process_pids)
         return pids
 
     def _on_loop_call(self, fn: Callable[[], Any]) -> Any:
