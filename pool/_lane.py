@@ -48,10 +48,11 @@ LANE_NUDGE = 0.001
 
 
 def run_meta(call: Call, fault: Any) -> tuple[Any, ...]:
-    """A RUN frame's ``RunMeta``, as the plain tuple the worker reads (see ``RunMeta``)."""
+    """A RUN frame's ``RunMeta``, as the plain tuple the worker reads (see ``RunMeta``); the
+    fault a rule injects, if any, is its tenth field (absent from every other RUN)."""
     defn = call.defn
     s2c = defn.start_to_close_timeout
-    return (
+    meta: tuple[Any, ...] = (
         defn.module,
         defn.qualname,
         defn.name,
@@ -61,8 +62,8 @@ def run_meta(call: Call, fault: Any) -> tuple[Any, ...]:
         time.time() + s2c if s2c else None,
         defn.heartbeat_timeout,
         call.heartbeat_details,
-        fault,
     )
+    return meta if fault is None else (*meta, fault)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import os
 import types
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from functools import partial
@@ -20,18 +19,21 @@ from typing import Any, Literal
 from pool import _map
 from pool._calling import ActivityRef, PoolCalls
 from pool._calls import CallMaker, check_chunksize, item_check
+from pool._config import PoolConfig
 from pool._events import EventStream, PoolEvent, PoolStats
+from pool._faults import FaultRule
 from pool._futures import PoolFuture
 from pool._lane import LANE_NUDGE
 from pool._listeners import Listeners
 from pool._loop import LoopThread, on_loop
 from pool._process import ForkServer
 from pool._scheduler import Call, CallState
-from pool._supervisor import FaultRule, Supervisor, SupervisorConfig, early_forkserver
+from pool._spawner import early_forkserver
+from pool._supervisor import Supervisor
 from pool._waiters import AsyncWaiter, BlockingWaiter, Waiter
 from pool._worker import refuse_pool_while_importing_main
 from sdk import _context
-from sdk._definition import ActivityDefinition, activities_in_module, get_definition
+from sdk._definition import ActivityDefinition, get_definition
 from sdk._errors import PoolClosedError
 from sdk._retry import RetryPolicy
 
@@ -67,7 +69,7 @@ class Pool(PoolCalls):
         ambient: bool = True,
     ) -> None:
         refuse_pool_while_importing_main()
-        self._config = _supervisor_config(
+        self._config = PoolConfig.from_options(
             activities,
             workers=workers,
             max_tasks_per_worker=max_tasks_per_worker,
@@ -412,15 +414,16 @@ class Pool(PoolCalls):
         ``memory`` bytes then dies by SIGKILL as under the kernel's OOM killer. ``attempt=None``
         matches every attempt; the rule is used ``times`` times (None: until cleared).
         """
-        defn = get_definition(fn)
-        if fault not in ("hang", "crash", "exit", "raise", "oom"):
-            raise ValueError(f"unknown fault {fault!r}")
-        if fault == "raise" and not isinstance(exception, BaseException):
-            raise ValueError("fault='raise' needs exception=<an exception instance>")
-        if attempt is not None and attempt < 1:
-            raise ValueError("attempt is 1-based")
-        arg: Any = {"exit": exit_code, "raise": exception, "oom": memory}.get(fault)
-        self._on_loop_thread(FaultRule(defn.name, attempt, fault, arg, times))
+        rule = FaultRule.make(
+            get_definition(fn).name,
+            fault,
+            attempt=attempt,
+            times=times,
+            exit_code=exit_code,
+            exception=exception,
+            memory=memory,
+        )
+        self._on_loop_thread(rule)
 
     def clear_faults(self) -> None:
         """Drop every injected fault."""
@@ -505,7 +508,7 @@ class Pool(PoolCalls):
         sup = self._sup
         if sup is None:
             return PoolStats(0, 0, 0, 0, None, None, None)
-        return self._on_loop_call(sup.snapshot)
+        return self._on_loop_call(sup.stats_snapshot)
 
     @property
     def pool_id(self) -> str:
@@ -525,7 +528,8 @@ class Pool(PoolCalls):
         sup = self._sup
         if sup is None:
             return []
-        return self.worker_pids() + sup.helper_pids()
+        pids: list[int] = self._on_loop_call(sup.process_pids)
+        return pids
 
     def _on_loop_call(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` where the state it reads is owned: on the pool's loop thread."""
@@ -575,95 +579,6 @@ class PoolSession(PoolCalls):
 
     def close(self) -> None:
         self.session.close()
-
-
-def _supervisor_config(
-    activities: Iterable[Callable[..., Any] | types.ModuleType | str],
-    *,
-    workers: int | None,
-    max_tasks_per_worker: int | None,
-    max_memory_per_worker: int | None,
-    start_method: str,
-    cancel_grace: float,
-    start_timeout: float,
-    shutdown_timeout: float,
-    prefetch: int,
-    thread_limit: int | Literal["auto"] | None,
-    cpu_affinity: bool | Iterable[Iterable[int]],
-    spares: int,
-    reply_spin: float,
-) -> SupervisorConfig:
-    """``Pool``'s options checked (a bad one raises ``ValueError`` naming it) and resolved:
-    the number of workers, the thread limit, the CPU sets and the modules workers preload."""
-    if workers is None:
-        workers = os.cpu_count() or 1
-    if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive int, got {workers!r}")
-    if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
-        raise ValueError("max_tasks_per_worker must be >= 1 or None")
-    if max_memory_per_worker is not None and max_memory_per_worker < 1:
-        raise ValueError("max_memory_per_worker must be a positive byte count or None")
-    if start_method not in ("forkserver", "fork", "spawn"):
-        raise ValueError(
-            f"unsupported start_method {start_method!r}: 'forkserver', 'fork' or 'spawn'"
-        )
-    if prefetch < 0:
-        raise ValueError("prefetch must be >= 0")
-    if not isinstance(spares, int) or spares < 0:
-        raise ValueError("spares must be an int >= 0")
-    if (
-        isinstance(reply_spin, bool)
-        or not isinstance(reply_spin, int | float)
-        or not 0 <= reply_spin <= 0.01
-    ):
-        raise ValueError(f"reply_spin must be seconds in [0, 0.01], got {reply_spin!r}")
-    if cancel_grace < 0 or start_timeout <= 0 or shutdown_timeout <= 0:
-        raise ValueError("cancel_grace must be >= 0; start and shutdown timeouts > 0")
-    affinity: tuple[frozenset[int], ...] | None = None
-    if cpu_affinity is True:
-        # one allowed CPU per worker, round robin
-        allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        affinity = tuple(frozenset({cpu}) for cpu in allowed) or None
-    elif cpu_affinity is not False:
-        affinity = tuple(frozenset(int(c) for c in cpus) for cpus in cpu_affinity)
-        if not affinity or not all(affinity):
-            raise ValueError("cpu_affinity: give True, or a non-empty list of CPU sets")
-    if thread_limit == "auto":
-        thread_limit = max(1, (os.cpu_count() or 1) // workers)
-    elif thread_limit is not None and (
-        isinstance(thread_limit, bool) or not isinstance(thread_limit, int) or thread_limit < 1
-    ):
-        raise ValueError(
-            f"thread_limit must be an int >= 1 (threads per worker), 'auto' or None "
-            f"(no limit), got {thread_limit!r}"
-        )
-    preload: list[str] = []
-    for item in activities:
-        if isinstance(item, types.ModuleType | str):
-            defs = activities_in_module(item)
-            name = item if isinstance(item, str) else item.__name__
-            if defs or name not in preload:
-                preload.append(name)
-        else:
-            defn = get_definition(item)
-            if defn.module not in preload:
-                preload.append(defn.module)
-
-    return SupervisorConfig(
-        workers=workers,
-        prefetch=prefetch,
-        cancel_grace=cancel_grace,
-        start_timeout=start_timeout,
-        shutdown_timeout=shutdown_timeout,
-        max_tasks_per_worker=max_tasks_per_worker,
-        max_memory_per_worker=max_memory_per_worker,
-        thread_limit=thread_limit if isinstance(thread_limit, int) else None,
-        cpu_affinity=affinity,
-        spares=spares,
-        preload=tuple(preload),
-        start_method=start_method,
-        reply_spin=float(reply_spin),
-    )
 
 
 class _FutureOwner:

@@ -79,12 +79,16 @@ class WorkerProcess:
             return True
         if pid == 0:
             return False
+        self.set_status(status)
+        return True
+
+    def set_status(self, status: int) -> None:
+        """It has exited with this wait status (and is reaped, or its fork server reaps it)."""
         self.reaped = True
         if os.WIFSIGNALED(status):
             self.signal = os.WTERMSIG(status)
         else:
             self.exitcode = os.waitstatus_to_exitcode(status)
-        return True
 
     def exited_by_pidfd(self, timeout: float) -> bool:
         """Whether the process has exited, waiting up to ``timeout`` for it (by its pidfd)."""
@@ -107,11 +111,7 @@ class WorkerProcess:
         except ChildProcessError:
             self.reaped = True
             return
-        self.reaped = True
-        if os.WIFSIGNALED(status):
-            self.signal = os.WTERMSIG(status)
-        else:
-            self.exitcode = os.waitstatus_to_exitcode(status)
+        self.set_status(status)
 
     def kill_tree(self) -> None:
         """SIGKILL the worker, its process group and every descendant psutil can see."""
@@ -132,6 +132,13 @@ class WorkerProcess:
         if not self.reaped:
             with contextlib.suppress(OSError):
                 os.kill(self.pid, signum)
+
+    def rss(self) -> int | None:
+        """Its resident memory in bytes (None if it cannot be read: gone, or not permitted)."""
+        try:
+            return int(psutil.Process(self.pid).memory_info().rss)
+        except Exception:
+            return None
 
     def close_fds(self) -> None:
         if self.fds_closed:
@@ -250,13 +257,6 @@ def _socket_above_stdio(sock: socket.socket) -> socket.socket:
     return socket.socket(fileno=above_stdio(sock.detach()))
 
 
-def _decode_status(proc: WorkerProcess, status: int) -> None:
-    if os.WIFSIGNALED(status):
-        proc.signal = os.WTERMSIG(status)
-    else:
-        proc.exitcode = os.waitstatus_to_exitcode(status)
-
-
 def caller_can_fork() -> bool:
     """Whether the fork server may be forked from this process rather than spawned.
 
@@ -301,13 +301,43 @@ def _fork_server(ours: socket.socket, theirs: socket.socket, env: dict[str, str]
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+@dataclass(frozen=True, slots=True)
+class ServerReady:
+    """The fork server is up: it has imported what it forks workers with."""
+
+
+@dataclass(frozen=True, slots=True)
+class Forked:
+    """The answer to ``request(key)``: the new worker, or None if the server could not fork."""
+
+    key: object
+    proc: WorkerProcess | None
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    """A worker the server forked has exited; ``proc`` has its status."""
+
+    proc: WorkerProcess
+
+
+@dataclass(frozen=True, slots=True)
+class ServerGone:
+    """The server is gone (its workers die with it); ``unanswered``: the keys of the requests
+    it never answered."""
+
+    unanswered: list[object]
+
+
+ForkServerEvent = ServerReady | Forked | Exited | ServerGone
+
+
 class ForkServer:
     """The supervisor's end of a fork server (see ``pool._forkserver``). Loop thread only.
 
     ``request`` asks for a worker; ``read`` (when ``fileno`` is readable) returns what
-    happened: ``("ready",)``, ``("forked", key, proc or None)``, ``("exited", proc)`` and, once
-    the server is gone, ``("gone", [keys of requests it never answered])``. ``reap`` lets it
-    reap a worker whose exit it reported. ``close`` stops it and every worker it still has.
+    happened, as ``ForkServerEvent`` records. ``reap`` lets it reap a worker whose exit it
+    reported. ``close`` stops it and every worker it still has.
     """
 
     def __init__(
@@ -360,7 +390,6 @@ class ForkServer:
         self.sock = ours
         self.pidfd = _pidfd(self.pid)
         self.dead = False
-        self.ready = False
         self._next = 1
         # request id -> (key, our ends of its pipes)
         self._pending: dict[int, tuple[object, tuple[int, int, int]]] = {}
@@ -370,7 +399,7 @@ class ForkServer:
         return self.sock.fileno()
 
     def request(self, key: object) -> None:
-        """Ask for a worker; ``read`` answers with ``("forked", key, proc)``."""
+        """Ask for a worker; ``read`` answers with ``Forked(key, proc)``."""
         child_fds, ours = _worker_pipes()
         req_id = self._next
         self._next += 1
@@ -388,8 +417,8 @@ class ForkServer:
                 os.close(fd)
         self._pending[req_id] = (key, ours)
 
-    def read(self) -> list[tuple]:
-        events: list[tuple] = []
+    def read(self) -> list[ForkServerEvent]:
+        events: list[ForkServerEvent] = []
         while not self.dead:
             try:
                 msg = self.sock.recv(64)
@@ -398,12 +427,11 @@ class ForkServer:
             except OSError:
                 msg = b""
             if not msg:
-                events.append(("gone", self.lost()))
+                events.append(ServerGone(self.lost()))
                 break
             tag, body = msg[:1], msg[1:]
             if tag == b"U":
-                self.ready = True
-                events.append(("ready",))
+                events.append(ServerReady())
             elif tag == b"P":
                 req_id, pid = struct.unpack("<Qi", body)
                 pending = self._pending.pop(req_id, None)
@@ -413,18 +441,17 @@ class ForkServer:
                 if pid <= 0:
                     for fd in (req_w, rep_r, out_r):
                         os.close(fd)
-                    events.append(("forked", key, None))
+                    events.append(Forked(key, None))
                     continue
                 proc = WorkerProcess(pid, req_w, rep_r, out_r, _pidfd(pid), forked_by=self)
                 self._procs[pid] = proc
-                events.append(("forked", key, proc))
+                events.append(Forked(key, proc))
             elif tag == b"X":
                 pid, status = struct.unpack("<ii", body)
                 gone = self._procs.get(pid)
                 if gone is not None and not gone.reaped:
-                    _decode_status(gone, status)
-                    gone.reaped = True
-                    events.append(("exited", gone))
+                    gone.set_status(status)
+                    events.append(Exited(gone))
         return events
 
     def lost(self) -> list[object]:

@@ -18,7 +18,7 @@ pickle stream; ``nbuf`` says how many follow, their lengths in the table before 
 
 Large frames do not go through the pipe. When a body reaches ``SHM_MIN`` bytes the sender
 copies it (table, pickles, buffers: the same layout) into a shared-memory segment of its own (a
-``memfd``, see :class:`Segments`) and sends a frame whose kind has ``SHM_FLAG`` set and whose
+``memfd``, see ``pool._segments``) and sends a frame whose kind has ``SHM_FLAG`` set and whose
 body names the segment: its id, the sender's fd for it and the size used. The receiver opens
 ``/proc/<sender pid>/fd/<fd>``, maps it (once: the mapping is kept for the next frame), copies
 the body out into memory of its own and sends ``RELEASE`` with the segment's id; the sender
@@ -28,20 +28,29 @@ the last process holding it exits, so a killed worker or supervisor cannot leak 
 
 from __future__ import annotations
 
-import mmap
 import os
-import stat
 import struct
 from collections import namedtuple
-
-from pool._fds import StdioReserved
 
 # Not typing's TYPE_CHECKING, nor enum, dataclasses or typing.NamedTuple: every worker imports
 # this module, and those cost ~14 ms (with the re, inspect, ast and dis they bring).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import pickle
-    from typing import Any, ClassVar, NamedTuple, SupportsIndex
+    from typing import Any, ClassVar, NamedTuple, Protocol, SupportsIndex
+
+    # What framing needs of shared memory (pool._segments has both; it depends on this
+    # module, not the other way round).
+    class SegmentWriter(Protocol):
+        def put(self, chunks: list[bytes | memoryview], size: int) -> bytes:
+            """Copy ``chunks`` into a segment; the frame body that names it."""
+
+    class SegmentReader(Protocol):
+        released: list[int]
+
+        def frame(self, kind: Kind, seq: int, ref: bytes, split: int, nbuf: int) -> Frame:
+            """The frame held in the segment ``ref`` names (``SegmentGone`` if its
+            writer has exited)."""
 else:
     try:
         # pickle.py only re-exports _pickle's dumps, loads and PickleBuffer (the Python
@@ -67,21 +76,14 @@ MAX_FRAME = 1 << 31
 # already mapped on both sides beats the pipe's chunked copies and wake-ups.
 SHM_MIN = 256 << 10
 SHM_FLAG = 0x80
-# Segments a sender keeps for reuse (free or lent), per direction of one channel: at most this
-# many, of at most this much in all. A frame that does not fit gets a segment of its own, closed
-# once the receiver has released it.
-KEEP_SEGMENTS = 2
-KEEP_BYTES = 64 << 20
-# Segment capacities are rounded up to this, so that a size that varies a little reuses one.
-SEGMENT_ROUND = 1 << 20
 # body of a shared-memory frame: segment id, the sender's fd for it, bytes used, kept (0/1)
-_SEGREF = struct.Struct("<IIQB7x")
+SEGREF = struct.Struct("<IIQB7x")
 
 
 class Kind(int):
     """A frame's kind: an ``int`` with a ``name``, one instance per kind (``Kind(2) is
-    Kind.RUN``), so that ``frame.kind is Kind.RUN`` holds, as with the ``enum.IntEnum`` it
-    replaces at no cost to the import of every worker (enum is ~1.5 ms of it)."""
+    Kind.RUN``), so that ``frame.kind is Kind.RUN`` holds as for an ``enum.IntEnum``, without
+    importing enum into every worker (~1.5 ms of its start)."""
 
     name: str
     # supervisor -> worker
@@ -154,115 +156,6 @@ class ProtocolError(Exception):
     frames: list[Frame] | tuple[()] = ()  # set by the raiser; never mutated
 
 
-# A LOG body: a worker's ``logging`` record, already formatted, in plain fields (no pickle: a
-# record's args may be anything, and the supervisor should not unpickle them to print a line).
-# levelno, lineno, attempt (0: outside an attempt), thread id, created (time.time()), then one
-# <I length> + UTF-8 for each text of LOG_TEXTS (length NO_TEXT: None).
-_LOG_HEAD = struct.Struct("<iiIQd")
-_TEXT_LEN = struct.Struct("<I")
-NO_TEXT = 0xFFFFFFFF
-LOG_TEXTS = (
-    "name",
-    "levelname",
-    "msg",
-    "pathname",
-    "funcName",
-    "threadName",
-    "exc_text",
-    "stack_info",
-    "activity",
-    "activity_id",
-)
-# Each text is cut to this many characters: a log line is not a way to move data, and a LOG
-# frame stays small enough for the pipe.
-LOG_TEXT_MAX = 64 * 1024
-if TYPE_CHECKING:
-
-    class LogEntry(NamedTuple):
-        levelno: int
-        lineno: int
-        attempt: int  # 0: the record came from outside an attempt
-        thread: int
-        created: float
-        name: str | None
-        levelname: str | None
-        msg: str | None
-        pathname: str | None
-        funcName: str | None
-        threadName: str | None
-        exc_text: str | None
-        stack_info: str | None
-        activity: str | None
-        activity_id: str | None
-
-else:
-    LogEntry = namedtuple(
-        "LogEntry",
-        "levelno lineno attempt thread created name levelname msg pathname funcName threadName "
-        "exc_text stack_info activity activity_id",
-    )
-    LogEntry.__doc__ = "A decoded LOG body: a worker's log record, its message formatted."
-
-
-def encode_log(
-    seq: int,
-    levelno: int,
-    lineno: int,
-    attempt: int,
-    thread: int,
-    created: float,
-    texts: tuple[str | None, ...],
-) -> bytes:
-    """A whole LOG frame (one ``bytes``): ``texts`` in the order of ``LOG_TEXTS``."""
-    if len(texts) != len(LOG_TEXTS):
-        raise ValueError(f"a LOG frame has {len(LOG_TEXTS)} texts, got {len(texts)}")
-    parts = [
-        _LOG_HEAD.pack(
-            max(-(2**31), min(levelno, 2**31 - 1)),
-            max(-(2**31), min(lineno, 2**31 - 1)),
-            max(0, min(attempt, 2**32 - 1)),
-            thread & 0xFFFFFFFFFFFFFFFF,
-            created,
-        )
-    ]
-    for text in texts:
-        if text is None:
-            parts.append(_TEXT_LEN.pack(NO_TEXT))
-            continue
-        if len(text) > LOG_TEXT_MAX:
-            text = text[:LOG_TEXT_MAX] + f" [cut at {LOG_TEXT_MAX} characters]"
-        raw = text.encode("utf-8", "backslashreplace")
-        parts.append(_TEXT_LEN.pack(len(raw)))
-        parts.append(raw)
-    return encode_small(Kind.LOG, seq, b"".join(parts))
-
-
-def decode_log(body: bytes | bytearray | memoryview) -> LogEntry:
-    """The :class:`LogEntry` in a LOG body; ``ProtocolError`` if it is not one."""
-    body = bytes(body)
-    n = len(body)
-    if n < _LOG_HEAD.size:
-        raise ProtocolError(f"LOG body of {n} bytes")
-    head = _LOG_HEAD.unpack_from(body, 0)
-    pos = _LOG_HEAD.size
-    texts: list[str | None] = []
-    for _ in LOG_TEXTS:
-        if n - pos < _TEXT_LEN.size:
-            raise ProtocolError("LOG body ends inside its texts")
-        (size,) = _TEXT_LEN.unpack_from(body, pos)
-        pos += _TEXT_LEN.size
-        if size == NO_TEXT:
-            texts.append(None)
-            continue
-        if size > n - pos:
-            raise ProtocolError(f"LOG text of {size} bytes, {n - pos} left")
-        texts.append(body[pos : pos + size].decode("utf-8", "replace"))
-        pos += size
-    if pos != n:
-        raise ProtocolError(f"{n - pos} bytes after a LOG body")
-    return LogEntry(*head, *texts)
-
-
 if TYPE_CHECKING:
 
     class RunMeta(NamedTuple):
@@ -275,7 +168,8 @@ if TYPE_CHECKING:
         deadline: float | None  # time.time() based, informational for activity.info()
         heartbeat_timeout: float | None
         heartbeat_details: Any
-        fault: tuple[str, Any] | None  # injected by Pool.inject_fault, for users' tests
+        # injected by Pool.inject_fault (pool._faults); left off the frame when there is none
+        fault: tuple[str, Any] | None = None
 
 else:
     # the class typing.NamedTuple would make (it calls namedtuple), without importing typing
@@ -283,6 +177,7 @@ else:
         "RunMeta",
         "module qualname name activity_id attempt session_id deadline heartbeat_timeout "
         "heartbeat_details fault",
+        defaults=(None,),
     )
     RunMeta.__doc__ = """What a worker needs to run one attempt, besides the arguments.
 
@@ -387,7 +282,7 @@ def encode(
     body: bytes = b"",
     body2: bytes = b"",
     buffers: list[pickle.PickleBuffer] | None = None,
-    segments: Segments | None = None,
+    segments: SegmentWriter | None = None,
 ) -> list[bytes | memoryview]:
     """A frame as a list of chunks for ``os.writev`` (buffers are not copied).
 
@@ -430,227 +325,10 @@ def write_all(fd: int, parts: list[bytes | memoryview], offset: int | None = Non
                 n = 0
 
 
-class _Segment:
-    """One memfd. A kept one stays mapped here (reuse is a ``memcpy`` into pages already
-    faulted in); a one-off one is written with ``pwritev``, cheaper for pages used once."""
-
-    __slots__ = ("capacity", "fd", "id", "keep", "map")
-
-    def __init__(self, seg_id: int, capacity: int, keep: bool) -> None:
-        self.id = seg_id
-        self.keep = keep
-        self.map: mmap.mmap | None = None
-        with StdioReserved():  # the memfd, and the duplicate of it the mmap keeps
-            self.fd = os.memfd_create(f"activitypool-{seg_id}", os.MFD_CLOEXEC)
-            try:
-                os.ftruncate(self.fd, capacity)
-                if keep:
-                    self.map = mmap.mmap(self.fd, capacity, flags=mmap.MAP_SHARED)
-            except BaseException:
-                os.close(self.fd)
-                raise
-        self.capacity = capacity
-
-    def write(self, chunks: list[bytes | memoryview]) -> None:
-        mem = self.map
-        if mem is None:
-            write_all(self.fd, chunks, offset=0)
-            return
-        pos = 0
-        for chunk in chunks:
-            n = chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)
-            mem[pos : pos + n] = chunk
-            pos += n
-
-    def grow(self, capacity: int) -> None:
-        assert self.map is not None
-        self.map.resize(capacity)  # the file too
-        self.capacity = capacity
-
-    def close(self) -> None:
-        if self.map is not None:
-            self.map.close()
-        os.close(self.fd)
-
-
-class Segments:
-    """The shared memory one end copies its large frames into. Owned by one thread.
-
-    A segment is *lent* from the frame that names it until the peer sends ``RELEASE`` (it has
-    copied the frame out), then free for the next frame. Segments stay mapped here, and the peer
-    keeps its own mapping of a kept segment, so after the first use a frame costs a ``memcpy``
-    on each side: no file to create, no page to fault in or zero. Up to ``KEEP_SEGMENTS``
-    segments of ``KEEP_BYTES`` in all are kept; a larger frame gets a segment of its own that
-    is closed on release. ``close()`` frees everything; the kernel frees whatever a dead process
-    still held.
-    """
-
-    __slots__ = ("_free", "_kept", "_lent", "_next_id")
-
-    def __init__(self) -> None:
-        self._free: list[_Segment] = []
-        self._lent: dict[int, _Segment] = {}
-        self._next_id = 1
-        self._kept: list[_Segment] = []  # free or lent
-
-    def put(self, chunks: list[bytes | memoryview], size: int) -> bytes:
-        """Copy ``chunks`` (``size`` bytes in all) into a segment; the frame body naming it."""
-        seg = self._acquire(size)
-        seg.write(chunks)
-        self._lent[seg.id] = seg
-        return _SEGREF.pack(seg.id, seg.fd, size, seg.keep)
-
-    def _acquire(self, size: int) -> _Segment:
-        free = self._free
-        fits = [s for s in free if s.capacity >= size]
-        if fits:
-            seg = min(fits, key=_capacity)
-            free.remove(seg)
-            return seg
-        capacity = -(-size // SEGMENT_ROUND) * SEGMENT_ROUND
-        kept = sum(s.capacity for s in self._kept)
-        if free:  # grow the largest free one in place, if the budget allows
-            seg = max(free, key=_capacity)
-            if kept - seg.capacity + capacity <= KEEP_BYTES:
-                free.remove(seg)
-                seg.grow(capacity)
-                return seg
-        keep = len(self._kept) < KEEP_SEGMENTS and kept + capacity <= KEEP_BYTES
-        seg = _Segment(self._next_id, capacity if keep else size, keep)
-        self._next_id += 1
-        if keep:
-            self._kept.append(seg)
-        return seg
-
-    def release(self, seg_id: int) -> None:
-        seg = self._lent.pop(seg_id, None)
-        if seg is None:
-            raise ProtocolError(f"release of segment {seg_id}, which is not lent")
-        if seg.keep:
-            self._free.append(seg)
-        else:
-            seg.close()
-
-    @property
-    def lent(self) -> int:
-        return len(self._lent)
-
-    @property
-    def held(self) -> int:
-        """Segments open on this side (kept ones, and one-off segments not yet released)."""
-        return len(self._kept) + sum(1 for s in self._lent.values() if not s.keep)
-
-    def close(self) -> None:
-        for seg in {id(s): s for s in (*self._kept, *self._lent.values())}.values():
-            seg.close()
-        self._free.clear()
-        self._lent.clear()
-        self._kept.clear()
-
-
-def _capacity(seg: _Segment) -> int:
-    return seg.capacity
-
-
 class SegmentGone(ProtocolError):
     """A frame names a segment whose owner has exited (it died after writing the frame).
 
     ``FrameReader`` drops such a frame: the writer's exit, seen next, decides its attempt."""
-
-
-class PeerSegments:
-    """The receiving side: maps the peer's segments, copies frames out, notes what to release.
-
-    ``released`` collects the ids to send back in ``RELEASE`` frames; the owner drains it.
-    """
-
-    __slots__ = ("_maps", "pid", "released")
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self._maps: dict[int, mmap.mmap] = {}  # kept segments of the peer, mapped here
-        self.released: list[int] = []
-
-    def frame(self, kind: Kind, seq: int, ref: bytes, split: int, nbuf: int) -> Frame:
-        """The frame a segment holds; the segment is noted in ``released`` (nothing here
-        points into a kept segment afterwards; a one-off one may stay mapped, privately, under
-        the arrays built on it, since its writer never reuses it)."""
-        if len(ref) != _SEGREF.size:
-            raise ProtocolError(f"bad shared-memory reference of {len(ref)} bytes")
-        seg_id, fd, size, keep = _SEGREF.unpack(ref)
-        if not 0 < size < MAX_FRAME or keep > 1:
-            raise ProtocolError(f"bad shared-memory reference: {size} bytes, keep={keep}")
-        if keep:
-            mem = self._maps.get(seg_id)
-            if mem is None or len(mem) < size:
-                old = self._maps.pop(seg_id, None)
-                if old is not None:
-                    old.close()
-                mem = self._maps[seg_id] = self._map(fd, size, private=False)
-            with memoryview(mem) as view, view[:size] as body:
-                frame = _split(kind, seq, body, split, nbuf, copy=True)
-        else:
-            mem = self._map(fd, size, private=True)
-            frame = _split(kind, seq, memoryview(mem)[:size], split, nbuf, copy=False)
-            frame.mapped = True
-        self.released.append(seg_id)
-        return frame
-
-    def _map(self, fd: int, size: int, private: bool) -> mmap.mmap:
-        path = f"/proc/{self.pid}/fd/{fd}"
-        with StdioReserved():  # the fd opened here, and the duplicate the mmap keeps
-            try:
-                # non-blocking: a reference to one of the peer's pipes must not block the open
-                # (opening a pipe through /proc waits for a writer, as a FIFO's open does)
-                sfd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-            except FileNotFoundError:
-                if self._peer_has_fds():
-                    raise ProtocolError(f"the peer has no segment {path}") from None
-                raise SegmentGone(f"segment {path} is gone (its process exited)") from None
-            except OSError as exc:
-                raise ProtocolError(f"cannot open shared-memory segment {path}: {exc}") from None
-            try:
-                st = os.fstat(sfd)
-                if not stat.S_ISREG(st.st_mode):  # a memfd is a regular file; not a pipe, a tty
-                    raise ProtocolError(f"{path} is not a shared-memory segment")
-                length = st.st_size
-                if length < size:
-                    raise ProtocolError(f"segment {path} holds {length} bytes, not {size}")
-                if private:  # copy-on-write: arrays built on it are writable, and ours alone
-                    prot = mmap.PROT_READ | mmap.PROT_WRITE
-                    return mmap.mmap(sfd, length, flags=mmap.MAP_PRIVATE, prot=prot)
-                return mmap.mmap(sfd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-            except (OSError, ValueError) as exc:
-                raise ProtocolError(f"cannot map shared-memory segment {path}: {exc}") from None
-            finally:
-                os.close(sfd)
-
-    def _peer_has_fds(self) -> bool:
-        """Whether the peer still holds fds: then one its frame names and that is missing was
-        never a segment. A process that has exited (a zombie, or reaped) holds none."""
-        try:
-            return bool(os.listdir(f"/proc/{self.pid}/fd"))
-        except OSError:
-            return False
-
-    def close(self) -> None:
-        for mem in self._maps.values():
-            mem.close()
-        self._maps.clear()
-
-
-def shm_supported() -> bool:
-    """memfd segments need Linux: ``memfd_create`` and ``/proc/<pid>/fd``."""
-    return hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
-
-
-def can_open_peer_fd(pid: int, fd: int) -> bool:
-    """Whether ``/proc/<pid>/fd/<fd>`` opens here (the handshake before using segments)."""
-    try:
-        os.close(os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY))
-    except OSError:
-        return False
-    return True
 
 
 def encode_small(kind: Kind, seq: int, body: bytes = b"", body2: bytes = b"") -> bytes:
@@ -713,7 +391,7 @@ class FrameReader:
 
     __slots__ = ("_big", "_big_at", "_big_head", "_buf", "peer")
 
-    def __init__(self, peer: PeerSegments | None = None) -> None:
+    def __init__(self, peer: SegmentReader | None = None) -> None:
         self.peer = peer  # where frames in shared memory come from (None: refused)
         self._buf = bytearray()
         self._big: bytearray | None = None  # body of a large frame being filled in place
@@ -751,7 +429,7 @@ class FrameReader:
             return frames
         self._big = None
         try:
-            frames.append(_split(_KINDS[kind], seq, memoryview(big), split, nbuf))
+            frames.append(split_frame(_KINDS[kind], seq, memoryview(big), split, nbuf))
         except ProtocolError as exc:
             exc.frames = frames
             raise
@@ -821,7 +499,7 @@ class FrameReader:
                     except SegmentGone:
                         pass  # its writer died after sending it: that death decides the attempt
                     continue
-                frames.append(_split(k, seq, raw, split, nbuf))
+                frames.append(split_frame(k, seq, raw, split, nbuf))
         except ProtocolError as exc:
             exc.frames = frames
             raise
@@ -847,14 +525,14 @@ def _checked_kind(size: int, split: int, kind: int, nbuf: int) -> Kind:
     if size >= MAX_FRAME:
         raise ProtocolError(f"frame of {size} bytes")
     if kind & SHM_FLAG:
-        if size != _SEGREF.size:
+        if size != SEGREF.size:
             raise ProtocolError(f"shared-memory frame with a body of {size} bytes")
     elif split > size or 8 * nbuf > size:
         raise ProtocolError(f"frame of {size} bytes with split {split} and {nbuf} buffers")
     return k
 
 
-def _split(
+def split_frame(
     kind: Kind, seq: int, raw: memoryview, split: int, nbuf: int, copy: bool = False
 ) -> Frame:
     """Cut a frame body into its pickles and buffers: views of ``raw``, or with ``copy``

@@ -1,241 +1,79 @@
-"""The imperative shell around the scheduler: processes, pipes, the one timer, the callers.
+"""The imperative shell around the scheduler: it implements ``Effects`` and routes events.
 
 Data flow (everything below runs on one event loop thread, the supervisor's)::
 
     caller ──execute/submit──▶ Supervisor.submit ──▶ Scheduler (pure: who runs what, when)
                                                         │ Effects: send_run / kill / spawn / resolve
                                                         ▼
-    caller ◀──future── Supervisor.resolve ◀── Scheduler ◀── frames ◀── WorkerHandle (pipe pair)
+    caller ◀──waiter── Supervisor.resolve ◀── Scheduler ◀── ChannelListener ◀── Channel (pipes)
                                                                           ▲        │ RUN
                                                                  RESULT / │        ▼
                                                                FAILURE /  worker process
                                                                HEARTBEAT  (pool._worker) ─▶ activity
+                              Spawner (fork server, spawn, exit watch) ──▶ SpawnerListener ─┘
 
-Ownership: the loop thread owns every attribute here and everything in the scheduler. Other
-threads reach in only through the inbox (``pool._loop.Inbox``: one ``call_soon_threadsafe``
-drains a burst) or ``call_soon_threadsafe``, with one exception, the direct lane
-(``pool._lane``): while the pool is quiet the loop lends one idle worker, and a thread blocked
-in ``pool.run()`` may write that worker's next RUN frame itself, under the lane's lock, and
-leave a note that the loop adopts before it reads that worker's reply. The loop revokes the
-offer (under the same lock) before it gives the worker other work or lets go of its pipes.
-
-The scheduler owns all deadlines; this class arms a single loop timer for the earliest one
-(``_after``). Frames queued for a worker during one event leave in one write at the end of it
-(``_flush``); large bodies go through shared-memory segments (``pool._protocol.Segments``),
-one set per worker and direction.
-
-Workers come from the pool's fork server (``pool._process.ForkServer``; requests answered in
-``_on_forkserver``) or are spawned. Worker death is seen without polling: EOF on the reply pipe,
-then the fork server's exit report, or for a spawned worker its pidfd (or a non-blocking
-waitpid), gives the exit status.
+Ownership: the loop thread owns everything here. This class owns the worker handles (one
+``pool._channel.Channel`` per live worker, by worker id), the one loop timer armed for the
+scheduler's earliest deadline (``_arm_timer``), the batch of channels with frames queued in the
+current event (``_batch``, flushed in ``after``), the callers to wake after it
+(``wake_later``), the fault rules (``pool._faults``) and the reply spin's decision. The
+scheduler owns all call, worker and session state and every deadline; a channel owns one
+worker's pipes, segments and output; the spawner owns the fork server and sees exits. Other
+threads reach in only through the inbox (``pool._loop.Inbox``, which this class owns: one
+``call_soon_threadsafe`` drains a burst) or ``call_soon_threadsafe``, with one exception, the
+direct lane (``pool._lane``): while the pool is quiet this class lends one idle worker, and a
+thread blocked in ``pool.run()`` may write that worker's next RUN frame itself, under the
+lane's lock, and leave a note that this class adopts before it handles anything that worker
+sends. The offer is revoked (under the same lock) before the worker gets other work or its
+pipes are let go.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
-import itertools
 import logging
 import math
-import os
 import pickle
-import select
-import signal
-import sys
 import time
-import types
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from pool._channel import Channel, OutputCallback
+from pool._config import PoolConfig
 from pool._events import PoolEvent, PoolStats, Stats, make_event
-from pool._fds import above_stdio
+from pool._faults import FaultRule, FaultRules
 from pool._lane import Lane, Offer, Taken, run_meta
 from pool._loop import Inbox
-from pool._output import LineSplitter
-from pool._process import (
-    ForkServer,
-    WorkerProcess,
-    caller_can_fork,
-    new_pool_id,
-    spawn_worker,
-    worker_env,
-)
-from pool._protocol import (
-    FailureInfo,
-    Frame,
-    FrameReader,
-    Kind,
-    PeerSegments,
-    ProtocolError,
-    Segments,
-    decode_log,
-    encode,
-    encode_small,
-    shm_supported,
-)
+from pool._process import ForkServer, WorkerProcess
+from pool._protocol import ProtocolError
 from pool._scheduler import Call, Scheduler
-from sdk._errors import (
-    ApplicationError,
-    RemoteTraceback,
-    WorkerCrashedError,
-    safe_repr,
-)
+from pool._spawner import Spawner
+from sdk._errors import ApplicationError, WorkerCrashedError
 
 log = logging.getLogger("activitypool")
-# writev() takes at most this many buffers (Linux IOV_MAX)
-IOV_MAX = 1024
-# Bodies up to this size are copied into one bytes object with their header (one write);
-# larger ones go out as separate buffers, or through shared memory.
-SMALL_BODY = 64 * 1024
-# A replacement worker is spawned this long after the death that calls for it (see spawn()).
-SPAWN_DELAY = 0.005
-# A worker's output pipe is read this much at a time (one read per loop callback)...
-OUTPUT_READ = 64 * 1024
-# ...and at most this much more once the worker has exited (a child of its may hold the pipe).
-OUTPUT_DRAIN = 1 << 20
-
-
-@dataclass(eq=False)
-class WorkerHandle:
-    """The supervisor's side of one worker process. Owned by the loop thread."""
-
-    id: int
-    proc: WorkerProcess
-    reader: FrameReader = field(default_factory=FrameReader)
-    unsent: list[bytes | memoryview] = field(default_factory=list)  # this event's frames
-    outbox: collections.deque[memoryview] = field(default_factory=collections.deque)  # pipe full
-    output: LineSplitter = field(default_factory=LineSplitter)  # what it printed, in lines
-    eof: bool = False
-    gone: bool = False  # reported to the scheduler as exited
-    # (seq, activity name) of every RUN sent and not yet answered, in pipe order: the head is
-    # what the worker is running now, which tags its output
-    in_pipe: collections.deque[tuple[int, str]] = field(default_factory=collections.deque)
-
-    @property
-    def activity(self) -> str | None:
-        return self.in_pipe[0][1] if self.in_pipe else None
-
-    # large frames to it (None until it said at READY that it can open them)
-    segments: Segments | None = None
-    cancel_signal: bool = False  # SIGUSR1 owed once the queued CANCEL frame is in the pipe
-    spin_poll: Any = None  # a poll object on its reply pipe, made on the first reply spin
-
-
-@dataclass(eq=False)
-class FaultRule:
-    """Make attempt ``attempt`` (None: every attempt) of activity ``name`` misbehave."""
-
-    name: str
-    attempt: int | None
-    kind: str  # hang | crash | exit | raise | oom
-    arg: Any
-    remaining: int | None  # None: forever
-
-
-@dataclass(frozen=True)
-class SupervisorConfig:
-    workers: int
-    prefetch: int
-    cancel_grace: float
-    start_timeout: float
-    shutdown_timeout: float
-    max_tasks_per_worker: int | None
-    max_memory_per_worker: int | None
-    thread_limit: int | None
-    cpu_affinity: tuple[frozenset[int], ...] | None  # worker n runs on set (n - 1) % len
-    preload: tuple[str, ...]
-    spares: int = 0  # ready workers held back to replace one that dies
-    # "forkserver": a fresh fork server; "fork": one forked from the caller (while it has one
-    # thread, else a fresh one); "spawn": a fresh interpreter per worker
-    start_method: str = "forkserver"
-    # after sending the pool's only call, of an activity that takes less than this on average:
-    # wait for its reply on the CPU (up to this long) instead of sleeping in the loop (0: never)
-    reply_spin: float = 0.0
-    # in the environment of every process the pool starts (pool._tree.POOL_MARKER)
-    pool_id: str = field(default_factory=new_pool_id)
-
-
-_LINUX = sys.platform.startswith("linux")
-
-
-def worker_environment(config: SupervisorConfig) -> dict[str, str]:
-    """The environment workers start with: ours, the BLAS thread limit, and this package on
-    ``PYTHONPATH`` (for a spawned worker, and an activity's own subprocesses)."""
-    env = worker_env(config.thread_limit, config.pool_id)
-    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-def stdlib_imported_by(module_names: Iterable[str]) -> list[str]:
-    """The standard-library top-level modules these (already imported) modules import
-    directly: modules they hold, and the modules of the functions and classes they imported
-    from them (``from typing import Any`` names ``typing``)."""
-    stdlib: frozenset[str] = getattr(sys, "stdlib_module_names", frozenset())
-    found: set[str] = set()
-    for name in module_names:
-        module = sys.modules.get(name)
-        if module is None:
-            continue
-        for value in list(vars(module).values()):
-            owner: object
-            if isinstance(value, types.ModuleType):
-                owner = value.__name__
-            else:
-                try:
-                    owner = getattr(value, "__module__", None)
-                except Exception:  # an object whose attributes are computed, and failed
-                    continue
-            if isinstance(owner, str):
-                top = owner.partition(".")[0]
-                if top in stdlib:
-                    found.add(top)
-    return sorted(found)
-
-
-def early_forkserver(config: SupervisorConfig) -> ForkServer | None:
-    """With ``start_method="fork"``: a fork server forked from the caller, if that is safe now
-    (the caller has one thread); None otherwise (then a fresh one is spawned).
-
-    A ``with`` pool calls this before it starts its loop thread (after which the process has
-    two threads); an ``async with`` pool from its start, on the caller's own thread."""
-    if config.start_method != "fork":
-        return None
-    if not caller_can_fork():
-        log.warning(
-            "start_method='fork': this process runs more than one thread, and forking it could "
-            "deadlock the fork server on a lock another thread holds; starting a fresh one"
-        )
-        return None
-    try:
-        return ForkServer(worker_environment(config), fork_caller=True)
-    except OSError as exc:
-        log.warning("could not fork the fork server (%s): spawning it", exc)
-        return None
 
 
 class Supervisor:
+    """Implements the scheduler's ``Effects``, ``ChannelListener`` and ``SpawnerListener``."""
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        config: SupervisorConfig,
+        config: PoolConfig,
         on_event: Callable[[PoolEvent], None] | None = None,
-        on_output: Callable[[int, str | None, str], None] | None = None,
+        on_output: OutputCallback | None = None,
         forkserver: ForkServer | None = None,
         early_tried: bool = False,
     ) -> None:
         """``forkserver``: one forked from the caller before the loop thread started
-        (``early_forkserver``, which ``early_tried`` says was called); the supervisor owns it
-        from here on."""
+        (``pool._spawner.early_forkserver``, which ``early_tried`` says was called)."""
         self.loop = loop
         self.config = config
         self.on_event = on_event
         self.event_kinds: frozenset[str] | None = None  # None: every kind (see set_on_event)
         self.on_output = on_output
-        self.handles: dict[int, WorkerHandle] = {}
+        self.handles: dict[int, Channel] = {}
         self.scheduler = Scheduler(
             self,
             workers=config.workers,
@@ -246,15 +84,14 @@ class Supervisor:
             events=on_event is not None,
             spares=config.spares,
         )
+        self.spawner = Spawner(loop, config, self, forkserver, early_tried)
         self.stats = Stats()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._ready: asyncio.Future[None] = loop.create_future()
         self._all_gone: asyncio.Future[None] = loop.create_future()
-        self._env: dict[str, str] = {}
-        self._init_body = b""
-        self.faults: dict[str, list[FaultRule]] = {}
-        self._dirty: list[WorkerHandle] = []  # handles with frames queued in this event
+        self.faults: FaultRules | None = None  # made by the first inject_fault
+        self._batch: list[Channel] = []  # channels with frames queued in this event
         self._wakes: list[Callable[[], None]] = []  # see wake_later
         self._spinning = False  # in _spin_for_reply (never nested)
         # calls and actions other threads hand to the loop (no reply spin while it holds any)
@@ -263,47 +100,12 @@ class Supervisor:
         self.lane = Lane()
         self.spins_caught = 0  # replies a spin caught / spins that gave up (for tests, tuning)
         self.spins_missed = 0
-        self._forkserver: ForkServer | None = forkserver  # forks workers (None: spawn them)
-        self._early_tried = early_tried
-        # an fd each worker must be able to open through /proc before segments are used
-        self._shm_probe: int | None = None
-        if shm_supported():
-            with contextlib.suppress(OSError):
-                probe = os.memfd_create("activitypool-probe", os.MFD_CLOEXEC)
-                self._shm_probe = above_stdio(probe)
 
     # -- lifecycle (loop thread) -----------------------------------------------------------
     async def start(self) -> None:
-        self._env = worker_environment(self.config)
-        main = sys.modules.get("__main__")
-        main_path = getattr(main, "__file__", None)
-        self._init_body = pickle.dumps(
-            {
-                "sys_path": list(sys.path),
-                "preload": list(self.config.preload),
-                "main_path": os.path.abspath(main_path) if main_path else None,
-                "log_levels": _log_levels(),
-            },
-            protocol=5,
-        )
-        fs = self._forkserver
-        if fs is None and not self._early_tried and _LINUX:
-            fs = early_forkserver(self.config)  # (async with: this is the caller's thread)
-        if fs is None and _LINUX:
-            try:  # (it needs SOCK_SEQPACKET, waitid and pidfds: Linux)
-                # under spawn too: it spawns the workers, and reaps what they leave behind
-                fs = ForkServer(self._env, spawn=self.config.start_method == "spawn")
-            except (OSError, AttributeError) as exc:
-                log.warning("no fork server (%s): workers are spawned one by one", exc)
-        self._forkserver = fs
-        if fs is not None:
-            self.loop.add_reader(fs.fileno(), self._on_forkserver)
-            if not fs.forked_caller:  # (forked from the caller, it has the caller's modules)
-                # before the first fork: what the activity modules import from the standard
-                # library (the first worker reports the rest, e.g. a third-party package's)
-                fs.warm(stdlib_imported_by(self.config.preload))
+        self.spawner.start()
         self.scheduler.start(time.monotonic())
-        self._after()
+        self.after()
         await self._ready
 
     def _check_ready(self) -> None:
@@ -322,7 +124,7 @@ class Supervisor:
             sched.cancel_all(time.monotonic())
         else:
             sched.close()
-        self._after()
+        self.after()
         self._check_all_gone()
         if not self._all_gone.done():
             try:
@@ -344,155 +146,81 @@ class Supervisor:
 
     def kill_all(self) -> None:
         """Last resort and final sweep: no process outlives the pool."""
-        for handle in list(self.handles.values()):
-            handle.proc.kill_tree()
-            self._forget(handle)
-            handle.proc.wait()
-        fs = self._forkserver
-        if fs is not None:
-            self._forkserver = None
-            if not fs.dead:
-                with contextlib.suppress(Exception):
-                    self.loop.remove_reader(fs.fileno())
-            fs.close()  # it kills and reaps whatever it still has, then exits
-        if self._shm_probe is not None:
-            os.close(self._shm_probe)
-            self._shm_probe = None
+        for channel in list(self.handles.values()):
+            channel.proc.kill_tree()
+            self._forget(channel)
+            channel.proc.wait()
+        self.spawner.close()  # the fork server kills and reaps whatever it still has
 
     def _check_all_gone(self) -> None:
         if not self._all_gone.done() and self.scheduler.drained and not self.handles:
             self._all_gone.set_result(None)
 
+    # -- what the pool asks (any thread: through Pool._on_loop_call) -----------------------
+    def worker_pids(self) -> list[int]:
+        """Pids of the live workers."""
+        return [ch.proc.pid for ch in self.handles.values() if not ch.proc.reaped and not ch.eof]
+
+    def process_pids(self) -> list[int]:
+        """The live workers' pids and the fork server's (for leak checks)."""
+        pids = self.worker_pids()
+        server = self.spawner.forkserver_pid()
+        if server is not None:
+            pids.append(server)
+        return pids
+
+    def forkserver_pid(self) -> int | None:
+        return self.spawner.forkserver_pid()
+
+    def forked_caller(self) -> bool:
+        """Whether the fork server was forked from the caller (start_method="fork")."""
+        return self.spawner.forked_caller()
+
+    def stats_snapshot(self) -> PoolStats:
+        return self.stats.snapshot(self.scheduler.live_workers(), self.scheduler.queued())
+
     # -- callers (loop thread) -------------------------------------------------------------
     def submit(self, call: Call) -> None:
         self.scheduler.submit(call, time.monotonic())
-        self._after()
+        self.after()
 
     def submit_many(self, calls: list[Call]) -> None:
         now = time.monotonic()
         for call in calls:
             self.scheduler.submit(call, now)
-        self._after()
+        self.after()
 
     def cancel(self, call: Call) -> None:
         self.scheduler.cancel(call.id, time.monotonic())
-        self._after()
+        self.after()
 
     def cancel_many(self, calls: list[Call]) -> None:
         now = time.monotonic()
         for call in calls:
             self.scheduler.cancel(call.id, now)
-        self._after()
+        self.after()
 
     def add_fault(self, rule: FaultRule) -> None:
         self._reclaim()  # a lent worker's RUN would carry no fault
-        self.faults.setdefault(rule.name, []).append(rule)
+        if self.faults is None:
+            self.faults = FaultRules()
+        self.faults.add(rule)
 
     def clear_faults(self) -> None:
-        self.faults.clear()
-
-    def _fault_for(self, name: str, attempt: int) -> tuple[str, Any] | None:
-        rules = self.faults.get(name)
-        if not rules:
-            return None
-        for rule in rules:
-            if rule.attempt is None or rule.attempt == attempt:
-                if rule.remaining is not None:
-                    rule.remaining -= 1
-                    if rule.remaining <= 0:
-                        rules.remove(rule)
-                return (rule.kind, rule.arg)
-        return None
-
-    # -- questions from the pool (on the loop thread) -------------------------------------
-    def snapshot(self) -> PoolStats:
-        return self.stats.snapshot(self.scheduler.live_workers(), self.scheduler.queued())
-
-    def worker_pids(self) -> list[int]:
-        """Pids of the live worker processes."""
-        return [h.proc.pid for h in self.handles.values() if not h.proc.reaped and not h.eof]
-
-    def helper_pids(self) -> list[int]:
-        """Pids of the pool's own other processes (its fork server), for leak checks."""
-        fs = self._forkserver
-        return [fs.pid] if fs is not None and not fs.dead else []
+        if self.faults is not None:
+            self.faults.clear()
 
     def release_session(self, session_id: str) -> None:
         self.scheduler.close_session(session_id)
-        self._after()
+        self.after()
 
-    # -- the direct lane (pool._lane): a blocking caller writes its RUN itself -----------
-    def _lend(self) -> None:
-        if not self._ready.done():
-            return
-        lent = self.scheduler.lend(self._lendable)
-        if lent is not None:
-            wid, seq = lent
-            self.lane.put(Offer(wid, self.handles[wid].proc.to_worker, seq))
-
-    def _lendable(self, worker_id: int) -> bool:
-        h = self.handles.get(worker_id)
-        return h is not None and not (h.eof or h.gone or h.outbox or h.unsent or h.in_pipe)
-
-    def unlend(self, worker_id: int) -> bool:
-        offer = self.lane.offer
-        return offer is not None and offer.worker_id == worker_id and self.lane.revoke() is not None
-
-    def _reclaim(self) -> None:
-        """Before giving workers other work: adopt what callers sent through the lane, and
-        take back a lent worker that no caller took."""
-        lane = self.lane
-        if lane.notes:
-            self._adopt_notes()
-        if lane.offer is None:
-            return
-        offer = lane.revoke()
-        if offer is not None:
-            self.scheduler.reclaim(offer.worker_id, time.monotonic())
-
-    def adopt_notes(self) -> None:
-        """From a caller's thread: its call sent through the lane is not answered yet; have
-        the loop adopt it now (arming its deadlines)."""
-        self.inbox.put(self._on_notes)
-
-    def lane_failed(self, taken: Taken) -> None:
-        """From a caller's thread: its RUN could not be written; the worker is going."""
-        self.inbox.put(partial(self._lane_failed, taken))
-
-    def _on_notes(self) -> None:
-        self._adopt_notes()
-        self._after()
-
-    def _adopt_notes(self) -> None:
-        now = time.monotonic()
-        for taken in self.lane.take_notes():
-            call, wid = taken.call, taken.offer.worker_id
-            handle = self.handles.get(wid)
-            if handle is not None and not handle.eof:
-                handle.in_pipe.append((call.seq, call.defn.name))
-            self.scheduler.adopt(call, wid, min(taken.sent_at, now), now)
-
-    def _lane_failed(self, taken: Taken) -> None:
-        self._adopt_notes()
-        call = taken.call
-        if self.scheduler.running_call(taken.offer.worker_id, call.seq) is call:
-            err = WorkerCrashedError(
-                "the worker's request pipe was closed",
-                exitcode=None,
-                signal=None,
-                pid=None,
-                worker_id=taken.offer.worker_id,
-            )
-            self.scheduler.kill_worker(taken.offer.worker_id, err, time.monotonic())
-        self._after()
-
-    # -- the one timer ---------------------------------------------------------------------
+    # -- the end of every event ------------------------------------------------------------
     def wake_later(self, wake: Callable[[], None]) -> None:
         """Run ``wake`` (it wakes a caller's thread) once this event's frames are written.
 
         A thread woken mid-event wants the GIL while this thread still works and then writes:
         each such hand-off costs both a switch. Woken after the writes, it runs while this
-        thread waits in the loop. ``_after`` runs these; a loop callback is the safety net.
+        thread waits in the loop. ``after`` runs these; a loop callback is the safety net.
         """
         if not self._wakes:
             if self.loop.is_closed():
@@ -509,63 +237,54 @@ class Supervisor:
             except Exception:
                 log.exception("waking a caller failed")
 
-    def _after(self) -> None:
-        """After every event: send what it queued, wake the callers it answered, re-arm the
-        timer for the next deadline; then perhaps wait for a quick reply on the CPU."""
+    def after(self) -> None:
+        """After every event (a call, a read, a timer, a fork server report): send what it
+        queued, wake the callers it answered, re-arm the timer for the next deadline; then
+        perhaps wait for a quick reply on the CPU."""
         spin = None
-        if self._dirty:
-            if self.config.reply_spin and not self._spinning:
-                spin = self._spin_candidate()
-            self._flush()
+        batch = self._batch
+        if batch:
+            if self.config.reply_spin and not self._spinning and len(batch) == 1:
+                spin = self._spin_candidate(batch[0])
+            for channel in batch:
+                channel.flush()
+            batch.clear()
         if self._wakes:
             self._run_wakes()
         self._arm_timer()
         lane = self.lane
-        if lane.wanted and lane.offer is None and not lane.notes and not self.faults:
+        if lane.wanted and lane.offer is None and not lane.notes and self.faults is None:
             self._lend()
         if spin is not None:
             # not now: first let what is ready run (a caller woken by this event may be about
             # to submit; then two calls are in flight and spinning would only delay it)
             self.loop.call_soon(self._spin_for_reply, spin)
 
-    def _spin_candidate(self, handle: WorkerHandle | None = None) -> WorkerHandle | None:
+    def _spin_candidate(self, channel: Channel) -> Channel | None:
         """The worker whose reply to spin for: it has the pool's only call, just sent, of an
         activity whose attempts take less than ``reply_spin`` on average. Calls one after
         another (``await pool.execute`` in a loop) then cost no loop wake-up per reply: on a
         VM a sleeping thread takes ~20 µs to wake, as long as a no-op call's work."""
-        if handle is None:  # (the event's only write, which is about to be flushed)
-            if len(self._dirty) != 1:
-                return None
-            handle = self._dirty[0]
-        if self.scheduler.in_flight() != 1 or self.inbox or len(handle.in_pipe) != 1:
+        if self.scheduler.in_flight() != 1 or self.inbox or len(channel.in_pipe) != 1:
             return None
-        if handle.outbox or handle.eof or handle.gone or handle.proc.fds_closed:
+        if channel.outbox or channel.eof or channel.gone or channel.proc.fds_closed:
             return None  # (the write is not complete, or the worker is going or gone)
-        took = self.scheduler.average_duration(handle.in_pipe[0][1])
+        took = self.scheduler.average_duration(channel.in_pipe[0][1])
         if took is None or took >= self.config.reply_spin:
             return None
-        return handle
+        return channel
 
-    def _spin_for_reply(self, handle: WorkerHandle) -> None:
-        """Poll ``handle``'s reply pipe without sleeping for up to ``reply_spin``; handle the
-        reply here if it comes (its caller then runs in this loop iteration), else leave it
-        to the loop. Bounded, and only for calls that usually answer within the bound."""
-        if self._spinning or self._spin_candidate(handle) is None:
+    def _spin_for_reply(self, channel: Channel) -> None:
+        """Spin for ``channel``'s reply (its caller then runs in this loop iteration), else
+        leave it to the loop. Bounded, and only for calls that usually answer within it."""
+        if self._spinning or self._spin_candidate(channel) is None:
             return  # since it was sent: another call came, the reply came, or the worker died
-        poller = handle.spin_poll
-        if poller is None:
-            poller = handle.spin_poll = select.poll()
-            poller.register(handle.proc.from_worker, select.POLLIN)
         self._spinning = True
         try:
-            clock = time.monotonic
-            end = clock() + self.config.reply_spin
-            while not poller.poll(0):
-                if clock() >= end:
-                    self.spins_missed += 1
-                    return
-            self.spins_caught += 1
-            self._on_readable(handle)
+            if channel.spin(self.config.reply_spin):
+                self.spins_caught += 1
+            else:
+                self.spins_missed += 1
         finally:
             self._spinning = False
 
@@ -586,198 +305,58 @@ class Supervisor:
     def _on_timer(self) -> None:
         self._timer = None
         self.scheduler.advance(time.monotonic())
-        self._after()
+        self.after()
 
     # -- Effects (called by the scheduler) -------------------------------------------------
     def spawn(self, worker_id: int) -> None:
-        if not self._ready.done() or self._forking():
-            # starting up (no caller waits), or a request to the fork server (no wait here)
-            self.loop.call_soon(self._spawn_now, worker_id)
-            return
-        # A replacement by posix_spawn: start it a moment later. os.posix_spawn holds the GIL
-        # until the child has exec'd (milliseconds on a loaded machine), and a caller just
-        # woken with the dead worker's error needs the GIL to see it (seen: 1.5 -> 6-8 ms).
-        self.loop.call_later(SPAWN_DELAY, self._spawn_now, worker_id)
-
-    def _forking(self) -> bool:
-        return self._forkserver is not None and not self._forkserver.dead
-
-    def _spawn_now(self, worker_id: int) -> None:
-        if not self.scheduler.wants_process(worker_id):
-            return  # gone before it started (pool cancelled, start timeout)
-        fs = self._forkserver
-        if fs is not None and not fs.dead:
-            try:
-                fs.request(worker_id)  # answered in _on_forkserver
-                return
-            except OSError as exc:
-                log.warning("the fork server failed (%s): spawning workers instead", exc)
-                self._drop_forkserver()
-        try:
-            proc = spawn_worker(self._env)
-        except OSError as exc:
-            self._not_started(worker_id, str(exc))
-            return
-        self._adopt(worker_id, proc)
-
-    def _not_started(self, worker_id: int, why: str) -> None:
-        log.error("could not start a worker: %s", why)
-        crash = WorkerCrashedError(
-            f"could not start worker {worker_id}: {why}",
-            exitcode=None,
-            signal=None,
-            pid=None,
-            worker_id=worker_id,
-        )
-        self.scheduler.worker_exited(worker_id, crash, time.monotonic())
-        self._check_ready()
-        self._after()
-
-    def _on_forkserver(self) -> None:
-        fs = self._forkserver
-        if fs is None:
-            return
-        for event in fs.read():
-            kind = event[0]
-            if kind == "forked":
-                worker_id, proc = event[1], event[2]
-                if proc is None:
-                    self._not_started(worker_id, "the fork server could not fork")
-                elif not self.scheduler.wants_process(worker_id):
-                    proc.kill_tree()  # not wanted any more; its exit report reaps it
-                    proc.close_fds()
-                else:
-                    self._adopt(worker_id, proc)
-            elif kind == "exited":
-                proc = event[1]
-                handle = next((h for h in self.handles.values() if h.proc is proc), None)
-                if handle is None:
-                    fs.reap(proc)  # forgotten already
-                elif not handle.gone:
-                    self._drain_replies(handle)  # what it wrote last, before its exit
-                    self._watch_exit(handle)
-            elif kind == "gone":
-                self._drop_forkserver()
-                for worker_id in event[1]:  # requests it never answered: spawn those instead
-                    self._spawn_now(worker_id)
-        self._after()
-
-    def _drop_forkserver(self) -> None:
-        """The fork server is gone or failing: its workers die with it (their own exits are
-        seen by pidfd); from now on workers are spawned."""
-        fs = self._forkserver
-        if fs is None:
-            return
-        log.warning("the fork server (pid %d) is gone: spawning workers from now on", fs.pid)
-        with contextlib.suppress(Exception):
-            self.loop.remove_reader(fs.fileno())
-        self._forkserver = None
-        unanswered = fs.lost()  # (empty if its EOF was read: then the caller spawns those)
-        fs.close(timeout=1.0)
-        for handle in list(self.handles.values()):
-            if handle.eof and not handle.gone:
-                self._watch_exit(handle)  # was waiting for the server's report
-        for worker_id in unanswered:  # asked for and never forked: spawn them instead
-            assert isinstance(worker_id, int)
-            self._spawn_now(worker_id)
-
-    def _drain_replies(self, handle: WorkerHandle) -> None:
-        """Read a dead worker's reply pipe to the end (its last frames, then EOF)."""
-        while not handle.eof and not handle.gone:
-            if not self._on_readable(handle):
-                return
-
-    def _adopt(self, worker_id: int, proc: WorkerProcess) -> None:
-        """A started worker process becomes the handle of slot ``worker_id``: INIT it."""
-        handle = WorkerHandle(worker_id, proc)
-        if self._shm_probe is not None:
-            handle.reader.peer = PeerSegments(proc.pid)
-        self.handles[worker_id] = handle
-        cpus = self.config.cpu_affinity
-        if cpus is not None:
-            try:
-                os.sched_setaffinity(proc.pid, cpus[(worker_id - 1) % len(cpus)])
-            except OSError as exc:  # a CPU outside our cgroup: run unpinned, say so
-                log.warning("worker %d: cannot pin to %s: %s", worker_id, sorted(cpus[0]), exc)
-        loop = self.loop
-        loop.add_reader(proc.from_worker, self._on_readable, handle)
-        loop.add_reader(proc.output, self._on_output, handle)
-        init = pickle.loads(self._init_body)
-        init["worker_id"] = worker_id
-        init["shm_probe"] = self._shm_probe
-        fs = self._forkserver
-        if fs is not None and fs.wants_warming():
-            init["report_stdlib"] = True  # which standard modules your activities needed
-        self._write(handle, encode(Kind.INIT, 0, pickle.dumps(init, protocol=5)))
-        self._after()
+        self.spawner.spawn(worker_id, now=not self._ready.done())
 
     def send_run(self, worker_id: int, call: Call) -> None:
-        handle = self.handles[worker_id]
         defn = call.defn
-        fault = self._fault_for(defn.name, call.attempt) if self.faults else None
-        meta = run_meta(call, fault)
-        body, buffers = call.payload
-        handle.in_pipe.append((call.seq, defn.name))
-        meta_body = pickle.dumps(meta, protocol=5)
-        if not buffers and len(body) < SMALL_BODY:
-            self._write(handle, [encode_small(Kind.RUN, call.seq, meta_body, body)])
-            return
-        self._write(handle, encode(Kind.RUN, call.seq, meta_body, body, buffers, handle.segments))
+        fault = self.faults.match(defn.name, call.attempt) if self.faults is not None else None
+        meta_body = pickle.dumps(run_meta(call, fault), protocol=5)
+        self.handles[worker_id].send_run(call.seq, defn.name, meta_body, call.payload)
 
     def send_cancel(self, worker_id: int, seq: int) -> None:
-        handle = self.handles.get(worker_id)
-        if handle is None:
-            return
-        self._write(handle, encode(Kind.CANCEL, seq))
-        self._flush_and_signal(handle)
+        channel = self.handles.get(worker_id)
+        if channel is not None:
+            channel.send_cancel(seq)
 
     def send_withdraw(self, worker_id: int, seqs: list[int]) -> None:
-        handle = self.handles.get(worker_id)
-        if handle is None:
-            return
-        self._write(handle, [encode_small(Kind.WITHDRAW, seq) for seq in seqs])
-        self._flush_and_signal(handle)
-
-    def _flush_and_signal(self, handle: WorkerHandle) -> None:
-        # SIGUSR1 makes a busy worker read its pipe: the frames must be in it by then
-        handle.cancel_signal = True
-        self._flush()
-        self._signal_if_written(handle)
-
-    def _signal_if_written(self, handle: WorkerHandle) -> None:
-        if handle.cancel_signal and not handle.outbox and not handle.unsent:
-            handle.cancel_signal = False
-            handle.proc.signal_worker(signal.SIGUSR1)
+        channel = self.handles.get(worker_id)
+        if channel is not None:
+            channel.send_withdraw(seqs)
 
     def close_session(self, worker_id: int, session_id: str) -> None:
-        handle = self.handles.get(worker_id)
-        if handle is not None:
-            self._write(handle, encode(Kind.CLOSE_SESSION, 0, pickle.dumps(session_id, protocol=5)))
+        channel = self.handles.get(worker_id)
+        if channel is not None:
+            channel.send_close_session(session_id)
 
     def kill(self, worker_id: int) -> None:
-        handle = self.handles.get(worker_id)
-        if handle is None:
+        channel = self.handles.get(worker_id)
+        if channel is None:
             return
-        handle.proc.kill_tree()
+        self._revoke_lane(channel)
+        channel.proc.kill_tree()
         # stop listening now: whatever it wrote last is about an attempt already decided
-        self._stop_reading(handle)
+        channel.stop_reading()
         # Reap on a later turn of the loop: this runs inside the scheduler, and a process that
         # is already gone would otherwise report its exit into the scheduler re-entrantly
-        # (seen under load: the pool reported ready while its replacement was not yet made).
-        self.loop.call_soon(self._watch_exit, handle)
+        # (then the pool could report ready while the replacement is not yet asked for).
+        self.loop.call_soon(self._watch_exit, channel)
 
     def retire(self, worker_id: int) -> None:
-        handle = self.handles.get(worker_id)
-        if handle is None:
+        channel = self.handles.get(worker_id)
+        if channel is None:
             return
-        self._write(handle, encode(Kind.SHUTDOWN))
+        channel.send_shutdown()
         # a worker that ignores SHUTDOWN (stuck in teardown) is killed after the grace period
-        self.loop.call_later(self.config.shutdown_timeout, self._retire_overdue, handle)
+        self.loop.call_later(self.config.shutdown_timeout, self._retire_overdue, channel)
 
-    def _retire_overdue(self, handle: WorkerHandle) -> None:
-        if handle.id in self.handles and not handle.proc.reaped:
-            log.warning("worker %d did not exit after shutdown; killing it", handle.id)
-            handle.proc.kill_tree()
+    def _retire_overdue(self, channel: Channel) -> None:
+        if channel.id in self.handles and not channel.proc.reaped:
+            log.warning("worker %d did not exit after shutdown; killing it", channel.id)
+            channel.proc.kill_tree()
 
     def resolve(self, call: Call, value: Any) -> None:
         self.stats.completed(time.monotonic() - call.submitted_at)
@@ -802,442 +381,205 @@ class Supervisor:
         if self.event_kinds is not None and kind not in self.event_kinds:
             return
         wid = fields.get("worker_id")
-        handle = self.handles.get(wid) if wid is not None else None
-        if handle is not None:
-            fields.setdefault("pid", handle.proc.pid)
+        channel = self.handles.get(wid) if wid is not None else None
+        if channel is not None:
+            fields.setdefault("pid", channel.proc.pid)
         try:
             self.on_event(make_event(kind, time.time(), fields))
         except Exception:
             log.exception("on_event callback failed")
 
-    # -- I/O -------------------------------------------------------------------------------
-    def _write(self, handle: WorkerHandle, parts: list[bytes | memoryview]) -> None:
-        """Queue frames for a worker; ``_flush`` sends each worker's batch in one syscall."""
-        if handle.eof:
-            return
-        if not handle.unsent:
-            self._dirty.append(handle)
-        handle.unsent.extend(parts)
-
-    def _flush(self) -> None:
-        dirty = self._dirty
-        for handle in dirty:
-            parts, handle.unsent = handle.unsent, []
-            if handle.eof or handle.proc.fds_closed:
-                continue
-            if handle.outbox:  # the pipe is full already: keep the order
-                handle.outbox.extend(memoryview(p).cast("B") for p in parts if len(p))
-                continue
-            self._send_now(handle, parts)
-        dirty.clear()
-
-    def _send_now(self, handle: WorkerHandle, parts: list[bytes | memoryview]) -> None:
-        fd = handle.proc.to_worker
-        if len(parts) == 1:
-            data = parts[0]
-        elif len(parts) < 4096 and all(type(p) is bytes for p in parts):
-            data = b"".join(parts) if sum(map(len, parts)) <= SMALL_BODY else b""
-        else:
-            data = b""
-        if data:
+    # -- ChannelListener: what a worker sent -----------------------------------------------
+    def on_result(self, channel: Channel, seq: int, value: Any, now: float) -> None:
+        if self.lane.notes:  # a caller's RUN went through the lane: this may be its reply
+            self._adopt_notes(answered=seq)
+        sched = self.scheduler
+        # checked here, where it comes back, so that a worker never needs pydantic
+        call = sched.running_call(channel.id, seq)
+        if call is not None:
             try:
-                n = os.write(fd, data)
-            except BlockingIOError:
-                n = 0
-            except OSError:
-                return  # it is dying; EOF on its reply pipe reports that
-            if n == len(data):
+                value = call.defn.validate_result(value)
+            except ApplicationError as err:
+                sched.failure(channel.id, seq, err, now)
                 return
-            handle.outbox.append(memoryview(data).cast("B")[n:])
-        else:
-            views = [memoryview(p).cast("B") for p in parts if len(p)]
-            try:
-                n = os.writev(fd, views[:IOV_MAX])
-            except BlockingIOError:
-                n = 0
-            except OSError:
-                return
-            for v in views:
-                if n >= v.nbytes:
-                    n -= v.nbytes
-                    continue
-                handle.outbox.append(v[n:])
-                n = 0
-            if not handle.outbox:
-                return
-        self.loop.add_writer(fd, self._on_writable, handle)
+        sched.result(channel.id, seq, value, now)
+        limit = self.config.max_memory_per_worker
+        if limit is not None:
+            rss = channel.proc.rss()
+            if rss is not None and rss > limit:
+                sched.request_recycle(channel.id, now)
 
-    def _on_writable(self, handle: WorkerHandle) -> None:
-        fd = handle.proc.to_worker
-        box = handle.outbox
-        try:
-            while box:
-                n = os.writev(fd, list(itertools.islice(box, IOV_MAX)))
-                while n:
-                    head = box[0]
-                    if n >= head.nbytes:
-                        n -= head.nbytes
-                        box.popleft()
-                    else:
-                        box[0] = head[n:]
-                        n = 0
-        except BlockingIOError:
-            return
-        except OSError:
-            box.clear()
-        self.loop.remove_writer(fd)
-        self._signal_if_written(handle)
+    def on_failure(self, channel: Channel, seq: int, exc: BaseException, now: float) -> None:
+        if self.lane.notes:
+            self._adopt_notes(answered=seq)
+        self.scheduler.failure(channel.id, seq, exc, now)
 
-    def _on_readable(self, handle: WorkerHandle) -> bool:
-        """Read and handle what the worker wrote; False when nothing was there."""
-        error: ProtocolError | None = None
-        frames: list[Frame] | tuple[()] | None
-        try:
-            frames = handle.reader.read(handle.proc.from_worker)
-        except BlockingIOError:
-            return False
-        except ProtocolError as exc:  # the stream lost its framing: nothing after it is sound
-            frames, error = exc.frames, exc
-        except OSError:
-            frames = None
-        if frames is None:
-            self._on_eof(handle)
-            return True
-        peer = handle.reader.peer
-        if peer is not None and peer.released:  # copied out: the worker may reuse them
-            ids, peer.released = peer.released, []
-            self._write(handle, [encode_small(Kind.RELEASE, seg_id) for seg_id in ids])
-        if self.lane.notes:  # a caller's RUN went through the lane: the reply may be to it
+    def on_withdrawn(self, channel: Channel, seq: int, now: float) -> None:
+        if self.lane.notes:
             self._adopt_notes()
-        now = time.monotonic()  # one clock reading for everything this read brought
-        try:
-            for frame in frames:
-                self._on_frame(handle, frame, now)
-        except ProtocolError as exc:
-            error = exc
-        if error is not None:
-            self._malformed(handle, error)
-        self._after()
-        return True
+        self.scheduler.withdrawn(channel.id, seq, now)
 
-    def _malformed(self, handle: WorkerHandle, exc: ProtocolError) -> None:
+    def on_heartbeat(self, channel: Channel, seq: int, details: Any, at: float) -> None:
+        if self.lane.notes:
+            self._adopt_notes()
+        self.scheduler.heartbeat(channel.id, seq, details, at)
+
+    def on_entered(self, channel: Channel, seq: int, at: float) -> None:
+        if self.lane.notes:
+            self._adopt_notes()
+        self.scheduler.entered(channel.id, seq, at)
+
+    def on_setup_started(self, channel: Channel, seq: int) -> None:
+        if self.lane.notes:
+            self._adopt_notes()
+        self.scheduler.setup_started(channel.id, seq)
+
+    def on_ready(self, channel: Channel, stdlib: list[str], now: float) -> None:
+        self.spawner.warm(stdlib)
+        self.scheduler.worker_ready(channel.id, now)
+        self._check_ready()
+
+    def on_malformed(self, channel: Channel, exc: ProtocolError) -> None:
         """A malformed frame from a worker: kill it; its attempt fails (and is retried as a
         crash is) and a replacement starts."""
-        log.error("worker %d sent a malformed frame (%s); killing it", handle.id, exc)
+        log.error("worker %d sent a malformed frame (%s); killing it", channel.id, exc)
+        self._revoke_lane(channel)
+        crash = channel.crash(f"protocol error from worker {channel.id}: {exc}")
+        self.scheduler.kill_worker(channel.id, crash, time.monotonic())
+        channel.stop_reading()  # (already, if it was killed: not if it had died before)
+
+    def on_eof(self, channel: Channel) -> None:
+        self._revoke_lane(channel)
+        channel.stop_reading()
+        self._watch_exit(channel)
+
+    # -- SpawnerListener: processes --------------------------------------------------------
+    def wanted(self, worker_id: int) -> bool:
+        return self.scheduler.wants_process(worker_id)
+
+    def started(self, worker_id: int, proc: WorkerProcess) -> None:
+        """A started worker process becomes the handle of slot ``worker_id``: INIT it."""
+        shm = self.spawner.shm_probe is not None
+        channel = Channel(self.loop, worker_id, proc, self, self._batch, self.on_output, shm)
+        self.handles[worker_id] = channel
+        channel.start_reading()
+        channel.send_init(self.spawner.init_settings(worker_id))
+        self.after()
+
+    def not_started(self, worker_id: int, why: str) -> None:
+        log.error("could not start a worker: %s", why)
         crash = WorkerCrashedError(
-            f"protocol error from worker {handle.id}: {exc}"
-            + (f" while running {handle.activity!r}" if handle.activity else ""),
+            f"could not start worker {worker_id}: {why}",
             exitcode=None,
             signal=None,
-            pid=handle.proc.pid,
-            worker_id=handle.id,
+            pid=None,
+            worker_id=worker_id,
         )
-        self.scheduler.kill_worker(handle.id, crash, time.monotonic())
-        self._stop_reading(handle)  # (already, if it was killed: not if it had died before)
-
-    def _on_frame(self, handle: WorkerHandle, frame: Frame, now: float) -> None:
-        kind = frame.kind
-        sched = self.scheduler
-        if kind is Kind.RESULT or kind is Kind.FAILURE:
-            in_pipe = handle.in_pipe
-            while in_pipe and in_pipe[0][0] <= frame.seq:
-                in_pipe.popleft()
-        if kind is Kind.RESULT:
-            try:
-                value = frame.load()
-            except BaseException as exc:
-                err = ApplicationError(
-                    f"the result could not be unpickled in the supervisor: {safe_repr(exc)}",
-                    type=type(exc).__name__,
-                    non_retryable=True,
-                )
-                sched.failure(handle.id, frame.seq, err, now)
-                return
-            # checked here, where it comes back, so that a worker never needs pydantic
-            call = sched.running_call(handle.id, frame.seq)
-            if call is not None:
-                try:
-                    value = call.defn.validate_result(value)
-                except ApplicationError as err:
-                    sched.failure(handle.id, frame.seq, err, now)
-                    return
-            sched.result(handle.id, frame.seq, value, now)
-            if self.config.max_memory_per_worker is not None:
-                self._check_memory(handle, now)
-        elif kind is Kind.FAILURE:
-            sched.failure(handle.id, frame.seq, _rebuild_failure(frame), now)
-        elif kind is Kind.WITHDRAWN:
-            for entry in handle.in_pipe:
-                if entry[0] == frame.seq:
-                    handle.in_pipe.remove(entry)
-                    break
-            sched.withdrawn(handle.id, frame.seq, now)
-        elif kind is Kind.RELEASE:
-            if handle.segments is None:
-                raise ProtocolError("RELEASE from a worker that was sent no segment")
-            handle.segments.release(frame.seq)
-        elif kind is Kind.HEARTBEAT:
-            try:
-                beat = frame.load()
-            except BaseException as exc:
-                beat = (f"<heartbeat details could not be unpickled: {safe_repr(exc)}>", now)
-            # (details, at): a heartbeat; (at,): the activity was entered at `at` after a slow
-            # setup; (): its setup runs user code (Depends factories). See pool._worker.
-            if len(beat) == 2:
-                # CLOCK_MONOTONIC is one clock for every process on the machine
-                sched.heartbeat(handle.id, frame.seq, beat[0], min(beat[1], now))
-            elif len(beat) == 1:
-                sched.entered(handle.id, frame.seq, min(beat[0], now))
-            else:
-                sched.setup_started(handle.id, frame.seq)
-        elif kind is Kind.LOG:
-            self._on_log(handle, frame)
-        elif kind is Kind.READY:
-            try:
-                ready = frame.load()
-                shm = bool(ready.get("shm"))
-            except Exception:
-                ready, shm = {}, False
-            fs = self._forkserver
-            if ready.get("stdlib") and fs is not None and not fs.dead:
-                fs.warm(ready["stdlib"])
-            if shm and handle.reader.peer is not None:
-                handle.segments = Segments()
-            else:
-                handle.reader.peer = None
-            sched.worker_ready(handle.id, now)
-            self._check_ready()
-        else:
-            raise ProtocolError(f"unexpected frame {kind.name} from a worker")
-
-    def _check_memory(self, handle: WorkerHandle, now: float) -> None:
-        limit = self.config.max_memory_per_worker
-        assert limit is not None
-        try:
-            import psutil
-
-            rss = psutil.Process(handle.proc.pid).memory_info().rss
-        except Exception:
-            return
-        if rss > limit:
-            self.scheduler.request_recycle(handle.id, now)
-
-    def _on_output(self, handle: WorkerHandle) -> None:
-        # One read per callback, and the splitter's work is linear in it: a worker that prints
-        # without end cannot hold up the loop, nor make us keep more than one line of it.
-        try:
-            data = os.read(handle.proc.output, OUTPUT_READ)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            self._emit_output(handle, handle.output.feed(data))
-            return
-        self.loop.remove_reader(handle.proc.output)
-        last = handle.output.flush()
-        if last is not None:
-            self._emit_output(handle, [last])
-
-    def _emit_output(self, handle: WorkerHandle, lines: list[bytes]) -> None:
-        """Forward a worker's printed lines: to ``on_output``, or else to our stderr, tagged."""
-        if not lines:
-            return
-        activity = handle.activity
-        texts = [line.decode("utf-8", "replace") for line in lines]
-        if self.on_output is not None:
-            for text in texts:
-                try:
-                    self.on_output(handle.id, activity, text)
-                except Exception:
-                    log.exception("on_output callback failed")
-            return
-        stream = sys.stderr  # looked up each time: pytest and users swap it
-        if stream is None:
-            return
-        tag = f"[worker {handle.id} {activity}] " if activity else f"[worker {handle.id}] "
-        try:
-            stream.write("".join(f"{tag}{text}\n" for text in texts))
-            stream.flush()
-        except Exception:  # closed, gone or broken: nowhere to show it, and the loop goes on
-            pass
-
-    def _on_log(self, handle: WorkerHandle, frame: Frame) -> None:
-        """A worker's log record: handled by the logger of its name here, as if logged here,
-        with ``worker_id``, ``pid``, ``activity``, ``attempt`` and ``activity_id`` on it."""
-        entry = decode_log(frame.body)  # (a malformed one is a ProtocolError: the worker goes)
-        name = entry.name or "root"
-        logger = logging.getLogger() if name == "root" else logging.getLogger(name)
-        if not logger.isEnabledFor(entry.levelno):
-            return
-        pathname = entry.pathname or ""
-        filename = os.path.basename(pathname)
-        pid = handle.proc.pid
-        record = logging.makeLogRecord(
-            {
-                "name": name,
-                "msg": entry.msg or "",
-                "levelno": entry.levelno,
-                "levelname": entry.levelname or logging.getLevelName(entry.levelno),
-                "pathname": pathname,
-                "filename": filename,
-                "module": os.path.splitext(filename)[0],
-                "lineno": entry.lineno,
-                "funcName": entry.funcName,
-                "thread": entry.thread,
-                "threadName": entry.threadName,
-                "process": pid,
-                "processName": f"activitypool worker {handle.id}",
-                "exc_text": entry.exc_text,
-                "stack_info": entry.stack_info,
-                "worker_id": handle.id,
-                "pid": pid,
-                "activity": entry.activity or handle.activity,
-                "attempt": entry.attempt or None,
-                "activity_id": entry.activity_id,
-            }
-        )
-        # its time is the worker's, not ours
-        record.relativeCreated += (entry.created - record.created) * 1000
-        record.created = entry.created
-        record.msecs = (entry.created - int(entry.created)) * 1000
-        try:
-            logger.handle(record)
-        except Exception:
-            log.exception("a log record of worker %d could not be handled", handle.id)
-
-    def _on_eof(self, handle: WorkerHandle) -> None:
-        self._stop_reading(handle)
-        self._watch_exit(handle)
-
-    def _revoke_lane(self, handle: WorkerHandle) -> None:
-        offer = self.lane.offer
-        if offer is not None and offer.worker_id == handle.id:
-            self.lane.revoke()  # before its fds close; the slot goes with the worker
-
-    def _stop_reading(self, handle: WorkerHandle) -> None:
-        self._revoke_lane(handle)
-        if not handle.eof:
-            handle.eof = True
-            self.loop.remove_reader(handle.proc.from_worker)
-            if handle.outbox:
-                handle.outbox.clear()
-                self.loop.remove_writer(handle.proc.to_worker)
-
-    def _watch_exit(self, handle: WorkerHandle) -> None:
-        proc = handle.proc
-        if proc.poll():
-            self._exited(handle)
-        elif proc.forked_by is not None and not proc.forked_by.dead:
-            return  # its fork server reports the exit (_on_forkserver calls us again)
-        elif proc.pidfd is not None:
-            self.loop.add_reader(proc.pidfd, self._on_pidfd, handle)
-        else:  # no pidfd: it closed its pipe, so it is exiting; a short blocking wait
-            proc.wait()
-            self._exited(handle)
-
-    def _on_pidfd(self, handle: WorkerHandle) -> None:
-        if handle.proc.poll():
-            assert handle.proc.pidfd is not None
-            self.loop.remove_reader(handle.proc.pidfd)
-            self._exited(handle)
-
-    def _exited(self, handle: WorkerHandle) -> None:
-        if handle.gone:
-            return
-        handle.gone = True
-        proc = handle.proc
-        # what it printed last, before the fds go (bounded: a child of its may still write)
-        with contextlib.suppress(OSError):
-            for _ in range(OUTPUT_DRAIN // OUTPUT_READ):
-                data = os.read(proc.output, OUTPUT_READ)
-                if not data:
-                    break
-                self._emit_output(handle, handle.output.feed(data))
-        last = handle.output.flush()
-        if last is not None:
-            self._emit_output(handle, [last])
-        self._forget(handle)
-        how = f"signal {proc.signal}" if proc.signal is not None else f"exit code {proc.exitcode}"
-        crash = WorkerCrashedError(
-            f"worker {handle.id} (pid {proc.pid}) died with {how}"
-            + (f" while running {handle.activity!r}" if handle.activity else ""),
-            exitcode=proc.exitcode,
-            signal=proc.signal,
-            pid=proc.pid,
-            worker_id=handle.id,
-        )
-        self.scheduler.worker_exited(handle.id, crash, time.monotonic())
+        self.scheduler.worker_exited(worker_id, crash, time.monotonic())
         self._check_ready()
-        self._after()
+        self.after()
+
+    def exit_reported(self, proc: WorkerProcess) -> None:
+        channel = next((ch for ch in self.handles.values() if ch.proc is proc), None)
+        if channel is None:
+            self.spawner.reap_unclaimed(proc)  # forgotten already
+        elif not channel.gone:
+            channel.drain_replies()  # what it wrote last, before its exit
+            self._watch_exit(channel)
+
+    def _watch_exit(self, channel: Channel) -> None:
+        self.spawner.watch_exit(channel.proc, partial(self._exited, channel))
+
+    def _exited(self, channel: Channel) -> None:
+        if channel.gone:
+            return
+        channel.gone = True
+        channel.drain_output()
+        self._forget(channel)
+        proc = channel.proc
+        how = f"signal {proc.signal}" if proc.signal is not None else f"exit code {proc.exitcode}"
+        crash = channel.crash(f"worker {channel.id} (pid {proc.pid}) died with {how}", exited=True)
+        self.scheduler.worker_exited(channel.id, crash, time.monotonic())
+        self._check_ready()
+        self.after()
         self._check_all_gone()
 
-    def _forget(self, handle: WorkerHandle) -> None:
-        self._revoke_lane(handle)
-        proc = handle.proc
-        if proc.fds_closed:
-            self.handles.pop(handle.id, None)
+    def _forget(self, channel: Channel) -> None:
+        self._revoke_lane(channel)
+        channel.close()
+        self.spawner.release(channel.proc)
+        self.handles.pop(channel.id, None)
+
+    # -- the direct lane (pool._lane): a blocking caller writes its RUN itself -------------
+    def unlend(self, worker_id: int) -> bool:
+        offer = self.lane.offer
+        return offer is not None and offer.worker_id == worker_id and self.lane.revoke() is not None
+
+    def _lend(self) -> None:
+        if not self._ready.done():
             return
-        loop = self.loop
-        for fd in (proc.from_worker, proc.output, proc.pidfd):
-            if fd is not None:
-                with contextlib.suppress(Exception):
-                    loop.remove_reader(fd)
-        with contextlib.suppress(Exception):
-            loop.remove_writer(proc.to_worker)
-        proc.close_fds()
-        if proc.forked_by is not None and proc.reaped:
-            proc.forked_by.reap(proc)  # (not reaped yet: its exit report reaps it)
-        # its segments die with it; ours to it are freed here (the kernel frees any page it
-        # still had mapped when it exits)
-        if handle.segments is not None:
-            handle.segments.close()
-        if handle.reader.peer is not None:
-            handle.reader.peer.close()
-        self.handles.pop(handle.id, None)
+        lent = self.scheduler.lend(self._lendable)
+        if lent is not None:
+            wid, seq = lent
+            self.lane.put(Offer(wid, self.handles[wid].proc.to_worker, seq))
 
-
-def _log_levels() -> dict[str, int]:
-    """The caller's logging levels a worker applies to its loggers: the root's effective
-    level (under "") and every level set on a logger by name."""
-    levels = {"": logging.getLogger().getEffectiveLevel()}
-    for name, logger in list(logging.root.manager.loggerDict.items()):
-        if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET:
-            levels[name] = logger.level
-    return levels
-
-
-def _rebuild_failure(frame: Frame) -> BaseException:
-    """The exception a worker reported, with the remote traceback attached."""
-    try:
-        info: FailureInfo = frame.load()
-    except BaseException as exc:
-        return ApplicationError(
-            f"a failure report could not be unpickled: {safe_repr(exc)}", non_retryable=True
+    def _lendable(self, worker_id: int) -> bool:
+        ch = self.handles.get(worker_id)
+        return ch is not None and not (
+            ch.eof or ch.gone or ch.outbox or ch.unsent or ch.in_pipe or ch.proc.fds_closed
         )
-    exc_obj: BaseException | None = None
-    if info.exc is not None:
-        try:
-            exc_obj = pickle.loads(info.exc)
-        except BaseException:
-            exc_obj = None
-    if not isinstance(exc_obj, BaseException):
-        # the exception itself could not cross: keep its type name, message and traceback
-        exc_obj = ApplicationError(
-            f"{info.type_name}: {info.message}",
-            type=info.type_name,
-            non_retryable=info.non_retryable,
-        )
-        exc_obj.__cause__ = RemoteTraceback(info.traceback)
-    elif info.non_retryable and not (
-        isinstance(exc_obj, ApplicationError) and exc_obj.non_retryable
-    ):
-        inner = exc_obj
-        inner.__cause__ = RemoteTraceback(info.traceback)
-        exc_obj = ApplicationError(info.message, type=info.type_name, non_retryable=True)
-        exc_obj.__cause__ = inner
-    else:
-        exc_obj.__cause__ = RemoteTraceback(info.traceback)
-    with contextlib.suppress(Exception):
-        exc_obj.remote_traceback_text = info.traceback  # type: ignore[attr-defined]
-    return exc_obj
+
+    def _revoke_lane(self, channel: Channel) -> None:
+        offer = self.lane.offer
+        if offer is not None and offer.worker_id == channel.id:
+            self.lane.revoke()  # before its fds close; the slot goes with the worker
+
+    def _reclaim(self) -> None:
+        """Adopt what callers sent through the lane, and take back a lent worker that no
+        caller took (before closing or adding a fault rule)."""
+        lane = self.lane
+        if lane.notes:
+            self._adopt_notes()
+        if lane.offer is None:
+            return
+        offer = lane.revoke()
+        if offer is not None:
+            self.scheduler.reclaim(offer.worker_id, time.monotonic())
+
+    def adopt_notes(self) -> None:
+        """From a caller's thread: its call sent through the lane is not answered yet; have
+        the loop adopt it now (arming its deadlines)."""
+        self.inbox.put(self._on_notes)
+
+    def lane_failed(self, taken: Taken) -> None:
+        """From a caller's thread: its RUN could not be written; the worker is going."""
+        self.inbox.put(partial(self._lane_failed, taken))
+
+    def _on_notes(self) -> None:
+        self._adopt_notes()
+        self.after()
+
+    def _adopt_notes(self, answered: int | None = None) -> None:
+        """Make the calls of the lane's notes the running attempts of their workers.
+        ``answered``: the seq of the reply being handled (already out of its channel's pipe)."""
+        now = time.monotonic()
+        for taken in self.lane.take_notes():
+            call, wid = taken.call, taken.offer.worker_id
+            channel = self.handles.get(wid)
+            if channel is not None and not channel.eof and call.seq != answered:
+                channel.in_pipe.append((call.seq, call.defn.name))
+            self.scheduler.adopt(call, wid, min(taken.sent_at, now), now)
+
+    def _lane_failed(self, taken: Taken) -> None:
+        self._adopt_notes()
+        call, wid = taken.call, taken.offer.worker_id
+        if self.scheduler.running_call(wid, call.seq) is call:
+            err = WorkerCrashedError(
+                "the worker's request pipe was closed",
+                exitcode=None,
+                signal=None,
+                pid=None,
+                worker_id=wid,
+            )
+            self.scheduler.kill_worker(wid, err, time.monotonic())
+        self.after()

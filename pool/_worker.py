@@ -28,18 +28,15 @@ from pool._protocol import (
     Frame,
     FrameReader,
     Kind,
-    PeerSegments,
     ProtocolError,
     RunMeta,
-    Segments,
-    can_open_peer_fd,
     dumps,
     encode,
     encode_small,
     lift_bytes,
-    shm_supported,
     write_all,
 )
+from pool._segments import PeerSegments, Segments, can_open_peer_fd, shm_supported
 from sdk import _context
 from sdk._attempt import Host, attempt_info, run_attempt
 from sdk._definition import ActivityDefinition

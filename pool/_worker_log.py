@@ -21,7 +21,7 @@ import os
 import sys
 import time
 
-from pool._protocol import encode_log
+from pool._logrecord import encode_log
 from sdk._context import current_activity
 
 TYPE_CHECKING = False

@@ -99,14 +99,14 @@ def test_wait_status_matches_waitpid():
 @pytest.mark.parametrize("workers", [1, 3])
 @pytest.mark.parametrize("how", ["spawned", "forked from the caller"])
 def test_a_fork_server_that_cannot_start_leaves_the_pool_spawning(monkeypatch, workers, how):
-    from pool import _forkserver, _process, _supervisor
+    from pool import _forkserver, _process, _spawner
 
     if how == "spawned":
         method = "forkserver"
         monkeypatch.setattr(_process, "FORKSERVER_BOOT", "import sys; sys.exit(3)")
     else:  # (the child exits at once: safe even if this process has threads)
         method = "fork"
-        monkeypatch.setattr(_supervisor, "caller_can_fork", lambda: True)
+        monkeypatch.setattr(_spawner, "caller_can_fork", lambda: True)
         monkeypatch.setattr(_forkserver, "main_forked", lambda *args: 3)
     with Pool([acts], workers=workers, start_method=method) as pool:
         assert _fork_server_pid(pool) is None
@@ -128,8 +128,8 @@ def test_a_spawned_fork_server_imports_the_stdlib_modules_workers_need():
     # itself, it imports before the first fork; `fractions`, imported by a module the activity
     # module imports, the first worker reports at READY, and a replacement has it
     with Pool([warm_activities], workers=1) as pool:
-        assert pool._sup is not None and pool._sup._forkserver is not None
-        assert not pool._sup._forkserver.forked_caller
+        assert pool._sup is not None and pool._sup.forkserver_pid() is not None
+        assert not pool._sup.forked_caller()
         first, preloaded = pool.run(warm_activities.preloaded)
         assert preloaded == {"decimal": True, "fractions": False}
         os.kill(first, signal.SIGKILL)
@@ -142,7 +142,7 @@ def test_a_spawned_fork_server_imports_the_stdlib_modules_workers_need():
 
 
 def test_stdlib_imported_by_names_modules_and_the_modules_of_imported_names():
-    from pool._supervisor import stdlib_imported_by
+    from pool._spawner import stdlib_imported_by
 
     found = stdlib_imported_by([warm_activities.__name__, "no.such.module"])
     assert {"decimal", "os", "sys"} <= set(found)
@@ -175,3 +175,16 @@ def test_requests_a_failing_fork_server_never_answered_are_spawned(monkeypatch):
         assert {psutil.Process(p).ppid() for p in pool.worker_pids()} == {os.getpid()}
         assert len(pool.worker_pids()) == 3
         assert list(pool.map(acts.echo, range(6))) == list(range(6))
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_the_fork_servers_ready_report_is_handled_not_dropped(method, caplog):
+    caplog.set_level("DEBUG", logger="activitypool")
+    with Pool([acts], workers=1, start_method=method) as pool:
+        assert pool.run(acts.echo, 1) == 1
+        server = _fork_server_pid(pool)
+    assert server is not None
+    ready = [r for r in caplog.records if "is ready after" in r.getMessage()]
+    assert [r.getMessage().split(" is ready")[0] for r in ready] == [
+        f"the fork server (pid {server})"
+    ]

@@ -50,11 +50,12 @@ async def test_no_spin_while_other_calls_are_in_flight():
 
         # two callers: two calls in flight most of the time. One is alone only when the other
         # caller's reply came and it has not submitted yet (seen: up to ~13% of calls on a
-        # loaded machine); one caller alone spins for nearly every call
+        # loaded machine, and up to a third under heavy load); one caller alone spins for nearly
+        # every call, so half the calls still tells the two apart
         a, b = await asyncio.gather(stream(0), stream(1000))
         during = sum(_spins(pool)) - before
     assert a == list(range(100)) and b == list(range(1000, 1100))
-    assert during < 50, f"{during} spins for 200 calls, two callers at a time"
+    assert during < 100, f"{during} spins for 200 calls, two callers at a time"
 
 
 async def test_a_slow_reply_after_fast_ones_is_left_to_the_loop():

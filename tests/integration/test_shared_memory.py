@@ -11,7 +11,8 @@ import pytest
 import sdk
 from benchmarks.chaos import RandomKiller
 from pool import Pool
-from pool._protocol import KEEP_BYTES, KEEP_SEGMENTS, SHM_MIN, shm_supported
+from pool._protocol import SHM_MIN
+from pool._segments import KEEP_BYTES, KEEP_SEGMENTS, shm_supported
 from tests.integration import activities as acts
 
 np = pytest.importorskip("numpy")

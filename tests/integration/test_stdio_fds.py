@@ -8,7 +8,7 @@ import os
 import pytest
 
 from pool import Pool
-from pool._protocol import shm_supported
+from pool._segments import shm_supported
 from tests.integration import stdio_activities as acts
 
 pytestmark = [

@@ -10,15 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pool._protocol import (
-    LOG_TEXT_MAX,
-    LOG_TEXTS,
-    FrameReader,
-    Kind,
-    ProtocolError,
-    decode_log,
-    encode_log,
-)
+from pool._logrecord import LOG_TEXT_MAX, LOG_TEXTS, decode_log, encode_log
+from pool._protocol import FrameReader, Kind, ProtocolError
 from pool._worker_log import log_frame, message
 
 TEXTS = ("app.db", "WARNING", "slow query: 3 s", "/src/app/db.py", "query", "MainThread")

@@ -9,6 +9,7 @@ import struct
 import pytest
 
 from pool import _protocol as p
+from pool import _segments as seg
 
 
 def wire(parts) -> bytes:
@@ -70,7 +71,7 @@ def _drained(fd: int) -> bool:
     return not select.select([fd], [], [], 0)[0]
 
 
-needs_shm = pytest.mark.skipif(not p.shm_supported(), reason="needs memfd and /proc")
+needs_shm = pytest.mark.skipif(not seg.shm_supported(), reason="needs memfd and /proc")
 
 
 def _memfds() -> int:
@@ -94,8 +95,9 @@ def _fds() -> list[str]:
 
 @needs_shm
 def test_shared_memory_frame_names_a_segment_that_is_copied_out_and_reused():
-    segments = p.Segments()
-    reader = p.FrameReader(p.PeerSegments(os.getpid()))
+    segments = seg.Segments()
+    peer = seg.PeerSegments(os.getpid())
+    reader = p.FrameReader(peer)
     try:
         data = os.urandom(p.SHM_MIN + 10)
         parts = p.encode(p.Kind.RESULT, 3, pickle.dumps(data), segments=segments)
@@ -117,15 +119,14 @@ def test_shared_memory_frame_names_a_segment_that_is_copied_out_and_reused():
             segments.release(999)
     finally:
         segments.close()
-        assert reader.peer is not None
-        reader.peer.close()
+        peer.close()
 
 
 @needs_shm
 def test_out_of_band_arrays_arrive_writable_and_private():
     np = pytest.importorskip("numpy")
-    segments = p.Segments()
-    peer = p.PeerSegments(os.getpid())
+    segments = seg.Segments()
+    peer = seg.PeerSegments(os.getpid())
     try:
         arr = np.arange(p.SHM_MIN, dtype=np.float64)
         body, buffers = p.dumps(arr)
@@ -144,28 +145,28 @@ def test_out_of_band_arrays_arrive_writable_and_private():
 @needs_shm
 def test_segments_are_kept_within_budget_and_one_offs_are_closed_on_release():
     before = _memfds()
-    segments = p.Segments()
-    peer = p.PeerSegments(os.getpid())
+    segments = seg.Segments()
+    peer = seg.PeerSegments(os.getpid())
     reader = p.FrameReader(peer)
     try:
         small = pickle.dumps(os.urandom(p.SHM_MIN))
         # more frames in flight than kept segments: the extra ones are one-offs
         frames = [
             reader.feed(wire(p.encode(p.Kind.RESULT, i, small, segments=segments)))[0]
-            for i in range(p.KEEP_SEGMENTS + 2)
+            for i in range(seg.KEEP_SEGMENTS + 2)
         ]
-        assert segments.lent == p.KEEP_SEGMENTS + 2 and segments.held == p.KEEP_SEGMENTS + 2
+        assert segments.lent == seg.KEEP_SEGMENTS + 2 and segments.held == seg.KEEP_SEGMENTS + 2
         for seg_id in peer.released:
             segments.release(seg_id)
         peer.released.clear()
-        assert segments.lent == 0 and segments.held == p.KEEP_SEGMENTS
+        assert segments.lent == 0 and segments.held == seg.KEEP_SEGMENTS
         # a frame beyond the byte budget gets a segment of its own, closed on release
-        big = pickle.dumps(bytes(p.KEEP_BYTES + 1))
+        big = pickle.dumps(bytes(seg.KEEP_BYTES + 1))
         (frame,) = reader.feed(wire(p.encode(p.Kind.RESULT, 99, big, segments=segments)))
-        assert len(frame.load()) == p.KEEP_BYTES + 1
-        assert segments.held == p.KEEP_SEGMENTS + 1
+        assert len(frame.load()) == seg.KEEP_BYTES + 1
+        assert segments.held == seg.KEEP_SEGMENTS + 1
         segments.release(peer.released.pop())
-        assert segments.held == p.KEEP_SEGMENTS
+        assert segments.held == seg.KEEP_SEGMENTS
         assert all(f.load() for f in frames)
         # one-off segments stay mapped (privately) under what was built on them, until it goes
         assert _memfds() > before
@@ -180,7 +181,8 @@ def test_segments_are_kept_within_budget_and_one_offs_are_closed_on_release():
 _WRITE_AND_EXIT = """
 import os, pickle, sys
 from pool import _protocol as p
-parts = p.encode(p.Kind.RESULT, 3, pickle.dumps(os.urandom(p.SHM_MIN)), segments=p.Segments())
+from pool import _segments as seg
+parts = p.encode(p.Kind.RESULT, 3, pickle.dumps(os.urandom(p.SHM_MIN)), segments=seg.Segments())
 sys.stdout.buffer.write(b"".join(bytes(x) for x in parts))
 """
 
@@ -194,7 +196,7 @@ def test_a_segment_whose_owner_is_gone_is_reported_as_such():
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0  # and reaped: its pid names no process now
     parts = [out]
-    peer = p.PeerSegments(proc.pid)
+    peer = seg.PeerSegments(proc.pid)
     with pytest.raises(p.SegmentGone):
         peer.frame(p.Kind.RESULT, 3, out[p.HEADER.size :], 0, 0)
     # a reader drops that frame (the writer's death decides it) and keeps the ones around it
@@ -205,26 +207,26 @@ def test_a_segment_whose_owner_is_gone_is_reported_as_such():
 
 @needs_shm
 def test_a_reference_to_what_a_live_peer_has_not_or_to_no_segment_is_a_protocol_error():
-    peer = p.PeerSegments(os.getpid())
+    peer = seg.PeerSegments(os.getpid())
     r, w = os.pipe()
     try:
         os.close(w)  # a pipe without a writer: opening it through /proc must not wait for one
         closed = os.dup(r)
         os.close(closed)
         for fd, why in ((closed, "has no segment"), (r, "not a shared-memory segment")):
-            ref = p._SEGREF.pack(1, fd, p.SHM_MIN, 1)
+            ref = p.SEGREF.pack(1, fd, p.SHM_MIN, 1)
             with pytest.raises(p.ProtocolError, match=why):
                 peer.frame(p.Kind.RESULT, 3, ref, 0, 0)
         for size, keep in ((0, 1), (p.MAX_FRAME, 1), (p.SHM_MIN, 2)):
             with pytest.raises(p.ProtocolError, match="bad shared-memory reference"):
-                peer.frame(p.Kind.RESULT, 3, p._SEGREF.pack(1, r, size, keep), 0, 0)
+                peer.frame(p.Kind.RESULT, 3, p.SEGREF.pack(1, r, size, keep), 0, 0)
     finally:
         os.close(r)
         peer.close()
 
 
 def test_small_frames_never_use_shared_memory():
-    class NoSegments(p.Segments):
+    class NoSegments(seg.Segments):
         def put(self, chunks, size):
             raise AssertionError("a small frame went to shared memory")
 
@@ -243,13 +245,13 @@ def test_unknown_kind_and_bad_segment_references_are_protocol_errors():
     ref = b"../etc/passwd"
     frame = header(len(ref), 0, p.Kind.RESULT | p.SHM_FLAG, 0, 1) + ref
     with pytest.raises(p.ProtocolError, match="shared-memory frame with a body of 13 bytes"):
-        p.FrameReader(p.PeerSegments(os.getpid())).feed(frame)
-    ref = b"\0" * p._SEGREF.size
+        p.FrameReader(seg.PeerSegments(os.getpid())).feed(frame)
+    ref = b"\0" * p.SEGREF.size
     frame = header(len(ref), 0, p.Kind.RESULT | p.SHM_FLAG, 0, 1) + ref
     with pytest.raises(p.ProtocolError, match="without segments"):
         p.FrameReader().feed(frame)
     with pytest.raises(p.ProtocolError, match="bad shared-memory reference"):
-        p.FrameReader(p.PeerSegments(os.getpid())).feed(frame)
+        p.FrameReader(seg.PeerSegments(os.getpid())).feed(frame)
     oversize = header(p.MAX_FRAME, 0, p.Kind.RESULT, 0, 1)
     with pytest.raises(p.ProtocolError, match="frame of"):
         p.FrameReader().feed(oversize)

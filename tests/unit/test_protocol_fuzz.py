@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pool import _protocol as p
+from pool import _segments as seg
 
 # Fast (a few seconds for the module), reproducible, and no example database in the repository.
 FUZZ = settings(
@@ -76,13 +77,13 @@ def mutated(draw: st.DrawFn) -> bytes:
         elif how == "table" and len(blob) >= p.HEADER.size + 8:
             blob[p.HEADER.size : p.HEADER.size + 8] = struct.pack("<Q", draw(U64))
         elif how == "shm":  # a shared-memory frame naming any fd, size and segment
-            ref = p._SEGREF.pack(draw(U32), draw(st.integers(0, 64)), draw(U64), draw(U32) & 0xFF)
+            ref = p.SEGREF.pack(draw(U32), draw(st.integers(0, 64)), draw(U64), draw(U32) & 0xFF)
             kind = draw(st.sampled_from(KINDS)) | p.SHM_FLAG
             blob[at:at] = p.HEADER.pack(len(ref), 0, kind, draw(U32) & 0xFF, p.MARK, 1) + ref
     return bytes(blob)
 
 
-def decode(blob: bytes, cuts: list[int], peer: p.PeerSegments | None) -> list[p.Frame]:
+def decode(blob: bytes, cuts: list[int], peer: seg.PeerSegments | None) -> list[p.Frame]:
     """Feed ``blob`` in pieces (cut at ``cuts``); ProtocolError passes through. Checks the
     memory the decoding allocated."""
     reader = p.FrameReader(peer)
@@ -111,7 +112,7 @@ def test_arbitrary_bytes_end_in_frames_a_wait_or_a_protocol_error(blob, cuts):
 @FUZZ
 @given(mutated(), st.lists(st.integers(0, 4096), max_size=8))
 def test_damaged_frames_end_in_frames_a_wait_or_a_protocol_error(blob, cuts):
-    peer = p.PeerSegments(os.getpid()) if p.shm_supported() else None
+    peer = seg.PeerSegments(os.getpid()) if seg.shm_supported() else None
     try:
         for frame in decode(blob, cuts, peer):
             # whatever was decoded is within the bytes that came
@@ -144,7 +145,7 @@ def test_whole_frames_round_trip_in_any_pieces_and_a_cut_stream_waits(wire, cuts
 def test_the_body_decoder_checks_every_length(body, split, nbuf, table):
     raw = b"".join(struct.pack("<Q", e) for e in table) + body
     try:
-        frame = p._split(p.Kind.RESULT, 1, memoryview(raw), split, nbuf)
+        frame = p.split_frame(p.Kind.RESULT, 1, memoryview(raw), split, nbuf)
     except p.ProtocolError:
         return
     lengths = [len(frame.body), len(frame.body2 or b""), *map(len, frame.buffers)]

@@ -1,0 +1,553 @@
+"""One worker's pipes, as the supervisor sees them: frames in, batched writes out, output lines.
+
+A ``Channel`` owns everything that touches one worker's fds on the supervisor's side: the
+``FrameReader`` and the segments of the reply pipe, the frames queued for the request pipe and
+what a full pipe holds back, the output pipe cut into lines (``pool._output``) and the LOG
+records the worker sends. It decodes what arrives and reports it upward through
+``ChannelListener`` (the supervisor), the mirror of the scheduler's ``Effects``: the channel
+knows no scheduler, no other worker and no process control beyond signalling its worker.
+Loop thread only.
+
+Writes are batched: ``write`` queues frames and puts the channel on the supervisor's batch list
+once per event; the supervisor calls ``flush`` on each at the end of the event, so the frames
+one event queued for a worker leave in one syscall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import os
+import pickle
+import select
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from pool._logrecord import decode_log
+from pool._output import LineSplitter
+from pool._process import WorkerProcess
+from pool._protocol import (
+    FailureInfo,
+    Frame,
+    FrameReader,
+    Kind,
+    ProtocolError,
+    encode,
+    encode_small,
+)
+from pool._segments import PeerSegments, Segments
+from sdk._errors import ApplicationError, RemoteTraceback, WorkerCrashedError, safe_repr
+
+log = logging.getLogger("activitypool")
+# writev() takes at most this many buffers (Linux IOV_MAX)
+IOV_MAX = 1024
+# Bodies up to this size are copied into one bytes object with their header (one write);
+# larger ones go out as separate buffers, or through shared memory.
+SMALL_BODY = 64 * 1024
+# A worker's output pipe is read this much at a time (one read per loop callback)...
+OUTPUT_READ = 64 * 1024
+# ...and at most this much more once the worker has exited (a child of its may hold the pipe).
+OUTPUT_DRAIN = 1 << 20
+
+OutputCallback = Callable[[int, "str | None", str], None]
+
+
+class ChannelListener(Protocol):
+    """What a channel reports, on the loop thread (the supervisor implements it). ``seq``
+    names the attempt; ``now`` is the monotonic clock read once for the whole read."""
+
+    def on_result(self, channel: Channel, seq: int, value: Any, now: float) -> None: ...
+    def on_failure(self, channel: Channel, seq: int, exc: BaseException, now: float) -> None: ...
+    def on_withdrawn(self, channel: Channel, seq: int, now: float) -> None: ...
+    def on_heartbeat(self, channel: Channel, seq: int, details: Any, at: float) -> None: ...
+    def on_entered(self, channel: Channel, seq: int, at: float) -> None:
+        """The activity was entered at ``at``, after a slow setup."""
+
+    def on_setup_started(self, channel: Channel, seq: int) -> None:
+        """The attempt's setup runs user code (Depends factories)."""
+
+    def on_ready(self, channel: Channel, stdlib: list[str], now: float) -> None:
+        """READY: ``stdlib`` the standard modules it was asked to report (else empty)."""
+
+    def on_malformed(self, channel: Channel, exc: ProtocolError) -> None: ...
+    def on_eof(self, channel: Channel) -> None:
+        """The worker closed its reply pipe: it is exiting."""
+
+    def after(self) -> None:
+        """An event is handled: send what it queued, re-arm the timer."""
+
+
+class Channel:
+    """The supervisor's side of one worker's pipes. Owned by the loop thread."""
+
+    __slots__ = (
+        "_batch",
+        "_listener",
+        "_loop",
+        "_on_output",
+        "_peer",
+        "_spin_poll",
+        "cancel_signal",
+        "eof",
+        "gone",
+        "id",
+        "in_pipe",
+        "outbox",
+        "output",
+        "proc",
+        "reader",
+        "segments",
+        "unsent",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        worker_id: int,
+        proc: WorkerProcess,
+        listener: ChannelListener,
+        batch: list[Channel],
+        on_output: OutputCallback | None,
+        shm: bool,
+    ) -> None:
+        """``batch``: the supervisor's list of channels with frames queued in this event;
+        ``shm``: the worker may be offered shared-memory segments (it says at READY)."""
+        self._loop = loop
+        self.id = worker_id
+        self.proc = proc
+        self._listener = listener
+        self._batch = batch
+        self._on_output = on_output
+        self._peer = PeerSegments(proc.pid) if shm else None  # its segments, mapped here
+        self.reader = FrameReader(self._peer)
+        self.unsent: list[bytes | memoryview] = []  # this event's frames
+        self.outbox: collections.deque[memoryview] = collections.deque()  # the pipe is full
+        self.output = LineSplitter()  # what it printed, in lines
+        self.eof = False  # its reply pipe is closed (or no longer read)
+        self.gone = False  # its exit is reported upward
+        # (seq, activity name) of every RUN sent and not yet answered, in pipe order: the head
+        # is what the worker is running now, which tags its output
+        self.in_pipe: collections.deque[tuple[int, str]] = collections.deque()
+        # large frames to it (None until it said at READY that it can open them)
+        self.segments: Segments | None = None
+        self.cancel_signal = False  # SIGUSR1 owed once the queued CANCEL frame is in the pipe
+        self._spin_poll: Any = None  # a poll object on its reply pipe (see spin)
+
+    @property
+    def activity(self) -> str | None:
+        """The activity it runs now (the oldest RUN it has not answered)."""
+        return self.in_pipe[0][1] if self.in_pipe else None
+
+    def crash(self, message: str, *, exited: bool = False) -> WorkerCrashedError:
+        """The error that ends the attempt it runs: ``message``, naming the activity; with
+        ``exited``, the worker's exit status."""
+        proc = self.proc
+        return WorkerCrashedError(
+            message + (f" while running {self.activity!r}" if self.activity else ""),
+            exitcode=proc.exitcode if exited else None,
+            signal=proc.signal if exited else None,
+            pid=proc.pid,
+            worker_id=self.id,
+        )
+
+    def start_reading(self) -> None:
+        self._loop.add_reader(self.proc.from_worker, self.on_readable)
+        self._loop.add_reader(self.proc.output, self._on_output_readable)
+
+    # -- frames out ------------------------------------------------------------------------
+    def send_init(self, body: bytes) -> None:
+        self.write(encode(Kind.INIT, 0, body))
+
+    def send_run(self, seq: int, name: str, meta: bytes, payload: tuple[bytes, list]) -> None:
+        body, buffers = payload
+        self.in_pipe.append((seq, name))
+        if not buffers and len(body) < SMALL_BODY:
+            self.write([encode_small(Kind.RUN, seq, meta, body)])
+        else:
+            self.write(encode(Kind.RUN, seq, meta, body, buffers, self.segments))
+
+    def send_cancel(self, seq: int) -> None:
+        self.write(encode(Kind.CANCEL, seq))
+        self._flush_and_signal()
+
+    def send_withdraw(self, seqs: list[int]) -> None:
+        self.write([encode_small(Kind.WITHDRAW, seq) for seq in seqs])
+        self._flush_and_signal()
+
+    def send_close_session(self, session_id: str) -> None:
+        self.write(encode(Kind.CLOSE_SESSION, 0, pickle.dumps(session_id, protocol=5)))
+
+    def send_shutdown(self) -> None:
+        self.write(encode(Kind.SHUTDOWN))
+
+    def write(self, parts: list[bytes | memoryview]) -> None:
+        """Queue frames; the supervisor's ``flush`` of this event's batch sends them."""
+        if self.eof:
+            return
+        if not self.unsent:
+            self._batch.append(self)
+        self.unsent.extend(parts)
+
+    def _flush_and_signal(self) -> None:
+        # SIGUSR1 makes a busy worker read its pipe: the frames must be in it by then
+        self.cancel_signal = True
+        self.flush()
+        self._signal_if_written()
+
+    def _signal_if_written(self) -> None:
+        if self.cancel_signal and not self.outbox and not self.unsent:
+            self.cancel_signal = False
+            self.proc.signal_worker(signal.SIGUSR1)
+
+    def flush(self) -> None:
+        """Send what is queued: one write (or writev) now, the rest when the pipe has room."""
+        parts, self.unsent = self.unsent, []
+        if not parts or self.eof or self.proc.fds_closed:
+            return
+        if self.outbox:  # the pipe is full already: keep the order
+            self.outbox.extend(memoryview(p).cast("B") for p in parts if len(p))
+            return
+        fd = self.proc.to_worker
+        if len(parts) == 1:
+            data = parts[0]
+        elif len(parts) < 4096 and all(type(p) is bytes for p in parts):
+            data = b"".join(parts) if sum(map(len, parts)) <= SMALL_BODY else b""
+        else:
+            data = b""
+        if data:
+            try:
+                n = os.write(fd, data)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                return  # it is dying; EOF on its reply pipe reports that
+            if n == len(data):
+                return
+            self.outbox.append(memoryview(data).cast("B")[n:])
+        else:
+            views = [memoryview(p).cast("B") for p in parts if len(p)]
+            try:
+                n = os.writev(fd, views[:IOV_MAX])
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                return
+            for v in views:
+                if n >= v.nbytes:
+                    n -= v.nbytes
+                    continue
+                self.outbox.append(v[n:])
+                n = 0
+            if not self.outbox:
+                return
+        self._loop.add_writer(fd, self._on_writable)
+
+    def _on_writable(self) -> None:
+        fd = self.proc.to_worker
+        box = self.outbox
+        try:
+            while box:
+                n = os.writev(fd, list(itertools.islice(box, IOV_MAX)))
+                while n:
+                    head = box[0]
+                    if n >= head.nbytes:
+                        n -= head.nbytes
+                        box.popleft()
+                    else:
+                        box[0] = head[n:]
+                        n = 0
+        except BlockingIOError:
+            return
+        except OSError:
+            box.clear()
+        self._loop.remove_writer(fd)
+        self._signal_if_written()
+
+    @property
+    def writing(self) -> bool:
+        """Whether frames wait for room in its pipe."""
+        return bool(self.outbox)
+
+    # -- frames in -------------------------------------------------------------------------
+    def on_readable(self) -> bool:
+        """Read and handle what the worker wrote; False when nothing was there."""
+        error: ProtocolError | None = None
+        frames: list[Frame] | tuple[()] | None
+        try:
+            frames = self.reader.read(self.proc.from_worker)
+        except BlockingIOError:
+            return False
+        except ProtocolError as exc:  # the stream lost its framing: nothing after it is sound
+            frames, error = exc.frames, exc
+        except OSError:
+            frames = None
+        if frames is None:
+            self._listener.on_eof(self)
+            return True
+        peer = self.reader.peer
+        if peer is not None and peer.released:  # copied out: the worker may reuse them
+            ids, peer.released = peer.released, []
+            self.write([encode_small(Kind.RELEASE, seg_id) for seg_id in ids])
+        now = time.monotonic()  # one clock reading for everything this read brought
+        try:
+            for frame in frames:
+                self._on_frame(frame, now)
+        except ProtocolError as exc:
+            error = exc
+        if error is not None:
+            self._listener.on_malformed(self, error)
+        self._listener.after()
+        return True
+
+    def _on_frame(self, frame: Frame, now: float) -> None:
+        kind = frame.kind
+        listener = self._listener
+        if kind is Kind.RESULT or kind is Kind.FAILURE:
+            in_pipe = self.in_pipe
+            while in_pipe and in_pipe[0][0] <= frame.seq:
+                in_pipe.popleft()
+        if kind is Kind.RESULT:
+            try:
+                value = frame.load()
+            except BaseException as exc:
+                err = ApplicationError(
+                    f"the result could not be unpickled in the supervisor: {safe_repr(exc)}",
+                    type=type(exc).__name__,
+                    non_retryable=True,
+                )
+                listener.on_failure(self, frame.seq, err, now)
+                return
+            listener.on_result(self, frame.seq, value, now)
+        elif kind is Kind.FAILURE:
+            listener.on_failure(self, frame.seq, rebuild_failure(frame), now)
+        elif kind is Kind.WITHDRAWN:
+            for entry in self.in_pipe:
+                if entry[0] == frame.seq:
+                    self.in_pipe.remove(entry)
+                    break
+            listener.on_withdrawn(self, frame.seq, now)
+        elif kind is Kind.RELEASE:
+            if self.segments is None:
+                raise ProtocolError("RELEASE from a worker that was sent no segment")
+            self.segments.release(frame.seq)
+        elif kind is Kind.HEARTBEAT:
+            try:
+                beat = frame.load()
+            except BaseException as exc:
+                beat = (f"<heartbeat details could not be unpickled: {safe_repr(exc)}>", now)
+            # (details, at): a heartbeat; (at,): the activity was entered at `at` after a slow
+            # setup; (): its setup runs user code (Depends factories). See pool._worker.
+            # CLOCK_MONOTONIC is one clock for every process on the machine.
+            if len(beat) == 2:
+                listener.on_heartbeat(self, frame.seq, beat[0], min(beat[1], now))
+            elif len(beat) == 1:
+                listener.on_entered(self, frame.seq, min(beat[0], now))
+            else:
+                listener.on_setup_started(self, frame.seq)
+        elif kind is Kind.LOG:
+            self._on_log(frame)
+        elif kind is Kind.READY:
+            try:
+                ready = frame.load()
+                shm = bool(ready.get("shm"))
+            except Exception:
+                ready, shm = {}, False
+            if shm and self.reader.peer is not None:
+                self.segments = Segments()
+            else:
+                self.reader.peer = None
+            listener.on_ready(self, list(ready.get("stdlib") or ()), now)
+        else:
+            raise ProtocolError(f"unexpected frame {kind.name} from a worker")
+
+    def drain_replies(self) -> None:
+        """Read a dead worker's reply pipe to the end (its last frames, then EOF)."""
+        while not self.eof and not self.gone:
+            if not self.on_readable():
+                return
+
+    def spin(self, seconds: float) -> bool:
+        """Wait on the CPU, without sleeping, up to ``seconds`` for the worker's reply, and
+        handle it here if it comes; False if it did not."""
+        poller = self._spin_poll
+        if poller is None:
+            poller = self._spin_poll = select.poll()
+            poller.register(self.proc.from_worker, select.POLLIN)
+        clock = time.monotonic
+        end = clock() + seconds
+        while not poller.poll(0):
+            if clock() >= end:
+                return False
+        self.on_readable()
+        return True
+
+    def stop_reading(self) -> None:
+        """Ignore whatever it writes from now on (it is killed, or its pipe is closed)."""
+        if not self.eof:
+            self.eof = True
+            self._loop.remove_reader(self.proc.from_worker)
+            if self.outbox:
+                self.outbox.clear()
+                self._loop.remove_writer(self.proc.to_worker)
+
+    def close(self) -> None:
+        """Stop watching its fds and free its segments (before the fds are closed). Its own
+        segments die with it; ours to it are freed here (the kernel frees any page it still
+        had mapped when it exits)."""
+        proc = self.proc
+        if not proc.fds_closed:
+            for fd in (proc.from_worker, proc.output):
+                try:
+                    self._loop.remove_reader(fd)
+                except Exception:  # (the loop is closing)
+                    pass
+            try:
+                self._loop.remove_writer(proc.to_worker)
+            except Exception:
+                pass
+        if self.segments is not None:
+            self.segments.close()
+        if self._peer is not None:
+            self._peer.close()
+
+    # -- what it prints and logs -----------------------------------------------------------
+    def _on_output_readable(self) -> None:
+        # One read per callback, and the splitter's work is linear in it: a worker that prints
+        # without end cannot hold up the loop, nor make us keep more than one line of it.
+        try:
+            data = os.read(self.proc.output, OUTPUT_READ)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._emit_output(self.output.feed(data))
+            return
+        self._loop.remove_reader(self.proc.output)
+        last = self.output.flush()
+        if last is not None:
+            self._emit_output([last])
+
+    def drain_output(self) -> None:
+        """What it printed last, before the fds go (bounded: a child of its may still write)."""
+        try:
+            for _ in range(OUTPUT_DRAIN // OUTPUT_READ):
+                data = os.read(self.proc.output, OUTPUT_READ)
+                if not data:
+                    break
+                self._emit_output(self.output.feed(data))
+        except OSError:
+            pass
+        last = self.output.flush()
+        if last is not None:
+            self._emit_output([last])
+
+    def _emit_output(self, lines: list[bytes]) -> None:
+        """Forward printed lines: to ``on_output``, or else to our stderr, tagged."""
+        if not lines:
+            return
+        activity = self.activity
+        texts = [line.decode("utf-8", "replace") for line in lines]
+        if self._on_output is not None:
+            for text in texts:
+                try:
+                    self._on_output(self.id, activity, text)
+                except Exception:
+                    log.exception("on_output callback failed")
+            return
+        stream = sys.stderr  # looked up each time: pytest and users swap it
+        if stream is None:
+            return
+        tag = f"[worker {self.id} {activity}] " if activity else f"[worker {self.id}] "
+        try:
+            stream.write("".join(f"{tag}{text}\n" for text in texts))
+            stream.flush()
+        except Exception:  # closed, gone or broken: nowhere to show it, and the loop goes on
+            pass
+
+    def _on_log(self, frame: Frame) -> None:
+        """A worker's log record: handled by the logger of its name here, as if logged here,
+        with ``worker_id``, ``pid``, ``activity``, ``attempt`` and ``activity_id`` on it."""
+        entry = decode_log(frame.body)  # (a malformed one is a ProtocolError: the worker goes)
+        name = entry.name or "root"
+        logger = logging.getLogger() if name == "root" else logging.getLogger(name)
+        if not logger.isEnabledFor(entry.levelno):
+            return
+        pathname = entry.pathname or ""
+        filename = os.path.basename(pathname)
+        pid = self.proc.pid
+        record = logging.makeLogRecord(
+            {
+                "name": name,
+                "msg": entry.msg or "",
+                "levelno": entry.levelno,
+                "levelname": entry.levelname or logging.getLevelName(entry.levelno),
+                "pathname": pathname,
+                "filename": filename,
+                "module": os.path.splitext(filename)[0],
+                "lineno": entry.lineno,
+                "funcName": entry.funcName,
+                "thread": entry.thread,
+                "threadName": entry.threadName,
+                "process": pid,
+                "processName": f"activitypool worker {self.id}",
+                "exc_text": entry.exc_text,
+                "stack_info": entry.stack_info,
+                "worker_id": self.id,
+                "pid": pid,
+                "activity": entry.activity or self.activity,
+                "attempt": entry.attempt or None,
+                "activity_id": entry.activity_id,
+            }
+        )
+        # its time is the worker's, not ours
+        record.relativeCreated += (entry.created - record.created) * 1000
+        record.created = entry.created
+        record.msecs = (entry.created - int(entry.created)) * 1000
+        try:
+            logger.handle(record)
+        except Exception:
+            log.exception("a log record of worker %d could not be handled", self.id)
+
+
+def rebuild_failure(frame: Frame) -> BaseException:
+    """The exception a worker reported, with the remote traceback attached."""
+    try:
+        info: FailureInfo = frame.load()
+    except BaseException as exc:
+        return ApplicationError(
+            f"a failure report could not be unpickled: {safe_repr(exc)}", non_retryable=True
+        )
+    exc_obj: BaseException | None = None
+    if info.exc is not None:
+        try:
+            exc_obj = pickle.loads(info.exc)
+        except BaseException:
+            exc_obj = None
+    if not isinstance(exc_obj, BaseException):
+        # the exception itself could not cross: keep its type name, message and traceback
+        exc_obj = ApplicationError(
+            f"{info.type_name}: {info.message}",
+            type=info.type_name,
+            non_retryable=info.non_retryable,
+        )
+        exc_obj.__cause__ = RemoteTraceback(info.traceback)
+    elif info.non_retryable and not (
+        isinstance(exc_obj, ApplicationError) and exc_obj.non_retryable
+    ):
+        inner = exc_obj
+        inner.__cause__ = RemoteTraceback(info.traceback)
+        exc_obj = ApplicationError(info.message, type=info.type_name, non_retryable=True)
+        exc_obj.__cause__ = inner
+    else:
+        exc_obj.__cause__ = RemoteTraceback(info.traceback)
+    try:
+        exc_obj.remote_traceback_text = info.traceback  # type: ignore[attr-defined]
+    except Exception:
+        pass
+    return exc_obj
