@@ -444,12 +444,16 @@ class Supervisor:
         crash is) and a replacement starts."""
         log.error("worker %d sent a malformed frame (%s); killing it", channel.id, exc)
         self._revoke_lane(channel)
+        if self.lane.notes:  # a call it was sent through the lane fails with it
+            self._adopt_notes()
         crash = channel.crash(f"protocol error from worker {channel.id}: {exc}")
         self.scheduler.kill_worker(channel.id, crash, time.monotonic())
         channel.stop_reading()  # (already, if it was killed: not if it had died before)
 
     def on_eof(self, channel: Channel) -> None:
         self._revoke_lane(channel)
+        if self.lane.notes:  # a call it was sent through the lane fails with it
+            self._adopt_notes()
         channel.stop_reading()
         self._watch_exit(channel)
 
@@ -494,6 +498,8 @@ class Supervisor:
         if channel.gone:
             return
         channel.gone = True
+        if self.lane.notes:  # a call it was sent through the lane fails with it
+            self._adopt_notes()
         channel.drain_output()
         self._forget(channel)
         proc = channel.proc

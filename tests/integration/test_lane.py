@@ -71,3 +71,20 @@ def test_other_threads_and_the_lane_share_the_workers(pool):
         t.join(20)
     assert sorted(f.result(timeout=10) for f in futures) == list(range(30))
     assert sorted(results) == sorted(1000 * k + i for k in range(3) for i in range(30))
+
+
+def test_a_lane_call_whose_worker_dies_is_failed_not_run_again(monkeypatch):
+    # the caller does not nudge the loop before the worker's death is seen: the death itself
+    # must make the loop adopt the call (and fail it), not send it to the replacement
+    monkeypatch.setattr("pool._pool.LANE_NUDGE", 2.0)
+    events: list = []
+    with Pool([acts], workers=1, on_event=events.append) as pool:
+        assert pool.run(acts.add, 1, 1) == 2
+        before = _lane_sent(pool)
+        with pytest.raises(sdk.ActivityError) as info:
+            pool.run(acts.kill_self)  # one attempt only
+        assert _lane_sent(pool) == before + 1
+        assert isinstance(info.value.__cause__, sdk.WorkerCrashedError)
+        assert pool.run(acts.add, 2, 2) == 4
+    deaths = [e for e in events if e.kind == "worker_exited"]
+    assert len(deaths) == 1  # it ran once: the replacement never saw it
