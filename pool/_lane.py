@@ -85,6 +85,14 @@ class Lane:
         # calls whose RUN a caller wrote, not yet adopted by the loop, in the order written
         self.notes: list[Taken] = []
         self.sent = 0  # calls that took the lane (for tests and tuning)
+        # set (by any thread) before a fault rule is handed to the loop: a RUN written here
+        # carries no fault, and a call made after inject_fault() returns must see the rule
+        self.held = False
+
+    def hold(self) -> None:
+        """No call takes the lane from now on (the pool injects faults)."""
+        with self.lock:
+            self.held = True
 
     def put(self, offer: Offer) -> None:
         """The loop thread lends a worker."""
@@ -121,7 +129,7 @@ class Lane:
             return None
         with self.lock:
             offer = self.offer
-            if offer is None:
+            if offer is None or self.held:
                 return None
             call.attempt, call.seq = 1, offer.seq
             meta = pickle.dumps(run_meta(call, None), protocol=5)

@@ -433,7 +433,9 @@ class Pool(PoolCalls):
         sup = self._sup
         if sup is None:
             raise PoolClosedError("the pool is not started")
-        # in order with calls: a call submitted after this returns sees the rule
+        # in order with calls: a call submitted after this returns sees the rule (and none
+        # takes the lane, whose RUN would carry no fault)
+        sup.lane.hold()
         self._to_loop(sup.clear_faults if rule is None else partial(sup.add_fault, rule))
 
     def spread_map(

@@ -253,7 +253,7 @@ class Supervisor:
             self._run_wakes()
         self._arm_timer()
         lane = self.lane
-        if lane.wanted and lane.offer is None and not lane.notes and self.faults is None:
+        if lane.wanted and lane.offer is None and not lane.notes and not lane.held:
             self._lend()
         if spin is not None:
             # not now: first let what is ready run (a caller woken by this event may be about

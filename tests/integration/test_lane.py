@@ -88,3 +88,11 @@ def test_a_lane_call_whose_worker_dies_is_failed_not_run_again(monkeypatch):
         assert pool.run(acts.add, 2, 2) == 4
     deaths = [e for e in events if e.kind == "worker_exited"]
     assert len(deaths) == 1  # it ran once: the replacement never saw it
+
+
+def test_a_fault_injected_just_before_a_call_applies_to_it(pool):
+    for i in range(20):
+        err = sdk.ApplicationError(f"injected {i}", non_retryable=True)
+        pool.inject_fault(acts.add, "raise", exception=err)
+        with pytest.raises(sdk.ActivityError, match=f"injected {i}"):
+            pool.run(acts.add, 1, 2)  # (the lane would carry no fault)
