@@ -23,7 +23,6 @@ from pool._config import PoolConfig
 from pool._events import EventStream, PoolEvent, PoolStats
 from pool._faults import FaultRule
 from pool._futures import PoolFuture
-from pool._lane import LANE_NUDGE
 from pool._listeners import Listeners
 from pool._loop import LoopThread, on_loop
 from pool._process import ForkServer
@@ -269,19 +268,11 @@ class Pool(PoolCalls):
         sup = self._check_open()
         waiter = BlockingWaiter(sup.wake_later)
         call = self._make(fn, args, kwargs, session, waiter)
-        lane = sup.lane
-        lane.wanted = True  # from now on the loop lends an idle worker when it can
-        taken = lane.send(call, sup.lane_failed)
-        if taken is None:
-            self._to_loop(call)
+        self._to_loop(call)
         try:
-            if taken is not None and not waiter.sleep(LANE_NUDGE) and lane.unadopted(taken):
-                sup.adopt_notes()  # a longer call: the loop arms its deadlines now
             return waiter.wait()
         except BaseException:
             if not waiter.done:  # interrupted (Ctrl-C): the activity is cancelled too
-                if taken is not None:
-                    sup.adopt_notes()
                 self._to_loop(partial(sup.cancel, call))
             raise
 
@@ -433,9 +424,7 @@ class Pool(PoolCalls):
         sup = self._sup
         if sup is None:
             raise PoolClosedError("the pool is not started")
-        # in order with calls: a call submitted after this returns sees the rule (and none
-        # takes the lane, whose RUN would carry no fault)
-        sup.lane.hold()
+        # in order with calls: a call submitted after this returns sees the rule
         self._to_loop(sup.clear_faults if rule is None else partial(sup.add_fault, rule))
 
     def spread_map(

@@ -59,7 +59,6 @@ class WorkerState(enum.Enum):
     BUSY = "busy"
     RETIRING = "retiring"  # asked to shut down gracefully
     SPARE = "spare"  # ready, held back to replace a worker that dies (Pool(spares=...))
-    LENT = "lent"  # idle, lent to a calling thread that may write a RUN to it (pool._lane)
     DEAD = "dead"
 
 
@@ -104,7 +103,6 @@ class WorkerSlot:
     recycle_reason: str = "tasks_recycle"  # why it is to be recycled (see PoolEvent.reason)
     gen: int = 0
     withdraw_armed: int = 0  # seq of the running attempt a WITHDRAW deadline is armed for
-    lent_seq: int = 0  # while LENT: the seq reserved for the RUN a caller may write
 
 
 @dataclass(eq=False, slots=True)
@@ -129,15 +127,13 @@ class Effects(Protocol):
     def close_session(self, worker_id: int, session_id: str) -> None: ...
     def kill(self, worker_id: int) -> None: ...
     def retire(self, worker_id: int) -> None: ...
-    def unlend(self, worker_id: int) -> bool: ...  # True: no caller took it, it is back
     def resolve(self, call: Call, value: Any) -> None: ...
     def reject(self, call: Call, exc: BaseException) -> None: ...
     def event(self, kind: str, **fields: Any) -> None: ...
 
 
-_ACTIVE = (WorkerState.IDLE, WorkerState.BUSY, WorkerState.LENT)
-_ACTIVE_OR_STARTING = (WorkerState.IDLE, WorkerState.BUSY, WorkerState.LENT, WorkerState.STARTING)
-_FREE = (WorkerState.IDLE, WorkerState.LENT)
+_ACTIVE = (WorkerState.IDLE, WorkerState.BUSY)
+_ACTIVE_OR_STARTING = (WorkerState.IDLE, WorkerState.BUSY, WorkerState.STARTING)
 
 
 # why a timeout killed a worker, as PoolEvent.reason names it
@@ -204,7 +200,6 @@ class Scheduler:
         self._now = 0.0  # the time of the event being handled, for paths that need it
         self._durations: dict[str, float] = {}  # moving average run time per activity name
         self._rates = RateLimits()
-        self.lent: WorkerSlot | None = None  # the worker lent to a calling thread (see lend)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -292,7 +287,6 @@ class Scheduler:
     def _maybe_retire_all(self) -> None:
         if not self.closed or self.calls:
             return
-        self._unlend()
         for slot in self.workers.values():
             if slot.state in (WorkerState.IDLE, WorkerState.STARTING, WorkerState.SPARE):
                 slot.state = WorkerState.RETIRING
@@ -369,8 +363,6 @@ class Scheduler:
                 return
             session.worker = slot.id
             slot.sessions.add(session.id)
-            if slot is self.lent:
-                self._unlend()  # (a caller took it: the call waits for that one to end)
             if self.events:
                 self.fx.event("session_bound", worker_id=slot.id, session_id=session.id)
         slot = self.workers[session.worker]
@@ -387,7 +379,7 @@ class Scheduler:
         for slot in self.workers.values():
             if slot.state not in _ACTIVE_OR_STARTING or slot.recycle:
                 continue
-            key = (len(slot.sessions), 0 if slot.state in _FREE else 1, slot.id)
+            key = (len(slot.sessions), 0 if slot.state is WorkerState.IDLE else 1, slot.id)
             if best_key is None or key < best_key:
                 best, best_key = slot, key
         return best
@@ -395,8 +387,6 @@ class Scheduler:
     # -- dispatch ------------------------------------------------------------------------
     def _pump(self, now: float) -> None:
         """Give work to idle workers, then prefetch onto busy ones."""
-        if self.lent is not None and self.queue:
-            self._unlend()
         idle = self.idle
         for _ in range(len(idle)):
             slot = idle.popleft()
@@ -549,78 +539,6 @@ class Scheduler:
             self.idle.append(slot)
             self._rebalance(now)
 
-    # -- lending (pool._lane: a blocking caller's thread writes the RUN itself) ----------
-    def lend(self, usable: Any) -> tuple[int, int] | None:
-        """An idle worker to lend, and the seq its RUN must carry; None unless the pool is
-        quiet: nothing queued, and an idle worker free of sessions and of a pending recycle
-        for which ``usable(worker_id)`` holds. The worker is ``LENT`` until ``reclaim`` or
-        ``adopt``."""
-        if self.closed or self.broken is not None or self.queued_now():
-            return None
-        for slot in self.idle:
-            if (
-                slot.state is WorkerState.IDLE
-                and not slot.sessions
-                and not slot.sticky
-                and not slot.recycle
-                and usable(slot.id)
-            ):
-                self.idle.remove(slot)
-                self.lent = slot
-                slot.state = WorkerState.LENT
-                slot.gen += 1
-                slot.lent_seq = next(self._seqs)
-                return slot.id, slot.lent_seq
-        return None
-
-    def reclaim(self, wid: int, now: float) -> None:
-        """The lend of ``wid`` was revoked before any caller took it: it is idle again."""
-        self._now = now
-        slot = self.workers.get(wid)
-        if slot is not None and slot.state is WorkerState.LENT:
-            self.lent = None
-            slot.gen += 1
-            self._became_idle(slot, now)
-
-    def _unlend(self) -> bool:
-        """Work is waiting: take the lent worker back, unless a caller took it (True: it is
-        idle again, in ``idle``)."""
-        slot = self.lent
-        if slot is None or slot.state is not WorkerState.LENT or not self.fx.unlend(slot.id):
-            return False
-        self.lent = None
-        slot.gen += 1
-        slot.state = WorkerState.IDLE
-        self.idle.append(slot)
-        return True
-
-    def adopt(self, call: Call, wid: int, sent_at: float, now: float) -> None:
-        """A caller wrote ``call``'s first RUN to lent worker ``wid`` at ``sent_at``: it is
-        that worker's running attempt, its times counted from then. A worker gone meanwhile
-        (its exit came first) leaves the call to be submitted as usual, its attempt not
-        counted: a RUN that never started."""
-        self._now = now
-        slot = self.workers.get(wid)
-        if slot is None or slot.state is not WorkerState.LENT or slot.lent_seq != call.seq:
-            self.submit(call, now)
-            return
-        call.submitted_at = sent_at
-        self.calls[call.id] = call
-        if call.defn.schedule_to_close_timeout is not None:
-            call.schedule_deadline = sent_at + call.defn.schedule_to_close_timeout
-            self.deadlines.push(call.schedule_deadline, Deadline.SCHEDULE_TO_CLOSE, call, -1)
-        call.attempt = 1
-        call.gen += 1
-        call.worker = wid
-        self.lent = None
-        slot.state = WorkerState.BUSY
-        slot.gen += 1
-        self._running(slot, call, sent_at)
-
-    def queued_now(self) -> bool:
-        """Is any call waiting for a worker?"""
-        return any(call.state is CallState.QUEUED for call in self.queue)
-
     # -- withdrawal ----------------------------------------------------------------------
     def _rebalance(self, now: float) -> None:
         """A worker is idle: take back what waits in the pipes of workers whose running attempt
@@ -715,10 +633,8 @@ class Scheduler:
         if not slot.recycle:
             slot.recycle_reason = reason
         slot.recycle = True
-        if slot.state is WorkerState.LENT:
-            self._unlend()
-        if slot.state is WorkerState.IDLE:
-            self._maybe_recycle(slot, now)
+        if slot.state is WorkerState.IDLE and self._maybe_recycle(slot, now):
+            pass
 
     # -- replies -------------------------------------------------------------------------
     def _current(self, wid: int, seq: int) -> tuple[WorkerSlot, Call] | None:
@@ -972,8 +888,6 @@ class Scheduler:
         was = slot.state
         if was is WorkerState.STARTING:
             self.n_starting -= 1
-        if slot is self.lent:
-            self.lent = None
         slot.state = WorkerState.DEAD
         slot.gen += 1
         if kill:

@@ -20,12 +20,7 @@ current event (``_batch``, flushed in ``after``), the callers to wake after it
 scheduler owns all call, worker and session state and every deadline; a channel owns one
 worker's pipes, segments and output; the spawner owns the fork server and sees exits. Other
 threads reach in only through the inbox (``pool._loop.Inbox``, which this class owns: one
-``call_soon_threadsafe`` drains a burst) or ``call_soon_threadsafe``, with one exception, the
-direct lane (``pool._lane``): while the pool is quiet this class lends one idle worker, and a
-thread blocked in ``pool.run()`` may write that worker's next RUN frame itself, under the
-lane's lock, and leave a note that this class adopts before it handles anything that worker
-sends. The offer is revoked (under the same lock) before the worker gets other work or its
-pipes are let go.
+``call_soon_threadsafe`` drains a burst) or ``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
@@ -43,7 +38,6 @@ from pool._channel import Channel, OutputCallback
 from pool._config import PoolConfig
 from pool._events import PoolEvent, PoolStats, Stats, make_event
 from pool._faults import FaultRule, FaultRules
-from pool._lane import Lane, Offer, Taken, run_meta
 from pool._loop import Inbox
 from pool._process import ForkServer, WorkerProcess
 from pool._protocol import ProtocolError
@@ -96,8 +90,6 @@ class Supervisor:
         self._spinning = False  # in _spin_for_reply (never nested)
         # calls and actions other threads hand to the loop (no reply spin while it holds any)
         self.inbox = Inbox(loop, self)
-        # a blocking caller's thread may write its RUN to a worker lent here (see _lend)
-        self.lane = Lane()
         self.spins_caught = 0  # replies a spin caught / spins that gave up (for tests, tuning)
         self.spins_missed = 0
 
@@ -118,7 +110,6 @@ class Supervisor:
             self._ready.set_result(None)
 
     async def close(self, cancel: bool = False) -> None:
-        self._reclaim()
         sched = self.scheduler
         if cancel:
             sched.cancel_all(time.monotonic())
@@ -201,7 +192,6 @@ class Supervisor:
         self.after()
 
     def add_fault(self, rule: FaultRule) -> None:
-        self._reclaim()  # a lent worker's RUN would carry no fault
         if self.faults is None:
             self.faults = FaultRules()
         self.faults.add(rule)
@@ -252,9 +242,6 @@ class Supervisor:
         if self._wakes:
             self._run_wakes()
         self._arm_timer()
-        lane = self.lane
-        if lane.wanted and lane.offer is None and not lane.notes and not lane.held:
-            self._lend()
         if spin is not None:
             # not now: first let what is ready run (a caller woken by this event may be about
             # to submit; then two calls are in flight and spinning would only delay it)
@@ -313,8 +300,22 @@ class Supervisor:
 
     def send_run(self, worker_id: int, call: Call) -> None:
         defn = call.defn
-        fault = self.faults.match(defn.name, call.attempt) if self.faults is not None else None
-        meta_body = pickle.dumps(run_meta(call, fault), protocol=5)
+        meta: tuple[Any, ...] = (  # a RunMeta, as a plain tuple (see RunMeta)
+            defn.module,
+            defn.qualname,
+            defn.name,
+            str(call.id),
+            call.attempt,
+            call.session,
+            time.time() + defn.start_to_close_timeout if defn.start_to_close_timeout else None,
+            defn.heartbeat_timeout,
+            call.heartbeat_details,
+        )
+        if self.faults is not None:
+            fault = self.faults.match(defn.name, call.attempt)
+            if fault is not None:
+                meta += (fault,)
+        meta_body = pickle.dumps(meta, protocol=5)
         self.handles[worker_id].send_run(call.seq, defn.name, meta_body, call.payload)
 
     def send_cancel(self, worker_id: int, seq: int) -> None:
@@ -336,7 +337,6 @@ class Supervisor:
         channel = self.handles.get(worker_id)
         if channel is None:
             return
-        self._revoke_lane(channel)
         channel.proc.kill_tree()
         # stop listening now: whatever it wrote last is about an attempt already decided
         channel.stop_reading()
@@ -391,8 +391,6 @@ class Supervisor:
 
     # -- ChannelListener: what a worker sent -----------------------------------------------
     def on_result(self, channel: Channel, seq: int, value: Any, now: float) -> None:
-        if self.lane.notes:  # a caller's RUN went through the lane: this may be its reply
-            self._adopt_notes(answered=seq)
         sched = self.scheduler
         # checked here, where it comes back, so that a worker never needs pydantic
         call = sched.running_call(channel.id, seq)
@@ -410,28 +408,18 @@ class Supervisor:
                 sched.request_recycle(channel.id, now)
 
     def on_failure(self, channel: Channel, seq: int, exc: BaseException, now: float) -> None:
-        if self.lane.notes:
-            self._adopt_notes(answered=seq)
         self.scheduler.failure(channel.id, seq, exc, now)
 
     def on_withdrawn(self, channel: Channel, seq: int, now: float) -> None:
-        if self.lane.notes:
-            self._adopt_notes()
         self.scheduler.withdrawn(channel.id, seq, now)
 
     def on_heartbeat(self, channel: Channel, seq: int, details: Any, at: float) -> None:
-        if self.lane.notes:
-            self._adopt_notes()
         self.scheduler.heartbeat(channel.id, seq, details, at)
 
     def on_entered(self, channel: Channel, seq: int, at: float) -> None:
-        if self.lane.notes:
-            self._adopt_notes()
         self.scheduler.entered(channel.id, seq, at)
 
     def on_setup_started(self, channel: Channel, seq: int) -> None:
-        if self.lane.notes:
-            self._adopt_notes()
         self.scheduler.setup_started(channel.id, seq)
 
     def on_ready(self, channel: Channel, stdlib: list[str], now: float) -> None:
@@ -443,17 +431,11 @@ class Supervisor:
         """A malformed frame from a worker: kill it; its attempt fails (and is retried as a
         crash is) and a replacement starts."""
         log.error("worker %d sent a malformed frame (%s); killing it", channel.id, exc)
-        self._revoke_lane(channel)
-        if self.lane.notes:  # a call it was sent through the lane fails with it
-            self._adopt_notes()
         crash = channel.crash(f"protocol error from worker {channel.id}: {exc}")
         self.scheduler.kill_worker(channel.id, crash, time.monotonic())
         channel.stop_reading()  # (already, if it was killed: not if it had died before)
 
     def on_eof(self, channel: Channel) -> None:
-        self._revoke_lane(channel)
-        if self.lane.notes:  # a call it was sent through the lane fails with it
-            self._adopt_notes()
         channel.stop_reading()
         self._watch_exit(channel)
 
@@ -498,8 +480,6 @@ class Supervisor:
         if channel.gone:
             return
         channel.gone = True
-        if self.lane.notes:  # a call it was sent through the lane fails with it
-            self._adopt_notes()
         channel.drain_output()
         self._forget(channel)
         proc = channel.proc
@@ -511,81 +491,6 @@ class Supervisor:
         self._check_all_gone()
 
     def _forget(self, channel: Channel) -> None:
-        self._revoke_lane(channel)
         channel.close()
         self.spawner.release(channel.proc)
         self.handles.pop(channel.id, None)
-
-    # -- the direct lane (pool._lane): a blocking caller writes its RUN itself -------------
-    def unlend(self, worker_id: int) -> bool:
-        offer = self.lane.offer
-        return offer is not None and offer.worker_id == worker_id and self.lane.revoke() is not None
-
-    def _lend(self) -> None:
-        if not self._ready.done():
-            return
-        lent = self.scheduler.lend(self._lendable)
-        if lent is not None:
-            wid, seq = lent
-            self.lane.put(Offer(wid, self.handles[wid].proc.to_worker, seq))
-
-    def _lendable(self, worker_id: int) -> bool:
-        ch = self.handles.get(worker_id)
-        return ch is not None and not (
-            ch.eof or ch.gone or ch.outbox or ch.unsent or ch.in_pipe or ch.proc.fds_closed
-        )
-
-    def _revoke_lane(self, channel: Channel) -> None:
-        offer = self.lane.offer
-        if offer is not None and offer.worker_id == channel.id:
-            self.lane.revoke()  # before its fds close; the slot goes with the worker
-
-    def _reclaim(self) -> None:
-        """Adopt what callers sent through the lane, and take back a lent worker that no
-        caller took (before closing or adding a fault rule)."""
-        lane = self.lane
-        if lane.notes:
-            self._adopt_notes()
-        if lane.offer is None:
-            return
-        offer = lane.revoke()
-        if offer is not None:
-            self.scheduler.reclaim(offer.worker_id, time.monotonic())
-
-    def adopt_notes(self) -> None:
-        """From a caller's thread: its call sent through the lane is not answered yet; have
-        the loop adopt it now (arming its deadlines)."""
-        self.inbox.put(self._on_notes)
-
-    def lane_failed(self, taken: Taken) -> None:
-        """From a caller's thread: its RUN could not be written; the worker is going."""
-        self.inbox.put(partial(self._lane_failed, taken))
-
-    def _on_notes(self) -> None:
-        self._adopt_notes()
-        self.after()
-
-    def _adopt_notes(self, answered: int | None = None) -> None:
-        """Make the calls of the lane's notes the running attempts of their workers.
-        ``answered``: the seq of the reply being handled (already out of its channel's pipe)."""
-        now = time.monotonic()
-        for taken in self.lane.take_notes():
-            call, wid = taken.call, taken.offer.worker_id
-            channel = self.handles.get(wid)
-            if channel is not None and not channel.eof and call.seq != answered:
-                channel.in_pipe.append((call.seq, call.defn.name))
-            self.scheduler.adopt(call, wid, min(taken.sent_at, now), now)
-
-    def _lane_failed(self, taken: Taken) -> None:
-        self._adopt_notes()
-        call, wid = taken.call, taken.offer.worker_id
-        if self.scheduler.running_call(wid, call.seq) is call:
-            err = WorkerCrashedError(
-                "the worker's request pipe was closed",
-                exitcode=None,
-                signal=None,
-                pid=None,
-                worker_id=wid,
-            )
-            self.scheduler.kill_worker(wid, err, time.monotonic())
-        self.after()

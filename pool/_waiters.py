@@ -76,13 +76,6 @@ class BlockingWaiter:
         self.value, self.exc, self.done = value, exc, True
         self.wake_later(self.lock.release)
 
-    def sleep(self, timeout: float) -> bool:
-        """Sleep until settled or for ``timeout`` seconds; True: settled (``wait`` returns)."""
-        if self.lock.acquire(timeout=timeout):
-            self.lock.release()
-            return True
-        return False
-
     def wait(self) -> Any:
         """Sleep until settled; return the value or raise the error."""
         self.lock.acquire()
