@@ -86,6 +86,8 @@ class Call:
     withdrawing: bool = False  # asked back from the pipe it waits in; no answer yet
     submitted_at: float = 0.0
     started_at: float = 0.0
+    # set by the shell when an attempt ends: the last lines it printed (for the final error)
+    output: tuple[str, ...] = ()
 
 
 @dataclass(eq=False, slots=True)
@@ -773,7 +775,7 @@ class Scheduler:
 
     def _final_error(self, call: Call, exc: BaseException) -> BaseException:
         text = getattr(exc, "remote_traceback_text", None)
-        return final_error(call.defn.name, call.attempt, exc, text)
+        return final_error(call.defn.name, call.attempt, exc, text, call.output)
 
     def _finish(self, call: Call, value: Any = None, error: BaseException | None = None) -> None:
         if call.state is CallState.DONE:

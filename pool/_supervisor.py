@@ -347,6 +347,8 @@ class Supervisor:
         if channel is None:
             return
         channel.proc.kill_tree()
+        channel.catch_up_output()
+        self._keep_output(channel, channel.running_seq)
         # stop listening now: whatever it wrote last is about an attempt already decided
         channel.stop_reading()
         # Reap on a later turn of the loop: this runs inside the scheduler, and a process that
@@ -407,6 +409,7 @@ class Supervisor:
             try:
                 value = call.defn.validate_result(value)
             except ApplicationError as err:
+                call.output = channel.output_of(seq)
                 sched.failure(channel.id, seq, err, now)
                 return
         sched.result(channel.id, seq, value, now)
@@ -417,7 +420,17 @@ class Supervisor:
                 sched.request_recycle(channel.id, now)
 
     def on_failure(self, channel: Channel, seq: int, exc: BaseException, now: float) -> None:
+        self._keep_output(channel, seq)
         self.scheduler.failure(channel.id, seq, exc, now)
+
+    def _keep_output(self, channel: Channel, seq: int | None) -> None:
+        """The attempt ``seq`` ends in failure: the last lines it printed go with its call, for
+        the error that may end the call (``ActivityError.output``)."""
+        if seq is None:
+            return
+        call = self.scheduler.running_call(channel.id, seq)
+        if call is not None:
+            call.output = channel.output_of(seq)
 
     def on_withdrawn(self, channel: Channel, seq: int, now: float) -> None:
         self.scheduler.withdrawn(channel.id, seq, now)
@@ -491,6 +504,7 @@ class Supervisor:
             return
         channel.gone = True
         channel.drain_output()
+        self._keep_output(channel, channel.running_seq)
         self._forget(channel)
         proc = channel.proc
         how = f"signal {proc.signal}" if proc.signal is not None else f"exit code {proc.exitcode}"
