@@ -88,6 +88,7 @@ class Call:
     started_at: float = 0.0
     # set by the shell when an attempt ends: the last lines it printed (for the final error)
     output: tuple[str, ...] = ()
+    trace: Any = None  # opaque: the caller's trace context (pool._otel), or None
 
 
 @dataclass(eq=False, slots=True)

@@ -33,22 +33,34 @@ import itertools
 import logging
 import math
 import pickle
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pool._channel import Channel, OutputCallback
 from pool._config import PoolConfig
 from pool._events import PoolEvent, PoolStats, Stats, make_event
 from pool._faults import FaultRule, FaultRules
+from pool._otel import OTEL_MODULE
 from pool._process import ForkServer, WorkerProcess
 from pool._protocol import ProtocolError
 from pool._scheduler import Call, Scheduler, WorkerState
 from pool._spawner import Spawner
-from sdk._errors import ApplicationError, WorkerCrashedError
+from sdk._errors import ActivityError, ApplicationError, WorkerCrashedError
+
+if TYPE_CHECKING:
+    from pool._otel import AttemptSpans
 
 log = logging.getLogger("activitypool")
+# The events that end an attempt's span, and the outcome they give it (None: from the error).
+_ATTEMPT_ENDS: dict[str, str | None] = {
+    "attempt_completed": None,
+    "attempt_failed": None,
+    "attempt_requeued": "withdrawn",
+    "attempt_withdrawn": "withdrawn",
+}
 
 
 class Supervisor:
@@ -94,6 +106,9 @@ class Supervisor:
         self._spinning = False  # in _spin_for_reply (never nested)
         # calls handed to the loop and not yet submitted (the Pool's inbox): no spin then
         self.inbox: collections.deque[Any] | tuple[()] = ()
+        # one span per attempt of a call made under an OpenTelemetry span (pool._otel); made
+        # by the first such call
+        self.spans: AttemptSpans | None = None
         self.spins_caught = 0  # replies a spin caught / spins that gave up (for tests, tuning)
         self.spins_missed = 0
 
@@ -178,7 +193,12 @@ class Supervisor:
     def new_call(
         self, defn: Any, policy: Any, payload: Any, waiter: Any, session: str | None
     ) -> Call:
-        return Call(next(self._call_ids), defn, policy, payload, waiter, session)
+        call = Call(next(self._call_ids), defn, policy, payload, waiter, session)
+        if OTEL_MODULE in sys.modules:  # (the caller's thread: its current span)
+            from pool._otel import capture
+
+            call.trace = capture()
+        return call
 
     def submit(self, call: Call) -> None:
         self.scheduler.submit(call, time.monotonic())
@@ -320,12 +340,34 @@ class Supervisor:
             defn.heartbeat_timeout,
             call.heartbeat_details,
         )
+        fault = None
         if self.faults is not None:
             fault = self.faults.match(defn.name, call.attempt)
-            if fault is not None:
-                meta += (fault,)
+        if call.trace is not None:
+            meta += (fault, self._begin_span(worker_id, call))
+        elif fault is not None:
+            meta += (fault,)
         meta_body = pickle.dumps(meta, protocol=5)
         self.handles[worker_id].send_run(call.seq, defn.name, meta_body, call.payload)
+
+    def _begin_span(self, worker_id: int, call: Call) -> dict[str, str]:
+        """Start the span of the attempt being sent; its context, for the worker."""
+        spans = self.spans
+        if spans is None:
+            from pool._otel import AttemptSpans
+
+            spans = self.spans = AttemptSpans()
+            self.scheduler.events = True  # the attempt events end the spans (see event)
+        channel = self.handles.get(worker_id)
+        return spans.begin(
+            call.id,
+            call.defn.name,
+            call.trace,
+            call.attempt,
+            worker_id,
+            channel.proc.pid if channel is not None else None,
+            call.session,
+        )
 
     def send_cancel(self, worker_id: int, seq: int) -> None:
         channel = self.handles.get(worker_id)
@@ -375,6 +417,8 @@ class Supervisor:
 
     def reject(self, call: Call, exc: BaseException) -> None:
         self.stats.failed()
+        if self.spans is not None:  # an attempt still open ends with its call
+            self.spans.end(call.id, exc.__cause__ if type(exc) is ActivityError else exc)
         _set_exception(call.waiter, exc)
 
     def set_on_event(
@@ -384,9 +428,11 @@ class Supervisor:
         only those of ``kinds`` when given (no others are built)."""
         self.on_event = on_event
         self.event_kinds = kinds
-        self.scheduler.events = on_event is not None
+        self.scheduler.events = on_event is not None or self.spans is not None
 
     def event(self, kind: str, **fields: Any) -> None:
+        if self.spans is not None and kind in _ATTEMPT_ENDS:
+            self.spans.end(fields["call_id"], fields.get("error"), _ATTEMPT_ENDS[kind])
         if self.on_event is None:
             return
         if self.event_kinds is not None and kind not in self.event_kinds:
