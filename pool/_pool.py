@@ -27,7 +27,7 @@ from pool._protocol import dumps, lift_call_bytes
 from pool._scheduler import Call, CallState
 from pool._supervisor import FaultRule, Supervisor, SupervisorConfig, early_forkserver
 from sdk import _context
-from sdk._definition import ActivityDefinition, activities_in_module, get_definition
+from sdk._definition import ActivityDefinition, activities_in_module, get_definition, lookup
 from sdk._errors import (
     ActivityInputError,
     PoolClosedError,
@@ -674,7 +674,11 @@ class Pool(PoolCalls):
     def _policy(self, defn: ActivityDefinition) -> RetryPolicy:
         policy = self._policies.get(id(defn))
         if policy is None:
-            policy = self._policies[id(defn)] = defn.retry_policy(self._default_policy)
+            policy = defn.retry_policy(self._default_policy)
+            # Only a registered definition lives as long as the process, so only its id is a
+            # safe key: a per-call copy (with_options) is freed, and its id reused, soon.
+            if lookup(defn.name) is defn:
+                self._policies[id(defn)] = policy
         return policy
 
     def _chunk_call(

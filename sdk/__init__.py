@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         activities_in_module,
         activity,
         get_definition,
+        with_options,
     )
     from ._depends import Depends
     from ._errors import (
@@ -71,6 +72,7 @@ __all__ = [
     "get_sticky_worker_session",
     "run_activities_locally",
     "run_sticky_worker_session",
+    "with_options",
 ]
 
 _WHERE = {
@@ -84,6 +86,7 @@ _WHERE = {
     "activities_in_module": "sdk._definition",
     "activity": "sdk._definition",
     "get_definition": "sdk._definition",
+    "with_options": "sdk._definition",
     "Depends": "sdk._depends",
     "ActivityDefinitionError": "sdk._errors",
     "ActivityError": "sdk._errors",

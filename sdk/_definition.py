@@ -50,6 +50,7 @@ __all__ = [
     "activity",
     "get_definition",
     "lookup",
+    "with_options",
 ]
 
 # float('inf') rather than math.inf: math is an extension module, loaded from disk by every worker
@@ -339,6 +340,10 @@ class ActivityDefinition:
     def depends_params(self) -> dict[str, Dependency]:
         """Parameters whose default is ``Depends(...)``, by name (the runtime fills them)."""
         return self._depends
+
+    def options(self, **overrides: Any) -> ActivityDefinition:
+        """A frozen copy with some ``@activity`` options replaced (see :func:`with_options`)."""
+        return _with_options(self, overrides)
 
     def retry_policy(self, default: RetryPolicy) -> RetryPolicy:
         """The policy for this activity: fields set here override ``default``.
@@ -827,3 +832,66 @@ class _ActivityDecorator:
 
 
 activity = _ActivityDecorator()
+
+
+# -- per-call options --------------------------------------------------------------------------
+
+# What with_options may replace: every @activity option but the name (workers, rate limits and
+# Temporal know an activity by its name).
+_OPTION_FIELDS = {
+    "start_to_close_timeout": "start_to_close_timeout",
+    "heartbeat_timeout": "heartbeat_timeout",
+    "schedule_to_close_timeout": "schedule_to_close_timeout",
+    "retry_policy_max_attempts": "retry_max_attempts",
+    "retry_policy_backoff_coefficient": "retry_backoff_coefficient",
+    "retry_policy_initial_interval": "retry_initial_interval",
+    "retry_policy_max_interval": "retry_max_interval",
+    "non_retryable_error_types": "non_retryable_error_types",
+    "sticky_to_worker": "sticky_to_worker",
+    "rate_limit": "rate_limit",
+}
+# Cached facts of the function, not of the options: a copy reuses the original's.
+_FN_CACHES = ("_signature", "_hints", "_checks", "_binder", "_result_check", "_depends")
+
+if TYPE_CHECKING:
+
+    @overload
+    def with_options(
+        target: str | ActivityDefinition, /, **overrides: Any
+    ) -> ActivityDefinition: ...
+    @overload
+    def with_options(target: Callable[P, R], /, **overrides: Any) -> Callable[P, R]: ...
+
+
+def with_options(target: Any, /, **overrides: Any) -> Any:
+    """``target`` with some of its ``@activity`` options replaced, for the calls it is passed to.
+
+    ``target`` is an activity function, its definition or its registered name. The overrides
+    take the decorator's option names (all but ``name``) and are validated the same way; the
+    others keep the definition's values (``non_retryable_error_types`` replaces, never merges).
+    A function gives a function (the same signature, for the pool methods' typing) that
+    carries the copy; a definition or a name gives a definition. Nothing is registered: the
+    registered activity is unchanged, and workers still import it by module and name (a copy
+    pickles as the registered definition: its options matter only where calls are scheduled).
+    """
+    defn = _with_options(get_definition(target), overrides)
+    if isinstance(target, str | ActivityDefinition):
+        return defn
+    return _wrap(defn)
+
+
+def _with_options(defn: ActivityDefinition, overrides: dict[str, Any]) -> ActivityDefinition:
+    unknown = sorted(set(overrides) - set(_OPTION_FIELDS))
+    if unknown:
+        what = "name cannot be changed per call" if unknown == ["name"] else "unknown option"
+        raise ActivityDefinitionError(
+            f"activity {defn.name!r}: {what}: {', '.join(unknown)} "
+            f"(options: {', '.join(_OPTION_FIELDS)})"
+        )
+    current = {option: getattr(defn, field) for option, field in _OPTION_FIELDS.items()}
+    copy = _define(defn.fn, name=defn.name, **{**current, **overrides})
+    # the copy is of the same function: what was derived from it alone carries over
+    for cached in _FN_CACHES:
+        if cached in defn.__dict__:
+            copy.__dict__[cached] = defn.__dict__[cached]
+    return copy

@@ -1,0 +1,50 @@
+"""Per-call options in a real pool: a copy's retries and timeouts apply to the calls it is
+passed to, never to the registered activity's other calls."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+from pool import Pool
+from sdk import ActivityError, ActivityTimeoutError, TimeoutType, get_definition, with_options
+from tests.integration import options_activities as acts
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def test_retries_and_timeouts_per_call():
+    async with Pool([acts], workers=1) as pool:
+        # the definition's own policy: four attempts
+        assert await pool.execute(acts.fails_until, 3) == 3
+        once = with_options(acts.fails_until, retry_policy_max_attempts=1)
+        with pytest.raises(ActivityError) as info:
+            await pool.execute(once, 2)
+        assert info.value.attempts == 1
+        short = with_options(acts.sleeps, start_to_close_timeout=0.05)
+        with pytest.raises(ActivityError) as timed_out:
+            await pool.execute(short, 5)
+        assert isinstance(timed_out.value.cause, ActivityTimeoutError)
+        assert timed_out.value.cause.type is TimeoutType.START_TO_CLOSE
+        # and the registered activity keeps its options
+        assert await pool.execute(acts.sleeps, 0.01) == 0.01
+
+
+async def test_each_copy_gets_its_own_policy():
+    """A copy made per call is freed after it; the next copy often reuses its memory address.
+    The pool must not take the next copy's retry policy from the freed one."""
+    async with Pool([acts], workers=1) as pool:
+        defn = get_definition(acts.fails_until)
+        wrong = []
+        for i in range(60):
+            attempts = 1 + i % 2  # one attempt fails (attempt 2 succeeds), two succeed
+            try:
+                await pool.execute(defn.options(retry_policy_max_attempts=attempts), 2)
+                succeeded = True
+            except ActivityError:
+                succeeded = False
+            if succeeded != (attempts == 2):
+                wrong.append(i)
+            gc.collect()  # frees the copy now, as a busy program would soon
+        assert wrong == []
