@@ -733,6 +733,50 @@ class Pool(PoolCalls):
             sup.cancel(call)
             raise
 
+    async def execute_attempt(
+        self,
+        fn: ActivityRef | ActivityDefinition,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        attempt: int = 1,
+        heartbeat_details: Any = None,
+        on_heartbeat: Callable[[Any], None] | None = None,
+        session: _context.StickyWorkerSession | None = None,
+    ) -> Any:
+        """Run one call as attempt ``attempt`` of a call whose retries someone else schedules
+        (a Temporal activity task: see ``pool.temporal``).
+
+        The activity sees ``attempt`` and ``heartbeat_details`` in ``activity.info()`` (what an
+        earlier attempt, elsewhere, heartbeated last). ``on_heartbeat(details)`` is called on
+        the pool's loop thread with each heartbeat of this call. The pool still retries by the
+        activity's policy: pass ``with_options(fn, retry_policy_max_attempts=1)`` for exactly
+        one attempt. ``session`` is the sticky session of a sticky activity (else the ambient
+        one). Cancelling the await cancels the attempt, as for ``execute``.
+        """
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+            raise ValueError(f"attempt must be an int >= 1, got {attempt!r}")
+        defn = fn if isinstance(fn, ActivityDefinition) else get_definition(fn)
+        call = self._prepare(
+            defn, args, kwargs or {}, session if session is not None else _context_session()
+        )
+        call.attempt = attempt - 1  # the scheduler counts the attempt it dispatches
+        call.heartbeat_details = heartbeat_details
+        call.on_heartbeat = on_heartbeat
+        loop = asyncio.get_running_loop()
+        sup = self._sup
+        assert sup is not None
+        if loop is not self._loop:
+            return await asyncio.wrap_future(self._submit_call(call))
+        fut = loop.create_future()
+        call.waiter = fut
+        sup.submit(call)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            sup.cancel(call)
+            raise
+
     def _target(self) -> tuple[Pool, Any]:
         return self, _context_session()
 

@@ -77,6 +77,7 @@ class Call:
     gen: int = 0  # bumped on every state change; deadline entries of older gens are stale
     worker: int | None = None
     heartbeat_details: Any = None
+    on_heartbeat: Any = None  # opaque: the supervisor hands it each heartbeat's details
     heartbeat_deadline: float = 0.0
     schedule_deadline: float | None = None
     cancelled: bool = False
@@ -683,15 +684,17 @@ class Scheduler:
             self._attempt_failed(call, exc, now)
         self._became_idle(slot, now)
 
-    def heartbeat(self, wid: int, seq: int, details: Any, now: float) -> None:
+    def heartbeat(self, wid: int, seq: int, details: Any, now: float) -> Call | None:
+        """A heartbeat of the running attempt ``seq``; returns its call (None: stale)."""
         found = self._current(wid, seq)
         if found is None:
-            return
+            return None
         call = found[1]
         call.heartbeat_details = details
         if call.defn.heartbeat_timeout is not None:
             # the heap entry is re-pushed lazily when it fires early (see _fire)
             call.heartbeat_deadline = now + call.defn.heartbeat_timeout
+        return call
 
     def _attempt_failed(self, call: Call, exc: BaseException, now: float) -> None:
         if self.events:

@@ -875,7 +875,12 @@ class Supervisor:
             except BaseException as exc:
                 details, beat_at = f"<heartbeat details could not be unpickled: {exc!r}>", now
             # CLOCK_MONOTONIC is one clock for every process on the machine
-            sched.heartbeat(handle.id, frame.seq, details, min(beat_at, now))
+            call = sched.heartbeat(handle.id, frame.seq, details, min(beat_at, now))
+            if call is not None and call.on_heartbeat is not None:
+                try:
+                    call.on_heartbeat(details)
+                except Exception:
+                    log.exception("on_heartbeat callback of activity %r failed", call.defn.name)
         elif kind is Kind.READY:
             try:
                 ready = frame.load()

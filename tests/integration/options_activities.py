@@ -20,3 +20,13 @@ def fails_until(attempt_ok: int) -> int:
 def sleeps(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+@activity(heartbeat_timeout=5)
+def resumes(steps: int) -> dict:
+    """Heartbeats ``steps`` values after what an earlier attempt reached; returns what it saw."""
+    info = activity.info()
+    start = info.heartbeat_details or 0
+    for i in range(start + 1, start + steps + 1):
+        activity.heartbeat(i)
+    return {"attempt": info.attempt, "resumed_from": info.heartbeat_details}

@@ -3,6 +3,7 @@ passed to, never to the registered activity's other calls."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 
 import pytest
@@ -48,3 +49,36 @@ async def test_each_copy_gets_its_own_policy():
                 wrong.append(i)
             gc.collect()  # frees the copy now, as a busy program would soon
         assert wrong == []
+
+
+async def test_execute_attempt_carries_attempt_and_heartbeats_both_ways():
+    """One attempt of a call whose retries another engine schedules: the activity sees that
+    engine's attempt number and the details an earlier attempt heartbeated, and its own
+    heartbeats reach the caller as they happen."""
+    beats: list[int] = []
+    async with Pool([acts], workers=1) as pool:
+        result = await pool.execute_attempt(
+            acts.resumes, (3,), attempt=4, heartbeat_details=10, on_heartbeat=beats.append
+        )
+        assert result == {"attempt": 4, "resumed_from": 10}
+        # the worker coalesces heartbeats (latest wins): the last one always arrives, in order
+        assert beats[-1] == 13 and beats == sorted(set(beats)) and set(beats) <= {11, 12, 13}
+        # one attempt, and the engine's attempt number in the error
+        once = with_options(acts.fails_until, retry_policy_max_attempts=1)
+        with pytest.raises(ActivityError) as info:
+            await pool.execute_attempt(once, (9,), attempt=2)
+        assert info.value.attempts == 2
+        assert "attempt 2 fails" in str(info.value.cause)
+        with pytest.raises(ValueError, match="attempt must be an int >= 1"):
+            await pool.execute_attempt(once, (9,), attempt=0)
+
+
+def test_execute_attempt_from_another_loop():
+    """A ``with`` pool runs on its own thread: heartbeats arrive there, results here."""
+    beats: list[int] = []
+    with Pool([acts], workers=1) as pool:
+        result = asyncio.run(
+            pool.execute_attempt(acts.resumes, (2,), attempt=1, on_heartbeat=beats.append)
+        )
+    assert result == {"attempt": 1, "resumed_from": None}
+    assert beats[-1] == 2 and set(beats) <= {1, 2}
