@@ -979,6 +979,16 @@ class Pool(PoolCalls):
         return PoolSession(self)
 
     # -- introspection ---------------------------------------------------------------------
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """The activity modules every worker imports at start (from ``activities``)."""
+        return self._config.preload
+
+    @property
+    def size(self) -> int:
+        """The number of worker processes the pool keeps (``workers``)."""
+        return self._config.workers
+
     def stats(self) -> PoolStats:
         """Counts and latency percentiles (a snapshot taken on the pool's loop)."""
         sup = self._sup
