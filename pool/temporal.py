@@ -130,7 +130,7 @@ class TemporalStickySessionLostError(
         self.session_id = session_id
 
 
-def _to_temporal(exc: BaseException, defn: ActivityDefinition) -> BaseException:
+def _to_temporal(exc: BaseException) -> BaseException:
     """What a failed pool attempt raises to Temporal: an ApplicationError typed by the cause's
     class name, so that the workflow's non-retryable types match by name."""
     cause: BaseException | None = exc
@@ -151,7 +151,7 @@ def _to_temporal(exc: BaseException, defn: ActivityDefinition) -> BaseException:
         )
     non_retryable = isinstance(cause, StickySessionLostError | ActivityInputError)
     if isinstance(cause, ActivityTimeoutError):
-        message = f"{message} (activity {defn.name!r}, killed by the pool)"
+        message = f"{message} (killed by the pool)"
     return temporalio.exceptions.ApplicationError(
         message, type=type(cause).__name__, non_retryable=non_retryable
     )
@@ -383,7 +383,7 @@ def _temporal_activity(host: _Host, defn: ActivityDefinition) -> Callable[..., A
                 session=hs.session if hs is not None else None,
             )
         except (ActivityError, ActivityInputError, StickySessionLostError) as exc:
-            raise _to_temporal(exc, defn) from None
+            raise _to_temporal(exc) from None
         except PoolClosedError as exc:  # this host is shutting down: another one retries
             raise temporalio.exceptions.ApplicationError(str(exc), type="PoolClosedError") from None
         finally:

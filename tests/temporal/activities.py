@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import time
+from pathlib import Path
 
 from sdk import activity
 
@@ -41,14 +42,15 @@ async def predict(x: int) -> dict[str, int | str]:
 
 
 @activity(heartbeat_timeout=1.0, retry_policy_initial_interval=0.1, retry_policy_max_attempts=3)
-def hangs_once(steps: int) -> dict[str, int | str | None]:
-    """Heartbeats steps from where the last attempt stopped; the first attempt then hangs in C
-    (a libc sleep, deaf to Python) until it is killed."""
+def hangs_once(steps: int, pid_file: str) -> dict[str, int | str | None]:
+    """Heartbeats steps from where the last attempt stopped; the first attempt then writes its
+    pid to ``pid_file`` and hangs in C (a libc sleep, deaf to Python) until it is killed."""
     info = activity.info()
     start = info.heartbeat_details or 0
     for step in range(start + 1, steps + 1):
         activity.heartbeat(step)
     if info.attempt == 1:
+        Path(pid_file).write_text(str(os.getpid()))
         ctypes.CDLL(None).sleep(3600)
     return {
         "attempt": info.attempt,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import signal
+import time
 import uuid
 from datetime import timedelta
 
+import psutil
 import pytest
 
 pytest.importorskip("temporalio", reason="the temporal extra is not installed")
@@ -67,3 +71,54 @@ async def test_fan_out_runs_on_both_hosts(temporal_address, queue, two_hosts):
         loaded, *predictions = await _run(client, queue, wf.StickyPredict.run, 20)
         assert [p["y"] for p in predictions] == [3 * i for i in range(20)]
         assert {(p["host"], p["pid"]) for p in predictions} == {(loaded["host"], loaded["pid"])}
+
+
+async def test_hung_activity_killed_at_heartbeat_timeout_and_resumed(
+    temporal_address, queue, two_hosts, tmp_path
+):
+    """The first attempt hangs in C after heartbeating 3 steps: the pool kills it at its
+    heartbeat timeout (1 s), and Temporal's retry resumes from step 3, on either host."""
+    client = await _client(temporal_address)
+    async with _workflow_worker(client, queue):
+        started = time.monotonic()
+        pid_file = tmp_path / "hung.pid"
+        result = await _run(client, queue, wf.HangOnce.run, 3, str(pid_file))
+        took = time.monotonic() - started
+    print(f"hung attempt killed and retried in {took:.2f}s: {result}")
+    assert result["attempt"] == 2
+    assert result["resumed_from"] == 3
+    assert took < 10
+    # the hung subprocess is gone (killed, and reaped by its host's pool)
+    assert not psutil.pid_exists(int(pid_file.read_text()))
+
+
+async def test_host_killed_mid_workflow(temporal_address, start_host):
+    """SIGKILL the host a session is bound to, in the middle of a fan-out: the fan-out completes
+    on the other host, and the session's next call fails fast with StickySessionLostError."""
+    queue = f"kill-{uuid.uuid4().hex[:8]}"
+    hosts = {name: start_host(f"{temporal_address}/{queue}", name) for name in ("A", "B")}
+    client = await _client(temporal_address)
+    async with _workflow_worker(client, queue):
+        session_wf = await client.start_workflow(
+            wf.SessionOnDeadHost.run,
+            2.0,
+            id=f"session-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+            execution_timeout=timedelta(seconds=40),
+        )
+        bound = await session_wf.execute_update(wf.SessionOnDeadHost.bound_to)
+        doomed = hosts[str(bound["host"])]
+        fan_out = asyncio.create_task(_run(client, queue, wf.FanOut.run, 20, 0.3))
+        await asyncio.sleep(0.5)  # let both hosts take fan-out work, then lose one
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait()
+        results = await fan_out
+        assert sorted(r["i"] for r in results) == list(range(20))
+        await session_wf.signal(wf.SessionOnDeadHost.proceed)
+        outcome = await session_wf.result()
+    print(
+        f"session on the dead host: {outcome}; fan-out hosts: "
+        f"{collections.Counter(r['host'] for r in results)}"
+    )
+    assert outcome["outcome"] == "TemporalStickySessionLostError"
+    assert outcome["waited"] < 5

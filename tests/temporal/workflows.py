@@ -45,8 +45,8 @@ class StickyPredict:
 @workflow.defn
 class HangOnce:
     @workflow.run
-    async def run(self, steps: int) -> dict[str, int | str | None]:
-        return await temporal.execute_activity(acts.hangs_once, steps)
+    async def run(self, steps: int, pid_file: str) -> dict[str, int | str | None]:
+        return await temporal.execute_activity(acts.hangs_once, steps, pid_file)
 
 
 @workflow.defn
