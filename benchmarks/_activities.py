@@ -25,6 +25,10 @@ def echo(payload: Any) -> Any:
     return payload
 
 
+def typed_noop(x: int) -> int:
+    return x
+
+
 def pid_then_sleep(path: str, seconds: float) -> int:
     """Announce this worker's pid in ``path`` (written then renamed), then sleep."""
     _announce_pid(path)
@@ -49,6 +53,11 @@ def matmul_work(seed: int, size: int = 256, rounds: int = 8) -> float:
 
 @activity(name="bench_noop")
 def ap_noop(x=None):
+    return x
+
+
+@activity(name="bench_typed_noop")
+def ap_typed_noop(x: int) -> int:  # hints: the caller checks the argument and the result
     return x
 
 

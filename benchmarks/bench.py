@@ -625,6 +625,11 @@ def row_coldstart(cfg: Config, row: RowResult) -> None:
                             notes.lack("replace", _why_no_replacement(c))
                         else:
                             sample["replace"] = _ms(seen - t_kill)
+                # a second pool whose first call has type hints, as most real activities do
+                t0 = time.perf_counter()
+                with make() as c:
+                    c.call(c.fn("typed_noop"), 1)
+                    sample["typed"] = _ms(time.perf_counter() - t0)
                 return sample
 
             return repeat(cfg.reps, once)
@@ -831,6 +836,7 @@ ROWS: tuple[RowSpec, ...] = (
         (
             Metric("cold", "pool with 2 workers + first task done", "ms"),
             Metric("replace", "SIGKILL an idle worker -> replacement up", "ms"),
+            Metric("typed", "cold start + first typed call (x: int) -> int done", "ms"),
         ),
         row_coldstart,
     ),

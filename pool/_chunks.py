@@ -11,15 +11,16 @@ in ``pool._pool``. This module imports nothing beyond what a worker has loaded a
 worker imports it only when its first chunk arrives (tests/integration/test_worker_light.py).
 
 The runners are not registered by name (``pool.run("...")`` cannot reach them); a worker needs
-only their ``__activity_definition__``. They have no return annotation, so that the worker's
-check of a runner's result needs neither ``typing`` nor pydantic.
+only their ``__activity_definition__``. Results are checked by the supervisor, item by item, when
+the chunk's list comes back (``ActivityDefinition.checking_each_result_of``), never here: a
+worker needs neither ``typing`` nor pydantic.
 """
 
 from __future__ import annotations
 
 from sdk import _context
 from sdk._definition import ActivityDefinition, _load_definition, _provided
-from sdk._errors import ApplicationError
+from sdk._errors import ApplicationError, safe_str
 
 TYPE_CHECKING = False  # not typing's: a worker does not import typing (see pool._worker)
 if TYPE_CHECKING:
@@ -34,15 +35,20 @@ def _target(module: str, qualname: str, is_async: bool) -> ActivityDefinition:
     """The activity a chunk runs, as the worker resolves any activity (its cache, __main__)."""
     ctx = _context._current_activity.get()
     try:
-        worker = getattr(ctx, "_worker", None)  # pool._worker's context of this attempt
+        worker = _worker_of(ctx)
         if worker is not None:
-            target = worker.lookup(module, qualname)
+            if (module, qualname) in worker.functions:
+                target = worker.lookup(module, qualname)
+            else:  # the first chunk here imports the activity's module: user code
+                worker.hold_heartbeat()
+                target = worker.lookup(module, qualname)
+                worker.resume_heartbeat()
         else:  # outside a pool worker (a test calling the runner directly)
             target = _load_definition(module, qualname)
     except BaseException as exc:
         name = ctx.info.name if ctx is not None else f"{module}.{qualname}"
         raise ApplicationError(
-            f"worker could not load {name!r}: {type(exc).__name__}: {exc}",
+            f"worker could not load {name!r}: {type(exc).__name__}: {safe_str(exc)}",
             type=type(exc).__name__,
             non_retryable=True,
         ) from exc
@@ -55,25 +61,32 @@ def _target(module: str, qualname: str, is_async: bool) -> ActivityDefinition:
     return target
 
 
+def _worker_of(ctx: Any) -> Any:
+    """The pool._worker.Worker running this attempt, or None outside a pool worker."""
+    return getattr(ctx, "_worker", None)  # pool._worker's context of this attempt
+
+
 def _injected(target: ActivityDefinition) -> dict[str, Any]:
     """Depends resources of ``target`` for a call given its item as the first positional."""
-    return _context.require_activity().resources.resolve(target, _provided(target, (None,), {}))
+    ctx = _context.require_activity()
+    provided = _provided(target, (None,), {})
+    worker = _worker_of(ctx)
+    if worker is None or not ctx.resources.missing(target, provided):
+        return ctx.resources.resolve(target, provided)
+    worker.hold_heartbeat()  # factories are user code: start-to-close times them, not heartbeats
+    resources = ctx.resources.resolve(target, provided)
+    worker.resume_heartbeat()
+    return resources
 
 
 def run_chunk(module: str, qualname: str, items: list[Any]):  # no return annotation: see above
     """Run the sync activity ``module.qualname`` over ``items``; its results, in order."""
     target = _target(module, qualname, False)
     fn: Callable[..., Any] = target.fn
-    kwargs = _injected(target) if target.depends_params() else None
-    check = target._result_check  # None when there is no return annotation to check
-    if check is None:  # the hot path: one call per item and nothing else
-        if kwargs:
-            return [fn(item, **kwargs) for item in items]
-        return [fn(item) for item in items]
-    validate = target.validate_result
-    if kwargs:
-        return [validate(fn(item, **kwargs)) for item in items]
-    return [validate(fn(item)) for item in items]
+    if target.depends_params():
+        kwargs = _injected(target)
+        return [fn(item, **kwargs) for item in items]
+    return [fn(item) for item in items]
 
 
 async def run_chunk_async(module: str, qualname: str, items: list[Any]):  # (see above)
@@ -83,10 +96,16 @@ async def run_chunk_async(module: str, qualname: str, items: list[Any]):  # (see
     fn: Callable[..., Any] = target.fn
     kwargs: dict[str, Any] = {}
     if target.depends_params():
-        resources = _context.require_activity().resources
-        kwargs = await resources.aresolve(target, _provided(target, (None,), {}))
-    validate = target.validate_result
-    return [validate(await fn(item, **kwargs)) for item in items]
+        ctx = _context.require_activity()
+        provided = _provided(target, (None,), {})
+        worker = _worker_of(ctx)
+        held = worker is not None and ctx.resources.missing(target, provided)
+        if held:
+            worker.hold_heartbeat()
+        kwargs = await ctx.resources.aresolve(target, provided)
+        if held:
+            worker.resume_heartbeat()
+    return [await fn(item, **kwargs) for item in items]
 
 
 def _definition(fn: Callable[..., Any], is_async: bool) -> ActivityDefinition:

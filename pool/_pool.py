@@ -26,12 +26,14 @@ from pool._process import ForkServer
 from pool._protocol import dumps, lift_call_bytes
 from pool._scheduler import Call, CallState
 from pool._supervisor import FaultRule, Supervisor, SupervisorConfig, early_forkserver
+from pool._worker import refuse_pool_while_importing_main
 from sdk import _context
 from sdk._definition import ActivityDefinition, activities_in_module, get_definition, lookup
 from sdk._errors import (
     ActivityInputError,
     PoolClosedError,
     StickyWorkerSessionMissingError,
+    safe_repr,
 )
 from sdk._retry import RetryPolicy
 
@@ -443,6 +445,7 @@ class Pool(PoolCalls):
         on_output: Callable[[int, str | None, str], None] | None = None,
         ambient: bool = True,
     ) -> None:
+        refuse_pool_while_importing_main()
         if workers is None:
             workers = os.cpu_count() or 1
         if not isinstance(workers, int) or workers < 1:
@@ -478,6 +481,13 @@ class Pool(PoolCalls):
                 raise ValueError("cpu_affinity: give True, or a non-empty list of CPU sets")
         if thread_limit == "auto":
             thread_limit = max(1, (os.cpu_count() or 1) // workers)
+        elif thread_limit is not None and (
+            isinstance(thread_limit, bool) or not isinstance(thread_limit, int) or thread_limit < 1
+        ):
+            raise ValueError(
+                f"thread_limit must be an int >= 1 (threads per worker), 'auto' or None "
+                f"(no limit), got {thread_limit!r}"
+            )
         preload: list[str] = []
         for item in activities:
             if isinstance(item, types.ModuleType | str):
@@ -650,7 +660,7 @@ class Pool(PoolCalls):
             payload = dumps(lift_call_bytes(args, kwargs))
         except Exception as exc:
             raise ActivityInputError(
-                f"arguments of activity {defn.name!r} cannot be pickled: {exc!r}"
+                f"arguments of activity {defn.name!r} cannot be pickled: {safe_repr(exc)}"
             ) from exc
         return self._sup.new_call(defn, self._policy(defn), payload, None, sid)
 
@@ -702,7 +712,7 @@ class Pool(PoolCalls):
             payload = dumps(((defn.module, defn.qualname, items), {}))
         except Exception as exc:
             raise ActivityInputError(
-                f"arguments of activity {defn.name!r} cannot be pickled: {exc!r}"
+                f"arguments of activity {defn.name!r} cannot be pickled: {safe_repr(exc)}"
             ) from exc
         return self._sup.new_call(cdefn, self._policy(defn), payload, None, sid)
 
@@ -1139,7 +1149,7 @@ def _chunk_definition(defn: ActivityDefinition, size: int) -> ActivityDefinition
         start_to_close_timeout=None if s2c is None else s2c * size,
         schedule_to_close_timeout=None if s2close is None else s2close * size,
     )
-    return ActivityDefinition(**fields)
+    return ActivityDefinition(**fields).checking_each_result_of(defn)
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:

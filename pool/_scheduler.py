@@ -40,6 +40,7 @@ from sdk._errors import (
     StickySessionLostError,
     TimeoutType,
     WorkerCrashedError,
+    safe_str,
 )
 from sdk._retry import RetryPolicy
 
@@ -79,6 +80,10 @@ class Call:
     heartbeat_details: Any = None
     on_heartbeat: Any = None  # opaque: the supervisor hands it each heartbeat's details
     heartbeat_deadline: float = 0.0
+    # The worker runs the attempt's setup (Depends factories: user code, timed by start-to-close
+    # only), so no heartbeat is due until it enters the activity; parked: its heap entry dropped.
+    heartbeat_held: bool = False
+    heartbeat_parked: bool = False
     schedule_deadline: float | None = None
     cancelled: bool = False
     withdrawing: bool = False  # asked back from the pipe it waits in; no answer yet
@@ -507,6 +512,7 @@ class Scheduler:
         if defn.start_to_close_timeout is not None:
             self._push(now + defn.start_to_close_timeout, _Deadline.START_TO_CLOSE, call, gen)
         if defn.heartbeat_timeout is not None:
+            call.heartbeat_held = call.heartbeat_parked = False
             call.heartbeat_deadline = now + defn.heartbeat_timeout
             self._push(call.heartbeat_deadline, _Deadline.HEARTBEAT, call, gen)
         if self.events:
@@ -644,6 +650,11 @@ class Scheduler:
         sent (or its worker starting it, when prefetched) to the result; None before one."""
         return self._durations.get(name)
 
+    def running_call(self, wid: int, seq: int) -> Call | None:
+        """The call whose attempt ``seq`` worker ``wid`` runs now, or None (a stale reply)."""
+        found = self._current(wid, seq)
+        return found[1] if found is not None else None
+
     def result(self, wid: int, seq: int, value: Any, now: float) -> None:
         self._now = now
         found = self._current(wid, seq)
@@ -696,6 +707,28 @@ class Scheduler:
             call.heartbeat_deadline = now + call.defn.heartbeat_timeout
         return call
 
+    def setup_started(self, wid: int, seq: int) -> None:
+        """The worker is running user setup (Depends factories) before the activity: hold its
+        heartbeat deadline until :meth:`entered`."""
+        found = self._current(wid, seq)
+        if found is not None and found[1].defn.heartbeat_timeout is not None:
+            found[1].heartbeat_held = True
+
+    def entered(self, wid: int, seq: int, now: float) -> None:
+        """The worker entered the activity at ``now``: the first heartbeat is due a heartbeat
+        timeout later (details unchanged)."""
+        found = self._current(wid, seq)
+        if found is None:
+            return
+        call = found[1]
+        if call.defn.heartbeat_timeout is None:
+            return
+        call.heartbeat_held = False
+        call.heartbeat_deadline = now + call.defn.heartbeat_timeout
+        if call.heartbeat_parked:
+            call.heartbeat_parked = False
+            self._push(call.heartbeat_deadline, _Deadline.HEARTBEAT, call, call.gen)
+
     def _attempt_failed(self, call: Call, exc: BaseException, now: float) -> None:
         if self.events:
             self.fx.event(
@@ -729,7 +762,7 @@ class Scheduler:
     def _final_error(self, call: Call, exc: BaseException) -> BaseException:
         err = ActivityError(
             f"activity {call.defn.name!r} failed after {call.attempt} attempt"
-            f"{'s' if call.attempt != 1 else ''}: {type(exc).__name__}: {exc}",
+            f"{'s' if call.attempt != 1 else ''}: {type(exc).__name__}: {safe_str(exc)}",
             attempts=call.attempt,
             remote_traceback=getattr(exc, "remote_traceback_text", None),
         )
@@ -1018,6 +1051,9 @@ class Scheduler:
                 self._worker_gone(owner, now, kill=True, cause=None)
             return
         if call.state is not CallState.RUNNING:
+            return
+        if kind is _Deadline.HEARTBEAT and call.heartbeat_held:
+            call.heartbeat_parked = True  # entered() pushes it again
             return
         if kind is _Deadline.HEARTBEAT and now < call.heartbeat_deadline:
             self._push(call.heartbeat_deadline, _Deadline.HEARTBEAT, call, gen)

@@ -46,6 +46,7 @@ from typing import Any
 
 from pool._events import PoolEvent, Stats
 from pool._fds import above_stdio
+from pool._output import LineSplitter
 from pool._process import (
     ForkServer,
     WorkerProcess,
@@ -62,12 +63,18 @@ from pool._protocol import (
     PeerSegments,
     ProtocolError,
     Segments,
+    decode_log,
     encode,
     encode_small,
     shm_supported,
 )
 from pool._scheduler import Call, Scheduler, WorkerState
-from sdk._errors import ApplicationError, RemoteTraceback, WorkerCrashedError
+from sdk._errors import (
+    ApplicationError,
+    RemoteTraceback,
+    WorkerCrashedError,
+    safe_repr,
+)
 
 log = logging.getLogger("activitypool")
 # writev() takes at most this many buffers (Linux IOV_MAX)
@@ -77,7 +84,10 @@ IOV_MAX = 1024
 SMALL_BODY = 64 * 1024
 # A replacement worker is spawned this long after the death that calls for it (see spawn()).
 SPAWN_DELAY = 0.005
-worker_log = logging.getLogger("activitypool.worker")
+# A worker's output pipe is read this much at a time (one read per loop callback)...
+OUTPUT_READ = 64 * 1024
+# ...and at most this much more once the worker has exited (a child of its may hold the pipe).
+OUTPUT_DRAIN = 1 << 20
 
 
 @dataclass(eq=False)
@@ -89,7 +99,7 @@ class WorkerHandle:
     reader: FrameReader = field(default_factory=FrameReader)
     unsent: list[bytes | memoryview] = field(default_factory=list)  # this event's frames
     outbox: collections.deque[memoryview] = field(default_factory=collections.deque)  # pipe full
-    output_tail: bytes = b""
+    output: LineSplitter = field(default_factory=LineSplitter)  # what it printed, in lines
     eof: bool = False
     gone: bool = False  # reported to the scheduler as exited
     # (seq, activity name) of every RUN sent and not yet answered, in pipe order: the head is
@@ -262,6 +272,7 @@ class Supervisor:
                 "sys_path": list(sys.path),
                 "preload": list(self.config.preload),
                 "main_path": os.path.abspath(main_path) if main_path else None,
+                "log_levels": _log_levels(),
             },
             protocol=5,
         )
@@ -848,12 +859,20 @@ class Supervisor:
                 value = frame.load()
             except BaseException as exc:
                 err = ApplicationError(
-                    f"the result could not be unpickled in the supervisor: {exc!r}",
+                    f"the result could not be unpickled in the supervisor: {safe_repr(exc)}",
                     type=type(exc).__name__,
                     non_retryable=True,
                 )
                 sched.failure(handle.id, frame.seq, err, now)
                 return
+            # checked here, where it comes back, so that a worker never needs pydantic
+            call = sched.running_call(handle.id, frame.seq)
+            if call is not None:
+                try:
+                    value = call.defn.validate_result(value)
+                except ApplicationError as err:
+                    sched.failure(handle.id, frame.seq, err, now)
+                    return
             sched.result(handle.id, frame.seq, value, now)
             if self.config.max_memory_per_worker is not None:
                 self._check_memory(handle, now)
@@ -871,16 +890,27 @@ class Supervisor:
             handle.segments.release(frame.seq)
         elif kind is Kind.HEARTBEAT:
             try:
-                details, beat_at = frame.load()
+                beat = frame.load()
             except BaseException as exc:
-                details, beat_at = f"<heartbeat details could not be unpickled: {exc!r}>", now
-            # CLOCK_MONOTONIC is one clock for every process on the machine
-            call = sched.heartbeat(handle.id, frame.seq, details, min(beat_at, now))
-            if call is not None and call.on_heartbeat is not None:
-                try:
-                    call.on_heartbeat(details)
-                except Exception:
-                    log.exception("on_heartbeat callback of activity %r failed", call.defn.name)
+                beat = (f"<heartbeat details could not be unpickled: {safe_repr(exc)}>", now)
+            # (details, at): a heartbeat; (at,): the activity was entered at `at` after a slow
+            # setup; (): its setup runs user code (Depends factories). See pool._worker.
+            if len(beat) == 2:
+                # CLOCK_MONOTONIC is one clock for every process on the machine
+                call = sched.heartbeat(handle.id, frame.seq, beat[0], min(beat[1], now))
+                if call is not None and call.on_heartbeat is not None:
+                    try:
+                        call.on_heartbeat(beat[0])
+                    except Exception:
+                        log.exception(
+                            "on_heartbeat callback of activity %r failed", call.defn.name
+                        )
+            elif len(beat) == 1:
+                sched.entered(handle.id, frame.seq, min(beat[0], now))
+            else:
+                sched.setup_started(handle.id, frame.seq)
+        elif kind is Kind.LOG:
+            self._on_log(handle, frame)
         elif kind is Kind.READY:
             try:
                 ready = frame.load()
@@ -912,37 +942,88 @@ class Supervisor:
             self.scheduler.request_recycle(handle.id, now)
 
     def _on_output(self, handle: WorkerHandle) -> None:
+        # One read per callback, and the splitter's work is linear in it: a worker that prints
+        # without end cannot hold up the loop, nor make us keep more than one line of it.
         try:
-            data = os.read(handle.proc.output, 65536)
+            data = os.read(handle.proc.output, OUTPUT_READ)
         except BlockingIOError:
             return
         except OSError:
             data = b""
-        if not data:
-            self.loop.remove_reader(handle.proc.output)
-            if handle.output_tail:
-                self._emit_output(handle, handle.output_tail)
-                handle.output_tail = b""
+        if data:
+            self._emit_output(handle, handle.output.feed(data))
             return
-        data = handle.output_tail + data
-        *lines, handle.output_tail = data.split(b"\n")
-        for line in lines:
-            self._emit_output(handle, line)
+        self.loop.remove_reader(handle.proc.output)
+        last = handle.output.flush()
+        if last is not None:
+            self._emit_output(handle, [last])
 
-    def _emit_output(self, handle: WorkerHandle, line: bytes) -> None:
-        text = line.decode("utf-8", "replace")
+    def _emit_output(self, handle: WorkerHandle, lines: list[bytes]) -> None:
+        """Forward a worker's printed lines: to ``on_output``, or else to our stderr, tagged."""
+        if not lines:
+            return
+        activity = handle.activity
+        texts = [line.decode("utf-8", "replace") for line in lines]
         if self.on_output is not None:
-            try:
-                self.on_output(handle.id, handle.activity, text)
-            except Exception:
-                log.exception("on_output callback failed")
-        worker_log.info(
-            "[worker %d %s] %s",
-            handle.id,
-            handle.activity or "-",
-            text,
-            extra={"worker_id": handle.id, "activity": handle.activity},
+            for text in texts:
+                try:
+                    self.on_output(handle.id, activity, text)
+                except Exception:
+                    log.exception("on_output callback failed")
+            return
+        stream = sys.stderr  # looked up each time: pytest and users swap it
+        if stream is None:
+            return
+        tag = f"[worker {handle.id} {activity}] " if activity else f"[worker {handle.id}] "
+        try:
+            stream.write("".join(f"{tag}{text}\n" for text in texts))
+            stream.flush()
+        except Exception:  # closed, gone or broken: nowhere to show it, and the loop goes on
+            pass
+
+    def _on_log(self, handle: WorkerHandle, frame: Frame) -> None:
+        """A worker's log record: handled by the logger of its name here, as if logged here,
+        with ``worker_id``, ``pid``, ``activity``, ``attempt`` and ``activity_id`` on it."""
+        entry = decode_log(frame.body)  # (a malformed one is a ProtocolError: the worker goes)
+        name = entry.name or "root"
+        logger = logging.getLogger() if name == "root" else logging.getLogger(name)
+        if not logger.isEnabledFor(entry.levelno):
+            return
+        pathname = entry.pathname or ""
+        filename = os.path.basename(pathname)
+        pid = handle.proc.pid
+        record = logging.makeLogRecord(
+            {
+                "name": name,
+                "msg": entry.msg or "",
+                "levelno": entry.levelno,
+                "levelname": entry.levelname or logging.getLevelName(entry.levelno),
+                "pathname": pathname,
+                "filename": filename,
+                "module": os.path.splitext(filename)[0],
+                "lineno": entry.lineno,
+                "funcName": entry.funcName,
+                "thread": entry.thread,
+                "threadName": entry.threadName,
+                "process": pid,
+                "processName": f"activitypool worker {handle.id}",
+                "exc_text": entry.exc_text,
+                "stack_info": entry.stack_info,
+                "worker_id": handle.id,
+                "pid": pid,
+                "activity": entry.activity or handle.activity,
+                "attempt": entry.attempt or None,
+                "activity_id": entry.activity_id,
+            }
         )
+        # its time is the worker's, not ours
+        record.relativeCreated += (entry.created - record.created) * 1000
+        record.created = entry.created
+        record.msecs = (entry.created - int(entry.created)) * 1000
+        try:
+            logger.handle(record)
+        except Exception:
+            log.exception("a log record of worker %d could not be handled", handle.id)
 
     def _on_eof(self, handle: WorkerHandle) -> None:
         self._stop_reading(handle)
@@ -979,18 +1060,16 @@ class Supervisor:
             return
         handle.gone = True
         proc = handle.proc
-        # drain what it printed last before the fds go
+        # what it printed last, before the fds go (bounded: a child of its may still write)
         with contextlib.suppress(OSError):
-            while True:
-                data = os.read(proc.output, 65536)
+            for _ in range(OUTPUT_DRAIN // OUTPUT_READ):
+                data = os.read(proc.output, OUTPUT_READ)
                 if not data:
                     break
-                handle.output_tail += data
-        if handle.output_tail:
-            for line in handle.output_tail.split(b"\n"):
-                if line:
-                    self._emit_output(handle, line)
-            handle.output_tail = b""
+                self._emit_output(handle, handle.output.feed(data))
+        last = handle.output.flush()
+        if last is not None:
+            self._emit_output(handle, [last])
         self._forget(handle)
         how = f"signal {proc.signal}" if proc.signal is not None else f"exit code {proc.exitcode}"
         crash = WorkerCrashedError(
@@ -1030,13 +1109,23 @@ class Supervisor:
         self.handles.pop(handle.id, None)
 
 
+def _log_levels() -> dict[str, int]:
+    """The caller's logging levels a worker applies to its loggers: the root's effective
+    level (under "") and every level set on a logger by name."""
+    levels = {"": logging.getLogger().getEffectiveLevel()}
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET:
+            levels[name] = logger.level
+    return levels
+
+
 def _rebuild_failure(frame: Frame) -> BaseException:
     """The exception a worker reported, with the remote traceback attached."""
     try:
         info: FailureInfo = frame.load()
     except BaseException as exc:
         return ApplicationError(
-            f"a failure report could not be unpickled: {exc!r}", non_retryable=True
+            f"a failure report could not be unpickled: {safe_repr(exc)}", non_retryable=True
         )
     exc_obj: BaseException | None = None
     if info.exc is not None:

@@ -43,7 +43,7 @@ from pool._protocol import (
 from sdk import _context
 from sdk._definition import ActivityDefinition, _provided
 from sdk._depends import ResourceCache
-from sdk._errors import ApplicationError
+from sdk._errors import ApplicationError, safe_repr, safe_str
 
 # Not typing (~7 ms), nor pickle.py and signal.py: both are thin wrappers over the C modules
 # used here, and importing them costs a worker ~4 ms (pickle imports re, and re and signal
@@ -65,8 +65,15 @@ else:
 # details are on the wire at most this long after they were given (the contract says 100 ms).
 HEARTBEAT_WINDOW = 0.05
 CANCEL_SIGNAL = signal.SIGUSR1
+# Setup (loading the arguments, making Depends resources) longer than this before the activity
+# is entered is reported, so that the supervisor's heartbeat clock starts at the entry. Shorter
+# setup is not worth a frame: the hot path sends none.
+SETUP_NOTICE = 0.001
 # A pipe write up to PIPE_BUF is atomic and, with a reader draining, completes in one call.
 SMALL_WRITE = 4096
+# How long a log record waits for the channel: past it the record is dropped (and logging
+# says so on stderr), as it could be a signal handler's, waiting for the write it interrupted.
+LOG_WRITE_WAIT = 10.0
 
 
 class _WorkerContext(_context.ActivityContext):
@@ -160,6 +167,8 @@ class Worker:
         # where large results go (None: through the pipe); main thread only
         self.segments: Segments | None = None
         self.main_path: str | None = None
+        self.main_module: Any = None  # the caller's main script, once loaded
+        self.main_error: tuple[BaseException, Any] | None = None  # why it could not be
         self.functions: dict[tuple[str, str], ActivityDefinition] = {}
         self.sessions: dict[str, dict[str, Any]] = {}
         self.loop: Any = None  # asyncio loop, made on the first async activity
@@ -167,6 +176,7 @@ class Worker:
         self._write_lock = threading.Lock()
         # state of the attempt being run (main thread; the signal handler reads it)
         self.current_seq = 0
+        self.current_heartbeat_timeout: float | None = None
         self.running = False
         self.cancel_requested = False
         self.cancel_signalled = False  # SIGUSR1 came while no attempt was running
@@ -187,6 +197,15 @@ class Worker:
     def send(self, parts: list[bytes | memoryview]) -> None:
         with self._write_lock:
             write_all(self.wfd, parts)
+
+    def send_log(self, frame: bytes) -> None:
+        """Write a LOG frame, from any thread (the worker's logging handler calls this)."""
+        if not self._write_lock.acquire(timeout=LOG_WRITE_WAIT):
+            raise TimeoutError("the channel to the supervisor stayed busy: record dropped")
+        try:
+            write_all(self.wfd, [frame])
+        finally:
+            self._write_lock.release()
 
     def next_frame(self) -> Frame | None:
         while not self.pending:
@@ -384,6 +403,8 @@ class Worker:
             self.reader.peer = PeerSegments(self.supervisor)
         sys.path[:] = init["sys_path"]
         self.main_path = init.get("main_path")
+        # before any activity module runs: its records go to the caller's logging
+        _watch_logging(self.send_log, init.get("log_levels") or {})
         for name in init.get("preload", ()):
             try:
                 self.import_module(name)
@@ -398,17 +419,32 @@ class Worker:
     def import_module(self, name: str) -> Any:
         if name != "__main__":
             return importlib.import_module(name)
-        mod = sys.modules.get("__mp_main__")
-        if mod is not None:
-            return mod
-        if not self.main_path:
-            raise ImportError("activity defined in __main__, but the supervisor has no main file")
+        # Our own reference, not sys.modules["__mp_main__"]: importing multiprocessing (which
+        # concurrent.futures, joblib and torch do) points that key at whatever __main__ is then.
+        if self.main_module is None:
+            if self.main_error is not None:
+                # run the script once: its top-level code may have done things before failing
+                exc, tb = self.main_error
+                raise exc.with_traceback(tb)
+            try:
+                self.main_module = self._load_main()
+            except BaseException as exc:
+                self.main_error = (exc, exc.__traceback__)
+                raise
+        sys.modules["__main__"] = sys.modules["__mp_main__"] = self.main_module
+        return self.main_module
+
+    def _load_main(self) -> Any:
         main = sys.modules.get("__main__")
+        if not self.main_path:
+            raise ImportError(
+                "an activity defined in __main__ can be loaded by workers only from a script "
+                "file; define it in a module"
+            )
         main_file = getattr(main, "__file__", None)
         if main is not None and main_file and os.path.abspath(main_file) == self.main_path:
             # forked from the caller (its fork server was): the script has run here already,
             # and its activities are registered; running it again would register them twice
-            sys.modules["__mp_main__"] = main
             return main
         from importlib.util import module_from_spec, spec_from_file_location  # lazily: rare
 
@@ -417,13 +453,21 @@ class Worker:
         spec = spec_from_file_location("__mp_main__", self.main_path)
         assert spec is not None and spec.loader is not None
         mod = module_from_spec(spec)
-        sys.modules["__mp_main__"] = mod
+        saved = {k: sys.modules.get(k) for k in ("__main__", "__mp_main__")}
+        sys.modules["__main__"] = sys.modules["__mp_main__"] = mod
+        global _importing_main
+        _importing_main = self.main_path
         try:
             spec.loader.exec_module(mod)
         except BaseException:
-            del sys.modules["__mp_main__"]
+            for k, v in saved.items():
+                if v is None:
+                    sys.modules.pop(k, None)
+                else:
+                    sys.modules[k] = v
             raise
-        sys.modules["__main__"] = mod
+        finally:
+            _importing_main = None
         return mod
 
     def lookup(self, module: str, qualname: str) -> ActivityDefinition:
@@ -439,12 +483,20 @@ class Worker:
 
     def run(self, frame: Frame) -> None:
         seq = frame.seq
+        began = time.monotonic()  # the library's setup of the attempt starts here
         try:
             meta = RunMeta(*frame.load())
             args, kwargs = frame.load2()
         except BaseException as exc:
             self.fail(seq, exc, non_retryable=True)
             return
+        hb_timeout = meta.heartbeat_timeout
+        # Importing the activity's module (not preloaded) and Depends factories run user code
+        # that may take minutes: start-to-close times it, while the heartbeat clock waits until
+        # the activity is entered. Each happens once per worker: the hot path sends nothing.
+        held = bool(hb_timeout) and (meta.module, meta.qualname) not in self.functions
+        if held:
+            self._send_beat(seq, ())
         try:
             defn = self.lookup(meta.module, meta.qualname)
         except BaseException as exc:
@@ -452,19 +504,28 @@ class Worker:
             return
         ctx = _WorkerContext(self, meta)
         self.current_seq = seq
+        self.current_heartbeat_timeout = hb_timeout
         self.cancel_requested = False
         self.hb_pending = False
         self.hb_next = 0.0
-        hb_timeout = meta.heartbeat_timeout
         self.hb_window = min(HEARTBEAT_WINDOW, hb_timeout / 4) if hb_timeout else HEARTBEAT_WINDOW
         token = _context.set_activity(ctx)
         try:
             if defn.depends_params():
                 provided = _provided(defn, args, kwargs)
+                if hb_timeout and not held and self.resources.missing(defn, provided):
+                    self._send_beat(seq, ())
+                    held = True
                 kwargs = {**self.resources.resolve(defn, provided), **kwargs}
             self.running = True
             while self.cancel_signalled:  # a SIGUSR1 that came just before we were running
                 self._absorb_cancels()
+            if defn.is_async and self.loop is None:
+                self._ensure_loop()  # imports asyncio: the library's setup, not the activity's
+            if hb_timeout:
+                entered = time.monotonic()
+                if held or entered - began > SETUP_NOTICE:
+                    self._send_beat(seq, (entered,))  # the heartbeat clock starts here
             if meta.fault is not None:
                 _inject_fault(*meta.fault)
             if defn.is_async:
@@ -472,7 +533,6 @@ class Worker:
             else:
                 result = defn.fn(*args, **kwargs)
             self.running = False
-            result = defn.validate_result(result)
         except SystemExit:
             raise
         except BaseException as exc:
@@ -533,21 +593,16 @@ class Worker:
     def fail(
         self, seq: int, exc: BaseException, *, non_retryable: bool = False, note: str | None = None
     ) -> None:
-        import traceback  # lazily: a worker whose activities never fail never loads it
-
-        tb = "".join(traceback.format_exception(exc))
-        if note:
-            tb = f"{note}\n{tb}"
         try:
-            raw: bytes | None = pickle.dumps(exc, protocol=5)
-        except BaseException:
-            raw = None
-        if isinstance(exc, ApplicationError) and exc.non_retryable:
-            non_retryable = True
-        message = str(exc)
-        if note:
-            message = f"{note}: {type(exc).__name__}: {message}"
-        info = FailureInfo(raw, type(exc).__qualname__, message, tb, non_retryable)
+            info = _failure_info(exc, non_retryable, note)
+        except BaseException as err:  # the exception fought being reported: report that
+            info = FailureInfo(
+                None,
+                type(exc).__qualname__,
+                f"the failure could not be reported: {safe_repr(err)}",
+                "",
+                non_retryable,
+            )
         self.send(encode(Kind.FAILURE, seq, pickle.dumps(info, protocol=5)))
 
     # -- heartbeats ----------------------------------------------------------------------
@@ -570,6 +625,21 @@ class Worker:
                 )
                 self._flusher.start()
             self._flush_event.set()
+
+    def hold_heartbeat(self) -> None:
+        """User code prepares the running attempt from inside it (a chunk's activity module
+        imported, its Depends factories): hold the heartbeat clock until resume_heartbeat()."""
+        if self.current_heartbeat_timeout:
+            self._send_beat(self.current_seq, ())
+
+    def resume_heartbeat(self) -> None:
+        if self.current_heartbeat_timeout:
+            self._send_beat(self.current_seq, (time.monotonic(),))
+
+    def _send_beat(self, seq: int, body: tuple[float, ...]) -> None:
+        """A HEARTBEAT without details: ``()`` the setup runs user code, ``(at,)`` the
+        activity was entered at ``at``."""
+        self.send([encode_small(Kind.HEARTBEAT, seq, dumps(body)[0])])
 
     def _send_heartbeat(self, seq: int, details: Any, at: float) -> None:
         body, buffers = _dump_details(details, at)
@@ -596,6 +666,66 @@ class Worker:
                 self.hb_next = time.monotonic() + self.hb_window
                 body, buffers = _dump_details(details, at)
                 write_all(self.wfd, encode(Kind.HEARTBEAT, seq, body, buffers=buffers))
+
+
+def _watch_logging(send: Any, levels: dict[str, int]) -> None:
+    """Forward ``logging`` records to the supervisor (``pool._worker_log``) from the moment
+    ``logging`` is imported: now if it is (a worker forked from its caller), else on import."""
+    if "logging" in sys.modules:
+        from pool._worker_log import install
+
+        install(send, levels, os.getpid())
+    else:
+        sys.meta_path.insert(0, _LoggingImportHook(send, levels))
+
+
+class _LoggingImportHook:
+    """On ``sys.meta_path`` until ``logging`` is imported; then has the ``logging`` package's
+    loader call :func:`pool._worker_log.install` right after the package has run, before the
+    import statement returns."""
+
+    def __init__(self, send: Any, levels: dict[str, int]) -> None:
+        self.send = send
+        self.levels = levels
+        # the worker's: a process an activity forks has this hook too, not the channel
+        self.pid = os.getpid()
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "logging":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            find_spec = getattr(finder, "find_spec", None)
+            spec = find_spec(name, path, target) if find_spec is not None else None
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _InstallAfter(spec.loader, self)
+        return spec
+
+
+class _InstallAfter:
+    """The ``logging`` package's own loader, and then the forwarding handler's install."""
+
+    def __init__(self, loader: Any, hook: _LoggingImportHook) -> None:
+        self._loader = loader
+        self._hook = hook
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        from pool._worker_log import install
+
+        hook = self._hook
+        install(hook.send, hook.levels, hook.pid)
+
+    def __getattr__(self, name: str) -> Any:  # get_source, get_filename, resource readers...
+        return getattr(self._loader, name)
 
 
 # The exit code of a worker that received a malformed frame from the supervisor.
@@ -642,6 +772,24 @@ def _inject_fault(kind: str, arg: Any) -> None:
     raise ValueError(f"unknown fault {kind!r}")
 
 
+def _failure_info(exc: BaseException, non_retryable: bool, note: str | None) -> FailureInfo:
+    import traceback  # lazily: a worker whose activities never fail never loads it
+
+    tb = "".join(traceback.format_exception(exc))
+    if note:
+        tb = f"{note}\n{tb}"
+    try:
+        raw: bytes | None = pickle.dumps(exc, protocol=5)
+    except BaseException:
+        raw = None
+    if isinstance(exc, ApplicationError) and exc.non_retryable:
+        non_retryable = True
+    message = safe_str(exc)  # user code: its __str__ may raise
+    if note:
+        message = f"{note}: {type(exc).__name__}: {message}"
+    return FailureInfo(raw, type(exc).__qualname__, message, tb, non_retryable)
+
+
 def _dump_details(details: Any, at: float) -> tuple[bytes, list[Any]]:
     """A HEARTBEAT body: the details and the CLOCK_MONOTONIC time they were given at, so that
     the supervisor's heartbeat deadline counts from the beat, not from when it arrived."""
@@ -649,13 +797,29 @@ def _dump_details(details: Any, at: float) -> tuple[bytes, list[Any]]:
         return dumps((details, at))
     except Exception:
         # details that cannot be pickled still prove liveness; keep their repr
-        return dumps((f"<unpicklable heartbeat details: {details!r}>", at))
+        return dumps((f"<unpicklable heartbeat details: {safe_repr(details)}>", at))
 
 
 def _cancelled_error() -> BaseException:
     import asyncio
 
     return asyncio.CancelledError("cancelled before it started")
+
+
+# The path of the caller's main script while a worker runs it to find its activities.
+_importing_main: str | None = None
+
+
+def refuse_pool_while_importing_main() -> None:
+    """Raise if a pool is being started by the main script a worker is importing: the script
+    has no ``__main__`` guard, and each worker would start a pool of its own."""
+    if _importing_main is not None:
+        raise RuntimeError(
+            f"the script {_importing_main} starts a Pool at import time. Workers import the "
+            "script to find the activities it defines, which runs its top-level code again, "
+            "so each worker would start a pool of its own. Start the pool under "
+            '`if __name__ == "__main__":`, which is true only in the process you ran.'
+        )
 
 
 # True in a worker process (set by main): code that must tell a worker from the supervisor, or

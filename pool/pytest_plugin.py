@@ -176,14 +176,15 @@ def _describe_activity_failure(exc: BaseException) -> str | None:
 
 
 def _format_activity_error(err: Any, errors: Any) -> str:
+    safe_repr, safe_str = errors.safe_repr, errors.safe_str
     lines = [f"{type(err).__name__}: {err} (attempts={err.attempts})"]
     cause = err.__cause__
     tb = err.remote_traceback
     if cause is not None:
-        lines.append(f"last failure: {type(cause).__name__}: {cause}")
+        lines.append(f"last failure: {type(cause).__name__}: {safe_str(cause)}")
         details = getattr(cause, "last_heartbeat_details", None)
         if details is not None:
-            lines.append(f"last heartbeat details: {details!r}")
+            lines.append(f"last heartbeat details: {safe_repr(details)}")
         inner = cause
         while tb is None and inner is not None:
             if isinstance(inner, errors.RemoteTraceback):

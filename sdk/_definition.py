@@ -19,7 +19,13 @@ from types import FunctionType
 
 from . import _context
 from ._depends import Dependency, default_resource_cache
-from ._errors import ActivityDefinitionError, ActivityInputError, ApplicationError
+from ._errors import (
+    ActivityDefinitionError,
+    ActivityInputError,
+    ApplicationError,
+    safe_repr,
+    safe_str,
+)
 from ._record import record
 
 TYPE_CHECKING = False  # not typing's: see the module docstring
@@ -136,6 +142,19 @@ def _make_check(hint: Any) -> _Check | None:
     if isinstance(hint, type):
         return _Check(None, hint)
     return None  # a hint nothing can check (an exotic typing form): pass through
+
+
+class _EachResult:
+    """The result check of a chunk: each item's result against the target's annotation."""
+
+    __slots__ = ("target",)
+
+    def __init__(self, target: ActivityDefinition) -> None:
+        self.target = target
+
+    def __call__(self, values: list[Any]) -> list[Any]:
+        validate = self.target.validate_result
+        return [validate(v) for v in values]
 
 
 class _Binder:
@@ -460,6 +479,13 @@ class ActivityDefinition:
                 f"activity {self.name!r}: invalid value for parameter {name!r}: {e}"
             ) from None
 
+    def checking_each_result_of(self, target: ActivityDefinition) -> ActivityDefinition:
+        """This definition, whose result (a list) is checked item by item against ``target``'s
+        return annotation: a chunk of a map, whose runner returns one result per item."""
+        if target._result_check is not None:
+            self.__dict__["_result_check"] = _EachResult(target)
+        return self
+
     def validate_result(self, value: Any) -> Any:
         """Check a result against the return annotation; returns it (coerced).
 
@@ -470,10 +496,12 @@ class ActivityDefinition:
             return value
         try:
             return check(value)
-        # pydantic.ValidationError is a ValueError: caught here without importing pydantic.
-        except (TypeError, ValueError) as e:
+        except ApplicationError:  # an item's check of a chunk: already says what failed
+            raise
+        # pydantic.ValidationError is a ValueError; a user's validator may raise anything
+        except Exception as e:
             raise ApplicationError(
-                f"activity {self.name!r} returned an invalid result: {e}",
+                f"activity {self.name!r} returned an invalid result: {safe_str(e)}",
                 type="ResultValidationError",
                 non_retryable=True,
             ) from None
@@ -523,7 +551,7 @@ def get_definition(obj: Callable[..., Any] | str | ActivityDefinition) -> Activi
         return defn
     defn = getattr(obj, "__activity_definition__", None)
     if not isinstance(defn, ActivityDefinition):
-        raise ActivityInputError(f"{obj!r} is not an activity; decorate it with @activity")
+        raise ActivityInputError(f"{safe_repr(obj)} is not an activity; decorate it with @activity")
     return defn
 
 
@@ -743,6 +771,42 @@ def _wrap(defn: ActivityDefinition) -> Callable[..., Any]:
     return wrapper
 
 
+# The options @activity(...) takes, in the order the docs list them.
+ACTIVITY_OPTIONS = (
+    "name",
+    "start_to_close_timeout",
+    "heartbeat_timeout",
+    "schedule_to_close_timeout",
+    "retry_policy_max_attempts",
+    "retry_policy_backoff_coefficient",
+    "retry_policy_initial_interval",
+    "retry_policy_max_interval",
+    "non_retryable_error_types",
+    "sticky_to_worker",
+    "rate_limit",
+)
+
+
+def _unknown_options(unknown: dict[str, Any]) -> TypeError:
+    """The error for options @activity(...) does not take: names them, lists the valid ones."""
+    bad = sorted(unknown)
+    hint = ""
+    if len(bad) == 1:
+        # substring matches first: "timeout" means one of the three *_timeout options
+        close = [o for o in ACTIVITY_OPTIONS if bad[0] in o]
+        if not close:
+            import difflib  # lazily: only a mistyped option needs it
+
+            close = difflib.get_close_matches(bad[0], ACTIVITY_OPTIONS, n=3)
+        if close:
+            hint = f" (did you mean {' or '.join(close)}?)"
+    what = "an unknown option" if len(bad) == 1 else "unknown options"
+    return TypeError(
+        f"@activity() got {what} {', '.join(map(repr, bad))}{hint}; "
+        f"the valid options are: {', '.join(ACTIVITY_OPTIONS)}"
+    )
+
+
 class _ActivityDecorator:
     """``@activity`` / ``@activity(...)``, plus the in-activity helpers (``activity.heartbeat``)."""
 
@@ -783,7 +847,11 @@ class _ActivityDecorator:
         non_retryable_error_types: Iterable[type[BaseException] | str] = (),
         sticky_to_worker: bool = False,
         rate_limit: RateLimit | None = None,
+        **unknown: Any,
     ) -> Any:
+        if unknown:
+            raise _unknown_options(unknown)
+
         def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
             defn = _define(
                 f,

@@ -83,6 +83,16 @@ class ResourceCache:
 
     # -- sync API ------------------------------------------------------------------------------
 
+    def missing(self, defn: ActivityDefinition, provided: Collection[str] = ()) -> bool:
+        """Whether resolving ``defn``'s resources would call a factory (user code that may take
+        long: the worker holds the activity's heartbeat clock meanwhile)."""
+        values = self._values
+        return any(
+            id(dep.factory) not in values
+            for name, dep in defn.depends_params().items()
+            if name not in provided
+        )
+
     def resolve(self, defn: ActivityDefinition, provided: Collection[str] = ()) -> dict[str, Any]:
         """Keyword arguments for ``defn``'s Depends parameters (those not in ``provided``)."""
         deps = defn.depends_params()

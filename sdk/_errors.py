@@ -192,6 +192,32 @@ def _rebuild(
     return exc
 
 
+def safe_str(obj: object) -> str:
+    """``str(obj)``, or a placeholder that says it failed: a user's object whose ``__str__``
+    raises must not break the code that reports on it (a failure report, an error message)."""
+    try:
+        return str(obj)
+    except BaseException as exc:
+        return f"<str() of {type(obj).__name__} failed: {_describe(exc)}>"
+
+
+def safe_repr(obj: object) -> str:
+    """``repr(obj)``, or a placeholder that says it failed (see :func:`safe_str`)."""
+    try:
+        return repr(obj)
+    except BaseException as exc:
+        return f"<repr() of {type(obj).__name__} failed: {_describe(exc)}>"
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception raised by ``__str__``/``__repr__``: its type and, if it has one, its text."""
+    try:
+        text = str(exc)
+    except BaseException:
+        text = ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def __getattr__(name: str) -> Any:
     # TimeoutType lives in its own module, loaded on first use: it is an enum, and enum costs a
     # worker ~1.5 ms to import while no worker ever needs it (PEP 562).

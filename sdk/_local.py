@@ -42,6 +42,7 @@ from ._errors import (
     ApplicationError,
     StickyWorkerSessionMissingError,
     TimeoutType,
+    safe_str,
 )
 from ._retry import RetryPolicy
 
@@ -238,7 +239,7 @@ class LocalRunner:
                 if not policy.is_retryable(exc) or policy.exhausted(attempt):
                     raise ActivityError(
                         f"activity {defn.name!r} failed after {attempt} attempt(s): "
-                        f"{type(exc).__name__}: {exc}",
+                        f"{type(exc).__name__}: {safe_str(exc)}",
                         attempts=attempt,
                     ) from exc
                 delay = policy.delay(attempt)

@@ -20,7 +20,7 @@ import pytest
 
 from pool import Pool
 from tests.integration.activities import imported_modules
-from tests.integration.worker_light_activities import loaded_modules
+from tests.integration.worker_light_activities import loaded_modules, typed_loaded_modules
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -28,6 +28,7 @@ pytestmark = pytest.mark.timeout(30)
 # sdk/_definition.py and pool/_worker.py import them where they are needed.
 LAZY = {
     "logging",  # sdk: only to report a failing teardown or session callback
+    "pool._worker_log",  # worker: forwards records once something has imported logging
     "uuid",  # sdk: only to name a new sticky session (in the caller, not the worker)
     "platform",  # imported by uuid
     "datetime",  # sdk: only when a timedelta is given (then the caller has imported it)
@@ -128,6 +129,17 @@ def test_worker_loads_no_module_it_does_not_need():
     assert {"pool._worker", "sdk._definition", loaded_modules.__module__} <= mods
     unexpected = sorted((LAZY - _startup_modules()) & mods)
     assert not unexpected, f"a worker imported {unexpected} at start-up or to run an activity"
+
+
+def test_worker_running_a_typed_activity_needs_no_pydantic():
+    # the caller checks arguments and results: a typed activity costs a fresh worker nothing more
+    with _fresh_worker_pool(loaded_modules) as pool:
+        pool.run(typed_loaded_modules, 1)
+        list(pool.map(typed_loaded_modules, [1, 2, 3], chunksize=2))  # chunks: the same
+        mods = set(pool.run(typed_loaded_modules, 2))  # after typed results went back
+    assert "pool._worker" in mods
+    unexpected = sorted(({"pydantic", "pydantic_core", *HEAVY} - _startup_modules()) & mods)
+    assert not unexpected, f"a worker imported {unexpected} to run a typed activity"
 
 
 def test_forkserver_imports_no_heavy_stdlib_module():

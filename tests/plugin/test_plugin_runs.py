@@ -110,6 +110,41 @@ def test_failure_report_shows_remote_traceback_and_worker_output(suite: Pytester
     )
 
 
+def test_worker_output_and_log_records_are_captured_per_test(suite: Pytester):
+    suite.makepyfile(
+        test_per_test="""
+        import logging
+
+        from sdk import activity
+
+        @activity
+        def pco_say(word: str) -> str:
+            print(f"printed {word}")
+            logging.getLogger("pco").warning("logged %s", word)
+            return word
+
+        def test_first(activity_pool):
+            assert activity_pool.run(pco_say, "first") == "first"
+
+        def test_second(activity_pool):
+            assert activity_pool.run(pco_say, "second") == "second"
+            assert False, "fail to show what this test captured"
+        """
+    )
+    result = suite.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*- Captured log call -*",
+            "WARNING  pco:test_per_test.py:* logged second",
+            "*- Captured activitypool worker output call -*",
+            "[[]worker * pco_say[]] printed second",
+        ]
+    )
+    text = result.stdout.str()
+    assert "printed first" not in text and "logged first" not in text
+
+
 def test_timeout_never_leaves_orphans(suite: Pytester):
     suite.makepyfile(
         test_hang="""

@@ -411,3 +411,12 @@ def test_validate_args_is_cheap_for_unannotated_noop() -> None:
 def test_definition_type_exported() -> None:
     assert isinstance(get_definition(defn_noop), ActivityDefinition)
     assert sdk.get_definition is get_definition
+
+
+def test_not_an_activity_whose_repr_raises_is_an_input_error() -> None:
+    class NoRepr:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    with pytest.raises(ActivityInputError, match=r"<repr\(\) of NoRepr failed"):
+        get_definition(NoRepr())

@@ -336,3 +336,22 @@ def test_ambient_dispatcher_cleared_after_exit() -> None:
     with run_activities_locally() as r:
         assert current_dispatcher() is r
     assert current_dispatcher() is None
+
+
+class _BadStr(Exception):
+    def __str__(self) -> str:
+        raise ValueError("no str for you")
+
+
+@activity(retry_policy_max_attempts=2, retry_policy_initial_interval=FAST)
+def loc_raise_bad_str() -> None:
+    bump("bad_str")
+    raise _BadStr()
+
+
+def test_exception_whose_str_raises_follows_the_retry_policy() -> None:
+    with run_activities_locally() as r, pytest.raises(ActivityError) as info:
+        r.run(loc_raise_bad_str)
+    assert info.value.attempts == 2 and COUNTS["bad_str"] == 2
+    assert isinstance(info.value.__cause__, _BadStr)
+    assert "<str() of _BadStr failed: ValueError: no str for you>" in str(info.value)
