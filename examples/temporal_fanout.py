@@ -62,6 +62,7 @@ async def main() -> None:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal.dev_server_path(),
         data_converter=temporal.data_converter,
+        dev_server_log_level="error",
     )
     async with env, Pool([crunch, load, predict], workers=2) as pool:
         queue = f"fanout-{uuid.uuid4().hex[:6]}"
