@@ -58,3 +58,12 @@ def hangs_once(steps: int, pid_file: str) -> dict[str, int | str | None]:
         "host": _host(),
         "pid": os.getpid(),
     }
+
+
+@activity(heartbeat_timeout=1.0, start_to_close_timeout=60, retry_policy_max_attempts=1)
+def spins(pid_file: str) -> None:
+    """Writes its pid, then heartbeats until it is stopped; it never checks for cancellation."""
+    Path(pid_file).write_text(str(os.getpid()))
+    while True:
+        activity.heartbeat()
+        time.sleep(0.05)

@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("temporalio", reason="the temporal extra is not installed")
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import Worker
 
 from pool import temporal
@@ -22,7 +22,7 @@ from tests.temporal import workflows as wf
 
 pytestmark = pytest.mark.timeout(60)
 
-WORKFLOWS = [wf.FanOut, wf.Squares, wf.StickyPredict, wf.HangOnce, wf.SessionOnDeadHost]
+WORKFLOWS = [wf.FanOut, wf.Squares, wf.StickyPredict, wf.HangOnce, wf.SessionOnDeadHost, wf.Spin]
 
 
 async def _client(address: str) -> Client:
@@ -122,3 +122,55 @@ async def test_host_killed_mid_workflow(temporal_address, start_host):
     )
     assert outcome["outcome"] == "TemporalStickySessionLostError"
     assert outcome["waited"] < 5
+
+
+async def _spinning(client: Client, queue: str, pid_file) -> tuple[object, psutil.Process]:
+    handle = await client.start_workflow(
+        wf.Spin.run,
+        str(pid_file),
+        id=f"spin-{uuid.uuid4().hex[:8]}",
+        task_queue=queue,
+        execution_timeout=timedelta(seconds=30),
+    )
+    # the activity writes its pid first thing: a file is all another process's activity can give
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the activity never started"
+        await asyncio.sleep(0.05)
+    return handle, psutil.Process(int(pid_file.read_text()))
+
+
+async def test_workflow_cancel_kills_the_subprocess(temporal_address, queue, two_hosts, tmp_path):
+    """A cancel reaches the activity at its next heartbeat; the pool stops it (it never looks
+    at is_cancelled) by killing its subprocess after cancel_grace (1 s)."""
+    client = await _client(temporal_address)
+    async with _workflow_worker(client, queue):
+        handle, proc = await _spinning(client, queue, tmp_path / "spin.pid")
+        started = time.monotonic()
+        await handle.cancel()
+        await asyncio.to_thread(proc.wait, 10)
+        took = time.monotonic() - started
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    print(f"cancelled activity's subprocess gone after {took:.2f}s")
+    assert took < 5
+
+
+async def test_host_shutdown_does_not_wait_for_a_running_activity(
+    temporal_address, start_host, tmp_path
+):
+    queue = f"stop-{uuid.uuid4().hex[:8]}"
+    host = start_host(f"{temporal_address}/{queue}", "A")
+    client = await _client(temporal_address)
+    async with _workflow_worker(client, queue):
+        handle, proc = await _spinning(client, queue, tmp_path / "spin.pid")
+        started = time.monotonic()
+        host.send_signal(signal.SIGINT)
+        await asyncio.to_thread(host.wait, 10)
+        took = time.monotonic() - started
+        await asyncio.to_thread(proc.wait, 5)  # the activity's subprocess went with its host
+        with pytest.raises(WorkflowFailureError):  # its one attempt failed with the host
+            await handle.result()
+    print(f"host with a running activity shut down in {took:.2f}s")
+    assert host.returncode == 0
+    assert took < 5

@@ -81,3 +81,10 @@ class SessionOnDeadHost:
     @workflow.signal
     def proceed(self) -> None:
         self.go = True
+
+
+@workflow.defn
+class Spin:
+    @workflow.run
+    async def run(self, pid_file: str) -> None:
+        await temporal.execute_activity(acts.spins, pid_file)
