@@ -17,7 +17,7 @@ def fails_until(attempt_ok: int) -> int:
 
 
 @activity(start_to_close_timeout=30, retry_policy_max_attempts=1)
-def sleeps(seconds: float) -> float:
+def naps(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
 

@@ -23,13 +23,13 @@ async def test_retries_and_timeouts_per_call():
         with pytest.raises(ActivityError) as info:
             await pool.execute(once, 2)
         assert info.value.attempts == 1
-        short = with_options(acts.sleeps, start_to_close_timeout=0.05)
+        short = with_options(acts.naps, start_to_close_timeout=0.05)
         with pytest.raises(ActivityError) as timed_out:
             await pool.execute(short, 5)
         assert isinstance(timed_out.value.cause, ActivityTimeoutError)
         assert timed_out.value.cause.type is TimeoutType.START_TO_CLOSE
         # and the registered activity keeps its options
-        assert await pool.execute(acts.sleeps, 0.01) == 0.01
+        assert await pool.execute(acts.naps, 0.01) == 0.01
 
 
 async def test_each_copy_gets_its_own_policy():

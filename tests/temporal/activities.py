@@ -15,7 +15,7 @@ def _host() -> str:
 
 
 @activity(start_to_close_timeout=10, heartbeat_timeout=2)
-def where(i: int, seconds: float = 0.0) -> dict[str, int | str]:
+def ran_where(i: int, seconds: float = 0.0) -> dict[str, int | str]:
     """Which host and subprocess ran item ``i`` (heartbeats while it sleeps ``seconds``)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -25,18 +25,18 @@ def where(i: int, seconds: float = 0.0) -> dict[str, int | str]:
 
 
 @activity
-def square(x: int) -> int:
+def squared(x: int) -> int:
     return x * x
 
 
 @activity(sticky_to_worker=True)
-def load(name: str) -> dict[str, int | str]:
+def session_load(name: str) -> dict[str, int | str]:
     activity.session_state()["model"] = {"name": name, "weight": 3}
     return {"host": _host(), "pid": os.getpid()}
 
 
 @activity(sticky_to_worker=True)
-async def predict(x: int) -> dict[str, int | str]:
+async def session_predict(x: int) -> dict[str, int | str]:
     model = activity.session_state()["model"]
     return {"y": x * model["weight"], "host": _host(), "pid": os.getpid()}
 

@@ -19,7 +19,7 @@ class FanOut:
     async def run(self, n: int, seconds: float) -> list[dict[str, int | str]]:
         return list(
             await asyncio.gather(
-                *(temporal.execute_activity(acts.where, i, seconds) for i in range(n))
+                *(temporal.execute_activity(acts.ran_where, i, seconds) for i in range(n))
             )
         )
 
@@ -28,7 +28,7 @@ class FanOut:
 class Squares:
     @workflow.run
     async def run(self, n: int) -> list[int]:
-        return [await temporal.execute_activity(acts.square, i) for i in range(n)]
+        return [await temporal.execute_activity(acts.squared, i) for i in range(n)]
 
 
 @workflow.defn
@@ -36,9 +36,9 @@ class StickyPredict:
     @workflow.run
     async def run(self, n: int) -> list[dict[str, int | str]]:
         async with run_sticky_worker_session():
-            loaded = await temporal.execute_activity(acts.load, "m")
+            loaded = await temporal.execute_activity(acts.session_load, "m")
             # seed style: awaiting an async sdk activity schedules it (Interceptor)
-            predictions = [await acts.predict(i) for i in range(n)]
+            predictions = [await acts.session_predict(i) for i in range(n)]
         return [loaded, *predictions]
 
 
@@ -60,12 +60,12 @@ class SessionOnDeadHost:
     @workflow.run
     async def run(self, lost_after: float) -> dict[str, str | float]:
         async with run_sticky_worker_session():
-            self.bound = await temporal.execute_activity(acts.load, "m")
+            self.bound = await temporal.execute_activity(acts.session_load, "m")
             await workflow.wait_condition(lambda: self.go)
             started = workflow.now()
             try:
                 await temporal.execute_activity(
-                    acts.predict, 1, schedule_to_start_timeout=timedelta(seconds=lost_after)
+                    acts.session_predict, 1, schedule_to_start_timeout=timedelta(seconds=lost_after)
                 )
             except StickySessionLostError as exc:
                 waited = (workflow.now() - started).total_seconds()
