@@ -166,3 +166,21 @@ def test_session_id_factory_names_new_sessions():
     assert contextvars.copy_context().run(in_a_workflow_context) == "fixed"
     with run_sticky_worker_session() as s:
         assert s.session_id != "fixed"  # outside that context: uuid4 as before
+
+
+async def test_host_sessions_expire_when_idle_never_while_running():
+    host = temporal._Host(pool=None, task_queue="q", idle_expiry=0.05)  # type: ignore[arg-type]
+    assert host.open("s1").startswith("q@")
+    running = host.enter("s1")
+    await asyncio.sleep(0.1)  # a call running in it: never expires
+    host.leave(running)
+    assert not running.session.closed
+    expired = asyncio.get_running_loop().create_future()
+    running.session.on_close(lambda s: expired.set_result(s.session_id))
+    assert await asyncio.wait_for(expired, 1) == "s1"  # idle: released, its pool session too
+    with pytest.raises(StickySessionLostError, match=r"expired after 0\.05s idle"):
+        host.enter("s1")
+    host.open("s2")
+    s2 = host.sessions["s2"].session
+    host.close("s2")  # the workflow's session ended
+    assert s2.closed and "s2" not in host.sessions
