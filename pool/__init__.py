@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sdk._lazy import lazy_exports
 
-TYPE_CHECKING = False  # not typing's: a worker imports this package, and typing costs ~7 ms
+TYPE_CHECKING = False  # not typing's: a worker imports this package (see sdk._lazy)
 if TYPE_CHECKING:
     from pool._events import PoolEvent, PoolStats
     from pool._pool import Pool, PoolSession

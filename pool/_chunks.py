@@ -18,11 +18,12 @@ worker needs neither ``typing`` nor pydantic.
 
 from __future__ import annotations
 
-from sdk import _context
-from sdk._definition import ActivityDefinition, _load_definition, _provided
+from sdk import _attempt, _context
+from sdk._definition import ActivityDefinition
+from sdk._depends import default_resource_cache
 from sdk._errors import ApplicationError, safe_str
 
-TYPE_CHECKING = False  # not typing's: a worker does not import typing (see pool._worker)
+TYPE_CHECKING = False  # not typing's: a worker imports this module (see sdk._lazy)
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
@@ -31,20 +32,17 @@ if TYPE_CHECKING:
 RUNNER_NAME = "activitypool.chunk"
 
 
-def _target(module: str, qualname: str, is_async: bool) -> ActivityDefinition:
-    """The activity a chunk runs, as the worker resolves any activity (its cache, __main__)."""
-    ctx = _context._current_activity.get()
+def _target(module: str, qualname: str, is_async: bool) -> tuple[ActivityDefinition, Any]:
+    """The activity a chunk runs, as the running attempt's host loads any activity (the
+    worker: its cache, __main__, the heartbeat clock held over a first import), and the
+    resources and host its items run with."""
+    ctx = _context.current_activity()
+    host = ctx.host if ctx is not None else None
     try:
-        worker = _worker_of(ctx)
-        if worker is not None:
-            if (module, qualname) in worker.functions:
-                target = worker.lookup(module, qualname)
-            else:  # the first chunk here imports the activity's module: user code
-                worker.hold_heartbeat()
-                target = worker.lookup(module, qualname)
-                worker.resume_heartbeat()
+        if host is not None:
+            target = host.load(module, qualname)
         else:  # outside a pool worker (a test calling the runner directly)
-            target = _load_definition(module, qualname)
+            target = _attempt.Host().load(module, qualname)
     except BaseException as exc:
         name = ctx.info.name if ctx is not None else f"{module}.{qualname}"
         raise ApplicationError(
@@ -58,54 +56,24 @@ def _target(module: str, qualname: str, is_async: bool) -> ActivityDefinition:
             "worker but was not in the caller",
             non_retryable=True,
         )
-    return target
-
-
-def _worker_of(ctx: Any) -> Any:
-    """The pool._worker.Worker running this attempt, or None outside a pool worker."""
-    return getattr(ctx, "_worker", None)  # pool._worker's context of this attempt
-
-
-def _injected(target: ActivityDefinition) -> dict[str, Any]:
-    """Depends resources of ``target`` for a call given its item as the first positional."""
-    ctx = _context.require_activity()
-    provided = _provided(target, (None,), {})
-    worker = _worker_of(ctx)
-    if worker is None or not ctx.resources.missing(target, provided):
-        return ctx.resources.resolve(target, provided)
-    worker.hold_heartbeat()  # factories are user code: start-to-close times them, not heartbeats
-    resources = ctx.resources.resolve(target, provided)
-    worker.resume_heartbeat()
-    return resources
+    return target, ctx
 
 
 def run_chunk(module: str, qualname: str, items: list[Any]):  # no return annotation: see above
     """Run the sync activity ``module.qualname`` over ``items``; its results, in order."""
-    target = _target(module, qualname, False)
-    fn: Callable[..., Any] = target.fn
-    if target.depends_params():
-        kwargs = _injected(target)
-        return [fn(item, **kwargs) for item in items]
-    return [fn(item) for item in items]
+    target, ctx = _target(module, qualname, False)
+    if ctx is None:
+        return _attempt.call_each(target, default_resource_cache(), items, None)
+    return _attempt.call_each(target, ctx.resources, items, ctx.host)
 
 
 async def run_chunk_async(module: str, qualname: str, items: list[Any]):  # (see above)
     """Run the async activity ``module.qualname`` over ``items``, one after the other, on the
     worker's event loop; its results, in order."""
-    target = _target(module, qualname, True)
-    fn: Callable[..., Any] = target.fn
-    kwargs: dict[str, Any] = {}
-    if target.depends_params():
-        ctx = _context.require_activity()
-        provided = _provided(target, (None,), {})
-        worker = _worker_of(ctx)
-        held = worker is not None and ctx.resources.missing(target, provided)
-        if held:
-            worker.hold_heartbeat()
-        kwargs = await ctx.resources.aresolve(target, provided)
-        if held:
-            worker.resume_heartbeat()
-    return [await fn(item, **kwargs) for item in items]
+    target, ctx = _target(module, qualname, True)
+    if ctx is None:
+        return await _attempt.acall_each(target, default_resource_cache(), items, None)
+    return await _attempt.acall_each(target, ctx.resources, items, ctx.host)
 
 
 def _definition(fn: Callable[..., Any], is_async: bool) -> ActivityDefinition:

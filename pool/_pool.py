@@ -28,7 +28,7 @@ from pool._scheduler import Call, CallState
 from pool._supervisor import FaultRule, Supervisor, SupervisorConfig, early_forkserver
 from pool._worker import refuse_pool_while_importing_main
 from sdk import _context
-from sdk._definition import ActivityDefinition, activities_in_module, get_definition, lookup
+from sdk._definition import ActivityDefinition, activities_in_module, get_definition
 from sdk._errors import (
     ActivityInputError,
     PoolClosedError,
@@ -687,7 +687,7 @@ class Pool(PoolCalls):
             policy = defn.retry_policy(self._default_policy)
             # Only a registered definition lives as long as the process, so only its id is a
             # safe key: a per-call copy (with_options) is freed, and its id reused, soon.
-            if lookup(defn.name) is defn:
+            if _registered(defn):
                 self._policies[id(defn)] = policy
         return policy
 
@@ -1094,6 +1094,14 @@ class PoolSession(PoolCalls):
 
     def close(self) -> None:
         self.session.close()
+
+
+def _registered(defn: ActivityDefinition) -> bool:
+    """Whether ``defn`` is the definition registered under its name (not a per-call copy)."""
+    try:
+        return get_definition(defn.name) is defn
+    except ActivityInputError:
+        return False
 
 
 def _context_session() -> Any:

@@ -34,15 +34,13 @@ from typing import Any, Protocol
 
 from sdk._definition import ActivityDefinition, RateLimit
 from sdk._errors import (
-    ActivityError,
     ActivityTimeoutError,
     PoolClosedError,
     StickySessionLostError,
     TimeoutType,
     WorkerCrashedError,
-    safe_str,
 )
-from sdk._retry import RetryPolicy
+from sdk._retry import RetryPolicy, final_error
 
 
 class CallState(enum.Enum):
@@ -739,13 +737,10 @@ class Scheduler:
                 attempt=call.attempt,
                 error=exc,
             )
-        policy = call.policy
-        if not policy.is_retryable(exc) or policy.exhausted(call.attempt):
+        delay = call.policy.next_delay(exc, call.attempt)
+        if delay is None:
             self._finish(call, error=self._final_error(call, exc))
             return
-        delay = getattr(exc, "next_retry_delay", None)
-        if delay is None:
-            delay = policy.delay(call.attempt)
         call.state = CallState.BACKOFF
         call.gen += 1
         call.worker = None
@@ -760,14 +755,8 @@ class Scheduler:
         self._push(now + delay, _Deadline.RETRY, call, call.gen)
 
     def _final_error(self, call: Call, exc: BaseException) -> BaseException:
-        err = ActivityError(
-            f"activity {call.defn.name!r} failed after {call.attempt} attempt"
-            f"{'s' if call.attempt != 1 else ''}: {type(exc).__name__}: {safe_str(exc)}",
-            attempts=call.attempt,
-            remote_traceback=getattr(exc, "remote_traceback_text", None),
-        )
-        err.__cause__ = exc
-        return err
+        text = getattr(exc, "remote_traceback_text", None)
+        return final_error(call.defn.name, call.attempt, exc, text)
 
     def _finish(self, call: Call, value: Any = None, error: BaseException | None = None) -> None:
         if call.state is CallState.DONE:

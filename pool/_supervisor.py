@@ -902,9 +902,7 @@ class Supervisor:
                     try:
                         call.on_heartbeat(beat[0])
                     except Exception:
-                        log.exception(
-                            "on_heartbeat callback of activity %r failed", call.defn.name
-                        )
+                        log.exception("on_heartbeat callback of activity %r failed", call.defn.name)
             elif len(beat) == 1:
                 sched.entered(handle.id, frame.seq, min(beat[0], now))
             else:

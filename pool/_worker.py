@@ -41,7 +41,8 @@ from pool._protocol import (
     write_all,
 )
 from sdk import _context
-from sdk._definition import ActivityDefinition, _provided
+from sdk._attempt import Host, attempt_info, run_attempt
+from sdk._definition import ActivityDefinition
 from sdk._depends import ResourceCache
 from sdk._errors import ApplicationError, safe_repr, safe_str
 
@@ -87,6 +88,7 @@ class _WorkerContext(_context.ActivityContext):
         self.heartbeat = worker.heartbeat
         self.is_cancelled = worker.is_cancelled
         self.resources = worker.resources
+        self.host = worker
         self.extra = {}
         sid = meta.session_id
         self.session_state = worker.sessions.setdefault(sid, {}) if sid is not None else {}
@@ -95,15 +97,14 @@ class _WorkerContext(_context.ActivityContext):
     def info(self) -> _context.ActivityInfo:  # type: ignore[override]
         if self._info is None:
             meta = self._meta
-            self._info = _context.ActivityInfo(
-                activity_id=meta.activity_id,
-                name=meta.name,
-                attempt=meta.attempt,
-                worker_id=self._worker.worker_id,
-                pid=os.getpid(),
-                session_id=meta.session_id,
-                started_at=self._started_at,
+            self._info = attempt_info(
+                meta.activity_id,
+                meta.name,
+                meta.attempt,
+                self._started_at,
                 deadline=meta.deadline,
+                worker_id=self._worker.worker_id,
+                session_id=meta.session_id,
                 heartbeat_timeout=meta.heartbeat_timeout,
                 heartbeat_details=meta.heartbeat_details,
             )
@@ -151,7 +152,10 @@ def _adopt_orphans() -> None:
         prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-class Worker:
+class Worker(Host):
+    """One worker process's state; the main thread runs attempts through sdk._attempt, with
+    this worker as their Host."""
+
     def __init__(self, rfd: int, wfd: int, supervisor: int) -> None:
         self.rfd = rfd
         self.wfd = wfd
@@ -181,6 +185,9 @@ class Worker:
         self.cancel_requested = False
         self.cancel_signalled = False  # SIGUSR1 came while no attempt was running
         self.task: Any = None
+        self.began = 0.0  # time.monotonic() when the attempt's setup began
+        self.held = False  # the heartbeat clock is held (user code prepares the attempt)
+        self.fault: tuple[str, Any] | None = None  # Pool.inject_fault's, for this attempt
         # heartbeat coalescing (main thread writes; flusher reads under _write_lock)
         self.hb_details: Any = None
         self.hb_pending = False
@@ -357,8 +364,9 @@ class Worker:
                 if kind is Kind.RUN:
                     while self.cancel_signalled:
                         self._absorb_cancels()
-                    if self.withdraw_seqs and self._withdrawn_at_start(frame.seq):
-                        pass
+                    withdrawn = self.withdraw_seqs and self._withdrawn_at_start(frame.seq)
+                    if withdrawn:  # confirmed WITHDRAWN: the supervisor runs it elsewhere
+                        self.cancelled_seqs.discard(frame.seq)
                     elif frame.seq in self.cancelled_seqs:
                         self.cancelled_seqs.discard(frame.seq)
                         self.fail(frame.seq, _cancelled_error(), non_retryable=True)
@@ -483,7 +491,7 @@ class Worker:
 
     def run(self, frame: Frame) -> None:
         seq = frame.seq
-        began = time.monotonic()  # the library's setup of the attempt starts here
+        self.began = time.monotonic()  # the library's setup of the attempt starts here
         try:
             meta = RunMeta(*frame.load())
             args, kwargs = frame.load2()
@@ -491,47 +499,28 @@ class Worker:
             self.fail(seq, exc, non_retryable=True)
             return
         hb_timeout = meta.heartbeat_timeout
+        self.current_seq = seq
+        self.current_heartbeat_timeout = hb_timeout
+        self.held = False
         # Importing the activity's module (not preloaded) and Depends factories run user code
         # that may take minutes: start-to-close times it, while the heartbeat clock waits until
         # the activity is entered. Each happens once per worker: the hot path sends nothing.
-        held = bool(hb_timeout) and (meta.module, meta.qualname) not in self.functions
-        if held:
-            self._send_beat(seq, ())
+        if hb_timeout and (meta.module, meta.qualname) not in self.functions:
+            self.hold()
         try:
             defn = self.lookup(meta.module, meta.qualname)
         except BaseException as exc:
             self.fail(seq, exc, non_retryable=True, note=f"worker could not load {meta.name!r}")
             return
-        ctx = _WorkerContext(self, meta)
-        self.current_seq = seq
-        self.current_heartbeat_timeout = hb_timeout
         self.cancel_requested = False
         self.hb_pending = False
         self.hb_next = 0.0
         self.hb_window = min(HEARTBEAT_WINDOW, hb_timeout / 4) if hb_timeout else HEARTBEAT_WINDOW
-        token = _context.set_activity(ctx)
+        self.fault = meta.fault
         try:
-            if defn.depends_params():
-                provided = _provided(defn, args, kwargs)
-                if hb_timeout and not held and self.resources.missing(defn, provided):
-                    self._send_beat(seq, ())
-                    held = True
-                kwargs = {**self.resources.resolve(defn, provided), **kwargs}
-            self.running = True
-            while self.cancel_signalled:  # a SIGUSR1 that came just before we were running
-                self._absorb_cancels()
             if defn.is_async and self.loop is None:
                 self._ensure_loop()  # imports asyncio: the library's setup, not the activity's
-            if hb_timeout:
-                entered = time.monotonic()
-                if held or entered - began > SETUP_NOTICE:
-                    self._send_beat(seq, (entered,))  # the heartbeat clock starts here
-            if meta.fault is not None:
-                _inject_fault(*meta.fault)
-            if defn.is_async:
-                result = self._run_async(defn, args, kwargs)
-            else:
-                result = defn.fn(*args, **kwargs)
+            result = run_attempt(defn, _WorkerContext(self, meta), args, kwargs, self)
             self.running = False
         except SystemExit:
             raise
@@ -543,7 +532,6 @@ class Worker:
             return
         finally:
             self.running = False
-            _context.reset_activity(token)
         if self.hb_pending:
             self._flush_heartbeat()
         try:
@@ -565,15 +553,54 @@ class Worker:
                 else:
                     write_all(self.wfd, [data])
 
-    def _run_async(self, defn: ActivityDefinition, args: tuple, kwargs: dict) -> Any:
+    # -- the Host of sdk._attempt: what run_attempt tells this worker ------------------------
+    def enter(self) -> None:
+        """The activity is entered: cancellable from now on, and its heartbeat clock starts."""
+        self.running = True
+        while self.cancel_signalled:  # a SIGUSR1 that came just before we were running
+            self._absorb_cancels()
+        if self.current_heartbeat_timeout:
+            entered = time.monotonic()
+            if self.held or entered - self.began > SETUP_NOTICE:
+                self.held = False
+                self._send_beat(self.current_seq, (entered,))  # the heartbeat clock starts here
+        if self.fault is not None:
+            _inject_fault(*self.fault)
+
+    def hold(self) -> None:
+        """User code prepares the running attempt (the activity's module imported, its Depends
+        factories): hold the heartbeat clock until the activity is entered or resume()."""
+        if self.current_heartbeat_timeout and not self.held:
+            self.held = True
+            self._send_beat(self.current_seq, ())
+
+    def resume(self) -> None:
+        """The preparation is over; before the entry, enter() starts the clock instead."""
+        if self.running and self.held:
+            self.held = False
+            self._send_beat(self.current_seq, (time.monotonic(),))
+
+    def run_task(self, coro: Any) -> Any:
+        """Run an async activity on this worker's loop as a task a CANCEL can reach."""
         loop = self._ensure_loop()
-        self.task = loop.create_task(defn.fn(*args, **kwargs))
+        self.task = loop.create_task(coro)
         if self.cancel_requested:  # cancelled before the task existed
             self.task.cancel()
         try:
             return loop.run_until_complete(self.task)
         finally:
             self.task = None
+
+    def load(self, module: str, qualname: str) -> ActivityDefinition:
+        """A chunk's activity, as any activity is looked up here; a first import is user
+        code, so the heartbeat clock is held meanwhile."""
+        if (module, qualname) in self.functions:
+            return self.functions[module, qualname]
+        self.hold()
+        try:
+            return self.lookup(module, qualname)
+        finally:
+            self.resume()
 
     def _ensure_loop(self) -> Any:
         if self.loop is None:
@@ -625,16 +652,6 @@ class Worker:
                 )
                 self._flusher.start()
             self._flush_event.set()
-
-    def hold_heartbeat(self) -> None:
-        """User code prepares the running attempt from inside it (a chunk's activity module
-        imported, its Depends factories): hold the heartbeat clock until resume_heartbeat()."""
-        if self.current_heartbeat_timeout:
-            self._send_beat(self.current_seq, ())
-
-    def resume_heartbeat(self) -> None:
-        if self.current_heartbeat_timeout:
-            self._send_beat(self.current_seq, (time.monotonic(),))
 
     def _send_beat(self, seq: int, body: tuple[float, ...]) -> None:
         """A HEARTBEAT without details: ``()`` the setup runs user code, ``(at,)`` the

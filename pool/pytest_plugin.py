@@ -24,56 +24,33 @@ pytest run of a project that merely has activitypool installed loads this module
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import contextvars
-import inspect
-import os
-import select
-import signal
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Collection, Generator, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-if TYPE_CHECKING:
-    import psutil
+from pool.testing import (
+    LEAK_SETTLE,
+    ActivityEnvironment,
+    LeakGuard,
+    forget_open_pool,
+    note_open_pool,
+    open_pool_worker_pids,
+)
 
+if TYPE_CHECKING:
     from pool._pool import Pool
-    from sdk._context import ActivityInfo
-    from sdk._definition import ActivityDefinition
-    from sdk._depends import ResourceCache
 
 __all__ = ["ActivityEnvironment", "LeakGuard", "PoolFactory", "open_pool_worker_pids"]
 
-# How long a leak may take to clear before it is reported (ini activity_pool_leak_timeout).
-# A closed pool has reaped its workers already; the grace is for the activities' own children
-# and a session pool replacing a worker as the test ends.
-LEAK_SETTLE = 1.0
 # Worker output travels on its own pipe and may trail the failure it explains: wait for this
 # much quiet (at most OUTPUT_SETTLE_MAX) before the report is written. Only on failures.
 OUTPUT_QUIET = 0.05
 OUTPUT_SETTLE_MAX = 0.3
-
-# Pools made by this plugin that are still open: their workers and pipes are no leak of a
-# *different* fixture (the session pool replacing a worker during a test, say).
-_live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
-
-
-def open_pool_worker_pids() -> set[int]:
-    """Pids of the processes (workers, fork server) of every pool this plugin's fixtures hold
-    open.
-
-    A session pool outlives the tests that use it: a process-leak check of your own should
-    leave these alone.
-    """
-    return {pid for pool in list(_live_pools) for pid in pool._process_pids()}
-
 
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 _CAPTURES = pytest.StashKey[list[tuple["_OutputCapture", int]]]()
@@ -246,183 +223,6 @@ def _test_failed(item: pytest.Item) -> bool:
 # -- leak guard ------------------------------------------------------------------------------
 
 
-def _pipe_inodes(pid: int | str = "self") -> dict[int, str]:
-    """fd -> ``pipe:[inode]`` for every pipe ``pid`` holds open."""
-    out: dict[int, str] = {}
-    base = f"/proc/{pid}/fd"
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return out
-    for name in names:
-        try:
-            target = os.readlink(f"{base}/{name}")
-        except OSError:
-            continue
-        if target.startswith("pipe:"):
-            out[int(name)] = target
-    return out
-
-
-def _children() -> dict[int, psutil.Process]:
-    import psutil
-
-    return {p.pid: p for p in psutil.Process().children(recursive=True)}
-
-
-_warmed_up = False
-
-
-def _warm_up_event_loop() -> None:
-    # libuv creates one process-wide pipe pair the first time any uvloop loop runs; made before
-    # the first snapshot, it is not mistaken for a pipe the first pool leaked.
-    global _warmed_up
-    if _warmed_up:
-        return
-    _warmed_up = True
-    from pool._pool import _new_loop
-
-    loop = _new_loop()
-    try:
-        loop.run_until_complete(asyncio.sleep(0))
-    finally:
-        loop.close()
-
-
-def _marked_processes() -> dict[int, str]:
-    from pool._tree import marked
-
-    return marked()
-
-
-class LeakGuard:
-    """Snapshots processes and pipes; :meth:`check` says what was left behind.
-
-    Take it before the pools start and :meth:`watch` each pool; check after closing them.
-    Workers of other plugin-managed pools that are still open (and the pipes they share with
-    this process) are not counted.
-
-    Beyond this process's children, it finds what escaped them: any process whose environment
-    carries the marker of a watched pool (``Pool.pool_id``, inherited by what an activity
-    starts), or of another pool of this process that is not open, once it is no longer a
-    descendant of this process (adopted by init). See docs/testing.md for what a marker misses.
-    """
-
-    def __init__(self) -> None:
-        _warm_up_event_loop()
-        self.children = set(_children())
-        self.pipes = _pipe_inodes()
-        self.pools: list[Pool] = []
-        self.worker_pids: set[int] = set()
-
-    def watch(self, pool: Pool) -> None:
-        self.pools.append(pool)
-        self.note_workers()
-
-    def note_workers(self) -> None:
-        """Remember the current workers of the watched pools (call before closing them)."""
-        for pool in self.pools:
-            self.worker_pids.update(pool.worker_pids())
-
-    def leaks(self) -> list[str]:
-        """One look: every process and pipe fd that should be gone and is not."""
-        import psutil
-
-        others = [p for p in list(_live_pools) if p not in self.pools]
-        other_workers = {pid for p in others for pid in p._process_pids()}
-        other_pipes = {t for pid in other_workers for t in _pipe_inodes(pid).values()}
-        problems = []
-        children = _children()
-        for pid, proc in sorted(children.items()):
-            if pid in other_workers:
-                continue
-            try:
-                zombie = proc.status() == psutil.STATUS_ZOMBIE
-                cmd = "" if zombie else " ".join(proc.cmdline()[:4])
-            except psutil.Error:  # gone meanwhile
-                continue
-            if pid in self.worker_pids:
-                if zombie:
-                    problems.append(f"worker process {pid} of the pool exited but was never reaped")
-                else:
-                    problems.append(f"worker process {pid} of the pool is still running ({cmd})")
-            elif pid not in self.children and not zombie:
-                problems.append(f"process {pid} started during the test is still running ({cmd})")
-        for pid, pool_id in sorted(self._marked(others).items()):
-            if pid in self.worker_pids or pid in children:
-                continue  # named above, if it is a leak
-            try:
-                proc = psutil.Process(pid)
-                cmd, parent = " ".join(proc.cmdline()[:4]), proc.ppid()
-            except psutil.Error:  # gone meanwhile
-                continue
-            problems.append(
-                f"process {pid} started by pool {pool_id} is still running, adopted by "
-                f"pid {parent} ({cmd})"
-            )
-        for fd, target in sorted(_pipe_inodes().items()):
-            if self.pipes.get(fd) != target and target not in other_pipes:
-                problems.append(f"pipe fd {fd} ({target}) is still open")
-        return problems
-
-    def _marked(self, others: list[Pool]) -> dict[int, str]:
-        """pid -> pool id of the live processes that carry the marker of a watched pool, or
-        of this process's pools that are not open elsewhere and escaped our tree."""
-        watched = {pid for p in self.pools if (pid := getattr(p, "pool_id", None))}
-        still_open = {p.pool_id for p in others}
-        mine = f"{os.getpid()}."
-        found: dict[int, str] = {}
-        descendants: set[int] | None = None
-        for pid, pool_id in _marked_processes().items():
-            if pool_id in watched:
-                found[pid] = pool_id
-            elif pool_id.startswith(mine) and pool_id not in still_open:
-                if descendants is None:
-                    descendants = set(_children())
-                if pid not in descendants:
-                    found[pid] = pool_id
-        return found
-
-    def check(self, settle: float = LEAK_SETTLE) -> list[str]:
-        """Wait up to ``settle`` seconds for leaks to clear; kill leaked processes; report."""
-        deadline = time.monotonic() + settle
-        while True:
-            problems = self.leaks()
-            if not problems or time.monotonic() >= deadline:
-                break
-            time.sleep(0.02)
-        if problems:
-            self._kill_leftovers()
-        return problems
-
-    def _kill_leftovers(self) -> None:
-        import psutil
-
-        other_pools = [pool for pool in list(_live_pools) if pool not in self.pools]
-        others = {p for pool in other_pools for p in pool._process_pids()}
-        leftovers = [
-            proc
-            for pid, proc in _children().items()
-            if pid not in self.children and pid not in others
-        ]
-        for proc in leftovers:
-            try:
-                proc.kill()
-                proc.wait(1.0)
-            except (psutil.Error, TimeoutError):
-                pass
-        # not our children: dead once they exit (their pidfd says so), whenever init reaps them
-        exits = []
-        for pid in self._marked(other_pools):
-            with contextlib.suppress(OSError):
-                exits.append(os.pidfd_open(pid))
-                signal.pidfd_send_signal(exits[-1], signal.SIGKILL)
-        deadline = time.monotonic() + 1.0
-        for fd in exits:
-            select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-            os.close(fd)
-
-
 # -- pools -----------------------------------------------------------------------------------
 
 
@@ -440,7 +240,7 @@ def _start_pool(options: dict[str, Any]) -> tuple[Pool, _OutputCapture]:
     # test (_ambient).
     pool = Pool(activities, on_output=capture, ambient=False, **options)
     pool.__enter__()
-    _live_pools.add(pool)
+    note_open_pool(pool)
     return pool, capture
 
 
@@ -461,7 +261,7 @@ def _ambient(pool: Pool) -> Iterator[None]:
 
 def _close_pool(pool: Pool) -> BaseException | None:
     """Close with cancel=True: bounded (busy workers are killed), never drains abandoned work."""
-    _live_pools.discard(pool)
+    forget_open_pool(pool)
     try:
         pool.close(cancel=True)
     except BaseException as exc:
@@ -615,230 +415,6 @@ def activity_pool_session(
         _fail_on_leaks(problems, "activity_pool_session")
         if error is not None:
             raise error
-
-
-# -- one activity in-process -----------------------------------------------------------------
-
-
-@dataclass
-class _Running:
-    loop: asyncio.AbstractEventLoop
-    task: asyncio.Task[Any]
-
-
-class ActivityEnvironment:
-    """Run one activity in this process as if inside a worker, without a pool.
-
-    Set ``attempt``, ``heartbeat_details`` (what the previous attempt heartbeated),
-    ``session_id``/``session_state`` and Depends ``overrides`` (factory -> value) before
-    :meth:`run` (sync) or :meth:`arun` (async tests). Every heartbeat lands in ``heartbeats``
-    and is passed to ``on_heartbeat``; :meth:`cancel` (from any thread, or from ``on_heartbeat``)
-    makes ``activity.is_cancelled()`` true and cancels a running async activity, which then
-    raises ``CancelledError`` as in a worker. No timeout is enforced and there are no retries:
-    one call is one attempt. Arguments and the result are validated as a pool validates them.
-    """
-
-    def __init__(self) -> None:
-        self.attempt = 1
-        self.heartbeat_details: Any = None
-        self.activity_id = "activity-env"
-        self.worker_id: int | None = None
-        self.session_id: str | None = None
-        self.session_state: dict[str, Any] = {}
-        self.heartbeats: list[Any] = []
-        self.on_heartbeat: Callable[[Any], None] | None = None
-        self.overrides: dict[Callable[..., Any], Any] = {}
-        self.info: ActivityInfo | None = None
-        """The ActivityInfo of the last run."""
-        self._cancelled = threading.Event()
-        self._running: _Running | None = None
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._resources: ResourceCache | None = None
-
-    # -- controls ------------------------------------------------------------------------------
-
-    def override(self, factory: Callable[..., Any], value: Any) -> None:
-        """Inject ``value`` wherever ``Depends(factory)`` is a parameter default."""
-        self.overrides[factory] = value
-
-    def cancel(self) -> None:
-        """Request cancellation of the running (or next) activity; safe from any thread."""
-        self._cancelled.set()
-        with self._lock:
-            running = self._running
-        if running is not None and not running.loop.is_closed():
-            running.loop.call_soon_threadsafe(running.task.cancel)
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    # -- running -------------------------------------------------------------------------------
-
-    def run(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> Any:
-        """Run one attempt of ``fn`` to completion; async activities on a private loop."""
-        defn, args, kwargs = self._prepare(fn, args, kwargs)
-        if defn.is_async:
-            return self._private_loop().run_until_complete(self._run_async(defn, args, kwargs))
-        return self._run_sync(defn, args, kwargs)
-
-    async def arun(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> Any:
-        """:meth:`run` for async tests: an async activity runs on the running loop, a sync one
-        in a thread (so ``cancel()`` from the test can reach it)."""
-        defn, args, kwargs = self._prepare(fn, args, kwargs)
-        if defn.is_async:
-            return await self._run_async(defn, args, kwargs)
-        ctx = contextvars.copy_context()
-        return await asyncio.to_thread(ctx.run, self._run_sync, defn, args, kwargs)
-
-    def _run_sync(
-        self, defn: ActivityDefinition, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        token = self._enter(defn)
-        try:
-            kwargs = {**self._cache().resolve(defn, self._provided(defn, args, kwargs)), **kwargs}
-            result = defn.fn(*args, **kwargs)
-        finally:
-            self._exit(token)
-        return defn.validate_result(result)
-
-    async def _run_async(
-        self, defn: ActivityDefinition, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        from sdk._context import set_activity
-
-        provided = self._provided(defn, args, kwargs)
-        kwargs = {**await self._cache().aresolve(defn, provided), **kwargs}
-        ctx = contextvars.copy_context()
-        ctx.run(set_activity, self._context(defn))
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(defn.fn(*args, **kwargs), context=ctx)
-        with self._lock:
-            self._running = _Running(loop, task)
-        if self._cancelled.is_set():
-            task.cancel()
-        try:
-            result = await task
-        finally:
-            with self._lock:
-                self._running = None
-        return defn.validate_result(result)
-
-    def close(self) -> None:
-        """Tear down the Depends resources made for the runs (not the overrides)."""
-        if self._resources is not None:
-            self._resources.close()
-            self._resources = None
-        if self._loop is not None:
-            from sdk._depends import close_private_loop
-
-            loop, self._loop = self._loop, None
-            close_private_loop(loop)
-
-    # -- plumbing ------------------------------------------------------------------------------
-
-    def _prepare(
-        self, fn: Callable[..., Any] | str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[ActivityDefinition, tuple[Any, ...], dict[str, Any]]:
-        from sdk._definition import get_definition
-
-        defn = get_definition(fn)
-        args, kwargs = defn.validate_args(args, kwargs)
-        return defn, args, kwargs
-
-    @staticmethod
-    def _provided(
-        defn: ActivityDefinition, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> set[str]:
-        return set(inspect.signature(defn.fn).bind_partial(*args, **kwargs).arguments)
-
-    def _context(self, defn: ActivityDefinition) -> Any:
-        from sdk._context import ActivityContext, ActivityInfo
-
-        now = time.time()
-        timeout = defn.start_to_close_timeout
-        self.info = ActivityInfo(
-            activity_id=self.activity_id,
-            name=defn.name,
-            attempt=self.attempt,
-            worker_id=self.worker_id,
-            pid=os.getpid(),
-            session_id=self.session_id,
-            started_at=now,
-            deadline=now + timeout if timeout is not None else None,
-            heartbeat_timeout=defn.heartbeat_timeout,
-            heartbeat_details=self.heartbeat_details,
-        )
-        return ActivityContext(
-            info=self.info,
-            heartbeat=self._heartbeat,
-            is_cancelled=self._cancelled.is_set,
-            session_state=self.session_state,
-            resources=self._cache(),
-        )
-
-    def _enter(self, defn: ActivityDefinition) -> Any:
-        from sdk._context import set_activity
-
-        return set_activity(self._context(defn))
-
-    @staticmethod
-    def _exit(token: Any) -> None:
-        from sdk._context import reset_activity
-
-        reset_activity(token)
-
-    def _heartbeat(self, details: Any) -> None:
-        self.heartbeats.append(details)
-        if self.on_heartbeat is not None:
-            self.on_heartbeat(details)
-
-    def _private_loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-        return self._loop
-
-    def _run_coroutine(self, coro: Any) -> Any:
-        return self._private_loop().run_until_complete(coro)
-
-    def _cache(self) -> ResourceCache:
-        if self._resources is None:
-            self._resources = _overriding_cache(self.overrides, self._run_coroutine)
-        return self._resources
-
-
-def _overriding_cache(
-    overrides: dict[Callable[..., Any], Any], run_coroutine: Callable[[Any], Any]
-) -> ResourceCache:
-    from sdk._depends import ResourceCache
-
-    class OverridingCache(ResourceCache):
-        """A ResourceCache where overridden factories are never called (nested calls too)."""
-
-        def _split(
-            self, defn: ActivityDefinition, provided: Collection[str]
-        ) -> tuple[dict[str, Any], set[str]]:
-            chosen = {
-                name: overrides[dep.factory]
-                for name, dep in defn.depends_params().items()
-                if name not in provided and dep.factory in overrides
-            }
-            return chosen, {*provided, *chosen}
-
-        def resolve(
-            self, defn: ActivityDefinition, provided: Collection[str] = ()
-        ) -> dict[str, Any]:
-            chosen, provided = self._split(defn, provided)
-            return {**super().resolve(defn, provided), **chosen}
-
-        async def aresolve(
-            self, defn: ActivityDefinition, provided: Collection[str] = ()
-        ) -> dict[str, Any]:
-            chosen, provided = self._split(defn, provided)
-            return {**await super().aresolve(defn, provided), **chosen}
-
-    return OverridingCache(run_coroutine=run_coroutine)
 
 
 @pytest.fixture

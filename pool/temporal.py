@@ -59,7 +59,8 @@ from temporalio.worker import (
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from pool._pool import Pool
-from sdk import _context
+from sdk import _context, _session
+from sdk._decorator import with_options
 from sdk._definition import ActivityDefinition, activities_in_module, get_definition
 from sdk._errors import (
     ActivityError,
@@ -284,7 +285,8 @@ class _Host:
         key = (defn.name, s2c or None, hb or None)
         copy = self._copies.get(key)
         if copy is None:
-            copy = self._copies[key] = defn.options(
+            copy = self._copies[key] = with_options(
+                defn,
                 retry_policy_max_attempts=1,
                 start_to_close_timeout=key[1],
                 heartbeat_timeout=key[2],
@@ -745,7 +747,7 @@ class _Inbound(temporalio.worker.WorkflowInboundInterceptor):
         # in this workflow's own context: its activities are scheduled, its sessions named
         # deterministically (replay must name them the same)
         _context.set_dispatcher(_WorkflowDispatcher())
-        _context.set_session_id_factory(_workflow_session_id)
+        _session.set_session_id_factory(_workflow_session_id)
         return await super().execute_workflow(input)
 
 

@@ -9,22 +9,15 @@ from __future__ import annotations
 
 from sdk._lazy import lazy_exports
 
-TYPE_CHECKING = False  # not typing's: a worker imports this package, and typing costs ~7 ms
+TYPE_CHECKING = False  # not typing's: a worker imports this package (see sdk._lazy)
 if TYPE_CHECKING:
-    from ._context import (
-        ActivityInfo,
-        StickyWorkerSession,
-        activity_heartbeat,
-        get_sticky_worker_session,
-        run_sticky_worker_session,
-    )
+    from ._context import ActivityInfo, activity_heartbeat
+    from ._decorator import activity, with_options
     from ._definition import (
         ActivityDefinition,
         RateLimit,
         activities_in_module,
-        activity,
         get_definition,
-        with_options,
     )
     from ._depends import Depends
     from ._errors import (
@@ -43,6 +36,11 @@ if TYPE_CHECKING:
     )
     from ._local import LocalRunner, run_activities_locally
     from ._retry import RetryPolicy, backoff_delay
+    from ._session import (
+        StickyWorkerSession,
+        get_sticky_worker_session,
+        run_sticky_worker_session,
+    )
 
 __all__ = [
     "ActivityDefinition",
@@ -77,16 +75,16 @@ __all__ = [
 
 _WHERE = {
     "ActivityInfo": "sdk._context",
-    "StickyWorkerSession": "sdk._context",
+    "StickyWorkerSession": "sdk._session",
     "activity_heartbeat": "sdk._context",
-    "get_sticky_worker_session": "sdk._context",
-    "run_sticky_worker_session": "sdk._context",
+    "get_sticky_worker_session": "sdk._session",
+    "run_sticky_worker_session": "sdk._session",
     "ActivityDefinition": "sdk._definition",
     "RateLimit": "sdk._definition",
     "activities_in_module": "sdk._definition",
-    "activity": "sdk._definition",
+    "activity": "sdk._decorator",
     "get_definition": "sdk._definition",
-    "with_options": "sdk._definition",
+    "with_options": "sdk._decorator",
     "Depends": "sdk._depends",
     "ActivityDefinitionError": "sdk._errors",
     "ActivityError": "sdk._errors",

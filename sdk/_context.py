@@ -1,23 +1,26 @@
 """Context variables: the running activity, the ambient dispatcher and the ambient session.
 
-The sdk owns these; the runtime injects them. A worker installs an :class:`ActivityContext`
-around each call (``activity_scope``); a pool installs itself as the ambient :class:`Dispatcher`
-while it is active, so that awaiting an ``async def`` activity dispatches to it.
+The sdk owns these; the runtime injects them. An :class:`ActivityContext` is installed around
+each attempt by ``sdk._attempt``; a pool installs itself as the ambient :class:`Dispatcher` while
+it is active, so that awaiting an ``async def`` activity dispatches to it.
 """
 
 from __future__ import annotations
 
 from contextvars import ContextVar, Token
 
+from ._lazy import lazy_exports
 from ._record import record
+from ._session import (  # re-exported: the ambient session is part of the activity's context
+    StickyWorkerSession,
+    get_sticky_worker_session,
+    run_sticky_worker_session,
+)
 
-# Not typing's TYPE_CHECKING: every worker imports this module, and typing costs ~7 ms to import
-# (re, enum, contextlib...). Nor dataclasses (which imports inspect): see sdk._record.
+# Not typing's TYPE_CHECKING, nor dataclasses: a worker imports this module (see sdk._lazy).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
-    from contextlib import AbstractContextManager
-    from types import TracebackType
+    from collections.abc import Callable
     from typing import Any
 
     from ._depends import ResourceCache
@@ -29,7 +32,6 @@ __all__ = [
     "Dispatcher",
     "StickyWorkerSession",
     "activity_heartbeat",
-    "activity_scope",
     "current_activity",
     "current_dispatcher",
     "get_sticky_worker_session",
@@ -127,6 +129,11 @@ class ActivityContext:
     resources: ResourceCache
     extra: dict[str, Any]
 
+    # The runtime running the attempt (an sdk._attempt.Host), for the sdk's own runners: a map's
+    # chunk holds the heartbeat clock through it. Not a field: activities never use it. Typed
+    # Any so that this module, which sdk._attempt imports, does not import it back.
+    host: Any = None
+
     def __init__(
         self,
         info: ActivityInfo,
@@ -175,21 +182,6 @@ def reset_activity(token: Token[ActivityContext | None]) -> None:
     _current_activity.reset(token)
 
 
-def activity_scope(ctx: ActivityContext) -> AbstractContextManager[ActivityContext]:
-    """Run the body with ``ctx`` as the running activity (``with activity_scope(ctx):``)."""
-    import contextlib  # lazily: a worker installs its context with set_activity()
-
-    return contextlib.contextmanager(_activity_scope)(ctx)
-
-
-def _activity_scope(ctx: ActivityContext) -> Iterator[ActivityContext]:
-    token = _current_activity.set(ctx)
-    try:
-        yield ctx
-    finally:
-        _current_activity.reset(token)
-
-
 _current_dispatcher: ContextVar[Dispatcher | None] = ContextVar(
     "activitypool_current_dispatcher", default=None
 )
@@ -208,120 +200,6 @@ def set_dispatcher(dispatcher: Dispatcher | None) -> Token[Dispatcher | None]:
 def reset_dispatcher(token: Token[Dispatcher | None]) -> None:
     """Undo :func:`set_dispatcher`."""
     _current_dispatcher.reset(token)
-
-
-# What names a new session: None is a random uuid4. A workflow engine, whose code must be
-# deterministic, installs its own for the workflows it runs (see pool.temporal).
-_session_ids: ContextVar[Callable[[], str] | None] = ContextVar(
-    "activitypool_session_ids", default=None
-)
-
-
-def set_session_id_factory(factory: Callable[[], str] | None) -> Token[Callable[[], str] | None]:
-    """Name the sessions created in this context with ``factory()`` (None: uuid4)."""
-    return _session_ids.set(factory)
-
-
-class StickyWorkerSession:
-    """A sticky session: its sticky activities all run on one worker process.
-
-    The pool binds the session to a worker on its first sticky activity and registers a release
-    callback with :meth:`on_close`. Closing is idempotent; callbacks run once, in registration
-    order; a callback registered after close runs at once.
-    """
-
-    def __init__(self, session_id: str | None = None) -> None:
-        if session_id is None:
-            factory = _session_ids.get()
-            if factory is not None:
-                session_id = factory()
-            else:
-                import uuid  # lazily: workers never make sessions
-
-                session_id = uuid.uuid4().hex
-        self.session_id: str = session_id
-        self.closed: bool = False
-        self._callbacks: list[Callable[[StickyWorkerSession], None]] = []
-
-    def on_close(self, cb: Callable[[StickyWorkerSession], None]) -> None:
-        """Call ``cb(self)`` when the session closes (at once if it is already closed)."""
-        if self.closed:
-            self._run_callback(cb)
-        else:
-            self._callbacks.append(cb)
-
-    def close(self) -> None:
-        """Close the session and run its callbacks; later calls do nothing."""
-        if self.closed:
-            return
-        self.closed = True
-        callbacks, self._callbacks = self._callbacks, []
-        for cb in callbacks:
-            self._run_callback(cb)
-
-    def _run_callback(self, cb: Callable[[StickyWorkerSession], None]) -> None:
-        # One failing release callback must not keep the others (other pools) from running.
-        try:
-            cb(self)
-        except Exception:
-            import logging  # lazily: only a failing callback needs it
-
-            logging.getLogger(__name__).exception(
-                "sticky session %s: close callback %r failed", self.session_id, cb
-            )
-
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else "open"
-        return f"<StickyWorkerSession {self.session_id} {state}>"
-
-
-_current_session: ContextVar[StickyWorkerSession | None] = ContextVar(
-    "activitypool_current_session", default=None
-)
-
-
-def get_sticky_worker_session() -> StickyWorkerSession | None:
-    """The ambient sticky session (innermost ``run_sticky_worker_session``), or None."""
-    return _current_session.get()
-
-
-class run_sticky_worker_session:
-    """Make a sticky session ambient for the body; ``async with`` or plain ``with``.
-
-    Nestable: the inner session wins and the outer one is restored on exit. Yields the session.
-    A session created here is closed on exit; a session passed in is left open (its owner
-    closes it).
-    """
-
-    def __init__(self, session: StickyWorkerSession | None = None) -> None:
-        self._owned = session is None
-        self.session = session if session is not None else StickyWorkerSession()
-        self._tokens: list[Token[StickyWorkerSession | None]] = []
-
-    def __enter__(self) -> StickyWorkerSession:
-        self._tokens.append(_current_session.set(self.session))
-        return self.session
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        _current_session.reset(self._tokens.pop())
-        if self._owned:
-            self.session.close()
-
-    async def __aenter__(self) -> StickyWorkerSession:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
 
 
 def heartbeat(details: Any = None) -> None:
@@ -349,16 +227,5 @@ def session_state() -> dict[str, Any]:
     return require_activity().session_state
 
 
-def __getattr__(name: str) -> Any:
-    # Dispatcher, a typing.Protocol, lives in its own module, loaded on first use: typing costs
-    # a worker ~7 ms to import, and no worker needs it (PEP 562).
-    if name == "Dispatcher":
-        from ._dispatcher import Dispatcher
-
-        globals()[name] = Dispatcher
-        return Dispatcher
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), "Dispatcher"})
+# Dispatcher, a typing.Protocol, loads on first use (see sdk._lazy): no worker needs it.
+__getattr__, __dir__ = lazy_exports(__name__, {"Dispatcher": "sdk._dispatcher"}, globals(), __all__)

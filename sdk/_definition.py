@@ -1,4 +1,6 @@
-"""The ``@activity`` decorator, the frozen :class:`ActivityDefinition`, and the registry.
+"""The frozen :class:`ActivityDefinition`, its argument and result checks, and the registry.
+
+The decorator that makes definitions, and the routing of calls, are in ``sdk._decorator``.
 
 pydantic is imported on first use (the first check built from a type hint), never at import
 time: workers import this module and most never validate arguments (the supervisor does).
@@ -17,8 +19,7 @@ import importlib
 import threading
 from types import FunctionType
 
-from . import _context
-from ._depends import Dependency, default_resource_cache
+from ._depends import Dependency
 from ._errors import (
     ActivityDefinitionError,
     ActivityInputError,
@@ -32,39 +33,23 @@ TYPE_CHECKING = False  # not typing's: see the module docstring
 if TYPE_CHECKING:
     import inspect
     import types
-    from collections.abc import Callable, Iterable
-    from datetime import timedelta
-    from typing import Any, ParamSpec, Protocol, TypeVar, overload
+    from collections.abc import Callable
+    from typing import Any
 
     import pydantic
 
     from ._retry import RetryPolicy
-
-    P = ParamSpec("P")
-    R = TypeVar("R")
-
-    class _Decorator(Protocol):
-        """What ``activity(...)`` returns: a decorator that keeps the function's signature."""
-
-        def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
 
 
 __all__ = [
     "ActivityDefinition",
     "RateLimit",
     "activities_in_module",
-    "activity",
     "get_definition",
-    "lookup",
-    "with_options",
 ]
 
 # float('inf') rather than math.inf: math is an extension module, loaded from disk by every worker
 _INF = float("inf")
-
-# The decorator's default per-attempt limit (DESIGN section 3): 5 minutes, in seconds (a float,
-# not a timedelta, so that defining an activity does not import datetime in every worker).
-DEFAULT_START_TO_CLOSE = 300.0
 
 
 # What a frozen dataclass would be, without importing dataclasses (see sdk._record).
@@ -356,13 +341,18 @@ class ActivityDefinition:
             if isinstance(p.default, Dependency)
         }
 
+    @functools.cached_property
+    def positional_names(self) -> tuple[str, ...]:
+        """The names of the parameters that may be given positionally, in order."""
+        fn = self.fn
+        if _plain_function(fn):  # its code says, without a Signature
+            code = fn.__code__
+            return code.co_varnames[: code.co_argcount]
+        return self._binder.positional
+
     def depends_params(self) -> dict[str, Dependency]:
         """Parameters whose default is ``Depends(...)``, by name (the runtime fills them)."""
         return self._depends
-
-    def options(self, **overrides: Any) -> ActivityDefinition:
-        """A frozen copy with some ``@activity`` options replaced (see :func:`with_options`)."""
-        return _with_options(self, overrides)
 
     def retry_policy(self, default: RetryPolicy) -> RetryPolicy:
         """The policy for this activity: fields set here override ``default``.
@@ -531,11 +521,6 @@ def _register(defn: ActivityDefinition) -> None:
         _registry[defn.name] = defn
 
 
-def lookup(name: str) -> ActivityDefinition | None:
-    """The definition registered under ``name`` in this process, or None."""
-    return _registry.get(name)
-
-
 def get_definition(obj: Callable[..., Any] | str | ActivityDefinition) -> ActivityDefinition:
     """The definition of a decorated function or of a registered name."""
     if isinstance(obj, ActivityDefinition):
@@ -567,399 +552,3 @@ def _load_definition(module: str, qualname: str) -> ActivityDefinition:
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return get_definition(obj)
-
-
-# -- the decorator -----------------------------------------------------------------------------
-
-
-def _seconds(fn_name: str, option: str, value: Any, *, allow_none: bool = True) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        # datetime is imported only here: a timedelta given means the caller has loaded it
-        from datetime import timedelta
-
-        if not isinstance(value, timedelta):
-            raise ActivityDefinitionError(
-                f"activity {fn_name}: {option} must be a timedelta or seconds, got {value!r}"
-            )
-        seconds = value.total_seconds()
-    if not (0 < seconds < _INF):
-        raise ActivityDefinitionError(f"activity {fn_name}: {option} must be > 0, got {value!r}")
-    return seconds
-
-
-def _error_type_names(fn_name: str, types_: Any) -> tuple[str, ...]:
-    if isinstance(types_, str | type):
-        types_ = (types_,)
-    try:
-        items = list(types_)
-    except TypeError:
-        raise ActivityDefinitionError(
-            f"activity {fn_name}: non_retryable_error_types must be exception classes or "
-            f"their names, got {types_!r}"
-        ) from None
-    names: list[str] = []
-    for t in items:
-        if isinstance(t, str) and t:
-            names.append(t)
-        elif isinstance(t, type) and issubclass(t, BaseException):
-            names.append(t.__name__)
-        else:
-            raise ActivityDefinitionError(
-                f"activity {fn_name}: non_retryable_error_types must hold exception classes "
-                f"or their names, got {t!r}"
-            )
-    return tuple(names)
-
-
-def _define(
-    fn: Any,
-    *,
-    name: str | None,
-    start_to_close_timeout: timedelta | float | None,
-    heartbeat_timeout: timedelta | float | None,
-    schedule_to_close_timeout: timedelta | float | None,
-    retry_policy_max_attempts: int | None,
-    retry_policy_backoff_coefficient: float | None,
-    retry_policy_initial_interval: timedelta | float | None,
-    retry_policy_max_interval: timedelta | float | None,
-    non_retryable_error_types: Iterable[type[BaseException] | str],
-    sticky_to_worker: bool,
-    rate_limit: RateLimit | None,
-) -> ActivityDefinition:
-    label = repr(getattr(fn, "__qualname__", fn))
-    if hasattr(fn, "__activity_definition__"):
-        raise ActivityDefinitionError(f"activity {label}: is already an activity")
-    if not isinstance(fn, FunctionType):  # inspect.isfunction(), without inspect
-        raise ActivityDefinitionError(
-            f"@activity needs a function defined with 'def' or 'async def', got {fn!r}"
-        )
-    if fn.__name__ == "<lambda>":
-        raise ActivityDefinitionError(
-            f"activity {label}: a lambda cannot be an activity (workers import it by name)"
-        )
-    # inspect.isgeneratorfunction() / isasyncgenfunction() of a function: its code's flags
-    if fn.__code__.co_flags & (_CO_GENERATOR | _CO_ASYNC_GENERATOR):
-        raise ActivityDefinitionError(
-            f"activity {label}: generator functions cannot be activities; return a value"
-        )
-    if "<locals>" in fn.__qualname__:
-        raise ActivityDefinitionError(
-            f"activity {label}: must be defined at module level (workers import it by module "
-            "and qualified name), not inside a function"
-        )
-    if name is None:
-        name = fn.__name__
-    if not isinstance(name, str) or not name.strip():
-        raise ActivityDefinitionError(
-            f"activity {label}: name must be a non-empty str, got {name!r}"
-        )
-    s2c = _seconds(label, "start_to_close_timeout", start_to_close_timeout)
-    hb = _seconds(label, "heartbeat_timeout", heartbeat_timeout)
-    sched = _seconds(label, "schedule_to_close_timeout", schedule_to_close_timeout)
-    attempts = retry_policy_max_attempts
-    if attempts is not None and (
-        isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0
-    ):
-        raise ActivityDefinitionError(
-            f"activity {label}: retry_policy_max_attempts must be an int >= 0 "
-            f"(0 = unlimited, 1 = no retry), got {attempts!r}"
-        )
-    coef = retry_policy_backoff_coefficient
-    if coef is not None:
-        if isinstance(coef, bool) or not isinstance(coef, int | float) or not 1 <= coef < _INF:
-            raise ActivityDefinitionError(
-                f"activity {label}: retry_policy_backoff_coefficient must be >= 1, got {coef!r}"
-            )
-        coef = float(coef)
-    initial = _seconds(label, "retry_policy_initial_interval", retry_policy_initial_interval)
-    maximum = _seconds(label, "retry_policy_max_interval", retry_policy_max_interval)
-    if initial is not None and maximum is not None and maximum < initial:
-        raise ActivityDefinitionError(
-            f"activity {label}: retry_policy_max_interval ({maximum}s) must be >= "
-            f"retry_policy_initial_interval ({initial}s)"
-        )
-    if not isinstance(sticky_to_worker, bool):
-        raise ActivityDefinitionError(
-            f"activity {label}: sticky_to_worker must be a bool, got {sticky_to_worker!r}"
-        )
-    if rate_limit is not None and not isinstance(rate_limit, RateLimit):
-        raise ActivityDefinitionError(
-            f"activity {label}: rate_limit must be a RateLimit or None, got {rate_limit!r}"
-        )
-    if not _plain_function(fn):  # a plain function's signature is readable: its code's
-        import inspect  # lazily: see the module docstring
-
-        try:
-            inspect.signature(fn)
-        except (TypeError, ValueError) as e:
-            raise ActivityDefinitionError(f"activity {label}: unreadable signature: {e}") from None
-    return ActivityDefinition(
-        name=name,
-        fn=fn,
-        module=fn.__module__,
-        qualname=fn.__qualname__,
-        is_async=_is_coroutine_function(fn),
-        start_to_close_timeout=s2c,
-        heartbeat_timeout=hb,
-        schedule_to_close_timeout=sched,
-        retry_max_attempts=attempts,
-        retry_backoff_coefficient=coef,
-        retry_initial_interval=initial,
-        retry_max_interval=maximum,
-        non_retryable_error_types=_error_type_names(label, non_retryable_error_types),
-        sticky_to_worker=sticky_to_worker,
-        rate_limit=rate_limit,
-    )
-
-
-def _is_coroutine_function(fn: FunctionType) -> bool:
-    """``inspect.iscoroutinefunction(fn)`` for a function, without inspect unless ``fn`` bears
-    the mark of ``inspect.markcoroutinefunction`` (Python 3.12+)."""
-    if hasattr(fn, "_is_coroutine_marker"):
-        import inspect
-
-        return inspect.iscoroutinefunction(fn)
-    return bool(fn.__code__.co_flags & _CO_COROUTINE)
-
-
-def _provided(defn: ActivityDefinition, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Names the caller supplied, so injection never overrides them."""
-    if not args:
-        return kwargs
-    return {*defn._binder.positional[: len(args)], *kwargs}
-
-
-def _wrap(defn: ActivityDefinition) -> Callable[..., Any]:
-    fn = defn.fn
-    if defn.is_async:
-
-        @functools.wraps(fn)
-        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            ctx = _context._current_activity.get()
-            if ctx is None:
-                dispatcher = _context._current_dispatcher.get()
-                if dispatcher is not None:
-                    return await dispatcher.dispatch(
-                        defn, args, kwargs, _context.get_sticky_worker_session()
-                    )
-                cache = default_resource_cache()
-            else:
-                cache = ctx.resources
-            if defn.depends_params():
-                injected = await cache.aresolve(defn, _provided(defn, args, kwargs))
-                kwargs = {**injected, **kwargs}
-            return await fn(*args, **kwargs)
-
-        wrapper: Callable[..., Any] = async_wrapper
-    else:
-
-        @functools.wraps(fn)
-        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-            if defn.depends_params():
-                ctx = _context._current_activity.get()
-                cache = default_resource_cache() if ctx is None else ctx.resources
-                injected = cache.resolve(defn, _provided(defn, args, kwargs))
-                kwargs = {**injected, **kwargs}
-            return fn(*args, **kwargs)
-
-        wrapper = sync_wrapper
-    wrapper.__activity_definition__ = defn  # type: ignore[attr-defined]
-    return wrapper
-
-
-# The options @activity(...) takes, in the order the docs list them.
-ACTIVITY_OPTIONS = (
-    "name",
-    "start_to_close_timeout",
-    "heartbeat_timeout",
-    "schedule_to_close_timeout",
-    "retry_policy_max_attempts",
-    "retry_policy_backoff_coefficient",
-    "retry_policy_initial_interval",
-    "retry_policy_max_interval",
-    "non_retryable_error_types",
-    "sticky_to_worker",
-    "rate_limit",
-)
-
-
-def _unknown_options(unknown: dict[str, Any]) -> TypeError:
-    """The error for options @activity(...) does not take: names them, lists the valid ones."""
-    bad = sorted(unknown)
-    hint = ""
-    if len(bad) == 1:
-        # substring matches first: "timeout" means one of the three *_timeout options
-        close = [o for o in ACTIVITY_OPTIONS if bad[0] in o]
-        if not close:
-            import difflib  # lazily: only a mistyped option needs it
-
-            close = difflib.get_close_matches(bad[0], ACTIVITY_OPTIONS, n=3)
-        if close:
-            hint = f" (did you mean {' or '.join(close)}?)"
-    what = "an unknown option" if len(bad) == 1 else "unknown options"
-    return TypeError(
-        f"@activity() got {what} {', '.join(map(repr, bad))}{hint}; "
-        f"the valid options are: {', '.join(ACTIVITY_OPTIONS)}"
-    )
-
-
-class _ActivityDecorator:
-    """``@activity`` / ``@activity(...)``, plus the in-activity helpers (``activity.heartbeat``)."""
-
-    if TYPE_CHECKING:  # the overloads, for type checkers (no typing at run time)
-
-        @overload
-        def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
-
-        @overload
-        def __call__(
-            self,
-            *,
-            name: str | None = None,
-            start_to_close_timeout: timedelta | float | None = DEFAULT_START_TO_CLOSE,
-            heartbeat_timeout: timedelta | float | None = None,
-            schedule_to_close_timeout: timedelta | float | None = None,
-            retry_policy_max_attempts: int | None = None,
-            retry_policy_backoff_coefficient: float | None = None,
-            retry_policy_initial_interval: timedelta | float | None = None,
-            retry_policy_max_interval: timedelta | float | None = None,
-            non_retryable_error_types: Iterable[type[BaseException] | str] = (),
-            sticky_to_worker: bool = False,
-            rate_limit: RateLimit | None = None,
-        ) -> _Decorator: ...
-
-    def __call__(
-        self,
-        fn: Callable[..., Any] | None = None,
-        *,
-        name: str | None = None,
-        start_to_close_timeout: timedelta | float | None = DEFAULT_START_TO_CLOSE,
-        heartbeat_timeout: timedelta | float | None = None,
-        schedule_to_close_timeout: timedelta | float | None = None,
-        retry_policy_max_attempts: int | None = None,
-        retry_policy_backoff_coefficient: float | None = None,
-        retry_policy_initial_interval: timedelta | float | None = None,
-        retry_policy_max_interval: timedelta | float | None = None,
-        non_retryable_error_types: Iterable[type[BaseException] | str] = (),
-        sticky_to_worker: bool = False,
-        rate_limit: RateLimit | None = None,
-        **unknown: Any,
-    ) -> Any:
-        if unknown:
-            raise _unknown_options(unknown)
-
-        def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
-            defn = _define(
-                f,
-                name=name,
-                start_to_close_timeout=start_to_close_timeout,
-                heartbeat_timeout=heartbeat_timeout,
-                schedule_to_close_timeout=schedule_to_close_timeout,
-                retry_policy_max_attempts=retry_policy_max_attempts,
-                retry_policy_backoff_coefficient=retry_policy_backoff_coefficient,
-                retry_policy_initial_interval=retry_policy_initial_interval,
-                retry_policy_max_interval=retry_policy_max_interval,
-                non_retryable_error_types=non_retryable_error_types,
-                sticky_to_worker=sticky_to_worker,
-                rate_limit=rate_limit,
-            )
-            wrapper = _wrap(defn)
-            _register(defn)
-            return wrapper
-
-        if fn is not None:
-            return decorate(fn)
-        return decorate
-
-    @staticmethod
-    def heartbeat(details: Any = None) -> None:
-        """Record progress; ``details`` reach the next attempt as ``info().heartbeat_details``."""
-        _context.heartbeat(details)
-
-    @staticmethod
-    def info() -> _context.ActivityInfo:
-        """The running attempt's :class:`ActivityInfo`."""
-        return _context.info()
-
-    @staticmethod
-    def is_cancelled() -> bool:
-        """Whether the running activity was asked to stop."""
-        return _context.is_cancelled()
-
-    @staticmethod
-    def session_state() -> dict[str, Any]:
-        """The running sticky session's state dict."""
-        return _context.session_state()
-
-    def __repr__(self) -> str:
-        return "<activity decorator>"
-
-
-activity = _ActivityDecorator()
-
-
-# -- per-call options --------------------------------------------------------------------------
-
-# What with_options may replace: every @activity option but the name (workers, rate limits and
-# Temporal know an activity by its name).
-_OPTION_FIELDS = {
-    "start_to_close_timeout": "start_to_close_timeout",
-    "heartbeat_timeout": "heartbeat_timeout",
-    "schedule_to_close_timeout": "schedule_to_close_timeout",
-    "retry_policy_max_attempts": "retry_max_attempts",
-    "retry_policy_backoff_coefficient": "retry_backoff_coefficient",
-    "retry_policy_initial_interval": "retry_initial_interval",
-    "retry_policy_max_interval": "retry_max_interval",
-    "non_retryable_error_types": "non_retryable_error_types",
-    "sticky_to_worker": "sticky_to_worker",
-    "rate_limit": "rate_limit",
-}
-# Cached facts of the function, not of the options: a copy reuses the original's.
-_FN_CACHES = ("_signature", "_hints", "_checks", "_binder", "_result_check", "_depends")
-
-if TYPE_CHECKING:
-
-    @overload
-    def with_options(
-        target: str | ActivityDefinition, /, **overrides: Any
-    ) -> ActivityDefinition: ...
-    @overload
-    def with_options(target: Callable[P, R], /, **overrides: Any) -> Callable[P, R]: ...
-
-
-def with_options(target: Any, /, **overrides: Any) -> Any:
-    """``target`` with some of its ``@activity`` options replaced, for the calls it is passed to.
-
-    ``target`` is an activity function, its definition or its registered name. The overrides
-    take the decorator's option names (all but ``name``) and are validated the same way; the
-    others keep the definition's values (``non_retryable_error_types`` replaces, never merges).
-    A function gives a function (the same signature, for the pool methods' typing) that
-    carries the copy; a definition or a name gives a definition. Nothing is registered: the
-    registered activity is unchanged, and workers still import it by module and name (a copy
-    pickles as the registered definition: its options matter only where calls are scheduled).
-    """
-    defn = _with_options(get_definition(target), overrides)
-    if isinstance(target, str | ActivityDefinition):
-        return defn
-    return _wrap(defn)
-
-
-def _with_options(defn: ActivityDefinition, overrides: dict[str, Any]) -> ActivityDefinition:
-    unknown = sorted(set(overrides) - set(_OPTION_FIELDS))
-    if unknown:
-        what = "name cannot be changed per call" if unknown == ["name"] else "unknown option"
-        raise ActivityDefinitionError(
-            f"activity {defn.name!r}: {what}: {', '.join(unknown)} "
-            f"(options: {', '.join(_OPTION_FIELDS)})"
-        )
-    current = {option: getattr(defn, field) for option, field in _OPTION_FIELDS.items()}
-    copy = _define(defn.fn, name=defn.name, **{**current, **overrides})
-    # the copy is of the same function: what was derived from it alone carries over
-    for cached in _FN_CACHES:
-        if cached in defn.__dict__:
-            copy.__dict__[cached] = defn.__dict__[cached]
-    return copy

@@ -18,14 +18,12 @@ import threading
 from ._record import record
 
 # Not typing's TYPE_CHECKING, nor dataclasses, nor inspect at import: every worker imports this
-# module (see sdk._record). inspect is imported where a factory is first made.
+# module (see sdk._lazy). inspect is imported where a factory is first made.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import asyncio
-    from collections.abc import Awaitable, Callable, Collection, Coroutine
+    from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
     from typing import Any
-
-    from ._definition import ActivityDefinition
 
     # A teardown is either a plain callable or a callable returning a coroutine.
     _Teardown = tuple[bool, Callable[[], Any]]  # (is_async, fn)
@@ -83,19 +81,19 @@ class ResourceCache:
 
     # -- sync API ------------------------------------------------------------------------------
 
-    def missing(self, defn: ActivityDefinition, provided: Collection[str] = ()) -> bool:
-        """Whether resolving ``defn``'s resources would call a factory (user code that may take
-        long: the worker holds the activity's heartbeat clock meanwhile)."""
+    def missing(self, deps: Mapping[str, Dependency], provided: Collection[str] = ()) -> bool:
+        """Whether resolving ``deps`` would call a factory (user code that may take long: the
+        worker holds the activity's heartbeat clock meanwhile)."""
         values = self._values
         return any(
-            id(dep.factory) not in values
-            for name, dep in defn.depends_params().items()
-            if name not in provided
+            id(dep.factory) not in values for name, dep in deps.items() if name not in provided
         )
 
-    def resolve(self, defn: ActivityDefinition, provided: Collection[str] = ()) -> dict[str, Any]:
-        """Keyword arguments for ``defn``'s Depends parameters (those not in ``provided``)."""
-        deps = defn.depends_params()
+    def resolve(
+        self, deps: Mapping[str, Dependency], provided: Collection[str] = ()
+    ) -> dict[str, Any]:
+        """Keyword arguments for the parameters in ``deps`` (name -> its ``Depends``) that are
+        not in ``provided``: each factory's resource, made on first use."""
         if not deps:
             return {}
         out: dict[str, Any] = {}
@@ -133,10 +131,9 @@ class ResourceCache:
     # -- async API (for callers already inside a running loop) ---------------------------------
 
     async def aresolve(
-        self, defn: ActivityDefinition, provided: Collection[str] = ()
+        self, deps: Mapping[str, Dependency], provided: Collection[str] = ()
     ) -> dict[str, Any]:
         """Like :meth:`resolve`, awaiting async factories on the running loop."""
-        deps = defn.depends_params()
         if not deps:
             return {}
         out: dict[str, Any] = {}

@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from ._context import StickyWorkerSession
     from ._definition import ActivityDefinition
+    from ._session import StickyWorkerSession
 
 
 class Dispatcher(Protocol):

@@ -8,7 +8,9 @@ between a worker and the supervisor.
 
 from __future__ import annotations
 
-TYPE_CHECKING = False  # not typing's: every worker imports this module, and typing costs ~7 ms
+from ._lazy import lazy_exports
+
+TYPE_CHECKING = False  # not typing's: a worker imports this module (see sdk._lazy)
 if TYPE_CHECKING:
     from datetime import timedelta
     from typing import Any
@@ -119,7 +121,7 @@ class ActivityTimeoutError(ActivityPoolError):
     def __init__(
         self, message: str, *, type: TimeoutType, last_heartbeat_details: Any = None
     ) -> None:
-        from ._timeout_type import TimeoutType  # lazily: see __getattr__ below
+        from ._timeout_type import TimeoutType  # lazily: see the end of this module
 
         super().__init__(message)
         self.message = message
@@ -218,16 +220,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def __getattr__(name: str) -> Any:
-    # TimeoutType lives in its own module, loaded on first use: it is an enum, and enum costs a
-    # worker ~1.5 ms to import while no worker ever needs it (PEP 562).
-    if name == "TimeoutType":
-        from ._timeout_type import TimeoutType
-
-        globals()[name] = TimeoutType
-        return TimeoutType
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), "TimeoutType"})
+# TimeoutType, an enum, loads on first use (see sdk._lazy): no worker needs it.
+__getattr__, __dir__ = lazy_exports(
+    __name__, {"TimeoutType": "sdk._timeout_type"}, globals(), __all__
+)

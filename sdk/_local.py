@@ -16,7 +16,6 @@ worker process does) must not load it.
 from __future__ import annotations
 
 import contextvars
-import os
 import threading
 import time
 import uuid
@@ -25,35 +24,22 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._context import (
-    ActivityContext,
-    ActivityInfo,
-    StickyWorkerSession,
-    _current_activity,
-    get_sticky_worker_session,
-    reset_dispatcher,
-    set_dispatcher,
-)
+from ._attempt import AttemptTimedOut, arun_attempt, attempt_info
+from ._context import ActivityContext, reset_dispatcher, set_dispatcher
 from ._definition import ActivityDefinition, get_definition
 from ._depends import ResourceCache, close_private_loop
 from ._errors import (
-    ActivityError,
     ActivityTimeoutError,
-    ApplicationError,
     StickyWorkerSessionMissingError,
     TimeoutType,
-    safe_str,
 )
-from ._retry import RetryPolicy
+from ._retry import RetryPolicy, final_error
+from ._session import StickyWorkerSession, get_sticky_worker_session
 
 if TYPE_CHECKING:
     import asyncio
 
 __all__ = ["LocalRunner", "run_activities_locally"]
-
-# How long a timed-out async activity gets to unwind after its cancellation before the call
-# fails anyway; a coroutine that swallows CancelledError must not hang the caller.
-_CANCEL_GRACE = 1.0
 
 _NO_DETAILS = object()
 
@@ -203,18 +189,14 @@ class LocalRunner:
                     if timeout is None or remaining < timeout:
                         timeout, timeout_type = remaining, TimeoutType.SCHEDULE_TO_CLOSE
                 cancelled = threading.Event()
-                now = time.time()
                 ctx = ActivityContext(
-                    info=ActivityInfo(
-                        activity_id=activity_id,
-                        name=defn.name,
-                        attempt=attempt,
-                        worker_id=None,
-                        pid=os.getpid(),
+                    info=attempt_info(
+                        activity_id,
+                        defn.name,
+                        attempt,
+                        time.time(),
+                        timeout=timeout,
                         session_id=session.session_id if session is not None else None,
-                        started_at=now,
-                        deadline=now + timeout if timeout is not None else None,
-                        heartbeat_timeout=None,  # not enforced here
                         heartbeat_details=details,
                     ),
                     heartbeat=recorder,
@@ -223,77 +205,29 @@ class LocalRunner:
                     resources=self._resources,
                 )
                 try:
-                    result = await self._attempt(defn, ctx, cancelled, args, kwargs, timeout)
-                finally:
-                    if recorder.details is not _NO_DETAILS:
-                        details = recorder.details
-                if result is _TIMED_OUT:
+                    result = await arun_attempt(
+                        defn, ctx, args, kwargs, timeout=timeout, stop=cancelled.set
+                    )
+                except AttemptTimedOut:
                     raise ActivityTimeoutError(
                         f"activity {defn.name!r} attempt {attempt}: "
                         f"{timeout_type.value.lower()} timeout ({timeout:.3g}s)",
                         type=timeout_type,
                         last_heartbeat_details=details,
-                    )
+                    ) from None
+                finally:
+                    if recorder.details is not _NO_DETAILS:
+                        details = recorder.details
                 return defn.validate_result(result)
             except Exception as exc:
-                if not policy.is_retryable(exc) or policy.exhausted(attempt):
-                    raise ActivityError(
-                        f"activity {defn.name!r} failed after {attempt} attempt(s): "
-                        f"{type(exc).__name__}: {safe_str(exc)}",
-                        attempts=attempt,
-                    ) from exc
-                delay = policy.delay(attempt)
-                if isinstance(exc, ApplicationError) and exc.next_retry_delay is not None:
-                    delay = exc.next_retry_delay
+                delay = policy.next_delay(exc, attempt)
+                if delay is None:
+                    raise final_error(defn.name, attempt, exc, _traceback_text(exc)) from exc
                 if overall_deadline is not None:
                     # Waking at the deadline fails the call with a schedule-to-close timeout.
                     delay = max(0.0, min(delay, overall_deadline - loop.time()))
             await asyncio.sleep(delay)
             attempt += 1
-
-    async def _attempt(
-        self,
-        defn: ActivityDefinition,
-        ctx: ActivityContext,
-        cancelled: threading.Event,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        timeout: float | None,
-    ) -> Any:
-        """One attempt; returns the result or ``_TIMED_OUT``."""
-        import asyncio
-
-        provided = {*defn._binder.positional[: len(args)], *kwargs} if args else kwargs
-        injected = await self._resources.aresolve(defn, provided)
-        if injected:
-            kwargs = {**injected, **kwargs}
-        run_ctx = contextvars.copy_context()
-        run_ctx.run(_current_activity.set, ctx)
-        loop = asyncio.get_running_loop()
-        if defn.is_async:
-            fut: asyncio.Future[Any] = loop.create_task(defn.fn(*args, **kwargs), context=run_ctx)
-        else:
-            fut = loop.create_future()
-            thread = threading.Thread(
-                target=_run_in_thread,
-                args=(loop, fut, run_ctx, defn.fn, args, kwargs),
-                name=f"activity-{defn.name}",
-                daemon=True,
-            )
-            thread.start()
-        try:
-            done, _ = await asyncio.wait({fut}, timeout=timeout)
-        except asyncio.CancelledError:
-            cancelled.set()
-            fut.cancel()
-            raise
-        if done:
-            return fut.result()
-        cancelled.set()
-        fut.cancel()
-        if defn.is_async:
-            await asyncio.wait({fut}, timeout=_CANCEL_GRACE)
-        return _TIMED_OUT
 
     def _state_for(self, session: StickyWorkerSession | None) -> dict[str, Any]:
         if session is None:
@@ -308,43 +242,11 @@ class LocalRunner:
         self._session_state.pop(session.session_id, None)
 
 
-_TIMED_OUT = object()
+def _traceback_text(exc: BaseException) -> str:
+    """The traceback text of ``exc`` as raised here (a pool gives the worker's)."""
+    import traceback  # lazily: only a call that fails for good needs it
 
-
-def _run_in_thread(
-    loop: asyncio.AbstractEventLoop,
-    fut: asyncio.Future[Any],
-    ctx: contextvars.Context,
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> None:
-    try:
-        result = ctx.run(fn, *args, **kwargs)
-    except BaseException as exc:
-        _post(loop, fut, None, exc)
-    else:
-        _post(loop, fut, result, None)
-
-
-def _post(
-    loop: asyncio.AbstractEventLoop,
-    fut: asyncio.Future[Any],
-    result: Any,
-    exc: BaseException | None,
-) -> None:
-    def deliver() -> None:
-        if fut.done():  # timed out or cancelled meanwhile
-            return
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(result)
-
-    try:
-        loop.call_soon_threadsafe(deliver)
-    except RuntimeError:
-        pass  # the loop is closed: nobody waits for this result any more
+    return "".join(traceback.format_exception(exc))
 
 
 def run_activities_locally(*, retry_policy: RetryPolicy | None = None) -> LocalRunner:

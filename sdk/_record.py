@@ -1,18 +1,17 @@
 """What ``@dataclass`` would add to the sdk's value classes, without importing ``dataclasses``.
 
-``dataclasses`` imports ``inspect`` (and with it ``ast``, ``dis``, ``tokenize``, ``linecache``):
-~5 ms on the start of every worker, which imports ``sdk._context`` and ``sdk._definition``. The
-classes that were dataclasses now write their ``__init__`` by hand, list their fields in
-``__match_args__`` (in the order of ``__init__``'s parameters, as a dataclass does) and get from
-:func:`record` what the dataclass generated, with the same behaviour:
+``dataclasses`` imports ``inspect`` (and with it ``ast``, ``dis``, ``tokenize``): a cost on the
+worker's import path (see ``sdk._lazy``). A record class writes its ``__init__`` by hand, lists
+its fields in ``__match_args__`` (in the order of ``__init__``'s parameters, as a dataclass
+does) and gets from :func:`record` what a dataclass would generate, with the same behaviour:
 
 - ``==`` and ``hash`` over the fields (instances of the same class only), the same ``repr``;
 - frozen: ``dataclasses.FrozenInstanceError`` on assignment (``dataclasses`` is imported only
   to raise it);
 - ``__dataclass_fields__`` and ``__dataclass_params__``, built (by ``dataclasses``) the first
   time something asks for them, so that ``dataclasses.is_dataclass``, ``fields``, ``replace``
-  and ``asdict`` (and pydantic, which reads them) treat these classes as the dataclasses they
-  were. Nothing in a worker asks.
+  and ``asdict`` (and pydantic, which reads them) treat these classes as dataclasses. Nothing
+  in a worker asks.
 """
 
 from __future__ import annotations
@@ -120,10 +119,10 @@ class _DataclassAttribute:
 
 
 def _resolve(cls: type, annotation: Any) -> Any:
-    """An annotation of ``cls`` (a string: ``from __future__ import annotations``) evaluated as
-    it was when its module imported typing's and collections.abc's names at run time (they are
-    imported for type checkers only now), so that pydantic can build a schema from the fields;
-    left a string when it names something else the module does not have."""
+    """An annotation of ``cls`` (a string: ``from __future__ import annotations``) as the object
+    it names, so that pydantic can build a schema from the fields. The names typing and
+    collections.abc give are resolved as well (the sdk imports them for type checkers only);
+    an annotation that names something else the module does not have stays a string."""
     if not isinstance(annotation, str):
         return annotation
     import collections.abc
@@ -133,9 +132,16 @@ def _resolve(cls: type, annotation: Any) -> Any:
     namespace.update(vars(collections.abc))
     namespace.update(vars(sys.modules[cls.__module__]))
     try:
-        return eval(annotation, namespace)
+        return typing.get_type_hints(_Holder(annotation), globalns=namespace)["value"]
     except Exception:
         return annotation
+
+
+class _Holder:
+    """One annotation to resolve, in the shape ``typing.get_type_hints`` reads."""
+
+    def __init__(self, annotation: str) -> None:
+        self.__annotations__ = {"value": annotation}
 
 
 def _frozen_error(message: str) -> Exception:

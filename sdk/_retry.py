@@ -5,9 +5,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ._errors import ActivityInputError, ActivityTimeoutError, ApplicationError, TimeoutType
+from ._errors import (
+    ActivityError,
+    ActivityInputError,
+    ActivityTimeoutError,
+    ApplicationError,
+    TimeoutType,
+    safe_str,
+)
 
-__all__ = ["RetryPolicy", "backoff_delay"]
+__all__ = ["RetryPolicy", "backoff_delay", "final_error"]
 
 # When no maximum interval is given the delay stops growing at this multiple of the initial
 # interval (Temporal's default), so an unlimited-attempt activity does not back off for hours.
@@ -109,6 +116,18 @@ class RetryPolicy:
         """True when attempt ``attempt`` (1-based) was the last one allowed."""
         return self.maximum_attempts != 0 and attempt >= self.maximum_attempts
 
+    def next_delay(self, exc: BaseException, attempt: int) -> float | None:
+        """Seconds to wait before the next attempt after attempt ``attempt`` (1-based) failed
+        with ``exc``, or None when the call fails for good (``exc`` is not retryable, or that
+        was the last attempt allowed). ``ApplicationError(next_retry_delay=...)`` overrides
+        the backoff. The one retry decision: the pool's scheduler and the local runner ask it.
+        """
+        if not self.is_retryable(exc) or self.exhausted(attempt):
+            return None
+        if isinstance(exc, ApplicationError) and exc.next_retry_delay is not None:
+            return exc.next_retry_delay
+        return self.delay(attempt)
+
     def is_retryable(self, exc: BaseException) -> bool:
         """Whether a failure of this kind may be retried (attempt counts aside)."""
         if isinstance(exc, ApplicationError):
@@ -125,3 +144,19 @@ class RetryPolicy:
             if any(cls.__name__ in names for cls in type(exc).__mro__):
                 return False
         return True
+
+
+def final_error(
+    name: str, attempts: int, exc: BaseException, traceback_text: str | None
+) -> ActivityError:
+    """What the caller gets when a call fails for good: an :class:`ActivityError` naming the
+    activity and the attempts, with ``exc`` (the last failure) as its cause and the traceback
+    text of where ``exc`` was raised (the worker's, or this process's for a local run)."""
+    err = ActivityError(
+        f"activity {name!r} failed after {attempts} attempt{'s' if attempts != 1 else ''}: "
+        f"{type(exc).__name__}: {safe_str(exc)}",
+        attempts=attempts,
+        remote_traceback=traceback_text,
+    )
+    err.__cause__ = exc
+    return err

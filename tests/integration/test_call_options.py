@@ -41,7 +41,7 @@ async def test_each_copy_gets_its_own_policy():
         for i in range(60):
             attempts = 1 + i % 2  # one attempt fails (attempt 2 succeeds), two succeed
             try:
-                await pool.execute(defn.options(retry_policy_max_attempts=attempts), 2)
+                await pool.execute(with_options(defn, retry_policy_max_attempts=attempts), 2)
                 succeeded = True
             except ActivityError:
                 succeeded = False

@@ -156,11 +156,11 @@ def test_timeout_never_leaves_orphans(suite: Pytester):
         def pth_hang() -> None:
             time.sleep(3600)
 
-        @pytest.mark.timeout(0.3)
+        @pytest.mark.timeout(1.0)  # (pool set-up included: room for a loaded machine)
         def test_hangs(activity_pool):
             activity_pool.run(pth_hang)
 
-        @pytest.mark.timeout(0.3)
+        @pytest.mark.timeout(1.0)  # (pool set-up included: room for a loaded machine)
         async def test_hangs_async(activity_pool):
             await activity_pool.execute(pth_hang)
         """

@@ -26,7 +26,7 @@ from sdk import (
     get_definition,
     run_sticky_worker_session,
 )
-from sdk._context import set_session_id_factory
+from sdk._session import set_session_id_factory
 
 
 @dataclass

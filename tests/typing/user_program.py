@@ -118,7 +118,7 @@ def per_call_options(pool: Pool) -> None:
     total: int = pool.run(once, 1, 2)
     later: int = pool.run(with_options(lookup, heartbeat_timeout=1.0), "a")
     by_name: ActivityDefinition = with_options("add", retry_policy_max_attempts=1)
-    copy: ActivityDefinition = by_name.options(start_to_close_timeout=2)
+    copy: ActivityDefinition = with_options(by_name, start_to_close_timeout=2)
     print(total, later, copy)
 
     pool.run(once, "one", 2)  # E: call-overload

@@ -6,7 +6,7 @@ import pytest
 
 from pool import Pool
 from sdk import activity
-from sdk._definition import ACTIVITY_OPTIONS
+from sdk._decorator import ACTIVITY_OPTIONS
 
 
 def test_unknown_activity_option_names_it_and_lists_the_valid_ones() -> None:

@@ -1,6 +1,8 @@
 import asyncio
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,11 +19,12 @@ from sdk import (
 )
 from sdk._context import (
     ActivityContext,
-    activity_scope,
     current_activity,
     current_dispatcher,
     require_activity,
+    reset_activity,
     reset_dispatcher,
+    set_activity,
     set_dispatcher,
 )
 from sdk._depends import ResourceCache
@@ -93,6 +96,16 @@ def make_ctx(resources: ResourceCache | None = None, **info: Any) -> tuple[Activ
     return ctx, beats
 
 
+@contextlib.contextmanager
+def _installed(ctx: ActivityContext) -> Iterator[None]:
+    """``ctx`` as the running activity, as a runtime installs it."""
+    token = set_activity(ctx)
+    try:
+        yield
+    finally:
+        reset_activity(token)
+
+
 @pytest.mark.parametrize(
     "call",
     [
@@ -112,7 +125,7 @@ def test_outside_activity_raises_runtime_error(call: Any) -> None:
 
 def test_heartbeat_details_exact() -> None:
     ctx, beats = make_ctx(attempt=2, heartbeat_details=("prev",))
-    with activity_scope(ctx):
+    with _installed(ctx):
         assert current_activity() is ctx
         activity.heartbeat()
         activity.heartbeat({"step": 1})
@@ -135,7 +148,7 @@ def test_nested_async_call_is_plain_inside_activity() -> None:
         token = set_dispatcher(fake)
         try:
             ctx, _ = make_ctx()
-            with activity_scope(ctx):
+            with _installed(ctx):
                 return await ctx_async_outer(1)
         finally:
             reset_dispatcher(token)
@@ -187,7 +200,7 @@ def test_depends_filled_from_running_context_cache() -> None:
     cache = ResourceCache()
     ctx, _ = make_ctx(resources=cache)
     CALLS.clear()
-    with activity_scope(ctx):
+    with _installed(ctx):
         assert ctx_sync_dep() == "from-factory"
         assert ctx_sync_dep() == "from-factory"
         assert ctx_sync_dep(res="given") == "given"

@@ -2,6 +2,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -93,13 +94,18 @@ def test_depends_requires_callable() -> None:
         Depends(3)  # type: ignore[arg-type]
 
 
+def _deps(fn: Any) -> dict[str, Any]:
+    """What the cache resolves: an activity's Depends parameters, by name."""
+    return get_definition(fn).depends_params()
+
+
 def test_sync_resolve_each_kind_once_and_teardown_in_reverse() -> None:
     EVENTS.clear()
     cache = ResourceCache()
     defn = get_definition(dep_all)
-    assert cache.resolve(defn) == EXPECTED
-    assert cache.resolve(defn) == EXPECTED
-    assert cache.resolve(get_definition(dep_shared)) == {"p": "plain", "g": "gen"}
+    assert cache.resolve(defn.depends_params()) == EXPECTED
+    assert cache.resolve(defn.depends_params()) == EXPECTED
+    assert cache.resolve(_deps(dep_shared)) == {"p": "plain", "g": "gen"}
     assert EVENTS == MADE
     cache.close()
     assert EVENTS == MADE + CLOSED
@@ -110,7 +116,7 @@ def test_sync_resolve_each_kind_once_and_teardown_in_reverse() -> None:
 def test_provided_names_are_not_made() -> None:
     EVENTS.clear()
     cache = ResourceCache()
-    assert cache.resolve(get_definition(dep_shared), provided={"g"}) == {"p": "plain"}
+    assert cache.resolve(_deps(dep_shared), provided={"g"}) == {"p": "plain"}
     assert EVENTS == ["make plain"]
     cache.close()
 
@@ -120,7 +126,7 @@ def test_custom_run_coroutine() -> None:
     loop = asyncio.new_event_loop()
     try:
         cache = ResourceCache(run_coroutine=loop.run_until_complete)
-        assert cache.resolve(get_definition(dep_all))["d"] == "agen"
+        assert cache.resolve(_deps(dep_all))["d"] == "agen"
         cache.close()
     finally:
         loop.close()
@@ -132,8 +138,8 @@ def test_async_resolve_and_close() -> None:
     cache = ResourceCache()
 
     async def main() -> None:
-        assert await cache.aresolve(get_definition(dep_all)) == EXPECTED
-        assert await cache.aresolve(get_definition(dep_all)) == EXPECTED
+        assert await cache.aresolve(_deps(dep_all)) == EXPECTED
+        assert await cache.aresolve(_deps(dep_all)) == EXPECTED
         await cache.aclose()
 
     asyncio.run(main())
@@ -145,7 +151,7 @@ def test_sync_resolve_of_async_factory_inside_loop_is_clear_error() -> None:
 
     async def main() -> None:
         with pytest.raises(RuntimeError, match="running event loop"):
-            cache.resolve(get_definition(dep_all))
+            cache.resolve(_deps(dep_all))
 
     asyncio.run(main())
     cache.close()
@@ -154,7 +160,7 @@ def test_sync_resolve_of_async_factory_inside_loop_is_clear_error() -> None:
 def test_teardown_errors_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
     EVENTS.clear()
     cache = ResourceCache()
-    cache.resolve(get_definition(dep_failing))
+    cache.resolve(_deps(dep_failing))
     with caplog.at_level(logging.ERROR):
         cache.close()
     assert "teardown" in caplog.text

@@ -163,7 +163,7 @@ def test_lazily_loaded_parts_still_work() -> None:
         from datetime import timedelta
 
         import sdk
-        from sdk._definition import DEFAULT_START_TO_CLOSE
+        from sdk._decorator import DEFAULT_START_TO_CLOSE
 
         @sdk.activity(heartbeat_timeout=timedelta(seconds=2))
         def f():

@@ -196,6 +196,18 @@ def test_retries_exhausted_gives_activity_error() -> None:
     assert info.value.cause is info.value.__cause__
 
 
+def test_a_local_failure_reads_as_a_pool_failure() -> None:
+    # the same message as the pool's scheduler gives, and the traceback text of the failure
+    with run_activities_locally() as r, pytest.raises(ActivityError) as info:
+        r.run(loc_flaky_sync, 10)
+    assert str(info.value).startswith(
+        "activity 'loc_flaky_sync' failed after 3 attempts: ValueError"
+    )
+    assert info.value.remote_traceback is not None
+    assert "loc_flaky_sync" in info.value.remote_traceback
+    assert "ValueError" in info.value.remote_traceback
+
+
 def test_default_retry_policy_from_runner() -> None:
     with run_activities_locally(retry_policy=RetryPolicy(maximum_attempts=5)) as r:
         assert r.run(loc_flaky_sync, 4) == "ok"

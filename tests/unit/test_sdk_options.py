@@ -1,5 +1,5 @@
-"""Per-call options: ``sdk.with_options`` / ``ActivityDefinition.options`` give a frozen copy of
-a definition with some ``@activity`` options replaced, validated as the decorator validates."""
+"""Per-call options: ``sdk.with_options`` gives a frozen copy of a definition with some
+``@activity`` options replaced, validated as the decorator validates."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 
 import sdk
 from sdk import ActivityDefinition, ActivityDefinitionError, activity, get_definition, with_options
-from sdk._definition import lookup
 
 
 @activity(
@@ -48,14 +47,14 @@ def test_function_gives_function_with_copy_and_same_behaviour() -> None:
     )
     assert fast([1, 2, 3]) == 6
     # the registered activity is untouched
-    assert lookup("opt_crunch") is original
+    assert get_definition("opt_crunch") is original
     assert original.retry_max_attempts == 5
     assert original.start_to_close_timeout == 20.0
 
 
 def test_definition_and_name_give_definition() -> None:
     original = get_definition(opt_crunch)
-    by_defn = original.options(heartbeat_timeout=timedelta(milliseconds=250))
+    by_defn = with_options(original, heartbeat_timeout=timedelta(milliseconds=250))
     by_name = with_options("opt_crunch", heartbeat_timeout=0.25)
     via_sdk = sdk.with_options(original, heartbeat_timeout=0.25)
     for copy in (by_defn, by_name, via_sdk):
@@ -65,7 +64,7 @@ def test_definition_and_name_give_definition() -> None:
 
 
 def test_copy_is_frozen_and_pickles_as_the_registered_definition() -> None:
-    copy = get_definition(opt_crunch).options(retry_policy_max_attempts=1)
+    copy = with_options(get_definition(opt_crunch), retry_policy_max_attempts=1)
     with pytest.raises(FrozenInstanceError):
         copy.retry_max_attempts = 2  # type: ignore[misc]
     assert pickle.loads(pickle.dumps(copy)) is get_definition(opt_crunch)
@@ -109,7 +108,7 @@ def test_overrides_are_validated_as_the_decorator_validates(
 def test_validation_facts_are_shared_not_rebuilt() -> None:
     original = get_definition(opt_crunch)
     original.validate_args(([1],), {})  # builds the checks once
-    copy = original.options(retry_policy_max_attempts=1)
+    copy = with_options(original, retry_policy_max_attempts=1)
     assert copy._checks is original._checks
     assert copy.validate_args(([1, "2"],), {}) == (([1, 2],), {})
 

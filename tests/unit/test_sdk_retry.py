@@ -9,6 +9,7 @@ from sdk import (
     WorkerCrashedError,
     backoff_delay,
 )
+from sdk._retry import final_error
 
 
 @pytest.mark.parametrize(
@@ -105,3 +106,60 @@ def test_lookup_error_is_listed_base_of_key_error() -> None:
     p = RetryPolicy(non_retryable_error_types=("LookupError",))
     assert not p.is_retryable(KeyError("k"))
     assert p.is_retryable(ValueError())
+
+
+# -- the one retry decision: RetryPolicy.next_delay(exc, attempt) ----------------------------
+
+_POLICY = RetryPolicy(
+    initial_interval=1.0,
+    backoff_coefficient=2.0,
+    maximum_interval=5.0,
+    maximum_attempts=4,
+    non_retryable_error_types=("KeyError", "Fatal"),
+)
+
+
+class _RetryDelayLookalike(Exception):
+    """Not an ApplicationError: an attribute of that name is no instruction."""
+
+    next_retry_delay = 0.25
+
+
+@pytest.mark.parametrize(
+    ("exc", "attempt", "expected"),
+    [
+        (ValueError("x"), 1, 1.0),
+        (ValueError("x"), 2, 2.0),
+        (ValueError("x"), 3, 4.0),
+        (ValueError("x"), 4, None),  # the last of 4 attempts
+        (ApplicationError("x", next_retry_delay=0.5), 1, 0.5),
+        (ApplicationError("x", next_retry_delay=0.5), 4, None),
+        (ApplicationError("x", non_retryable=True), 1, None),
+        (ApplicationError("x", type="Fatal"), 1, None),
+        (ApplicationError("x", type="Other"), 1, 1.0),
+        (KeyError("k"), 1, None),  # a non-retryable type by name
+        (ActivityInputError("bad"), 1, None),
+        (ActivityTimeoutError("t", type=TimeoutType.START_TO_CLOSE), 2, 2.0),
+        (ActivityTimeoutError("t", type=TimeoutType.SCHEDULE_TO_CLOSE), 1, None),
+        (_RetryDelayLookalike(), 1, 1.0),
+    ],
+)
+def test_next_delay_table(exc: BaseException, attempt: int, expected: float | None) -> None:
+    assert _POLICY.next_delay(exc, attempt) == expected
+
+
+def test_next_delay_is_capped_and_unlimited_attempts_never_run_out() -> None:
+    policy = RetryPolicy(initial_interval=1.0, maximum_interval=5.0, maximum_attempts=0)
+    assert policy.next_delay(ValueError(), 10) == 5.0
+    assert policy.next_delay(ValueError(), 10_000) == 5.0
+
+
+def test_final_error_names_the_activity_and_keeps_the_cause() -> None:
+    cause = ValueError("boom")
+    err = final_error("act", 1, cause, "Traceback: here")
+    assert str(err) == "activity 'act' failed after 1 attempt: ValueError: boom"
+    assert err.__cause__ is cause and err.attempts == 1
+    assert err.remote_traceback == "Traceback: here"
+    assert str(final_error("act", 3, cause, None)).startswith(
+        "activity 'act' failed after 3 attempts"
+    )
