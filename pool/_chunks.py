@@ -76,6 +76,25 @@ async def run_chunk_async(module: str, qualname: str, items: list[Any]):  # (see
     return await _attempt.acall_each(target, ctx.resources, items, ctx.host)
 
 
+def run_chunk_spread(module: str, qualname: str, items: list[Any]):  # (see above)
+    """``run_chunk`` over ``(args, kwargs)`` pairs: each item is ``fn(*args, **kwargs)``, its
+    ``Depends`` resources injected for the parameters it does not supply."""
+    target, ctx = _target(module, qualname, False)
+    fn: Callable[..., Any] = target.fn
+    cache, host = (default_resource_cache(), None) if ctx is None else (ctx.resources, ctx.host)
+    inject = _attempt.inject
+    return [fn(*a, **inject(target, cache, a, kw, host)) for a, kw in items]
+
+
+async def run_chunk_spread_async(module: str, qualname: str, items: list[Any]):  # (see above)
+    """``run_chunk_async`` over ``(args, kwargs)`` pairs."""
+    target, ctx = _target(module, qualname, True)
+    fn: Callable[..., Any] = target.fn
+    cache, host = (default_resource_cache(), None) if ctx is None else (ctx.resources, ctx.host)
+    ainject = _attempt.ainject
+    return [await fn(*a, **(await ainject(target, cache, a, kw, host))) for a, kw in items]
+
+
 def _definition(fn: Callable[..., Any], is_async: bool) -> ActivityDefinition:
     # The options here are never used: the supervisor sends each chunk with the deadlines and
     # the retry policy of the activity it runs (see pool._pool._chunk_definition).
@@ -98,4 +117,10 @@ def _definition(fn: Callable[..., Any], is_async: bool) -> ActivityDefinition:
 run_chunk.__activity_definition__ = _definition(run_chunk, False)  # type: ignore[attr-defined]
 run_chunk_async.__activity_definition__ = _definition(  # type: ignore[attr-defined]
     run_chunk_async, True
+)
+run_chunk_spread.__activity_definition__ = _definition(  # type: ignore[attr-defined]
+    run_chunk_spread, False
+)
+run_chunk_spread_async.__activity_definition__ = _definition(  # type: ignore[attr-defined]
+    run_chunk_spread_async, True
 )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -16,6 +19,13 @@ class PoolEvent:
     that died; back in the queue, attempt not counted), attempt_withdrawn (taken back unstarted
     from a busy worker's pipe for an idle worker; attempt not counted), retry_scheduled,
     session_bound, session_lost, session_closed.
+
+    ``reason`` says why a worker ended, on every worker_killed, worker_exited and
+    worker_recycled event: ``deadline`` (start-to-close timeout), ``heartbeat``,
+    ``schedule_to_close``, ``cancel`` (a cancelled call the worker did not give up in time, or
+    a cancelled sticky call), ``start_timeout`` (not ready in time), ``protocol_error``,
+    ``crash`` (it died: exit, signal, the kernel's OOM killer), ``shutdown`` (the pool closed
+    with cancel), ``memory_recycle`` or ``tasks_recycle``. Other events have None.
     """
 
     kind: str
@@ -31,6 +41,27 @@ class PoolEvent:
     delay: float | None = None
     duration: float | None = None
     tasks: int | None = None
+    reason: str | None = None
+    # attempt_completed: seconds from the call's submission to this result (as pool.stats())
+    latency: float | None = None
+
+
+_DEFAULTS = {
+    name: f.default for name, f in PoolEvent.__dataclass_fields__.items() if name != "kind"
+}
+
+
+def make_event(kind: str, time: float, fields: dict[str, Any]) -> PoolEvent:
+    """``PoolEvent(kind=kind, time=time, **fields)`` at a quarter of the cost: a frozen
+    dataclass sets each field through ``object.__setattr__``; this fills its ``__dict__``
+    at once (the supervisor makes one or two per call when events are on)."""
+    event = object.__new__(PoolEvent)
+    d = event.__dict__
+    d.update(_DEFAULTS)
+    d["kind"] = kind
+    d["time"] = time
+    d.update(fields)
+    return event
 
 
 @dataclass(frozen=True)
@@ -73,3 +104,87 @@ class Stats:
         elif lat:
             p50 = p90 = p99 = lat[0]
         return PoolStats(self.n_completed, self.n_failed, workers, queued, p50, p90, p99)
+
+
+class EventStream:
+    """``pool.events()``: an async iterator of ``PoolEvent``, ending when the pool closes.
+
+    The loop thread pushes (``push``, ``end``); one consumer, on any event loop, iterates. The
+    consumer publishes its waiter before it checks the queue again, and the pusher appends
+    before it looks for a waiter, so no wake-up is lost.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: collections.deque[PoolEvent] = collections.deque()
+        self._maxsize = maxsize
+        self.dropped = 0  # events left out because the queue was full
+        self._ended = False
+        self._waiter: asyncio.Future[None] | None = None
+        self.on_close: Callable[[], None] | None = None  # stops the pushes (set by the pool)
+
+    # -- the loop thread -------------------------------------------------------------------
+    def push(self, event: PoolEvent) -> None:
+        if self._ended:
+            return
+        if len(self._items) >= self._maxsize:
+            self.dropped += 1
+            return
+        self._items.append(event)
+        self._wake()
+
+    def end(self) -> None:
+        self._ended = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is None:
+            return
+        self._waiter = None
+        loop = waiter.get_loop()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            _settle(waiter)
+        else:
+            try:
+                loop.call_soon_threadsafe(_settle, waiter)
+            except RuntimeError:  # the consumer's loop is closed: nobody waits any more
+                pass
+
+    # -- the consumer ----------------------------------------------------------------------
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> PoolEvent:
+        while True:
+            if self._items:
+                return self._items.popleft()
+            if self._ended:
+                raise StopAsyncIteration
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiter = waiter
+            if self._items or self._ended:
+                self._waiter = None
+                continue
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
+    async def aclose(self) -> None:
+        """Stop receiving events; the iteration ends."""
+        if self._ended and self.on_close is None:
+            return
+        self._ended = True
+        self._items.clear()
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

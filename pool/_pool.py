@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from pool import _chunks, _map
-from pool._events import PoolEvent, PoolStats
+from pool._events import EventStream, PoolEvent, PoolStats
 from pool._fds import StdioReserved
 from pool._futures import PoolFuture
 from pool._process import ForkServer
@@ -123,6 +123,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: Literal[False] = ...,
+        progress: bool = ...,
     ) -> Iterator[R]: ...
     @overload
     def map(
@@ -133,6 +134,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: Literal[False] = ...,
+        progress: bool = ...,
     ) -> Iterator[R]: ...
     @overload
     def map(
@@ -143,6 +145,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool,
+        progress: bool = ...,
     ) -> Iterator[R | BaseException]: ...
     @overload
     def map(
@@ -153,6 +156,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool,
+        progress: bool = ...,
     ) -> Iterator[R | BaseException]: ...
     @overload
     def map(
@@ -163,6 +167,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool = ...,
+        progress: bool = ...,
     ) -> Iterator[Any]: ...
     def map(
         self,
@@ -172,6 +177,7 @@ class PoolCalls:
         buffersize: int | None = None,
         chunksize: int = 1,
         return_exceptions: bool = False,
+        progress: bool = False,
     ) -> Iterator[Any]:
         """Call ``fn(item)`` for every item; results in input order. A blocking iterator.
 
@@ -202,12 +208,18 @@ class PoolCalls:
         chunk's first item (with ``return_exceptions``, it is every item's outcome). An item
         that fails validation is left out of its chunk and fails alone. Not allowed with an
         activity that has a ``rate_limit``.
+
+        ``progress=True`` shows a progress bar on stderr while the results are consumed (plain
+        periodic lines when stderr is not a terminal): done/total, failed, retried, workers
+        lost by reason, rate and ETA (docs/cli.md).
         """
         pool, session = self._target()
         pool._refuse_on_loop("map")
         run = pool._map_run(fn, session, buffersize, chunksize, ordered=True, threaded=True)
         results = _map.results(run, iter(iterable), return_exceptions)
         next(results)  # the first window goes out now
+        if progress:
+            return pool._tracked(results, _length(iterable), pairs=False)
         return results
 
     @overload
@@ -219,6 +231,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: Literal[False] = ...,
+        progress: bool = ...,
     ) -> Iterator[tuple[int, R]]: ...
     @overload
     def map_unordered(
@@ -229,6 +242,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: Literal[False] = ...,
+        progress: bool = ...,
     ) -> Iterator[tuple[int, R]]: ...
     @overload
     def map_unordered(
@@ -239,6 +253,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool,
+        progress: bool = ...,
     ) -> Iterator[tuple[int, R | BaseException]]: ...
     @overload
     def map_unordered(
@@ -249,6 +264,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool,
+        progress: bool = ...,
     ) -> Iterator[tuple[int, R | BaseException]]: ...
     @overload
     def map_unordered(
@@ -259,6 +275,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool = ...,
+        progress: bool = ...,
     ) -> Iterator[tuple[int, Any]]: ...
     def map_unordered(
         self,
@@ -268,6 +285,7 @@ class PoolCalls:
         buffersize: int | None = None,
         chunksize: int = 1,
         return_exceptions: bool = False,
+        progress: bool = False,
     ) -> Iterator[tuple[int, Any]]:
         """:meth:`map` that yields ``(index, result)`` as the calls finish, not in input order.
 
@@ -279,6 +297,8 @@ class PoolCalls:
         run = pool._map_run(fn, session, buffersize, chunksize, ordered=False, threaded=True)
         results = _map.results(run, iter(iterable), return_exceptions)
         next(results)
+        if progress:
+            return pool._tracked(results, _length(iterable), pairs=True)
         return results
 
     @overload
@@ -290,6 +310,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: Literal[False] = ...,
+        progress: bool = ...,
     ) -> AsyncIterator[R]: ...
     @overload
     def amap(
@@ -300,6 +321,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: Literal[False] = ...,
+        progress: bool = ...,
     ) -> AsyncIterator[R]: ...
     @overload
     def amap(
@@ -310,6 +332,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool,
+        progress: bool = ...,
     ) -> AsyncIterator[R | BaseException]: ...
     @overload
     def amap(
@@ -320,6 +343,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool,
+        progress: bool = ...,
     ) -> AsyncIterator[R | BaseException]: ...
     @overload
     def amap(
@@ -330,6 +354,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool = ...,
+        progress: bool = ...,
     ) -> AsyncIterator[Any]: ...
     def amap(
         self,
@@ -339,6 +364,7 @@ class PoolCalls:
         buffersize: int | None = None,
         chunksize: int = 1,
         return_exceptions: bool = False,
+        progress: bool = False,
     ) -> AsyncIterator[Any]:
         """:meth:`map` for async code: an async iterator of results in input order.
 
@@ -349,7 +375,10 @@ class PoolCalls:
         pool, session = self._target()
         run = pool._map_run(fn, session, buffersize, chunksize, ordered=True, threaded=False)
         source, is_async = _source(iterable)
-        return _map.aresults(run, source, is_async, return_exceptions)
+        results = _map.aresults(run, source, is_async, return_exceptions)
+        if progress:
+            return pool._atracked(results, _length(iterable), pairs=False)
+        return results
 
     @overload
     def amap_unordered(
@@ -360,6 +389,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: Literal[False] = ...,
+        progress: bool = ...,
     ) -> AsyncIterator[tuple[int, R]]: ...
     @overload
     def amap_unordered(
@@ -370,6 +400,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: Literal[False] = ...,
+        progress: bool = ...,
     ) -> AsyncIterator[tuple[int, R]]: ...
     @overload
     def amap_unordered(
@@ -380,6 +411,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool,
+        progress: bool = ...,
     ) -> AsyncIterator[tuple[int, R | BaseException]]: ...
     @overload
     def amap_unordered(
@@ -390,6 +422,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool,
+        progress: bool = ...,
     ) -> AsyncIterator[tuple[int, R | BaseException]]: ...
     @overload
     def amap_unordered(
@@ -400,6 +433,7 @@ class PoolCalls:
         buffersize: int | None = ...,
         chunksize: int = ...,
         return_exceptions: bool = ...,
+        progress: bool = ...,
     ) -> AsyncIterator[tuple[int, Any]]: ...
     def amap_unordered(
         self,
@@ -409,12 +443,16 @@ class PoolCalls:
         buffersize: int | None = None,
         chunksize: int = 1,
         return_exceptions: bool = False,
+        progress: bool = False,
     ) -> AsyncIterator[tuple[int, Any]]:
         """:meth:`map_unordered` for async code (the input may be an async iterable)."""
         pool, session = self._target()
         run = pool._map_run(fn, session, buffersize, chunksize, ordered=False, threaded=False)
         source, is_async = _source(iterable)
-        return _map.aresults(run, source, is_async, return_exceptions)
+        results = _map.aresults(run, source, is_async, return_exceptions)
+        if progress:
+            return pool._atracked(results, _length(iterable), pairs=True)
+        return results
 
 
 class Pool(PoolCalls):
@@ -519,6 +557,10 @@ class Pool(PoolCalls):
         self._ambient = ambient  # entering makes this pool the dispatcher of `await activity()`
         self._on_event = on_event
         self._on_output = on_output
+        # more receivers of events, beside on_event: pool.events() streams, progress displays
+        # (the loop thread's; each is called on the loop thread)
+        self._listeners: list[tuple[Callable[[PoolEvent], None], frozenset[str] | None]] = []
+        self._streams: list[EventStream] = []  # to end when the pool closes
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._sup: Supervisor | None = None
@@ -595,7 +637,12 @@ class Pool(PoolCalls):
             raise RuntimeError("this Pool was already started; make a new one")
         self._loop = loop
         self._sup = Supervisor(
-            loop, self._config, self._on_event, self._on_output, early, early_tried=with_thread
+            loop,
+            self._config,
+            self._emit if self._on_event is not None else None,
+            self._on_output,
+            early,
+            early_tried=with_thread,
         )
         self._sup.inbox = self._inbox
         self._wake_later = self._sup.wake_later  # PoolFuture: wake waiters after the event
@@ -613,12 +660,15 @@ class Pool(PoolCalls):
         sup = self._sup
         if sup is None or self._loop is None:
             return
-        if asyncio.get_running_loop() is self._loop:
-            await sup.close(cancel=cancel)
-        else:
-            await asyncio.wrap_future(
-                asyncio.run_coroutine_threadsafe(sup.close(cancel), self._loop)
-            )
+        try:
+            if asyncio.get_running_loop() is self._loop:
+                await sup.close(cancel=cancel)
+            else:
+                await asyncio.wrap_future(
+                    asyncio.run_coroutine_threadsafe(sup.close(cancel), self._loop)
+                )
+        finally:
+            self._end_streams()
 
     def close(self, cancel: bool = False) -> None:
         """Blocking close of a ``with`` pool; idempotent. ``cancel`` fails what is outstanding."""
@@ -634,6 +684,7 @@ class Pool(PoolCalls):
                 asyncio.run_coroutine_threadsafe(sup.close(cancel), loop).result()
         finally:
             self._stop_thread()
+            self._end_streams()
 
     def _stop_thread(self) -> None:
         loop, thread = self._loop, self._thread
@@ -697,6 +748,7 @@ class Pool(PoolCalls):
         session: Any,
         defns: dict[int, ActivityDefinition],
         items: list[Any],
+        spread: bool = False,
     ) -> Call:
         """One call running ``defn`` over ``items`` (validated) in one worker (see
         ``pool._chunks``); ``defns`` caches the chunk definitions of one map by length."""
@@ -707,7 +759,7 @@ class Pool(PoolCalls):
         sid = self._session_id(defn, session)
         cdefn = defns.get(len(items))
         if cdefn is None:
-            cdefn = defns[len(items)] = _chunk_definition(defn, len(items))
+            cdefn = defns[len(items)] = _chunk_definition(defn, len(items), spread)
         try:
             payload = dumps(((defn.module, defn.qualname, items), {}))
         except Exception as exc:
@@ -811,17 +863,19 @@ class Pool(PoolCalls):
 
     def _map_run(
         self,
-        fn: ActivityRef,
+        fn: ActivityRef | ActivityDefinition,
         session: Any,
         buffersize: Any,
         chunksize: Any,
         *,
         ordered: bool,
         threaded: bool,
+        spread: bool = False,
     ) -> _map.MapRun:
         """The state of one map of ``fn``, checked now: a mistake in the call itself (bad sizes,
         an unknown activity, a sticky one without a session, a closed pool) raises here, at
-        the call of ``map``, not at the first item."""
+        the call of ``map``, not at the first item. ``spread``: each item is an
+        ``(args, kwargs)`` pair, the call is ``fn(*args, **kwargs)`` (see ``spread_map``)."""
         size = _check_chunksize(chunksize)
         window = _map.check_buffersize(buffersize)
         sup = self._sup
@@ -841,6 +895,12 @@ class Pool(PoolCalls):
         def one(item: Any) -> Call:
             return prepare(defn, (item,), {}, session)
 
+        def one_spread(item: Any) -> Call:
+            return prepare(defn, item[0], item[1], session)
+
+        def check_spread(item: Any) -> Any:
+            return defn.validate_args(item[0], item[1])
+
         def session_closed() -> bool:
             return defn.sticky_to_worker and session.closed
 
@@ -848,9 +908,9 @@ class Pool(PoolCalls):
             window=window or _map.default_window(self._config.workers, size),
             chunksize=size,
             ordered=ordered,
-            one=one,
-            check=_item_check(defn),
-            chunk=partial(self._chunk_call, defn, session, {}),
+            one=one_spread if spread else one,
+            check=check_spread if spread else _item_check(defn),
+            chunk=partial(self._chunk_call, defn, session, {}, spread=spread),
             stopped=session_closed,
             submit=lambda calls: self._to_loop(partial(sup.submit_many, calls)),
             cancel=self._cancel_waiting if defn.sticky_to_worker else self._cancel_many,
@@ -983,6 +1043,169 @@ class Pool(PoolCalls):
         # in order with calls: a call submitted after this returns sees the rule
         self._to_loop(sup.clear_faults if rule is None else partial(sup.add_fault, rule))
 
+    def spread_map(
+        self,
+        fn: ActivityRef | ActivityDefinition,
+        calls: Iterable[tuple[tuple[Any, ...], dict[str, Any]]],
+        *,
+        session: Any = None,
+        ordered: bool = True,
+        buffersize: int | None = None,
+        chunksize: int = 1,
+        progress: Any = None,
+    ) -> Iterator[Any]:
+        """The lazy map of ``fn(*args, **kwargs)`` over ``(args, kwargs)`` pairs, every
+        outcome returned (an error in its item's place): the engine of ``activitypool run``.
+
+        Ordered, it yields outcomes in input order; else ``(index, outcome)`` as calls finish.
+        ``session`` is a ``sticky_session()``'s ``session`` (sticky activities need one).
+        ``progress``: a ``pool._progress.Progress`` that receives the events it counts while
+        the map runs (the caller counts the outcomes).
+        """
+        self._refuse_on_loop("map")
+        run = self._map_run(
+            fn, session, buffersize, chunksize, ordered=ordered, threaded=True, spread=True
+        )
+        results = _map.results(run, iter(calls), True)
+        if progress is None:
+            next(results)
+            return results
+        from pool import _progress
+
+        self._listen_soon(progress.on_event, _progress.KINDS)
+        next(results)
+        return self._unlisten_after(results, progress.on_event)
+
+    def _unlisten_after(
+        self, results: Iterator[Any], listener: Callable[[PoolEvent], None]
+    ) -> Iterator[Any]:
+        try:
+            yield from results
+        finally:
+            self._to_loop_if_open(partial(self._unlisten, listener))
+
+    # -- events --------------------------------------------------------------------------
+    def events(self, *, maxsize: int = 10_000) -> EventStream:
+        """An async iterator of every ``PoolEvent`` from now on, ending when the pool closes.
+
+        ``async for event in pool.events(): ...``; leave early with ``await stream.aclose()``
+        (or ``contextlib.aclosing``). Events wait in a queue of ``maxsize``; when a slow reader
+        lets it fill, later events are dropped and counted in ``stream.dropped``.
+        """
+        if maxsize < 1:
+            raise ValueError("maxsize must be >= 1")
+        if self._closed or self._sup is None:
+            raise PoolClosedError(
+                "the pool is closed" if self._closed else "the pool is not started"
+            )
+        stream = EventStream(maxsize)
+        self._listen_soon(stream.push)
+        stream.on_close = lambda: self._to_loop_if_open(partial(self._unlisten, stream.push))
+        self._streams.append(stream)
+        return stream
+
+    def _emit(self, event: PoolEvent) -> None:
+        """On the loop thread: hand an event to on_event and every listener of its kind."""
+        if self._on_event is not None:
+            self._on_event(event)
+        for listener, kinds in self._listeners:
+            if kinds is None or event.kind in kinds:
+                listener(event)
+
+    def _listen(
+        self, listener: Callable[[PoolEvent], None], kinds: frozenset[str] | None = None
+    ) -> None:
+        """On the loop thread: ``listener`` gets every event (of ``kinds``) from now on."""
+        self._listeners = [*self._listeners, (listener, kinds)]  # a copy: _emit may iterate
+        self._update_sink()
+
+    def _listen_soon(
+        self, listener: Callable[[PoolEvent], None], kinds: frozenset[str] | None = None
+    ) -> None:
+        """``_listen`` before any call made after this returns: at once on the loop (where a
+        call goes straight to the supervisor), else in order through the inbox."""
+        loop = self._loop
+        if loop is not None and _on_loop(loop):
+            if self._closed:
+                raise PoolClosedError("the pool is closed")
+            self._listen(listener, kinds)
+        else:
+            self._to_loop(partial(self._listen, listener, kinds))
+
+    def _unlisten(self, listener: Callable[[PoolEvent], None]) -> None:
+        # == not is: each access to a bound method (progress.on_event) is a new object
+        self._listeners = [(fn, k) for fn, k in self._listeners if fn != listener]
+        self._update_sink()
+
+    def _update_sink(self) -> None:
+        """Tell the supervisor which events anybody receives: none makes none (the scheduler
+        then builds no events at all); a few kinds make only those."""
+        sup = self._sup
+        if sup is None:
+            return
+        if self._on_event is not None or any(k is None for _, k in self._listeners):
+            sup.set_on_event(self._emit)
+        elif self._listeners:
+            sup.set_on_event(self._emit, frozenset().union(*(k for _, k in self._listeners if k)))
+        else:
+            sup.set_on_event(None)
+
+    def _to_loop_if_open(self, action: Callable[[], object]) -> None:
+        try:
+            self._to_loop(action)
+        except PoolClosedError:
+            pass
+
+    def _end_streams(self) -> None:
+        for stream in self._streams:
+            stream.end()
+        self._streams.clear()
+
+    def _tracked(self, results: Iterator[Any], total: int | None, *, pairs: bool) -> Iterator[Any]:
+        """``results`` of a map, counted into a progress display while they are consumed."""
+        from pool import _progress
+
+        progress = _progress.Progress(total)
+        display = _progress.Display(progress)
+        self._listen_soon(progress.on_event, _progress.KINDS)
+        display.start()
+        try:
+            for outcome in results:
+                value = outcome[1] if pairs else outcome
+                progress.item(isinstance(value, BaseException))
+                yield outcome
+        except Exception:
+            progress.item(True)
+            raise
+        finally:
+            display.stop()
+            self._to_loop_if_open(partial(self._unlisten, progress.on_event))
+
+    async def _atracked(
+        self, results: AsyncIterator[Any], total: int | None, *, pairs: bool
+    ) -> AsyncIterator[Any]:
+        """``_tracked`` for ``amap``."""
+        from pool import _progress
+
+        progress = _progress.Progress(total)
+        display = _progress.Display(progress)
+        self._listen_soon(progress.on_event, _progress.KINDS)
+        display.start()
+        try:
+            async for outcome in results:
+                value = outcome[1] if pairs else outcome
+                progress.item(isinstance(value, BaseException))
+                yield outcome
+        except Exception:
+            progress.item(True)
+            raise
+        finally:
+            display.stop()
+            self._to_loop_if_open(partial(self._unlisten, progress.on_event))
+            aclose = getattr(results, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
     # -- sessions --------------------------------------------------------------------------
     def sticky_session(self) -> PoolSession:
         """A sticky session bound to this pool: sync and async context manager."""
@@ -1104,6 +1327,14 @@ def _registered(defn: ActivityDefinition) -> bool:
         return False
 
 
+def _length(iterable: Any) -> int | None:
+    """The number of items, when the input knows it without being read."""
+    try:
+        return len(iterable)
+    except TypeError:
+        return None
+
+
 def _context_session() -> Any:
     return _context.get_sticky_worker_session()
 
@@ -1140,14 +1371,19 @@ def _source(iterable: Iterable[Any] | AsyncIterable[Any]) -> tuple[Any, bool]:
     return iter(iterable), False
 
 
-def _chunk_definition(defn: ActivityDefinition, size: int) -> ActivityDefinition:
+def _chunk_definition(
+    defn: ActivityDefinition, size: int, spread: bool = False
+) -> ActivityDefinition:
     """What the scheduler and the worker see of a chunk of ``size`` items of ``defn``.
 
     The worker runs the runner of ``pool._chunks``; everything else is ``defn``'s (its name,
     for events, log tags, ``info().name`` and injected faults; its heartbeat timeout, sticky
     flag and retry policy), with its per-call time limits multiplied by ``size``.
     """
-    runner = _chunks.run_chunk_async if defn.is_async else _chunks.run_chunk
+    if spread:
+        runner = _chunks.run_chunk_spread_async if defn.is_async else _chunks.run_chunk_spread
+    else:
+        runner = _chunks.run_chunk_async if defn.is_async else _chunks.run_chunk
     s2c, s2close = defn.start_to_close_timeout, defn.schedule_to_close_timeout
     fields = {name: getattr(defn, name) for name in ActivityDefinition.__match_args__}
     fields.update(

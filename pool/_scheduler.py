@@ -99,6 +99,7 @@ class WorkerSlot:
     sessions: set[str] = field(default_factory=set)
     tasks_done: int = 0
     recycle: bool = False
+    recycle_reason: str = "tasks_recycle"  # why it is to be recycled (see PoolEvent.reason)
     gen: int = 0
     withdraw_armed: int = 0  # seq of the running attempt a WITHDRAW deadline is armed for
 
@@ -132,6 +133,14 @@ class Effects(Protocol):
 
 _ACTIVE = (WorkerState.IDLE, WorkerState.BUSY)
 _ACTIVE_OR_STARTING = (WorkerState.IDLE, WorkerState.BUSY, WorkerState.STARTING)
+
+
+# why a timeout killed a worker, as PoolEvent.reason names it
+_KILL_REASON = {
+    TimeoutType.START_TO_CLOSE: "deadline",
+    TimeoutType.HEARTBEAT: "heartbeat",
+    TimeoutType.SCHEDULE_TO_CLOSE: "schedule_to_close",
+}
 
 
 class _Deadline(enum.IntEnum):
@@ -277,7 +286,9 @@ class Scheduler:
             )
         for slot in list(self.workers.values()):
             if slot.state in (WorkerState.BUSY, WorkerState.STARTING):
-                self._worker_gone(slot, now, kill=True, cause=None, respawn=False)
+                self._worker_gone(
+                    slot, now, kill=True, cause=None, respawn=False, reason="shutdown"
+                )
         self._maybe_retire_all()
 
     def _maybe_retire_all(self) -> None:
@@ -614,24 +625,32 @@ class Scheduler:
             self._pump(now)
 
     def _maybe_recycle(self, slot: WorkerSlot, now: float) -> bool:
-        if self.max_tasks is not None and slot.tasks_done >= self.max_tasks:
+        if self.max_tasks is not None and slot.tasks_done >= self.max_tasks and not slot.recycle:
             slot.recycle = True
+            slot.recycle_reason = "tasks_recycle"
         if not slot.recycle or slot.sessions:
             return False
         slot.state = WorkerState.RETIRING
         slot.gen += 1
         if self.events:
-            self.fx.event("worker_recycled", worker_id=slot.id, tasks=slot.tasks_done)
+            self.fx.event(
+                "worker_recycled",
+                worker_id=slot.id,
+                tasks=slot.tasks_done,
+                reason=slot.recycle_reason,
+            )
         self.fx.retire(slot.id)
         if not self.closed:
             self._replace(now)
         return True
 
-    def request_recycle(self, wid: int, now: float) -> None:
+    def request_recycle(self, wid: int, now: float, reason: str = "memory_recycle") -> None:
         """Recycle a worker (e.g. over its memory limit) as soon as it is free and unpinned."""
         slot = self.workers.get(wid)
         if slot is None or slot.state in (WorkerState.DEAD, WorkerState.SPARE):
             return
+        if not slot.recycle:
+            slot.recycle_reason = reason
         slot.recycle = True
         if slot.state is WorkerState.IDLE and self._maybe_recycle(slot, now):
             pass
@@ -672,6 +691,7 @@ class Scheduler:
                 call_id=call.id,
                 attempt=call.attempt,
                 duration=now - call.started_at,
+                latency=now - call.submitted_at,
             )
         if not call.cancelled:
             self._finish(call, value=value)
@@ -803,7 +823,7 @@ class Scheduler:
         slot = self.workers[call.worker] if call.worker is not None else None
         if call.session is not None and slot is not None and state is CallState.RUNNING:
             # sticky: the session's state in that worker is now unknown; the worker goes
-            self._worker_gone(slot, now, kill=True, cause=cause)
+            self._worker_gone(slot, now, kill=True, cause=cause, reason="cancel")
             return
         # The caller is answered now. The call stays the worker's running (or prefetched)
         # attempt in slot.running / slot.sent until the worker answers or is killed.
@@ -863,14 +883,16 @@ class Scheduler:
                     pid=crash.pid,
                     worker_id=wid,
                 )
-        self._worker_gone(slot, now, kill=False, cause=crash)
+        self._worker_gone(slot, now, kill=False, cause=crash, reason="crash")
         del self.workers[wid]
 
-    def kill_worker(self, wid: int, cause: BaseException, now: float) -> None:
+    def kill_worker(
+        self, wid: int, cause: BaseException, now: float, reason: str = "protocol_error"
+    ) -> None:
         """The shell found the worker unusable (a protocol error): kill it, fail its attempt."""
         slot = self.workers.get(wid)
         if slot is not None and slot.state is not WorkerState.DEAD:
-            self._worker_gone(slot, now, kill=True, cause=cause)
+            self._worker_gone(slot, now, kill=True, cause=cause, reason=reason)
 
     def _worker_gone(
         self,
@@ -879,9 +901,11 @@ class Scheduler:
         *,
         kill: bool,
         cause: BaseException | None,
+        reason: str,
         respawn: bool = True,
     ) -> None:
-        """Take a worker out: its attempt fails with ``cause``; prefetched work goes back."""
+        """Take a worker out: its attempt fails with ``cause``; prefetched work goes back.
+        ``reason`` names why in the event (see ``PoolEvent``)."""
         was = slot.state
         if was is WorkerState.STARTING:
             self.n_starting -= 1
@@ -891,7 +915,10 @@ class Scheduler:
             self.fx.kill(slot.id)
         if self.events:
             self.fx.event(
-                "worker_killed" if kill else "worker_exited", worker_id=slot.id, cause=cause
+                "worker_killed" if kill else "worker_exited",
+                worker_id=slot.id,
+                cause=cause,
+                reason=reason,
             )
         running, slot.running = slot.running, None
         lost = [self.sessions[sid] for sid in slot.sessions if sid in self.sessions]
@@ -1028,7 +1055,7 @@ class Scheduler:
             self._consecutive_start_failures += 1
             if self._consecutive_start_failures >= MAX_STARTUP_FAILURES:
                 self.broken = crash
-            self._worker_gone(slot, now, kill=True, cause=crash)
+            self._worker_gone(slot, now, kill=True, cause=crash, reason="start_timeout")
             return
         call: Call = obj
         if kind is _Deadline.SCHEDULE_TO_CLOSE:
@@ -1037,7 +1064,7 @@ class Scheduler:
         if kind is _Deadline.CANCEL_GRACE:
             owner = self.workers.get(call.worker) if call.worker is not None else None
             if owner is not None and owner.running is call and owner.state is WorkerState.BUSY:
-                self._worker_gone(owner, now, kill=True, cause=None)
+                self._worker_gone(owner, now, kill=True, cause=None, reason="cancel")
             return
         if call.state is not CallState.RUNNING:
             return
@@ -1076,6 +1103,6 @@ class Scheduler:
             if type is TimeoutType.SCHEDULE_TO_CLOSE and call.session is None:
                 # the call is over whatever the policy says; the worker must stop running it
                 self._finish(call, error=self._final_error(call, exc))
-            self._worker_gone(slot, now, kill=True, cause=exc)
+            self._worker_gone(slot, now, kill=True, cause=exc, reason=_KILL_REASON[type])
             return
         self._finish(call, error=self._final_error(call, exc))

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pool._events import PoolEvent, Stats
+from pool._events import PoolEvent, Stats, make_event
 from pool._fds import above_stdio
 from pool._output import LineSplitter
 from pool._process import (
@@ -225,6 +225,7 @@ class Supervisor:
         self.loop = loop
         self.config = config
         self.on_event = on_event
+        self.event_kinds: frozenset[str] | None = None  # None: every kind (see set_on_event)
         self.on_output = on_output
         self.handles: dict[int, WorkerHandle] = {}
         self.scheduler = Scheduler(
@@ -712,15 +713,26 @@ class Supervisor:
         self.stats.failed()
         _set_exception(call.waiter, exc)
 
+    def set_on_event(
+        self, on_event: Callable[[PoolEvent], None] | None, kinds: frozenset[str] | None = None
+    ) -> None:
+        """Start (or, with None, stop) handing events to ``on_event`` (on the loop thread);
+        only those of ``kinds`` when given (no others are built)."""
+        self.on_event = on_event
+        self.event_kinds = kinds
+        self.scheduler.events = on_event is not None
+
     def event(self, kind: str, **fields: Any) -> None:
         if self.on_event is None:
+            return
+        if self.event_kinds is not None and kind not in self.event_kinds:
             return
         wid = fields.get("worker_id")
         handle = self.handles.get(wid) if wid is not None else None
         if handle is not None:
             fields.setdefault("pid", handle.proc.pid)
         try:
-            self.on_event(PoolEvent(kind=kind, time=time.time(), **fields))
+            self.on_event(make_event(kind, time.time(), fields))
         except Exception:
             log.exception("on_event callback failed")
 
