@@ -684,7 +684,11 @@ class Pool(PoolCalls):
     def _policy(self, defn: ActivityDefinition) -> RetryPolicy:
         policy = self._policies.get(id(defn))
         if policy is None:
-            policy = self._policies[id(defn)] = defn.retry_policy(self._default_policy)
+            policy = defn.retry_policy(self._default_policy)
+            # Only a registered definition lives as long as the process, so only its id is a
+            # safe key: a per-call copy (with_options) is freed, and its id reused, soon.
+            if _registered(defn):
+                self._policies[id(defn)] = policy
         return policy
 
     def _chunk_call(
@@ -726,6 +730,50 @@ class Pool(PoolCalls):
     ) -> Any:
         """The ambient-dispatcher entry used by ``await my_activity(...)`` inside the pool."""
         call = self._prepare(defn, args, kwargs, session)
+        loop = asyncio.get_running_loop()
+        sup = self._sup
+        assert sup is not None
+        if loop is not self._loop:
+            return await asyncio.wrap_future(self._submit_call(call))
+        fut = loop.create_future()
+        call.waiter = fut
+        sup.submit(call)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            sup.cancel(call)
+            raise
+
+    async def execute_attempt(
+        self,
+        fn: ActivityRef | ActivityDefinition,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        attempt: int = 1,
+        heartbeat_details: Any = None,
+        on_heartbeat: Callable[[Any], None] | None = None,
+        session: _context.StickyWorkerSession | None = None,
+    ) -> Any:
+        """Run one call as attempt ``attempt`` of a call whose retries someone else schedules
+        (a Temporal activity task: see ``pool.temporal``).
+
+        The activity sees ``attempt`` and ``heartbeat_details`` in ``activity.info()`` (what an
+        earlier attempt, elsewhere, heartbeated last). ``on_heartbeat(details)`` is called on
+        the pool's loop thread with each heartbeat of this call. The pool still retries by the
+        activity's policy: pass ``with_options(fn, retry_policy_max_attempts=1)`` for exactly
+        one attempt. ``session`` is the sticky session of a sticky activity (else the ambient
+        one). Cancelling the await cancels the attempt, as for ``execute``.
+        """
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+            raise ValueError(f"attempt must be an int >= 1, got {attempt!r}")
+        defn = fn if isinstance(fn, ActivityDefinition) else get_definition(fn)
+        call = self._prepare(
+            defn, args, kwargs or {}, session if session is not None else _context_session()
+        )
+        call.attempt = attempt - 1  # the scheduler counts the attempt it dispatches
+        call.heartbeat_details = heartbeat_details
+        call.on_heartbeat = on_heartbeat
         loop = asyncio.get_running_loop()
         sup = self._sup
         assert sup is not None
@@ -1114,6 +1162,16 @@ class Pool(PoolCalls):
         return PoolSession(self)
 
     # -- introspection ---------------------------------------------------------------------
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """The activity modules every worker imports at start (from ``activities``)."""
+        return self._config.preload
+
+    @property
+    def size(self) -> int:
+        """The number of worker processes the pool keeps (``workers``)."""
+        return self._config.workers
+
     def stats(self) -> PoolStats:
         """Counts and latency percentiles (a snapshot taken on the pool's loop)."""
         sup = self._sup
@@ -1202,6 +1260,14 @@ class PoolSession(PoolCalls):
 
     def close(self) -> None:
         self.session.close()
+
+
+def _registered(defn: ActivityDefinition) -> bool:
+    """Whether ``defn`` is the definition registered under its name (not a per-call copy)."""
+    try:
+        return get_definition(defn.name) is defn
+    except ActivityInputError:
+        return False
 
 
 def _length(iterable: Any) -> int | None:

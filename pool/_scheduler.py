@@ -76,6 +76,7 @@ class Call:
     gen: int = 0  # bumped on every state change; deadline entries of older gens are stale
     worker: int | None = None
     heartbeat_details: Any = None
+    on_heartbeat: Any = None  # opaque: the supervisor hands it each heartbeat's details
     heartbeat_deadline: float = 0.0
     # The worker runs the attempt's setup (Depends factories: user code, timed by start-to-close
     # only), so no heartbeat is due until it enters the activity; parked: its heap entry dropped.
@@ -715,15 +716,17 @@ class Scheduler:
             self._attempt_failed(call, exc, now)
         self._became_idle(slot, now)
 
-    def heartbeat(self, wid: int, seq: int, details: Any, now: float) -> None:
+    def heartbeat(self, wid: int, seq: int, details: Any, now: float) -> Call | None:
+        """A heartbeat of the running attempt ``seq``; returns its call (None: stale)."""
         found = self._current(wid, seq)
         if found is None:
-            return
+            return None
         call = found[1]
         call.heartbeat_details = details
         if call.defn.heartbeat_timeout is not None:
             # the heap entry is re-pushed lazily when it fires early (see _fire)
             call.heartbeat_deadline = now + call.defn.heartbeat_timeout
+        return call
 
     def setup_started(self, wid: int, seq: int) -> None:
         """The worker is running user setup (Depends factories) before the activity: hold its

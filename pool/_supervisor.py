@@ -482,7 +482,12 @@ class Supervisor:
         self.scheduler.withdrawn(channel.id, seq, now)
 
     def on_heartbeat(self, channel: Channel, seq: int, details: Any, at: float) -> None:
-        self.scheduler.heartbeat(channel.id, seq, details, at)
+        call = self.scheduler.heartbeat(channel.id, seq, details, at)
+        if call is not None and call.on_heartbeat is not None:
+            try:
+                call.on_heartbeat(details)
+            except Exception:
+                log.exception("on_heartbeat callback of activity %r failed", call.defn.name)
 
     def on_entered(self, channel: Channel, seq: int, at: float) -> None:
         self.scheduler.entered(channel.id, seq, at)
