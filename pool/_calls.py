@@ -10,15 +10,17 @@ session, a closed session) raises here, and nothing is sent.
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import AsyncIterable, Callable, Iterable
 from functools import partial
 from typing import Any
 
 from pool import _chunks
+from pool._otel import OTEL_MODULE
 from pool._protocol import dumps, lift_call_bytes
 from pool._scheduler import Call
 from pool._waiters import Waiter
-from sdk._definition import ActivityDefinition
+from sdk._definition import ActivityDefinition, get_definition
 from sdk._errors import ActivityInputError, StickyWorkerSessionMissingError, safe_repr
 from sdk._retry import RetryPolicy
 
@@ -48,7 +50,7 @@ class CallMaker:
             raise ActivityInputError(
                 f"arguments of activity {defn.name!r} cannot be pickled: {safe_repr(exc)}"
             ) from exc
-        return Call(next(self._ids), defn, self.policy(defn), payload, waiter, sid)
+        return self._new(defn, self.policy(defn), payload, waiter, sid)
 
     def chunk_call(
         self,
@@ -72,7 +74,7 @@ class CallMaker:
             raise ActivityInputError(
                 f"arguments of activity {defn.name!r} cannot be pickled: {safe_repr(exc)}"
             ) from exc
-        return Call(next(self._ids), cdefn, self.policy(defn), payload, waiter, sid)
+        return self._new(cdefn, self.policy(defn), payload, waiter, sid)
 
     def session_id(self, defn: ActivityDefinition, session: Any) -> str | None:
         """The sticky session a call of ``defn`` belongs to (None if it is not sticky)."""
@@ -98,8 +100,30 @@ class CallMaker:
     def policy(self, defn: ActivityDefinition) -> RetryPolicy:
         policy = self._policies.get(id(defn))
         if policy is None:
-            policy = self._policies[id(defn)] = defn.retry_policy(self._default_policy)
+            policy = defn.retry_policy(self._default_policy)
+            # Only a registered definition lives as long as the process, so only its id is a
+            # safe key: a per-call copy (with_options) is freed, and its id reused, soon.
+            if _registered(defn):
+                self._policies[id(defn)] = policy
         return policy
+
+    def _new(
+        self, defn: ActivityDefinition, policy: RetryPolicy, payload: Any, waiter: Waiter, sid: Any
+    ) -> Call:
+        call = Call(next(self._ids), defn, policy, payload, waiter, sid)
+        if OTEL_MODULE in sys.modules:  # the caller's current span (the calling thread's)
+            from pool._otel import capture
+
+            call.trace = capture()
+        return call
+
+
+def _registered(defn: ActivityDefinition) -> bool:
+    """Whether ``defn`` is the definition registered under its name (not a per-call copy)."""
+    try:
+        return get_definition(defn.name) is defn
+    except ActivityInputError:
+        return False
 
 
 def check_chunksize(chunksize: Any) -> int:

@@ -53,6 +53,8 @@ SMALL_BODY = 64 * 1024
 OUTPUT_READ = 64 * 1024
 # ...and at most this much more once the worker has exited (a child of its may hold the pipe).
 OUTPUT_DRAIN = 1 << 20
+# The last lines an attempt printed that are kept for the error that may end its call.
+OUTPUT_TAIL = 20
 
 OutputCallback = Callable[[int, "str | None", str], None]
 
@@ -102,6 +104,8 @@ class Channel:
         "proc",
         "reader",
         "segments",
+        "tail",
+        "tail_seq",
         "unsent",
     )
 
@@ -128,6 +132,10 @@ class Channel:
         self.unsent: list[bytes | memoryview] = []  # this event's frames
         self.outbox: collections.deque[memoryview] = collections.deque()  # the pipe is full
         self.output = LineSplitter()  # what it printed, in lines
+        # the last lines attempt ``tail_seq`` printed (made on its first line: an attempt that
+        # prints nothing costs nothing)
+        self.tail: collections.deque[str] | None = None
+        self.tail_seq = -1
         self.eof = False  # its reply pipe is closed (or no longer read)
         self.gone = False  # its exit is reported upward
         # (seq, activity name) of every RUN sent and not yet answered, in pipe order: the head
@@ -142,6 +150,16 @@ class Channel:
     def activity(self) -> str | None:
         """The activity it runs now (the oldest RUN it has not answered)."""
         return self.in_pipe[0][1] if self.in_pipe else None
+
+    @property
+    def running_seq(self) -> int | None:
+        """The seq of the attempt it runs now (the oldest RUN it has not answered)."""
+        return self.in_pipe[0][0] if self.in_pipe else None
+
+    def output_of(self, seq: int) -> tuple[str, ...]:
+        """The last lines (up to ``OUTPUT_TAIL``) attempt ``seq`` printed."""
+        tail = self.tail
+        return tuple(tail) if tail is not None and self.tail_seq == seq else ()
 
     def crash(self, message: str, *, exited: bool = False) -> WorkerCrashedError:
         """The error that ends the attempt it runs: ``message``, naming the activity; with
@@ -307,6 +325,8 @@ class Channel:
     def _on_frame(self, frame: Frame, now: float) -> None:
         kind = frame.kind
         listener = self._listener
+        if kind is Kind.FAILURE:
+            self.catch_up_output()
         if kind is Kind.RESULT or kind is Kind.FAILURE:
             in_pipe = self.in_pipe
             while in_pipe and in_pipe[0][0] <= frame.seq:
@@ -433,6 +453,19 @@ class Channel:
         if last is not None:
             self._emit_output([last])
 
+    def catch_up_output(self) -> None:
+        """Read what it printed up to now: its output pipe and its reply pipe are read in
+        whatever order the loop picks, and the lines an attempt printed before it answered
+        belong to that attempt (its stdout and stderr are line-buffered)."""
+        try:
+            for _ in range(OUTPUT_DRAIN // OUTPUT_READ):
+                data = os.read(self.proc.output, OUTPUT_READ)
+                if not data:  # its end: the output reader sees it too, and flushes
+                    return
+                self._emit_output(self.output.feed(data))
+        except OSError:  # BlockingIOError: nothing more for now
+            pass
+
     def drain_output(self) -> None:
         """What it printed last, before the fds go (bounded: a child of its may still write)."""
         try:
@@ -453,6 +486,12 @@ class Channel:
             return
         activity = self.activity
         texts = [line.decode("utf-8", "replace") for line in lines]
+        if self.in_pipe:
+            seq = self.in_pipe[0][0]
+            if self.tail is None or self.tail_seq != seq:  # a new attempt's first line
+                self.tail = collections.deque(maxlen=OUTPUT_TAIL)
+                self.tail_seq = seq
+            self.tail.extend(texts)
         if self._on_output is not None:
             for text in texts:
                 try:

@@ -456,4 +456,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     """The console script."""
-    sys.exit(main())
+    code = main()
+    if "temporalio.bridge.temporal_sdk_bridge" in sys.modules:
+        # A Temporal host has shut down: temporalio's native threads can crash the
+        # interpreter's teardown (an open SDK bug, temporalio/sdk-python#300), so leave
+        # without it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

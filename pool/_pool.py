@@ -236,11 +236,24 @@ class Pool(PoolCalls):
         self, defn: ActivityDefinition, args: tuple, kwargs: dict, session: Any
     ) -> Any:
         """The ambient-dispatcher entry used by ``await my_activity(...)`` inside the pool."""
+        return await self._dispatch(defn, args, kwargs, session)
+
+    async def _dispatch(
+        self,
+        fn: ActivityRef | ActivityDefinition,
+        args: tuple,
+        kwargs: dict,
+        session: Any,
+        adjust: Callable[[Call], None] | None = None,
+    ) -> Any:
+        """Await one call; ``adjust(call)`` changes it before it is handed over."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # another loop's task: a Future it can await
-            return await asyncio.wrap_future(self.submit_call(defn, args, kwargs, session))
+            return await asyncio.wrap_future(self.submit_call(fn, args, kwargs, session, adjust))
         waiter = AsyncWaiter(loop)
-        call = self._make(defn, args, kwargs, session, waiter)
+        call = self._make(fn, args, kwargs, session, waiter)
+        if adjust is not None:
+            adjust(call)
         sup = self._sup
         assert sup is not None
         sup.submit(call)
@@ -250,14 +263,54 @@ class Pool(PoolCalls):
             sup.cancel(call)
             raise
 
+    async def execute_attempt(
+        self,
+        fn: ActivityRef | ActivityDefinition,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        attempt: int = 1,
+        heartbeat_details: Any = None,
+        on_heartbeat: Callable[[Any], None] | None = None,
+        session: _context.StickyWorkerSession | None = None,
+    ) -> Any:
+        """Run one call as attempt ``attempt`` of a call whose retries someone else schedules
+        (a Temporal activity task: see ``pool.temporal``).
+
+        The activity sees ``attempt`` and ``heartbeat_details`` in ``activity.info()`` (what an
+        earlier attempt, elsewhere, heartbeated last). ``on_heartbeat(details)`` is called on
+        the pool's loop thread with each heartbeat of this call. The pool still retries by the
+        activity's policy: pass ``with_options(fn, retry_policy_max_attempts=1)`` for exactly
+        one attempt. ``session`` is the sticky session of a sticky activity (else the ambient
+        one). Cancelling the await cancels the attempt, as for ``execute``.
+        """
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+            raise ValueError(f"attempt must be an int >= 1, got {attempt!r}")
+
+        def resumed(call: Call) -> None:
+            call.attempt = attempt - 1  # the scheduler counts the attempt it dispatches
+            call.heartbeat_details = heartbeat_details
+            call.on_heartbeat = on_heartbeat
+
+        if session is None:
+            session = _context.get_sticky_worker_session()
+        return await self._dispatch(fn, args, kwargs or {}, session, resumed)
+
     def submit_call(
-        self, fn: ActivityRef | ActivityDefinition, args: tuple, kwargs: dict, session: Any
+        self,
+        fn: ActivityRef | ActivityDefinition,
+        args: tuple,
+        kwargs: dict,
+        session: Any,
+        adjust: Callable[[Call], None] | None = None,
     ) -> PoolFuture:
         # A PoolFuture, not a plain Future: no Condition (a lock, a deque, bound methods) until
         # somebody waits on it, so thousands in flight are not thousands of objects for the
         # garbage collector to trace; its cancel() comes back here (no done callback per call).
         fut = PoolFuture(self._future_owner)
         call = self._make(fn, args, kwargs, session, fut)
+        if adjust is not None:
+            adjust(call)
         fut.bind(call)
         self._to_loop(call)
         return fut
@@ -494,6 +547,16 @@ class Pool(PoolCalls):
         return PoolSession(self)
 
     # -- introspection ---------------------------------------------------------------------
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """The activity modules every worker imports at start (from ``activities``)."""
+        return self._config.preload
+
+    @property
+    def size(self) -> int:
+        """The number of worker processes the pool keeps (``workers``)."""
+        return self._config.workers
+
     def stats(self) -> PoolStats:
         """Counts and latency percentiles (a snapshot taken on the pool's loop)."""
         sup = self._sup

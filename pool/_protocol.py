@@ -170,14 +170,17 @@ if TYPE_CHECKING:
         heartbeat_details: Any
         # injected by Pool.inject_fault (pool._faults); left off the frame when there is none
         fault: tuple[str, Any] | None = None
+        # the attempt span's W3C trace-context headers (pool._otel); only for a call made
+        # under an OpenTelemetry span
+        trace: dict[str, str] | None = None
 
 else:
     # the class typing.NamedTuple would make (it calls namedtuple), without importing typing
     RunMeta = namedtuple(
         "RunMeta",
         "module qualname name activity_id attempt session_id deadline heartbeat_timeout "
-        "heartbeat_details fault",
-        defaults=(None,),
+        "heartbeat_details fault trace",
+        defaults=(None, None),
     )
     RunMeta.__doc__ = """What a worker needs to run one attempt, besides the arguments.
 

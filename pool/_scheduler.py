@@ -78,6 +78,7 @@ class Call:
     gen: int = 0  # bumped on every state change; deadline entries of older gens are stale
     worker: int | None = None
     heartbeat_details: Any = None
+    on_heartbeat: Any = None  # opaque: the supervisor hands it each heartbeat's details
     heartbeat_deadline: float = 0.0
     # The worker runs the attempt's setup (Depends factories: user code, timed by start-to-close
     # only), so no heartbeat is due until it enters the activity; parked: its heap entry dropped.
@@ -88,6 +89,9 @@ class Call:
     withdrawing: bool = False  # asked back from the pipe it waits in; no answer yet
     submitted_at: float = 0.0
     started_at: float = 0.0
+    # set by the shell when an attempt ends: the last lines it printed (for the final error)
+    output: tuple[str, ...] = ()
+    trace: Any = None  # opaque: the caller's trace context (pool._otel), or None
 
 
 @dataclass(eq=False, slots=True)
@@ -694,15 +698,17 @@ class Scheduler:
             self._attempt_failed(call, exc, now)
         self._became_idle(slot, now)
 
-    def heartbeat(self, wid: int, seq: int, details: Any, now: float) -> None:
+    def heartbeat(self, wid: int, seq: int, details: Any, now: float) -> Call | None:
+        """A heartbeat of the running attempt ``seq``; returns its call (None: stale)."""
         found = self._current(wid, seq)
         if found is None:
-            return
+            return None
         call = found[1]
         call.heartbeat_details = details
         if call.defn.heartbeat_timeout is not None:
             # the heap entry is re-pushed lazily when it fires early (see _fire)
             call.heartbeat_deadline = now + call.defn.heartbeat_timeout
+        return call
 
     def setup_started(self, wid: int, seq: int) -> None:
         """The worker is running user setup (Depends factories) before the activity: hold its
@@ -755,7 +761,7 @@ class Scheduler:
 
     def _final_error(self, call: Call, exc: BaseException) -> BaseException:
         text = getattr(exc, "remote_traceback_text", None)
-        return final_error(call.defn.name, call.attempt, exc, text)
+        return final_error(call.defn.name, call.attempt, exc, text, call.output)
 
     def _finish(self, call: Call, value: Any = None, error: BaseException | None = None) -> None:
         if call.state is CallState.DONE:

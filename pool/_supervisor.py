@@ -32,7 +32,7 @@ import pickle
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pool._channel import Channel, OutputCallback
 from pool._config import PoolConfig
@@ -43,9 +43,19 @@ from pool._process import ForkServer, WorkerProcess
 from pool._protocol import ProtocolError
 from pool._scheduler import Call, Scheduler
 from pool._spawner import Spawner
-from sdk._errors import ApplicationError, WorkerCrashedError
+from sdk._errors import ActivityError, ApplicationError, WorkerCrashedError
+
+if TYPE_CHECKING:
+    from pool._otel import AttemptSpans
 
 log = logging.getLogger("activitypool")
+# The events that end an attempt's span, and the outcome they give it (None: from the error).
+_ATTEMPT_ENDS: dict[str, str | None] = {
+    "attempt_completed": None,
+    "attempt_failed": None,
+    "attempt_requeued": "withdrawn",
+    "attempt_withdrawn": "withdrawn",
+}
 
 
 class Supervisor:
@@ -90,6 +100,9 @@ class Supervisor:
         self._spinning = False  # in _spin_for_reply (never nested)
         # calls and actions other threads hand to the loop (no reply spin while it holds any)
         self.inbox = Inbox(loop, self)
+        # one span per attempt of a call made under an OpenTelemetry span (pool._otel); made
+        # by the first such call
+        self.spans: AttemptSpans | None = None
         self.spins_caught = 0  # replies a spin caught / spins that gave up (for tests, tuning)
         self.spins_missed = 0
 
@@ -311,12 +324,34 @@ class Supervisor:
             defn.heartbeat_timeout,
             call.heartbeat_details,
         )
+        fault = None
         if self.faults is not None:
             fault = self.faults.match(defn.name, call.attempt)
-            if fault is not None:
-                meta += (fault,)
+        if call.trace is not None:
+            meta += (fault, self._begin_span(worker_id, call))
+        elif fault is not None:
+            meta += (fault,)
         meta_body = pickle.dumps(meta, protocol=5)
         self.handles[worker_id].send_run(call.seq, defn.name, meta_body, call.payload)
+
+    def _begin_span(self, worker_id: int, call: Call) -> dict[str, str]:
+        """Start the span of the attempt being sent; its context, for the worker."""
+        spans = self.spans
+        if spans is None:
+            from pool._otel import AttemptSpans
+
+            spans = self.spans = AttemptSpans()
+            self.scheduler.events = True  # the attempt events end the spans (see event)
+        channel = self.handles.get(worker_id)
+        return spans.begin(
+            call.id,
+            call.defn.name,
+            call.trace,
+            call.attempt,
+            worker_id,
+            channel.proc.pid if channel is not None else None,
+            call.session,
+        )
 
     def send_cancel(self, worker_id: int, seq: int) -> None:
         channel = self.handles.get(worker_id)
@@ -338,6 +373,8 @@ class Supervisor:
         if channel is None:
             return
         channel.proc.kill_tree()
+        channel.catch_up_output()
+        self._keep_output(channel, channel.running_seq)
         # stop listening now: whatever it wrote last is about an attempt already decided
         channel.stop_reading()
         # Reap on a later turn of the loop: this runs inside the scheduler, and a process that
@@ -364,6 +401,8 @@ class Supervisor:
 
     def reject(self, call: Call, exc: BaseException) -> None:
         self.stats.failed()
+        if self.spans is not None:  # an attempt still open ends with its call
+            self.spans.end(call.id, exc.__cause__ if type(exc) is ActivityError else exc)
         call.waiter.settle(None, exc)
 
     def set_on_event(
@@ -373,9 +412,11 @@ class Supervisor:
         only those of ``kinds`` when given (no others are built)."""
         self.on_event = on_event
         self.event_kinds = kinds
-        self.scheduler.events = on_event is not None
+        self.scheduler.events = on_event is not None or self.spans is not None
 
     def event(self, kind: str, **fields: Any) -> None:
+        if self.spans is not None and kind in _ATTEMPT_ENDS:
+            self.spans.end(fields["call_id"], fields.get("error"), _ATTEMPT_ENDS[kind])
         if self.on_event is None:
             return
         if self.event_kinds is not None and kind not in self.event_kinds:
@@ -398,6 +439,7 @@ class Supervisor:
             try:
                 value = call.defn.validate_result(value)
             except ApplicationError as err:
+                call.output = channel.output_of(seq)
                 sched.failure(channel.id, seq, err, now)
                 return
         sched.result(channel.id, seq, value, now)
@@ -408,13 +450,28 @@ class Supervisor:
                 sched.request_recycle(channel.id, now)
 
     def on_failure(self, channel: Channel, seq: int, exc: BaseException, now: float) -> None:
+        self._keep_output(channel, seq)
         self.scheduler.failure(channel.id, seq, exc, now)
+
+    def _keep_output(self, channel: Channel, seq: int | None) -> None:
+        """The attempt ``seq`` ends in failure: the last lines it printed go with its call, for
+        the error that may end the call (``ActivityError.output``)."""
+        if seq is None:
+            return
+        call = self.scheduler.running_call(channel.id, seq)
+        if call is not None:
+            call.output = channel.output_of(seq)
 
     def on_withdrawn(self, channel: Channel, seq: int, now: float) -> None:
         self.scheduler.withdrawn(channel.id, seq, now)
 
     def on_heartbeat(self, channel: Channel, seq: int, details: Any, at: float) -> None:
-        self.scheduler.heartbeat(channel.id, seq, details, at)
+        call = self.scheduler.heartbeat(channel.id, seq, details, at)
+        if call is not None and call.on_heartbeat is not None:
+            try:
+                call.on_heartbeat(details)
+            except Exception:
+                log.exception("on_heartbeat callback of activity %r failed", call.defn.name)
 
     def on_entered(self, channel: Channel, seq: int, at: float) -> None:
         self.scheduler.entered(channel.id, seq, at)
@@ -481,6 +538,7 @@ class Supervisor:
             return
         channel.gone = True
         channel.drain_output()
+        self._keep_output(channel, channel.running_seq)
         self._forget(channel)
         proc = channel.proc
         how = f"signal {proc.signal}" if proc.signal is not None else f"exit code {proc.exitcode}"

@@ -514,6 +514,8 @@ class Worker(Host):
         self.hb_next = 0.0
         self.hb_window = min(HEARTBEAT_WINDOW, hb_timeout / 4) if hb_timeout else HEARTBEAT_WINDOW
         self.fault = meta.fault
+        # the attempt's span (made by the supervisor) is current while the activity runs
+        traced = _otel_attach(meta.trace) if meta.trace is not None else None
         try:
             if defn.is_async and self.loop is None:
                 self._ensure_loop()  # imports asyncio: the library's setup, not the activity's
@@ -529,6 +531,8 @@ class Worker(Host):
             return
         finally:
             self.running = False
+            if traced is not None:
+                _otel_detach(traced)
         if self.hb_pending:
             self._flush_heartbeat()
         try:
@@ -762,6 +766,18 @@ def _protocol_exit(exc: ProtocolError) -> None:
 def _unmap_forever(boxes: Any) -> None:
     while True:
         boxes.get().clear()  # the last reference: the frame's mapping is freed here
+
+
+def _otel_attach(headers: Any) -> Any:
+    from pool._otel import attach  # only when a call came with a trace context
+
+    return attach(headers)
+
+
+def _otel_detach(token: Any) -> None:
+    from pool._otel import detach
+
+    detach(token)
 
 
 def _inject_fault(kind: str, arg: Any) -> None:

@@ -12,7 +12,7 @@ from sdk._lazy import lazy_exports
 TYPE_CHECKING = False  # not typing's: a worker imports this package (see sdk._lazy)
 if TYPE_CHECKING:
     from ._context import ActivityInfo, activity_heartbeat
-    from ._decorator import activity
+    from ._decorator import activity, with_options
     from ._definition import (
         ActivityDefinition,
         RateLimit,
@@ -70,6 +70,7 @@ __all__ = [
     "get_sticky_worker_session",
     "run_activities_locally",
     "run_sticky_worker_session",
+    "with_options",
 ]
 
 _WHERE = {
@@ -83,6 +84,7 @@ _WHERE = {
     "activities_in_module": "sdk._definition",
     "activity": "sdk._decorator",
     "get_definition": "sdk._definition",
+    "with_options": "sdk._decorator",
     "Depends": "sdk._depends",
     "ActivityDefinitionError": "sdk._errors",
     "ActivityError": "sdk._errors",

@@ -29,6 +29,7 @@ from ._definition import (
     RateLimit,
     _plain_function,
     _register,
+    get_definition,
 )
 from ._depends import default_resource_cache
 from ._errors import ActivityDefinitionError
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
         def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
 
 
-__all__ = ["ACTIVITY_OPTIONS", "DEFAULT_START_TO_CLOSE", "activity"]
+__all__ = ["ACTIVITY_OPTIONS", "DEFAULT_START_TO_CLOSE", "activity", "with_options"]
 
 # The decorator's default per-attempt limit (DESIGN section 3): 5 minutes, in seconds (a float,
 # not a timedelta, so that defining an activity does not import datetime in every worker).
@@ -374,3 +375,62 @@ class _ActivityDecorator:
 
 
 activity = _ActivityDecorator()
+
+
+# -- per-call options --------------------------------------------------------------------------
+
+# What with_options may replace: every @activity option but the name (workers, rate limits and
+# Temporal know an activity by its name), and the definition's field each one sets.
+_OPTION_FIELDS = {
+    "start_to_close_timeout": "start_to_close_timeout",
+    "heartbeat_timeout": "heartbeat_timeout",
+    "schedule_to_close_timeout": "schedule_to_close_timeout",
+    "retry_policy_max_attempts": "retry_max_attempts",
+    "retry_policy_backoff_coefficient": "retry_backoff_coefficient",
+    "retry_policy_initial_interval": "retry_initial_interval",
+    "retry_policy_max_interval": "retry_max_interval",
+    "non_retryable_error_types": "non_retryable_error_types",
+    "sticky_to_worker": "sticky_to_worker",
+    "rate_limit": "rate_limit",
+}
+# Cached facts of the function, not of the options: a copy reuses the original's.
+_FN_CACHES = ("_signature", "_hints", "_checks", "_binder", "_result_check", "_depends")
+
+if TYPE_CHECKING:
+
+    @overload
+    def with_options(
+        target: str | ActivityDefinition, /, **overrides: Any
+    ) -> ActivityDefinition: ...
+    @overload
+    def with_options(target: Callable[P, R], /, **overrides: Any) -> Callable[P, R]: ...
+
+
+def with_options(target: Any, /, **overrides: Any) -> Any:
+    """``target`` with some of its ``@activity`` options replaced, for the calls it is passed to.
+
+    ``target`` is an activity function, its definition or its registered name. The overrides
+    take the decorator's option names (all but ``name``) and are validated the same way; the
+    others keep the definition's values (``non_retryable_error_types`` replaces, never merges).
+    A function gives a function (the same signature, for the pool methods' typing) that
+    carries the copy; a definition or a name gives a definition. Nothing is registered: the
+    registered activity is unchanged, and workers still import it by module and name (a copy
+    pickles as the registered definition: its options matter only where calls are scheduled).
+    """
+    defn = get_definition(target)
+    unknown = sorted(set(overrides) - set(_OPTION_FIELDS))
+    if unknown:
+        what = "name cannot be changed per call" if unknown == ["name"] else "unknown option"
+        raise ActivityDefinitionError(
+            f"activity {defn.name!r}: {what}: {', '.join(unknown)} "
+            f"(options: {', '.join(_OPTION_FIELDS)})"
+        )
+    current = {option: getattr(defn, field) for option, field in _OPTION_FIELDS.items()}
+    copy = _define(defn.fn, name=defn.name, **{**current, **overrides})
+    # the copy is of the same function: what was derived from it alone carries over
+    for cached in _FN_CACHES:
+        if cached in defn.__dict__:
+            copy.__dict__[cached] = defn.__dict__[cached]
+    if isinstance(target, str | ActivityDefinition):
+        return copy
+    return _wrap(copy)

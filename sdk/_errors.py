@@ -58,14 +58,26 @@ class ActivityError(ActivityPoolError):
     """An activity call failed for good.
 
     ``__cause__`` (also ``.cause``) is the last failure; ``.attempts`` is how many attempts ran;
-    ``.remote_traceback`` is the worker-side traceback text of the last failure, when known.
+    ``.remote_traceback`` is the worker-side traceback text of the last failure, when known;
+    ``.output`` is the last lines (up to 20) the failing attempt printed in a pool worker, its
+    stdout and stderr interleaved (empty when it printed nothing, and for a local run).
     """
 
-    def __init__(self, message: str, *, attempts: int, remote_traceback: str | None = None) -> None:
+    output: tuple[str, ...] = ()  # (for an error pickled before it had one)
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: int,
+        remote_traceback: str | None = None,
+        output: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.attempts = attempts
         self.remote_traceback = remote_traceback
+        self.output = tuple(output)
 
     @property
     def cause(self) -> BaseException | None:

@@ -147,16 +147,22 @@ class RetryPolicy:
 
 
 def final_error(
-    name: str, attempts: int, exc: BaseException, traceback_text: str | None
+    name: str,
+    attempts: int,
+    exc: BaseException,
+    traceback_text: str | None,
+    output: tuple[str, ...] = (),
 ) -> ActivityError:
     """What the caller gets when a call fails for good: an :class:`ActivityError` naming the
-    activity and the attempts, with ``exc`` (the last failure) as its cause and the traceback
-    text of where ``exc`` was raised (the worker's, or this process's for a local run)."""
+    activity and the attempts, with ``exc`` (the last failure) as its cause, the traceback
+    text of where ``exc`` was raised (the worker's, or this process's for a local run) and
+    ``output``, the last lines the failing attempt printed."""
     err = ActivityError(
         f"activity {name!r} failed after {attempts} attempt{'s' if attempts != 1 else ''}: "
         f"{type(exc).__name__}: {safe_str(exc)}",
         attempts=attempts,
         remote_traceback=traceback_text,
+        output=output,
     )
     err.__cause__ = exc
     return err

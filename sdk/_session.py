@@ -16,6 +16,18 @@ if TYPE_CHECKING:
 __all__ = ["StickyWorkerSession", "get_sticky_worker_session", "run_sticky_worker_session"]
 
 
+# What names a new session: None is a random uuid4. A workflow engine, whose code must be
+# deterministic, installs its own for the workflows it runs (see pool.temporal).
+_session_ids: ContextVar[Callable[[], str] | None] = ContextVar(
+    "activitypool_session_ids", default=None
+)
+
+
+def set_session_id_factory(factory: Callable[[], str] | None) -> Token[Callable[[], str] | None]:
+    """Name the sessions created in this context with ``factory()`` (None: uuid4)."""
+    return _session_ids.set(factory)
+
+
 class StickyWorkerSession:
     """A sticky session: its sticky activities all run on one worker process.
 
@@ -26,9 +38,13 @@ class StickyWorkerSession:
 
     def __init__(self, session_id: str | None = None) -> None:
         if session_id is None:
-            import uuid  # lazily: workers never make sessions
+            factory = _session_ids.get()
+            if factory is not None:
+                session_id = factory()
+            else:
+                import uuid  # lazily: workers never make sessions
 
-            session_id = uuid.uuid4().hex
+                session_id = uuid.uuid4().hex
         self.session_id: str = session_id
         self.closed: bool = False
         self._callbacks: list[Callable[[StickyWorkerSession], None]] = []

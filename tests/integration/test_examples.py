@@ -83,3 +83,12 @@ def test_my_activities_example_passes_under_pytest():
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "8 passed" in proc.stdout
+
+
+def test_temporal_fanout_runs_offline_on_a_dev_server():
+    pytest.importorskip("temporalio", reason="the temporal extra is not installed")
+    out = run_example("temporal_fanout.py")
+    total = re.search(r"crunch x20: total (\d+) \(expected (\d+)\)", out)
+    assert total and total.group(1) == total.group(2), out
+    assert re.search(r"crunch ran in subprocesses \[\d+(, \d+)?\]", out), out
+    assert re.search(r"session: load \+ predict x5 in \[\d+\]: \[0, 5, 10, 15, 20\]", out), out

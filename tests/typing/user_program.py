@@ -13,7 +13,7 @@ import concurrent.futures
 from collections.abc import AsyncIterator, Iterator
 
 from pool import Pool, PoolSession
-from sdk import Depends, activity
+from sdk import ActivityDefinition, Depends, activity, with_options
 
 
 def connect() -> dict[str, int]:
@@ -111,3 +111,16 @@ def resources(
     bad: int = Depends(3),  # E: arg-type
 ) -> None:
     print(conn, other, bad)
+
+
+def per_call_options(pool: Pool) -> None:
+    once = with_options(add, retry_policy_max_attempts=1, start_to_close_timeout=5)
+    total: int = pool.run(once, 1, 2)
+    later: int = pool.run(with_options(lookup, heartbeat_timeout=1.0), "a")
+    by_name: ActivityDefinition = with_options("add", retry_policy_max_attempts=1)
+    copy: ActivityDefinition = with_options(by_name, start_to_close_timeout=2)
+    print(total, later, copy)
+
+    pool.run(once, "one", 2)  # E: call-overload
+    wrong: str = pool.run(once, 1, 2)  # E: assignment
+    print(wrong)

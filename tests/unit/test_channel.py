@@ -108,3 +108,25 @@ def test_printed_lines_are_tagged_with_the_worker_and_its_activity(pipes) -> Non
     os.write(out_w, b"one\ntw")
     channel.drain_output()
     assert seen == [(7, "act", "one"), (7, "act", "tw")]
+
+
+def test_lines_printed_before_a_failure_belong_to_its_attempt(pipes) -> None:
+    """The output pipe is read before the failure is reported, whatever order the loop would
+    have picked; the tail keeps the last lines of the attempt that printed them only."""
+    proc, _, from_w, out_w = pipes
+    seen: list[tuple[Any, ...]] = []
+    channel, listener, _ = make(proc, on_output=lambda *line: seen.append(line))
+    channel.in_pipe.extend([(1, "act"), (2, "act")])
+    os.write(out_w, b"first attempt\n")
+    channel.catch_up_output()
+    assert channel.output_of(1) == ("first attempt",)
+    failure = FailureInfo(None, "ValueError", "bad", "Traceback...")
+    os.write(out_w, b"".join(b"line %d\n" % i for i in range(25)))
+    os.write(from_w, encode_small(Kind.FAILURE, 1, pickle.dumps(failure)))
+    os.write(from_w, encode_small(Kind.FAILURE, 2, pickle.dumps(failure)))
+    channel.on_readable()
+    assert [c[0] for c in listener.calls] == ["on_failure", "on_failure", "after"]
+    # the 25 lines came before attempt 1 answered: its tail, tagged with it
+    assert channel.output_of(1) == tuple(f"line {i}" for i in range(5, 25))
+    assert channel.output_of(2) == ()
+    assert seen[-1] == (7, "act", "line 24")

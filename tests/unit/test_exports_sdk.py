@@ -30,6 +30,7 @@ def test_sdk_all_is_pinned() -> None:
         "get_sticky_worker_session",
         "run_activities_locally",
         "run_sticky_worker_session",
+        "with_options",
     ]
 
 
