@@ -9,16 +9,18 @@ session, a closed session) raises here, and nothing is sent.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import sys
 from collections.abc import AsyncIterable, Callable, Iterable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
-from pool import _chunks
+from pool import _chunks, _map
+from pool._loop import Inbox
 from pool._otel import OTEL_MODULE
 from pool._protocol import dumps, lift_call_bytes
-from pool._scheduler import Call
+from pool._scheduler import Call, CallState
 from pool._waiters import Waiter
 from sdk._definition import ActivityDefinition, get_definition
 from sdk._errors import ActivityInputError, StickyWorkerSessionMissingError, safe_repr
@@ -181,3 +183,79 @@ def chunk_definition(
         schedule_to_close_timeout=None if s2close is None else s2close * size,
     )
     return ActivityDefinition(**fields).checking_each_result_of(defn)
+
+
+class LoopSide(Protocol):
+    """What a map needs of the supervisor: its inbox, and the actions it hands over."""
+
+    @property
+    def inbox(self) -> Inbox: ...
+    def submit_many(self, calls: list[Call], /) -> None: ...
+    def cancel_many(self, calls: list[Call], /) -> None: ...
+    def wake_later(self, wake: Callable[[], None], /) -> None: ...
+
+
+def map_run(
+    defn: ActivityDefinition,
+    session: Any,
+    *,
+    make: Callable[[ActivityDefinition, tuple, dict, Any, Waiter], Call],
+    chunk_call: Callable[..., Call],
+    check_open: Callable[[], object],
+    sup: LoopSide,
+    loop: asyncio.AbstractEventLoop | None,
+    window: int,
+    chunksize: int,
+    ordered: bool,
+    threaded: bool,
+    spread: bool,
+) -> _map.MapRun:
+    """The ``MapRun`` of one map of ``defn`` (checked by the pool): how it makes the call of
+    an item (``make``) or of a chunk (``chunk_call``), and hands calls and cancellations to
+    the loop. ``spread``: each item is an ``(args, kwargs)`` pair."""
+    inbox = sup.inbox
+
+    def one(item: Any, waiter: Waiter) -> Call:
+        return make(defn, (item,), {}, session, waiter)
+
+    def one_spread(item: Any, waiter: Waiter) -> Call:
+        return make(defn, item[0], item[1], session, waiter)
+
+    def check_spread(item: Any) -> Any:
+        return defn.validate_args(item[0], item[1])
+
+    defns: dict[int, ActivityDefinition] = {}  # the chunk definitions, by chunk length
+
+    def chunk(items: list[Any], waiter: Waiter) -> Call:
+        check_open()
+        return chunk_call(defn, session, defns, items, waiter, spread)
+
+    def session_closed() -> bool:
+        return defn.sticky_to_worker and session.closed
+
+    def cancel_many(calls: list[Call]) -> None:
+        inbox.put(partial(sup.cancel_many, calls))
+
+    def cancel_waiting(calls: list[Call]) -> None:
+        """A sticky map that its consumer left: cancel its calls except one that runs (that
+        would kill the session's worker and lose the session); it finishes, nothing follows."""
+
+        def cancel() -> None:  # on the loop, where the calls' state is current
+            sup.cancel_many([call for call in calls if call.state is not CallState.RUNNING])
+
+        inbox.put(cancel)
+
+    return _map.MapRun(
+        window=window,
+        chunksize=chunksize,
+        ordered=ordered,
+        one=one_spread if spread else one,
+        check=check_spread if spread else item_check(defn),
+        chunk=chunk,
+        stopped=session_closed,
+        submit=lambda calls: inbox.put(partial(sup.submit_many, calls)),
+        cancel=cancel_waiting if defn.sticky_to_worker else cancel_many,
+        wake_later=sup.wake_later,
+        loop=loop,
+        threaded=threaded,
+    )

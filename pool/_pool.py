@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pool import _map
 from pool._calling import ActivityRef, PoolCalls
-from pool._calls import CallMaker, check_chunksize, item_check
+from pool._calls import CallMaker, check_chunksize, map_run
 from pool._config import PoolConfig
 from pool._events import EventStream, PoolEvent, PoolStats
 from pool._faults import FaultRule
@@ -26,7 +26,7 @@ from pool._futures import PoolFuture
 from pool._listeners import Listeners
 from pool._loop import LoopThread, on_loop
 from pool._process import ForkServer
-from pool._scheduler import Call, CallState
+from pool._scheduler import Call
 from pool._spawner import early_forkserver
 from pool._supervisor import Supervisor
 from pool._waiters import AsyncWaiter, BlockingWaiter, Waiter
@@ -364,64 +364,20 @@ class Pool(PoolCalls):
                 f"activity {defn.name!r} has a rate_limit, which counts calls: map it with "
                 "chunksize=1 (a chunk would start many items as one call)"
             )
-        make, chunk_call = self._make, self._calls.chunk_call
-        check_open = self._check_open
-
-        def one(item: Any, waiter: Waiter) -> Call:
-            return make(defn, (item,), {}, session, waiter)
-
-        def one_spread(item: Any, waiter: Waiter) -> Call:
-            return make(defn, item[0], item[1], session, waiter)
-
-        def check_spread(item: Any) -> Any:
-            return defn.validate_args(item[0], item[1])
-
-        defns: dict[int, ActivityDefinition] = {}  # the chunk definitions, by chunk length
-
-        def chunk(items: list[Any], waiter: Waiter) -> Call:
-            check_open()
-            return chunk_call(defn, session, defns, items, waiter, spread)
-
-        def session_closed() -> bool:
-            return defn.sticky_to_worker and session.closed
-
-        return _map.MapRun(
+        return map_run(
+            defn,
+            session,
+            make=self._make,
+            chunk_call=self._calls.chunk_call,
+            check_open=self._check_open,
+            sup=sup,
+            loop=self._loop,
             window=window or _map.default_window(self._config.workers, size),
             chunksize=size,
             ordered=ordered,
-            one=one_spread if spread else one,
-            check=check_spread if spread else item_check(defn),
-            chunk=chunk,
-            stopped=session_closed,
-            submit=lambda calls: self._to_loop(partial(sup.submit_many, calls)),
-            cancel=self._cancel_waiting if defn.sticky_to_worker else self._cancel_many,
-            wake_later=sup.wake_later,
-            loop=self._loop,
             threaded=threaded,
+            spread=spread,
         )
-
-    def _cancel_many(self, calls: list[Call]) -> None:
-        sup = self._sup
-        if sup is not None:
-            try:
-                self._to_loop(partial(sup.cancel_many, calls))
-            except PoolClosedError:  # no loop left to run them: nothing runs either
-                pass
-
-    def _cancel_waiting(self, calls: list[Call]) -> None:
-        """Cancel the calls of a sticky map that a consumer left, except one that runs: that
-        would kill the session's worker and lose the session. It finishes; nothing follows."""
-        sup = self._sup
-        if sup is None:
-            return
-
-        def cancel() -> None:  # on the loop, where the calls' state is current
-            sup.cancel_many([call for call in calls if call.state is not CallState.RUNNING])
-
-        try:
-            self._to_loop(cancel)
-        except PoolClosedError:
-            pass
 
     def _session_closed(self, session: Any) -> None:
         loop, sup = self._loop, self._sup
