@@ -213,10 +213,10 @@ class PoolCalls:
         pool, session = self._target()
         run = pool.map_run("map", fn, session, buffersize, chunksize, ordered=True, threaded=True)
         results = _map.results(run, iter(iterable), return_exceptions)
+        # (a display hears events from when it is made: before the first window goes out)
+        tracked = pool.tracked(results, _length(iterable), pairs=False) if progress else None
         next(results)  # the first window goes out now
-        if progress:
-            return pool.tracked(results, _length(iterable), pairs=False)
-        return results
+        return results if tracked is None else tracked
 
     @overload
     def map_unordered(
@@ -293,10 +293,9 @@ class PoolCalls:
             "map_unordered", fn, session, buffersize, chunksize, ordered=False, threaded=True
         )
         results = _map.results(run, iter(iterable), return_exceptions)
+        tracked = pool.tracked(results, _length(iterable), pairs=True) if progress else None
         next(results)
-        if progress:
-            return pool.tracked(results, _length(iterable), pairs=True)
-        return results
+        return results if tracked is None else tracked
 
     @overload
     def amap(

@@ -98,12 +98,19 @@ class Listeners:
             self._set_sink(None, None)
 
     def tracked(self, results: Iterator[Any], total: int | None, *, pairs: bool) -> Iterator[Any]:
-        """``results`` of a map, counted into a progress display while they are consumed."""
+        """``results`` of a map, counted into a progress display while they are consumed. The
+        display hears the pool's events from this call on: make it before the map's first
+        window goes out, or a quick crash and its retry are missed."""
         from pool import _progress
 
         progress = _progress.Progress(total)
-        display = _progress.Display(progress)
         self.listen_soon(progress.on_event, _progress.KINDS)
+        return self._tracking(results, progress, pairs)
+
+    def _tracking(self, results: Iterator[Any], progress: Any, pairs: bool) -> Iterator[Any]:
+        from pool import _progress
+
+        display = _progress.Display(progress)
         display.start()
         try:
             for outcome in results:

@@ -109,3 +109,10 @@ def chatty(x: int) -> int:
     time.sleep(0.01)
     print(f"chatty says {x}")
     return x
+
+
+@activity(name="cli_test.crashes_first", retry_policy_initial_interval=0.01)
+def crashes_first(x: int) -> int:
+    if activity.info().attempt == 1:
+        os._exit(3)
+    return x

@@ -232,3 +232,16 @@ def test_spread_chunks_inject_depends_and_check_each_result() -> None:
     assert asyn == [100, 101, 102]
     assert all(isinstance(v, Exception) for v in lies)  # one bad result fails its chunk
     assert "returned an invalid result" in str(lies[0].__cause__)  # checked by the supervisor
+
+
+def test_a_progress_display_counts_what_happened_before_its_map_was_consumed(capsys) -> None:
+    # the first window goes out when map() is called: a crash and a retry may be over before
+    # the caller reads the first result, and the display must have seen them
+    with Pool([acts], workers=1) as pool:
+        results = pool.map(acts.crashes_first, [7], progress=True)
+        deadline = time.monotonic() + 10
+        while pool.stats().completed < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert list(results) == [7]
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("done 1/1 | failed 0 | retried 1 | workers lost: crash 1"), err
