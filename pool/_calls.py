@@ -17,10 +17,10 @@ from functools import partial
 from typing import Any, Protocol
 
 from pool import _chunks, _map
+from pool._calls_state import Call, CallState
 from pool._loop import Inbox
 from pool._otel import OTEL_MODULE
 from pool._protocol import dumps, lift_call_bytes
-from pool._scheduler import Call, CallState
 from pool._waiters import Waiter
 from sdk._definition import ActivityDefinition, get_definition
 from sdk._errors import ActivityInputError, StickyWorkerSessionMissingError, safe_repr

@@ -16,8 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from pool._calls_state import Call
 from pool._fds import StdioReserved
-from pool._scheduler import Call
 
 
 def new_loop() -> asyncio.AbstractEventLoop:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pool import _map
 from pool._calling import ActivityRef, PoolCalls
 from pool._calls import CallMaker, check_chunksize, map_run
+from pool._calls_state import Call
 from pool._config import PoolConfig
 from pool._events import EventStream, PoolEvent, PoolStats
 from pool._faults import FaultRule
@@ -26,7 +27,6 @@ from pool._futures import PoolFuture
 from pool._listeners import Listeners
 from pool._loop import LoopThread, on_loop
 from pool._process import ForkServer
-from pool._scheduler import Call
 from pool._spawner import early_forkserver
 from pool._supervisor import Supervisor
 from pool._waiters import AsyncWaiter, BlockingWaiter, Waiter

@@ -25,16 +25,23 @@ not ended is queued for the session's worker (``Session.order``).
 
 from __future__ import annotations
 
-import enum
 import itertools
 from asyncio import CancelledError
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from pool._calls_state import (
+    ACTIVE,
+    ACTIVE_OR_STARTING,
+    Call,
+    CallState,
+    Effects,
+    Session,
+    WorkerSlot,
+    WorkerState,
+)
 from pool._deadlines import Deadline, Deadlines
 from pool._ratelimit import Bucket, RateLimits
-from sdk._definition import ActivityDefinition
 from sdk._errors import (
     ActivityTimeoutError,
     PoolClosedError,
@@ -42,103 +49,7 @@ from sdk._errors import (
     TimeoutType,
     WorkerCrashedError,
 )
-from sdk._retry import RetryPolicy, final_error
-
-
-class CallState(enum.Enum):
-    QUEUED = "queued"  # waiting for a worker (in the queue or a session's queue)
-    SENT = "sent"  # in a worker's pipe behind its running attempt
-    RUNNING = "running"
-    BACKOFF = "backoff"  # failed, waiting to retry
-    DONE = "done"
-
-
-class WorkerState(enum.Enum):
-    STARTING = "starting"
-    IDLE = "idle"
-    BUSY = "busy"
-    RETIRING = "retiring"  # asked to shut down gracefully
-    SPARE = "spare"  # ready, held back to replace a worker that dies (Pool(spares=...))
-    DEAD = "dead"
-
-
-@dataclass(eq=False, slots=True)
-class Call:
-    """One caller's request across all its attempts. Owned by the scheduler."""
-
-    id: int
-    defn: ActivityDefinition
-    policy: RetryPolicy
-    payload: Any  # opaque to the scheduler: the pickled arguments
-    waiter: Any  # opaque: how the supervisor reaches the caller
-    session: str | None = None  # sticky session id; None for non-sticky calls
-    state: CallState = CallState.QUEUED
-    attempt: int = 0  # attempts dispatched so far (the running one included)
-    seq: int = 0  # the wire id of the current dispatch; replies for older seqs are stale
-    gen: int = 0  # bumped on every state change; deadline entries of older gens are stale
-    worker: int | None = None
-    heartbeat_details: Any = None
-    on_heartbeat: Any = None  # opaque: the supervisor hands it each heartbeat's details
-    heartbeat_deadline: float = 0.0
-    # The worker runs the attempt's setup (Depends factories: user code, timed by start-to-close
-    # only), so no heartbeat is due until it enters the activity; parked: its heap entry dropped.
-    heartbeat_held: bool = False
-    heartbeat_parked: bool = False
-    schedule_deadline: float | None = None
-    cancelled: bool = False
-    withdrawing: bool = False  # asked back from the pipe it waits in; no answer yet
-    submitted_at: float = 0.0
-    started_at: float = 0.0
-    # set by the shell when an attempt ends: the last lines it printed (for the final error)
-    output: tuple[str, ...] = ()
-    trace: Any = None  # opaque: the caller's trace context (pool._otel), or None
-
-
-@dataclass(eq=False, slots=True)
-class WorkerSlot:
-    id: int
-    state: WorkerState = WorkerState.STARTING
-    running: Call | None = None
-    sent: deque[Call] = field(default_factory=deque)  # prefetched, in pipe order
-    sticky: deque[Call] = field(default_factory=deque)  # sticky calls waiting for this worker
-    sessions: set[str] = field(default_factory=set)
-    tasks_done: int = 0
-    recycle: bool = False
-    recycle_reason: str = "tasks_recycle"  # why it is to be recycled (see PoolEvent.reason)
-    gen: int = 0
-    withdraw_armed: int = 0  # seq of the running attempt a WITHDRAW deadline is armed for
-
-
-@dataclass(eq=False, slots=True)
-class Session:
-    id: str
-    worker: int | None = None
-    lost: BaseException | None = None
-    closing: bool = False
-    active: int = 0  # calls of this session not yet done
-    # its calls not yet done, in submission order: only the head may be queued for the worker,
-    # so a call in backoff keeps its place and the next waits until it has ended
-    order: deque[Call] = field(default_factory=deque)
-
-
-class Effects(Protocol):
-    """What the scheduler asks of the outside world. Never called re-entrantly into it."""
-
-    def spawn(self, worker_id: int) -> None: ...
-    def send_run(self, worker_id: int, call: Call) -> None: ...
-    def send_cancel(self, worker_id: int, seq: int) -> None: ...
-    def send_withdraw(self, worker_id: int, seqs: list[int]) -> None: ...
-    def close_session(self, worker_id: int, session_id: str) -> None: ...
-    def kill(self, worker_id: int) -> None: ...
-    def retire(self, worker_id: int) -> None: ...
-    def resolve(self, call: Call, value: Any) -> None: ...
-    def reject(self, call: Call, exc: BaseException) -> None: ...
-    def event(self, kind: str, **fields: Any) -> None: ...
-
-
-_ACTIVE = (WorkerState.IDLE, WorkerState.BUSY)
-_ACTIVE_OR_STARTING = (WorkerState.IDLE, WorkerState.BUSY, WorkerState.STARTING)
-
+from sdk._retry import final_error
 
 # why a timeout killed a worker, as PoolEvent.reason names it
 _KILL_REASON = {
@@ -246,7 +157,7 @@ class Scheduler:
         self._consecutive_start_failures = 0
         self.n_starting -= 1
         slot.gen += 1
-        active = sum(1 for w in self.workers.values() if w.state in _ACTIVE)
+        active = sum(1 for w in self.workers.values() if w.state in ACTIVE)
         if active >= self.size:
             slot.state = WorkerState.SPARE
             if self.events:
@@ -381,7 +292,7 @@ class Scheduler:
         best: WorkerSlot | None = None
         best_key: tuple[int, int, int] | None = None
         for slot in self.workers.values():
-            if slot.state not in _ACTIVE_OR_STARTING or slot.recycle:
+            if slot.state not in ACTIVE_OR_STARTING or slot.recycle:
                 continue
             key = (len(slot.sessions), 0 if slot.state is WorkerState.IDLE else 1, slot.id)
             if best_key is None or key < best_key:

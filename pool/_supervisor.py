@@ -34,6 +34,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from pool._calls_state import Call
 from pool._channel import Channel, OutputCallback
 from pool._config import PoolConfig
 from pool._events import PoolEvent, PoolStats, Stats, make_event
@@ -41,7 +42,7 @@ from pool._faults import FaultRule, FaultRules
 from pool._loop import Inbox
 from pool._process import ForkServer, WorkerProcess
 from pool._protocol import ProtocolError
-from pool._scheduler import Call, Scheduler
+from pool._scheduler import Scheduler
 from pool._spawner import Spawner
 from sdk._errors import ActivityError, ApplicationError, WorkerCrashedError
 
