@@ -32,7 +32,6 @@ from typing import Any
 
 from pool._calls_state import (
     ACTIVE,
-    ACTIVE_OR_STARTING,
     Call,
     CallState,
     Effects,
@@ -42,10 +41,10 @@ from pool._calls_state import (
 )
 from pool._deadlines import Deadline, Deadlines
 from pool._ratelimit import Bucket, RateLimits
+from pool._sessions import Sessions, choose_worker, lost_error
 from sdk._errors import (
     ActivityTimeoutError,
     PoolClosedError,
-    StickySessionLostError,
     TimeoutType,
     WorkerCrashedError,
 )
@@ -72,6 +71,13 @@ WITHDRAW_AFTER = 0.005
 # After this many workers in a row die before their handshake, the pool stops respawning and
 # fails what is queued: a broken environment must surface as an error, not a fork loop.
 MAX_STARTUP_FAILURES = 3
+
+
+def _stopped(slot: WorkerSlot) -> WorkerCrashedError:
+    """Why an attempt or session ended when its worker was stopped for no error of its own."""
+    return WorkerCrashedError(
+        "the worker was stopped", exitcode=None, signal=None, pid=None, worker_id=slot.id
+    )
 
 
 class Scheduler:
@@ -102,7 +108,7 @@ class Scheduler:
         self.workers: dict[int, WorkerSlot] = {}
         self.idle: deque[WorkerSlot] = deque()
         self.queue: deque[Call] = deque()
-        self.sessions: dict[str, Session] = {}
+        self.sessions = Sessions()  # sticky sessions: order, binding, loss (pool._sessions)
         self.calls: dict[int, Call] = {}  # every call not yet DONE
         self.closed = False
         self.broken: BaseException | None = None
@@ -187,7 +193,7 @@ class Scheduler:
     def cancel_all(self, now: float) -> None:
         """Close and fail everything outstanding with PoolClosedError; kill busy workers."""
         self.closed = True
-        self._forget_session_order()
+        self.sessions.forget_order()
         for call in list(self.calls.values()):
             self._finish(
                 call, error=PoolClosedError("the pool was closed before this call finished")
@@ -231,14 +237,10 @@ class Scheduler:
             call.schedule_deadline = now + call.defn.schedule_to_close_timeout
             self.deadlines.push(call.schedule_deadline, Deadline.SCHEDULE_TO_CLOSE, call, -1)
         if call.session is not None:
-            session = self.sessions.get(call.session)
-            if session is None:
-                session = self.sessions[call.session] = Session(call.session)
-            session.active += 1
-            if session.lost is not None:
-                self._finish(call, error=self._session_lost_error(session))
+            lost = self.sessions.join(call)
+            if lost is not None:
+                self._finish(call, error=lost)
                 return
-            session.order.append(call)
         self._enqueue(call, now)
 
     def _enqueue(self, call: Call, now: float, front: bool = False) -> None:
@@ -264,40 +266,30 @@ class Scheduler:
             if pump:
                 self._pump(now)
             return
-        session = self.sessions.get(call.session)
-        if session is None or session.lost is not None:
-            lost = session or Session(call.session, lost=PoolClosedError("session closed"))
-            self._finish(call, error=self._session_lost_error(lost))
+        lost = self.sessions.lost_error_for(call)
+        if lost is not None:
+            self._finish(call, error=lost)
             return
+        session = self.sessions[call.session]
         if session.order and session.order[0] is not call:
             return  # an earlier call of the session has not ended; _finish places this one
-        if session.worker is None:
-            slot = self._choose_session_worker()
-            if slot is None:  # every worker is gone: the pool is closing or broken
+        if session.worker is not None:
+            slot = self.workers[session.worker]
+        else:
+            chosen = choose_worker(self.workers.values())
+            if chosen is None:  # every worker is gone: the pool is closing or broken
                 self._finish(call, error=self.broken or PoolClosedError("no worker to bind to"))
                 return
-            session.worker = slot.id
-            slot.sessions.add(session.id)
+            slot = chosen
+            self.sessions.bind(session, slot)
             if self.events:
                 self.fx.event("session_bound", worker_id=slot.id, session_id=session.id)
-        slot = self.workers[session.worker]
         if front:
             slot.sticky.appendleft(call)
         else:
             slot.sticky.append(call)
         if pump and slot.state is WorkerState.IDLE:
             self._pump(now)
-
-    def _choose_session_worker(self) -> WorkerSlot | None:
-        best: WorkerSlot | None = None
-        best_key: tuple[int, int, int] | None = None
-        for slot in self.workers.values():
-            if slot.state not in ACTIVE_OR_STARTING or slot.recycle:
-                continue
-            key = (len(slot.sessions), 0 if slot.state is WorkerState.IDLE else 1, slot.id)
-            if best_key is None or key < best_key:
-                best, best_key = slot, key
-        return best
 
     # -- dispatch ------------------------------------------------------------------------
     def _pump(self, now: float) -> None:
@@ -682,18 +674,9 @@ class Scheduler:
         self.calls.pop(call.id, None)
         after: Call | None = None  # the session's next call, now free to run
         if call.session is not None:
-            session = self.sessions.get(call.session)
-            if session is not None:
-                session.active -= 1
-                order = session.order
-                if order and order[0] is call:
-                    order.popleft()
-                    if order and session.lost is None:
-                        after = order[0]
-                elif call in order:  # cancelled or timed out while waiting its turn
-                    order.remove(call)
-                if session.closing and session.active <= 0:
-                    self._drop_session(session)
+            after, done = self.sessions.ended(call)
+            if done is not None:
+                self._drop_session(done)
         if error is not None:
             self.fx.reject(call, error)
         else:
@@ -731,15 +714,12 @@ class Scheduler:
 
     # -- sessions ------------------------------------------------------------------------
     def close_session(self, session_id: str) -> None:
-        session = self.sessions.get(session_id)
-        if session is None:
-            return
-        session.closing = True
-        if session.active <= 0:
+        session = self.sessions.close(session_id)
+        if session is not None:
             self._drop_session(session)
 
     def _drop_session(self, session: Session) -> None:
-        self.sessions.pop(session.id, None)
+        self.sessions.forget(session)
         if session.worker is None:
             return
         slot = self.workers.get(session.worker)
@@ -750,13 +730,6 @@ class Scheduler:
                 self.fx.event("session_closed", worker_id=slot.id, session_id=session.id)
             if slot.recycle and slot.state is WorkerState.IDLE:
                 self._maybe_recycle(slot, self._now)
-
-    def _session_lost_error(self, session: Session) -> StickySessionLostError:
-        err = StickySessionLostError(
-            f"sticky session {session.id} lost its worker {session.worker}", session_id=session.id
-        )
-        err.__cause__ = session.lost
-        return err
 
     # -- workers leaving -----------------------------------------------------------------
     def worker_exited(self, wid: int, crash: WorkerCrashedError, now: float) -> None:
@@ -817,20 +790,12 @@ class Scheduler:
                 reason=reason,
             )
         running, slot.running = slot.running, None
-        lost = [self.sessions[sid] for sid in slot.sessions if sid in self.sessions]
-        for session in lost:
-            session.lost = cause or WorkerCrashedError(
-                "the worker was stopped",
-                exitcode=None,
-                signal=None,
-                pid=None,
-                worker_id=slot.id,
-            )
+        lost = self.sessions.lose(slot, lambda: cause or _stopped(slot))
         # Every call of a lost session that has not ended fails now, in submission order: the
         # running one, those waiting their turn, one in backoff. None of them runs anywhere.
         for session in lost:
             for call in list(session.order):
-                self._finish(call, error=self._session_lost_error(session))
+                self._finish(call, error=lost_error(session))
         # prefetched attempts never started: back to the head of the queue, attempt not counted
         for call in reversed(slot.sent):
             call.attempt -= 1
@@ -847,18 +812,7 @@ class Scheduler:
         slot.sent.clear()
         slot.sticky.clear()  # each was its session's next call: failed with the session above
         if running is not None and running.state is not CallState.DONE:
-            self._attempt_failed(
-                running,
-                cause
-                or WorkerCrashedError(
-                    "the worker was stopped",
-                    exitcode=None,
-                    signal=None,
-                    pid=None,
-                    worker_id=slot.id,
-                ),
-                now,
-            )
+            self._attempt_failed(running, cause or _stopped(slot), now)
         if self.events:
             for sid in slot.sessions:
                 self.fx.event("session_lost", worker_id=slot.id, session_id=sid, cause=cause)
@@ -872,12 +826,6 @@ class Scheduler:
             self._fail_queue(self.broken)
         self._pump(now)
 
-    def _forget_session_order(self) -> None:
-        """Every waiting call is about to fail: none may be let through as the one before it
-        ends (it would be sent to a worker only to fail)."""
-        for session in self.sessions.values():
-            session.order.clear()
-
     def _requeue_front(self, call: Call, now: float) -> None:
         call.state = CallState.QUEUED
         call.gen += 1
@@ -885,7 +833,7 @@ class Scheduler:
         self.queue.appendleft(call)
 
     def _fail_queue(self, exc: BaseException) -> None:
-        self._forget_session_order()
+        self.sessions.forget_order()
         for call in list(self.calls.values()):
             if call.state in (CallState.QUEUED, CallState.BACKOFF):
                 self._finish(call, error=exc)
