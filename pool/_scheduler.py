@@ -40,6 +40,13 @@ from pool._calls_state import (
     WorkerState,
 )
 from pool._deadlines import Deadline, Deadlines
+from pool._prefetch import (
+    prefetch_depth,
+    take_back,
+    takes_prefetch,
+    to_withdraw,
+    withdraw_due,
+)
 from pool._ratelimit import Bucket, RateLimits
 from pool._sessions import Sessions, choose_worker, lost_error
 from sdk._errors import (
@@ -57,16 +64,6 @@ _KILL_REASON = {
     TimeoutType.SCHEDULE_TO_CLOSE: "schedule_to_close",
 }
 
-
-# How much work (in seconds of the activity's average run time) prefetch keeps queued in each
-# busy worker's pipe: enough that a worker finishing a short call finds the next one waiting,
-# little enough that a newly idle worker rarely watches calls wait behind a busy one.
-PREFETCH_HORIZON = 0.002
-
-# A call prefetched behind a running attempt is taken back (WITHDRAW) when another worker is
-# idle and that attempt has run this long: so long that it is no longer the few ms of work that
-# prefetch budgets for. No call is prefetched behind an attempt that has run this long either.
-WITHDRAW_AFTER = 0.005
 
 # After this many workers in a row die before their handshake, the pool stops respawning and
 # fails what is queued: a broken environment must surface as an error, not a fork loop.
@@ -310,7 +307,7 @@ class Scheduler:
             self._prefetch(now)
 
     def _prefetch(self, now: float) -> None:
-        """Queue work in busy workers' pipes, about PREFETCH_HORIZON seconds of it each.
+        """Queue work in busy workers' pipes, about ``PREFETCH_HORIZON`` seconds of it each.
 
         Depth adapts to how long the activity at the head of the queue takes: no-op calls fill
         the pipe (the worker never waits for a round trip), long calls get one spare at most.
@@ -326,20 +323,12 @@ class Scheduler:
         avg = self._durations.get(head.defn.name)
         if avg is None:
             return
-        depth = max(1, min(self.prefetch, int(PREFETCH_HORIZON / max(avg, 1e-6))))
-        fresh = now - WITHDRAW_AFTER
+        depth = prefetch_depth(avg, self.prefetch)
         progress = True
         while progress and self.queue:
             progress = False
             for slot in self.workers.values():
-                if (
-                    slot.state is WorkerState.BUSY
-                    and len(slot.sent) < depth
-                    and not slot.recycle
-                    and not slot.sticky
-                    and (max_tasks is None or slot.tasks_done + 1 + len(slot.sent) < max_tasks)
-                    and (slot.running is None or slot.running.started_at > fresh)
-                ):
+                if takes_prefetch(slot, depth, max_tasks, now):
                     if self.queue and self.queue[0].defn.rate_limit is not None:
                         return
                     call = self._pop_queue()
@@ -457,26 +446,18 @@ class Scheduler:
         if not any(s.state is WorkerState.IDLE for s in self.idle):
             return
         for slot in self.workers.values():
-            running = slot.running
-            if slot.state is not WorkerState.BUSY or running is None or not slot.sent:
+            due = withdraw_due(slot)
+            if due is None:
                 continue
-            due = running.started_at + WITHDRAW_AFTER
+            running = slot.running
+            assert running is not None
             if now >= due:
-                self._withdraw(slot)
+                seqs = to_withdraw(slot)
+                if seqs:
+                    self.fx.send_withdraw(slot.id, seqs)
             elif slot.withdraw_armed != running.seq:
                 slot.withdraw_armed = running.seq
                 self.deadlines.push(due, Deadline.WITHDRAW, running, running.gen)
-
-    def _withdraw(self, slot: WorkerSlot) -> None:
-        """Ask the worker to give back the calls in its pipe. Each stays in ``slot.sent`` until
-        the worker confirms (``withdrawn``) or, having started it already, answers it."""
-        seqs = []
-        for call in slot.sent:
-            if not call.withdrawing and call.state is CallState.SENT:
-                call.withdrawing = True
-                seqs.append(call.seq)
-        if seqs:
-            self.fx.send_withdraw(slot.id, seqs)
 
     def withdrawn(self, wid: int, seq: int, now: float) -> None:
         """The worker confirms it dropped RUN ``seq`` unstarted: the call may go elsewhere."""
@@ -484,17 +465,10 @@ class Scheduler:
         slot = self.workers.get(wid)
         if slot is None or slot.state is WorkerState.DEAD:
             return
-        promoted = slot.running is not None and slot.running.seq == seq
-        if promoted:  # its predecessor's reply came first; the worker had not started it
-            call = slot.running
-            assert call is not None
-        else:
-            for call in slot.sent:
-                if call.seq == seq:
-                    slot.sent.remove(call)
-                    break
-            else:
-                return
+        found = take_back(slot, seq)
+        if found is None:
+            return
+        call, promoted = found
         call.withdrawing = False
         call.attempt -= 1
         if call.state is not CallState.DONE:

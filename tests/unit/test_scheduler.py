@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 import sdk
+from pool._prefetch import WITHDRAW_AFTER
 from pool._scheduler import (
     MAX_STARTUP_FAILURES,
-    WITHDRAW_AFTER,
     Call,
     CallState,
     Scheduler,

@@ -1,0 +1,71 @@
+"""Prefetch and withdrawal decisions: which busy worker's pipe takes another call, how many, and
+which prefetched calls to ask back. Pure functions of the scheduler's records.
+
+The scheduler (``pool._scheduler``) owns the records and acts on these answers: it sends the
+RUNs and WITHDRAWs, arms the WITHDRAW deadlines and requeues what comes back.
+"""
+
+from __future__ import annotations
+
+from pool._calls_state import Call, CallState, WorkerSlot, WorkerState
+
+# How much work (in seconds of the activity's average run time) prefetch keeps queued in each
+# busy worker's pipe: enough that a worker finishing a short call finds the next one waiting,
+# little enough that a newly idle worker rarely watches calls wait behind a busy one.
+PREFETCH_HORIZON = 0.002
+
+# A call prefetched behind a running attempt is taken back (WITHDRAW) when another worker is
+# idle and that attempt has run this long: so long that it is no longer the few ms of work that
+# prefetch budgets for. No call is prefetched behind an attempt that has run this long either.
+WITHDRAW_AFTER = 0.005
+
+
+def prefetch_depth(average: float, prefetch: int) -> int:
+    """How many calls of an activity taking ``average`` seconds a busy worker's pipe holds."""
+    return max(1, min(prefetch, int(PREFETCH_HORIZON / max(average, 1e-6))))
+
+
+def takes_prefetch(slot: WorkerSlot, depth: int, max_tasks: int | None, now: float) -> bool:
+    """May one more call be queued in ``slot``'s pipe behind its running attempt?"""
+    return (
+        slot.state is WorkerState.BUSY
+        and len(slot.sent) < depth
+        and not slot.recycle
+        and not slot.sticky
+        and (max_tasks is None or slot.tasks_done + 1 + len(slot.sent) < max_tasks)
+        and (slot.running is None or slot.running.started_at > now - WITHDRAW_AFTER)
+    )
+
+
+def withdraw_due(slot: WorkerSlot) -> float | None:
+    """When the calls waiting in ``slot``'s pipe are to be asked back if a worker is idle
+    (None: nothing waits behind a running attempt there)."""
+    running = slot.running
+    if slot.state is not WorkerState.BUSY or running is None or not slot.sent:
+        return None
+    return running.started_at + WITHDRAW_AFTER
+
+
+def to_withdraw(slot: WorkerSlot) -> list[int]:
+    """The seqs to ask back from ``slot``'s pipe, marked as asked. Each stays in ``slot.sent``
+    until the worker confirms (WITHDRAWN) or, having started it already, answers it."""
+    seqs = []
+    for call in slot.sent:
+        if not call.withdrawing and call.state is CallState.SENT:
+            call.withdrawing = True
+            seqs.append(call.seq)
+    return seqs
+
+
+def take_back(slot: WorkerSlot, seq: int) -> tuple[Call, bool] | None:
+    """The worker confirmed it dropped RUN ``seq`` unstarted: the call, out of ``slot.sent``,
+    and whether it had already been promoted to the running attempt (its predecessor's reply
+    came first). None: ``seq`` is not in this worker's pipe any more."""
+    running = slot.running
+    if running is not None and running.seq == seq:
+        return running, True
+    for call in slot.sent:
+        if call.seq == seq:
+            slot.sent.remove(call)
+            return call, False
+    return None
