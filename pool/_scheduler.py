@@ -49,32 +49,23 @@ from pool._prefetch import (
 )
 from pool._ratelimit import Bucket, RateLimits
 from pool._sessions import Sessions, choose_worker, lost_error
+from pool._timeouts import (
+    KILL_REASON,
+    start_timeout_error,
+    still_valid,
+    stopped,
+    timeout_error,
+)
 from sdk._errors import (
-    ActivityTimeoutError,
     PoolClosedError,
     TimeoutType,
     WorkerCrashedError,
 )
 from sdk._retry import final_error
 
-# why a timeout killed a worker, as PoolEvent.reason names it
-_KILL_REASON = {
-    TimeoutType.START_TO_CLOSE: "deadline",
-    TimeoutType.HEARTBEAT: "heartbeat",
-    TimeoutType.SCHEDULE_TO_CLOSE: "schedule_to_close",
-}
-
-
 # After this many workers in a row die before their handshake, the pool stops respawning and
 # fails what is queued: a broken environment must surface as an error, not a fork loop.
 MAX_STARTUP_FAILURES = 3
-
-
-def _stopped(slot: WorkerSlot) -> WorkerCrashedError:
-    """Why an attempt or session ended when its worker was stopped for no error of its own."""
-    return WorkerCrashedError(
-        "the worker was stopped", exitcode=None, signal=None, pid=None, worker_id=slot.id
-    )
 
 
 class Scheduler:
@@ -110,7 +101,7 @@ class Scheduler:
         self.closed = False
         self.broken: BaseException | None = None
         # every timeout, backoff and grace period (see pool._deadlines)
-        self.deadlines = Deadlines(self._valid, lambda: len(self.calls) + len(self.workers))
+        self.deadlines = Deadlines(still_valid, lambda: len(self.calls) + len(self.workers))
         self._wids = itertools.count(1)
         self._seqs = itertools.count(1)
         self._consecutive_start_failures = 0
@@ -764,7 +755,7 @@ class Scheduler:
                 reason=reason,
             )
         running, slot.running = slot.running, None
-        lost = self.sessions.lose(slot, lambda: cause or _stopped(slot))
+        lost = self.sessions.lose(slot, lambda: cause or stopped(slot))
         # Every call of a lost session that has not ended fails now, in submission order: the
         # running one, those waiting their turn, one in backoff. None of them runs anywhere.
         for session in lost:
@@ -786,7 +777,7 @@ class Scheduler:
         slot.sent.clear()
         slot.sticky.clear()  # each was its session's next call: failed with the session above
         if running is not None and running.state is not CallState.DONE:
-            self._attempt_failed(running, cause or _stopped(slot), now)
+            self._attempt_failed(running, cause or stopped(slot), now)
         if self.events:
             for sid in slot.sessions:
                 self.fx.event("session_lost", worker_id=slot.id, session_id=sid, cause=cause)
@@ -813,19 +804,6 @@ class Scheduler:
                 self._finish(call, error=exc)
 
     # -- deadlines -----------------------------------------------------------------------
-    def _valid(self, kind: Deadline, obj: Any, gen: int) -> bool:
-        if kind is Deadline.WORKER_START:
-            return bool(obj.gen == gen and obj.state is WorkerState.STARTING)
-        if kind is Deadline.SCHEDULE_TO_CLOSE:
-            return bool(obj.state is not CallState.DONE)
-        if kind is Deadline.CANCEL_GRACE:
-            return bool(obj.gen == gen)  # the call is DONE: the caller was answered already
-        if kind is Deadline.RATE:
-            return bool(obj.waiting)
-        if kind is Deadline.WITHDRAW:
-            return bool(obj.gen == gen)  # the attempt is still the one the calls wait behind
-        return bool(obj.gen == gen and obj.state is not CallState.DONE)
-
     def next_deadline(self) -> float | None:
         """When the supervisor's one timer must fire next (None: no deadline pending)."""
         return self.deadlines.next()
@@ -849,13 +827,7 @@ class Scheduler:
             return
         if kind is Deadline.WORKER_START:
             slot: WorkerSlot = obj
-            crash = WorkerCrashedError(
-                f"worker {slot.id} did not become ready in {self.start_timeout:g}s",
-                exitcode=None,
-                signal=None,
-                pid=None,
-                worker_id=slot.id,
-            )
+            crash = start_timeout_error(slot, self.start_timeout)
             self._consecutive_start_failures += 1
             if self._consecutive_start_failures >= MAX_STARTUP_FAILURES:
                 self.broken = crash
@@ -885,17 +857,7 @@ class Scheduler:
         )
 
     def _timeout(self, call: Call, type: TimeoutType, now: float) -> None:
-        limit = {
-            TimeoutType.START_TO_CLOSE: call.defn.start_to_close_timeout,
-            TimeoutType.HEARTBEAT: call.defn.heartbeat_timeout,
-            TimeoutType.SCHEDULE_TO_CLOSE: call.defn.schedule_to_close_timeout,
-        }[type]
-        exc = ActivityTimeoutError(
-            f"activity {call.defn.name!r} attempt {call.attempt}: "
-            f"{type.value.lower().replace('_', '-')} timeout of {limit:g}s",
-            type=type,
-            last_heartbeat_details=call.heartbeat_details,
-        )
+        exc = timeout_error(call, type)
         if call.state is CallState.SENT and call.worker is not None:
             # queued in a worker's pipe: answer now, and have the worker skip it
             call.cancelled = True
@@ -907,6 +869,6 @@ class Scheduler:
             if type is TimeoutType.SCHEDULE_TO_CLOSE and call.session is None:
                 # the call is over whatever the policy says; the worker must stop running it
                 self._finish(call, error=self._final_error(call, exc))
-            self._worker_gone(slot, now, kill=True, cause=exc, reason=_KILL_REASON[type])
+            self._worker_gone(slot, now, kill=True, cause=exc, reason=KILL_REASON[type])
             return
         self._finish(call, error=self._final_error(call, exc))
