@@ -393,13 +393,20 @@ class Scheduler:
             call.heartbeat_deadline = now + defn.heartbeat_timeout
             self.deadlines.push(call.heartbeat_deadline, Deadline.HEARTBEAT, call, gen)
         if self.events:
-            self.fx.event(
-                "attempt_started",
-                worker_id=slot.id,
-                activity=defn.name,
-                call_id=call.id,
-                attempt=call.attempt,
-            )
+            self._attempt_event("attempt_started", slot.id, call, call.attempt)
+
+    def _attempt_event(
+        self, kind: str, worker_id: int | None, call: Call, attempt: int, **more: Any
+    ) -> None:
+        """Tell the event stream about an attempt of ``call`` (called only with events on)."""
+        self.fx.event(
+            kind,
+            worker_id=worker_id,
+            activity=call.defn.name,
+            call_id=call.id,
+            attempt=attempt,
+            **more,
+        )
 
     def _became_idle(self, slot: WorkerSlot, now: float) -> None:
         """The running attempt ended; promote what was prefetched or take new work."""
@@ -465,13 +472,7 @@ class Scheduler:
         if call.state is not CallState.DONE:
             self._requeue_front(call, now)
             if self.events:
-                self.fx.event(
-                    "attempt_withdrawn",
-                    worker_id=wid,
-                    activity=call.defn.name,
-                    call_id=call.id,
-                    attempt=call.attempt + 1,
-                )
+                self._attempt_event("attempt_withdrawn", wid, call, call.attempt + 1)
         if promoted:
             self._became_idle(slot, now)
         else:
@@ -537,12 +538,11 @@ class Scheduler:
         avg = self._durations.get(name)
         self._durations[name] = took if avg is None else avg + (took - avg) * 0.2
         if self.events:
-            self.fx.event(
+            self._attempt_event(
                 "attempt_completed",
-                worker_id=wid,
-                activity=call.defn.name,
-                call_id=call.id,
-                attempt=call.attempt,
+                wid,
+                call,
+                call.attempt,
                 duration=now - call.started_at,
                 latency=now - call.submitted_at,
             )
@@ -602,14 +602,7 @@ class Scheduler:
 
     def _attempt_failed(self, call: Call, exc: BaseException, now: float) -> None:
         if self.events:
-            self.fx.event(
-                "attempt_failed",
-                worker_id=call.worker,
-                activity=call.defn.name,
-                call_id=call.id,
-                attempt=call.attempt,
-                error=exc,
-            )
+            self._attempt_event("attempt_failed", call.worker, call, call.attempt, error=exc)
         delay = call.policy.next_delay(exc, call.attempt)
         if delay is None:
             self._finish(call, error=self._final_error(call, exc))
@@ -767,13 +760,7 @@ class Scheduler:
             if call.state is not CallState.DONE:
                 self._requeue_front(call, now)
                 if self.events:
-                    self.fx.event(
-                        "attempt_requeued",
-                        worker_id=slot.id,
-                        activity=call.defn.name,
-                        call_id=call.id,
-                        attempt=call.attempt + 1,
-                    )
+                    self._attempt_event("attempt_requeued", slot.id, call, call.attempt + 1)
         slot.sent.clear()
         slot.sticky.clear()  # each was its session's next call: failed with the session above
         if running is not None and running.state is not CallState.DONE:
