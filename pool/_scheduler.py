@@ -41,9 +41,9 @@ from pool._calls_state import (
 )
 from pool._deadlines import Deadline, Deadlines
 from pool._prefetch import (
-    prefetch_depth,
+    PREFETCH_HORIZON,
+    WITHDRAW_AFTER,
     take_back,
-    takes_prefetch,
     to_withdraw,
     withdraw_due,
 )
@@ -314,12 +314,21 @@ class Scheduler:
         avg = self._durations.get(head.defn.name)
         if avg is None:
             return
-        depth = prefetch_depth(avg, self.prefetch)
+        # inline rather than a call per worker: this runs on every submission and result
+        depth = max(1, min(self.prefetch, int(PREFETCH_HORIZON / max(avg, 1e-6))))
+        fresh = now - WITHDRAW_AFTER
         progress = True
         while progress and self.queue:
             progress = False
             for slot in self.workers.values():
-                if takes_prefetch(slot, depth, max_tasks, now):
+                if (
+                    slot.state is WorkerState.BUSY
+                    and len(slot.sent) < depth
+                    and not slot.recycle
+                    and not slot.sticky
+                    and (max_tasks is None or slot.tasks_done + 1 + len(slot.sent) < max_tasks)
+                    and (slot.running is None or slot.running.started_at > fresh)
+                ):
                     if self.queue and self.queue[0].defn.rate_limit is not None:
                         return
                     call = self._pop_queue()
