@@ -6,8 +6,8 @@ as ``main([RFD, WFD, PARENT_PID])``; stdout and stderr are a pipe the supervisor
 ``print`` never touches the protocol channel.
 
 Threads: the main thread runs activities and owns the read side of the channel. A heartbeat
-flusher thread exists only after the first coalesced heartbeat; it shares the write side under
-``_write_lock``. Cancellation arrives as a CANCEL frame followed by SIGUSR1, whose handler drains
+flusher thread (``pool._heartbeats``) exists only after the first coalesced heartbeat; it
+shares the write side under ``_write_lock``. Cancellation arrives as a CANCEL frame followed by SIGUSR1, whose handler drains
 the channel while an activity runs (the main thread is not reading then). A WITHDRAW frame comes
 the same way: the RUN it names is dropped if it has not started, and WITHDRAWN says so; a RUN
 already started is answered as usual, so a call never runs in two places.
@@ -23,6 +23,7 @@ import time
 from collections import deque
 
 from pool._fds import StdioReserved
+from pool._heartbeats import Heartbeats
 from pool._protocol import (
     FailureInfo,
     Frame,
@@ -59,9 +60,6 @@ else:
     except ImportError:  # pragma: no cover - an interpreter without the C accelerator
         import pickle
 
-# Coalescing window for heartbeats: at most one HEARTBEAT frame per window, and the latest
-# details are on the wire at most this long after they were given (the contract says 100 ms).
-HEARTBEAT_WINDOW = 0.05
 CANCEL_SIGNAL = signal.SIGUSR1
 # Setup (loading the arguments, making Depends resources) longer than this before the activity
 # is entered is reported, so that the supervisor's heartbeat clock starts at the entry. Shorter
@@ -82,7 +80,7 @@ class _WorkerContext(_context.ActivityContext):
         self._meta = meta
         self._info: _context.ActivityInfo | None = None
         self._started_at = time.time()
-        self.heartbeat = worker.heartbeat
+        self.heartbeat = worker.beats.beat
         self.is_cancelled = worker.is_cancelled
         self.resources = worker.resources
         self.host = worker
@@ -185,17 +183,9 @@ class Worker(Host):
         self.began = 0.0  # time.monotonic() when the attempt's setup began
         self.held = False  # the heartbeat clock is held (user code prepares the attempt)
         self.fault: tuple[str, Any] | None = None  # Pool.inject_fault's, for this attempt
-        # heartbeat coalescing (main thread writes; flusher reads under _write_lock)
-        self.hb_details: Any = None
-        self.hb_pending = False
-        self.hb_next = 0.0
-        self.hb_window = HEARTBEAT_WINDOW
-        self.hb_seq = 0
-        self.hb_time = 0.0  # time.monotonic() of the latest heartbeat() call
-        self._flusher: threading.Thread | None = None
+        self.beats = Heartbeats(wfd, self._write_lock, self.send)  # heartbeat coalescing
         self._unmapper: threading.Thread | None = None
         self._unmap_queue: Any = None
-        self._flush_event = threading.Event()
 
     # -- channel -------------------------------------------------------------------------
     def send(self, parts: list[bytes | memoryview]) -> None:
@@ -496,7 +486,7 @@ class Worker(Host):
             self.fail(seq, exc, non_retryable=True)
             return
         hb_timeout = meta.heartbeat_timeout
-        self.current_seq = seq
+        self.current_seq = self.beats.seq = seq
         self.current_heartbeat_timeout = hb_timeout
         self.held = False
         # Importing the activity's module (not preloaded) and Depends factories run user code
@@ -510,9 +500,7 @@ class Worker(Host):
             self.fail(seq, exc, non_retryable=True, note=f"worker could not load {meta.name!r}")
             return
         self.cancel_requested = False
-        self.hb_pending = False
-        self.hb_next = 0.0
-        self.hb_window = min(HEARTBEAT_WINDOW, hb_timeout / 4) if hb_timeout else HEARTBEAT_WINDOW
+        self.beats.start(hb_timeout)
         self.fault = meta.fault
         # the attempt's span (made by the supervisor) is current while the activity runs
         traced = _otel_attach(meta.trace) if meta.trace is not None else None
@@ -526,15 +514,15 @@ class Worker(Host):
         except BaseException as exc:
             self.running = False
             self.task = None
-            self._flush_heartbeat()
+            self.beats.flush()
             self.fail(seq, exc)
             return
         finally:
             self.running = False
             if traced is not None:
                 _otel_detach(traced)
-        if self.hb_pending:
-            self._flush_heartbeat()
+        if self.beats.pending:
+            self.beats.flush()
         try:
             body, buffers = dumps(lift_bytes(result))
         except BaseException as exc:
@@ -633,57 +621,11 @@ class Worker(Host):
             )
         self.send(encode(Kind.FAILURE, seq, pickle.dumps(info, protocol=5)))
 
-    # -- heartbeats ----------------------------------------------------------------------
-    def heartbeat(self, details: Any) -> None:
-        # Hot path: store, and put on the wire at most once per window. The first beat of a
-        # window goes inline so that an activity which then blocks in C holding the GIL has
-        # still delivered recent details; the trailing one is sent by the flusher thread.
-        self.hb_details = details
-        self.hb_time = now = time.monotonic()
-        if now >= self.hb_next:
-            self.hb_next = now + self.hb_window
-            self.hb_pending = False
-            self._send_heartbeat(self.current_seq, details, now)
-        elif not self.hb_pending:
-            self.hb_seq = self.current_seq
-            self.hb_pending = True
-            if self._flusher is None:
-                self._flusher = threading.Thread(
-                    target=self._flush_loop, name="activitypool-heartbeat", daemon=True
-                )
-                self._flusher.start()
-            self._flush_event.set()
-
+    # -- heartbeats (the coalescing is pool._heartbeats') ------------------------------------
     def _send_beat(self, seq: int, body: tuple[float, ...]) -> None:
         """A HEARTBEAT without details: ``()`` the setup runs user code, ``(at,)`` the
         activity was entered at ``at``."""
         self.send([encode_small(Kind.HEARTBEAT, seq, dumps(body)[0])])
-
-    def _send_heartbeat(self, seq: int, details: Any, at: float) -> None:
-        body, buffers = _dump_details(details, at)
-        self.send(encode(Kind.HEARTBEAT, seq, body, buffers=buffers))
-
-    def _flush_heartbeat(self) -> None:
-        """Before RESULT/FAILURE: deliver details the window held back."""
-        if self.hb_pending:
-            self.hb_pending = False
-            self._send_heartbeat(self.current_seq, self.hb_details, self.hb_time)
-
-    def _flush_loop(self) -> None:
-        while True:
-            self._flush_event.wait()
-            self._flush_event.clear()
-            delay = self.hb_next - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            with self._write_lock:
-                if not self.hb_pending:
-                    continue
-                self.hb_pending = False
-                seq, details, at = self.hb_seq, self.hb_details, self.hb_time
-                self.hb_next = time.monotonic() + self.hb_window
-                body, buffers = _dump_details(details, at)
-                write_all(self.wfd, encode(Kind.HEARTBEAT, seq, body, buffers=buffers))
 
 
 def _watch_logging(send: Any, levels: dict[str, int]) -> None:
@@ -818,16 +760,6 @@ def _failure_info(exc: BaseException, non_retryable: bool, note: str | None) -> 
     if note:
         message = f"{note}: {type(exc).__name__}: {message}"
     return FailureInfo(raw, type(exc).__qualname__, message, tb, non_retryable)
-
-
-def _dump_details(details: Any, at: float) -> tuple[bytes, list[Any]]:
-    """A HEARTBEAT body: the details and the CLOCK_MONOTONIC time they were given at, so that
-    the supervisor's heartbeat deadline counts from the beat, not from when it arrived."""
-    try:
-        return dumps((details, at))
-    except Exception:
-        # details that cannot be pickled still prove liveness; keep their repr
-        return dumps((f"<unpicklable heartbeat details: {safe_repr(details)}>", at))
 
 
 def _cancelled_error() -> BaseException:
