@@ -7,10 +7,11 @@ as ``main([RFD, WFD, PARENT_PID])``; stdout and stderr are a pipe the supervisor
 
 Threads: the main thread runs activities and owns the read side of the channel. A heartbeat
 flusher thread (``pool._heartbeats``) exists only after the first coalesced heartbeat; it
-shares the write side under ``_write_lock``. Cancellation arrives as a CANCEL frame followed by SIGUSR1, whose handler drains
-the channel while an activity runs (the main thread is not reading then). A WITHDRAW frame comes
-the same way: the RUN it names is dropped if it has not started, and WITHDRAWN says so; a RUN
-already started is answered as usual, so a call never runs in two places.
+shares the write side under ``_write_lock``. Cancellation arrives as a CANCEL frame followed
+by SIGUSR1, whose handler drains the channel while an activity runs (the main thread is not
+reading then). A WITHDRAW frame comes the same way: the RUN it names is dropped if it has not
+started, and WITHDRAWN says so; a RUN already started is answered as usual, so a call never
+runs in two places.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections import deque
 
 from pool._fds import StdioReserved
 from pool._heartbeats import Heartbeats
+from pool._log_hook import watch_logging
 from pool._protocol import (
     FailureInfo,
     Frame,
@@ -399,7 +401,7 @@ class Worker(Host):
         sys.path[:] = init["sys_path"]
         self.main_path = init.get("main_path")
         # before any activity module runs: its records go to the caller's logging
-        _watch_logging(self.send_log, init.get("log_levels") or {})
+        watch_logging(self.send_log, init.get("log_levels") or {})
         for name in init.get("preload", ()):
             try:
                 self.import_module(name)
@@ -626,66 +628,6 @@ class Worker(Host):
         """A HEARTBEAT without details: ``()`` the setup runs user code, ``(at,)`` the
         activity was entered at ``at``."""
         self.send([encode_small(Kind.HEARTBEAT, seq, dumps(body)[0])])
-
-
-def _watch_logging(send: Any, levels: dict[str, int]) -> None:
-    """Forward ``logging`` records to the supervisor (``pool._worker_log``) from the moment
-    ``logging`` is imported: now if it is (a worker forked from its caller), else on import."""
-    if "logging" in sys.modules:
-        from pool._worker_log import install
-
-        install(send, levels, os.getpid())
-    else:
-        sys.meta_path.insert(0, _LoggingImportHook(send, levels))
-
-
-class _LoggingImportHook:
-    """On ``sys.meta_path`` until ``logging`` is imported; then has the ``logging`` package's
-    loader call :func:`pool._worker_log.install` right after the package has run, before the
-    import statement returns."""
-
-    def __init__(self, send: Any, levels: dict[str, int]) -> None:
-        self.send = send
-        self.levels = levels
-        # the worker's: a process an activity forks has this hook too, not the channel
-        self.pid = os.getpid()
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != "logging":
-            return None
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-        for finder in sys.meta_path:
-            find_spec = getattr(finder, "find_spec", None)
-            spec = find_spec(name, path, target) if find_spec is not None else None
-            if spec is not None:
-                break
-        else:
-            return None
-        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _InstallAfter(spec.loader, self)
-        return spec
-
-
-class _InstallAfter:
-    """The ``logging`` package's own loader, and then the forwarding handler's install."""
-
-    def __init__(self, loader: Any, hook: _LoggingImportHook) -> None:
-        self._loader = loader
-        self._hook = hook
-
-    def create_module(self, spec: Any) -> Any:
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module: Any) -> None:
-        self._loader.exec_module(module)
-        from pool._worker_log import install
-
-        hook = self._hook
-        install(hook.send, hook.levels, hook.pid)
-
-    def __getattr__(self, name: str) -> Any:  # get_source, get_filename, resource readers...
-        return getattr(self._loader, name)
 
 
 # The exit code of a worker that received a malformed frame from the supervisor.
