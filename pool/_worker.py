@@ -16,7 +16,6 @@ runs in two places.
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import threading
@@ -26,6 +25,7 @@ from collections import deque
 from pool._fds import StdioReserved
 from pool._heartbeats import Heartbeats
 from pool._log_hook import watch_logging
+from pool._main_script import ModuleLoader, refuse_pool_while_importing_main
 from pool._protocol import (
     FailureInfo,
     Frame,
@@ -167,9 +167,7 @@ class Worker(Host):
         self.worker_id: int | None = None
         # where large results go (None: through the pipe); main thread only
         self.segments: Segments | None = None
-        self.main_path: str | None = None
-        self.main_module: Any = None  # the caller's main script, once loaded
-        self.main_error: tuple[BaseException, Any] | None = None  # why it could not be
+        self.modules = ModuleLoader()  # activity modules, the caller's main script among them
         self.functions: dict[tuple[str, str], ActivityDefinition] = {}
         self.sessions: dict[str, dict[str, Any]] = {}
         self.loop: Any = None  # asyncio loop, made on the first async activity
@@ -399,12 +397,12 @@ class Worker(Host):
             self.segments = Segments()
             self.reader.peer = PeerSegments(self.supervisor)
         sys.path[:] = init["sys_path"]
-        self.main_path = init.get("main_path")
+        self.modules.main_path = init.get("main_path")
         # before any activity module runs: its records go to the caller's logging
         watch_logging(self.send_log, init.get("log_levels") or {})
         for name in init.get("preload", ()):
             try:
-                self.import_module(name)
+                self.modules.import_module(name)
             except BaseException:
                 import traceback  # lazily, as in fail()
 
@@ -413,65 +411,11 @@ class Worker(Host):
                 traceback.print_exc()
         return shm
 
-    def import_module(self, name: str) -> Any:
-        if name != "__main__":
-            return importlib.import_module(name)
-        # Our own reference, not sys.modules["__mp_main__"]: importing multiprocessing (which
-        # concurrent.futures, joblib and torch do) points that key at whatever __main__ is then.
-        if self.main_module is None:
-            if self.main_error is not None:
-                # run the script once: its top-level code may have done things before failing
-                exc, tb = self.main_error
-                raise exc.with_traceback(tb)
-            try:
-                self.main_module = self._load_main()
-            except BaseException as exc:
-                self.main_error = (exc, exc.__traceback__)
-                raise
-        sys.modules["__main__"] = sys.modules["__mp_main__"] = self.main_module
-        return self.main_module
-
-    def _load_main(self) -> Any:
-        main = sys.modules.get("__main__")
-        if not self.main_path:
-            raise ImportError(
-                "an activity defined in __main__ can be loaded by workers only from a script "
-                "file; define it in a module"
-            )
-        main_file = getattr(main, "__file__", None)
-        if main is not None and main_file and os.path.abspath(main_file) == self.main_path:
-            # forked from the caller (its fork server was): the script has run here already,
-            # and its activities are registered; running it again would register them twice
-            return main
-        from importlib.util import module_from_spec, spec_from_file_location  # lazily: rare
-
-        # Run the supervisor's main script as a module (its `if __name__ == "__main__"` block
-        # stays off) and alias it, so pickles that name __main__ resolve here too.
-        spec = spec_from_file_location("__mp_main__", self.main_path)
-        assert spec is not None and spec.loader is not None
-        mod = module_from_spec(spec)
-        saved = {k: sys.modules.get(k) for k in ("__main__", "__mp_main__")}
-        sys.modules["__main__"] = sys.modules["__mp_main__"] = mod
-        global _importing_main
-        _importing_main = self.main_path
-        try:
-            spec.loader.exec_module(mod)
-        except BaseException:
-            for k, v in saved.items():
-                if v is None:
-                    sys.modules.pop(k, None)
-                else:
-                    sys.modules[k] = v
-            raise
-        finally:
-            _importing_main = None
-        return mod
-
     def lookup(self, module: str, qualname: str) -> ActivityDefinition:
         key = (module, qualname)
         defn = self.functions.get(key)
         if defn is None:
-            obj: Any = self.import_module(module)
+            obj: Any = self.modules.import_module(module)
             for part in qualname.split("."):
                 obj = getattr(obj, part)
             defn = obj.__activity_definition__
@@ -710,21 +654,7 @@ def _cancelled_error() -> BaseException:
     return asyncio.CancelledError("cancelled before it started")
 
 
-# The path of the caller's main script while a worker runs it to find its activities.
-_importing_main: str | None = None
-
-
-def refuse_pool_while_importing_main() -> None:
-    """Raise if a pool is being started by the main script a worker is importing: the script
-    has no ``__main__`` guard, and each worker would start a pool of its own."""
-    if _importing_main is not None:
-        raise RuntimeError(
-            f"the script {_importing_main} starts a Pool at import time. Workers import the "
-            "script to find the activities it defines, which runs its top-level code again, "
-            "so each worker would start a pool of its own. Start the pool under "
-            '`if __name__ == "__main__":`, which is true only in the process you ran.'
-        )
-
+__all__ = ["IN_WORKER", "load_prctl", "main", "refuse_pool_while_importing_main"]
 
 # True in a worker process (set by main): code that must tell a worker from the supervisor, or
 # from a process that merely imported this module, reads it.
