@@ -22,6 +22,7 @@ import threading
 import time
 from collections import deque
 
+from pool._cancels import PROTOCOL_ERROR_EXIT, CancelSignals, report_protocol_error
 from pool._fds import StdioReserved
 from pool._heartbeats import Heartbeats
 from pool._log_hook import watch_logging
@@ -149,7 +150,7 @@ def _adopt_orphans() -> None:
         prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-class Worker(Host):
+class Worker(CancelSignals, Host):
     """One worker process's state; the main thread runs attempts through sdk._attempt, with
     this worker as their Host."""
 
@@ -246,87 +247,6 @@ class Worker(Host):
                     keep.append(f)
             self.pending = keep
 
-    def _drain_nonblocking(self) -> None:
-        """Read what is in the pipe now into ``pending``. A malformed frame ends the process
-        here and now: this runs in the SIGUSR1 handler, or under an attempt's error handling,
-        where an exception would reach the activity (which might catch it) or its caller."""
-        os.set_blocking(self.rfd, False)
-        try:
-            while True:
-                try:
-                    frames = self.reader.read(self.rfd)
-                except BlockingIOError:
-                    return
-                except ProtocolError as exc:
-                    _protocol_exit(exc)
-                if frames is None:
-                    return
-                self.pending.extend(frames)
-        finally:
-            os.set_blocking(self.rfd, True)
-
-    def _on_cancel_signal(self, signum: int, frame: Any) -> None:
-        if not self.running or self._absorbing:
-            # between attempts the main thread may be inside a read: only leave a note; it
-            # absorbs the CANCEL frames before starting its next attempt (or on running)
-            self.cancel_signalled = True
-            return
-        self.cancel_signalled = True
-        while self.cancel_signalled and self.running:  # again if a signal came meanwhile
-            self._absorb_cancels(in_handler=True)
-
-    def _absorb_cancels(self, in_handler: bool = False) -> None:
-        """Read what is in the pipe now and act on every CANCEL and WITHDRAW frame in it."""
-        self._absorbing = True
-        try:
-            self.cancel_signalled = False
-            self._drain_nonblocking()
-            keep: deque[Frame] = deque()
-            withdraw: set[int] = set()
-            for f in self.pending:
-                if f.kind is Kind.CANCEL:
-                    self._note_cancel(f.seq)
-                elif f.kind is Kind.WITHDRAW:
-                    withdraw.add(f.seq)
-                else:
-                    keep.append(f)
-            if withdraw:
-                # a RUN precedes its WITHDRAW in the pipe: one not in `keep` was taken already
-                dropped = [f.seq for f in keep if f.kind is Kind.RUN and f.seq in withdraw]
-                keep = deque(f for f in keep if f.kind is not Kind.RUN or f.seq not in withdraw)
-                self.withdraw_seqs.update(withdraw.difference(dropped))
-                if dropped:
-                    self._confirm_withdrawn(dropped, in_handler)
-            self.pending = keep
-        finally:
-            self._absorbing = False
-
-    def _confirm_withdrawn(self, seqs: list[int], in_handler: bool) -> None:
-        data = b"".join(encode_small(Kind.WITHDRAWN, seq) for seq in seqs)
-        if not in_handler:
-            self.send([data])
-            return
-        # The handler interrupted the main thread, which may hold the write lock mid-frame:
-        # never wait for it here. If it is taken, a short-lived thread waits instead.
-        if self._write_lock.acquire(blocking=False):
-            try:
-                write_all(self.wfd, [data])
-            finally:
-                self._write_lock.release()
-        else:
-            threading.Thread(
-                target=self.send, args=([data],), name="activitypool-withdrawn", daemon=True
-            ).start()
-
-    def _note_cancel(self, seq: int) -> None:
-        if self.running and seq == self.current_seq:
-            self.cancel_requested = True
-            task, loop = self.task, self.loop
-            if task is not None and loop is not None:
-                loop.call_soon_threadsafe(task.cancel)
-        else:
-            self.cancelled_seqs.add(seq)
-
     # -- main loop -----------------------------------------------------------------------
     def serve(self) -> int:
         init = self.next_frame()
@@ -378,15 +298,6 @@ class Worker(Host):
             self.resources.close()
             if self.segments is not None:
                 self.segments.close()
-
-    def _withdrawn_at_start(self, seq: int) -> bool:
-        """Whether RUN ``seq``, about to start, was withdrawn (and is now confirmed so)."""
-        withdrawn = seq in self.withdraw_seqs
-        # seqs rise in pipe order: the WITHDRAWs of earlier RUNs came too late for them
-        self.withdraw_seqs = {s for s in self.withdraw_seqs if s > seq}
-        if withdrawn:
-            self._confirm_withdrawn([seq], in_handler=False)
-        return withdrawn
 
     def setup(self, init: dict[str, Any]) -> bool:
         """Apply the INIT settings; whether large frames can go through shared memory."""
@@ -574,23 +485,6 @@ class Worker(Host):
         self.send([encode_small(Kind.HEARTBEAT, seq, dumps(body)[0])])
 
 
-# The exit code of a worker that received a malformed frame from the supervisor.
-PROTOCOL_ERROR_EXIT = 3
-
-
-def _report_protocol_error(exc: ProtocolError) -> None:
-    message = f"activitypool worker: malformed frame from the supervisor ({exc}); exiting\n"
-    try:
-        os.write(2, message.encode("utf-8", "replace"))
-    except OSError:  # stderr closed by an activity: the exit code still says it
-        pass
-
-
-def _protocol_exit(exc: ProtocolError) -> None:
-    _report_protocol_error(exc)
-    os._exit(PROTOCOL_ERROR_EXIT)
-
-
 def _unmap_forever(boxes: Any) -> None:
     while True:
         boxes.get().clear()  # the last reference: the frame's mapping is freed here
@@ -654,7 +548,13 @@ def _cancelled_error() -> BaseException:
     return asyncio.CancelledError("cancelled before it started")
 
 
-__all__ = ["IN_WORKER", "load_prctl", "main", "refuse_pool_while_importing_main"]
+__all__ = [
+    "IN_WORKER",
+    "PROTOCOL_ERROR_EXIT",
+    "load_prctl",
+    "main",
+    "refuse_pool_while_importing_main",
+]
 
 # True in a worker process (set by main): code that must tell a worker from the supervisor, or
 # from a process that merely imported this module, reads it.
@@ -679,7 +579,7 @@ def main(argv: list[str]) -> int:
     try:
         return Worker(rfd, wfd, supervisor).serve()
     except ProtocolError as exc:  # the channel lost its framing: nothing on it can be trusted
-        _report_protocol_error(exc)
+        report_protocol_error(exc)
         return PROTOCOL_ERROR_EXIT
 
 
