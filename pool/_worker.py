@@ -6,23 +6,27 @@ as ``main([RFD, WFD, PARENT_PID])``; stdout and stderr are a pipe the supervisor
 ``print`` never touches the protocol channel.
 
 Threads: the main thread runs activities and owns the read side of the channel. A heartbeat
-flusher thread exists only after the first coalesced heartbeat; it shares the write side under
-``_write_lock``. Cancellation arrives as a CANCEL frame followed by SIGUSR1, whose handler drains
-the channel while an activity runs (the main thread is not reading then). A WITHDRAW frame comes
-the same way: the RUN it names is dropped if it has not started, and WITHDRAWN says so; a RUN
-already started is answered as usual, so a call never runs in two places.
+flusher thread (``pool._heartbeats``) exists only after the first coalesced heartbeat; it
+shares the write side under ``_write_lock``. Cancellation arrives as a CANCEL frame followed
+by SIGUSR1, whose handler drains the channel while an activity runs (the main thread is not
+reading then). A WITHDRAW frame comes the same way: the RUN it names is dropped if it has not
+started, and WITHDRAWN says so; a RUN already started is answered as usual, so a call never
+runs in two places.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import threading
 import time
 from collections import deque
 
+from pool._cancels import PROTOCOL_ERROR_EXIT, CancelSignals, report_protocol_error
 from pool._fds import StdioReserved
+from pool._heartbeats import Heartbeats
+from pool._log_hook import watch_logging
+from pool._main_script import ModuleLoader, refuse_pool_while_importing_main
 from pool._protocol import (
     FailureInfo,
     Frame,
@@ -59,9 +63,6 @@ else:
     except ImportError:  # pragma: no cover - an interpreter without the C accelerator
         import pickle
 
-# Coalescing window for heartbeats: at most one HEARTBEAT frame per window, and the latest
-# details are on the wire at most this long after they were given (the contract says 100 ms).
-HEARTBEAT_WINDOW = 0.05
 CANCEL_SIGNAL = signal.SIGUSR1
 # Setup (loading the arguments, making Depends resources) longer than this before the activity
 # is entered is reported, so that the supervisor's heartbeat clock starts at the entry. Shorter
@@ -82,7 +83,7 @@ class _WorkerContext(_context.ActivityContext):
         self._meta = meta
         self._info: _context.ActivityInfo | None = None
         self._started_at = time.time()
-        self.heartbeat = worker.heartbeat
+        self.heartbeat = worker.beats.beat
         self.is_cancelled = worker.is_cancelled
         self.resources = worker.resources
         self.host = worker
@@ -149,7 +150,7 @@ def _adopt_orphans() -> None:
         prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-class Worker(Host):
+class Worker(CancelSignals, Host):
     """One worker process's state; the main thread runs attempts through sdk._attempt, with
     this worker as their Host."""
 
@@ -167,9 +168,7 @@ class Worker(Host):
         self.worker_id: int | None = None
         # where large results go (None: through the pipe); main thread only
         self.segments: Segments | None = None
-        self.main_path: str | None = None
-        self.main_module: Any = None  # the caller's main script, once loaded
-        self.main_error: tuple[BaseException, Any] | None = None  # why it could not be
+        self.modules = ModuleLoader()  # activity modules, the caller's main script among them
         self.functions: dict[tuple[str, str], ActivityDefinition] = {}
         self.sessions: dict[str, dict[str, Any]] = {}
         self.loop: Any = None  # asyncio loop, made on the first async activity
@@ -185,17 +184,9 @@ class Worker(Host):
         self.began = 0.0  # time.monotonic() when the attempt's setup began
         self.held = False  # the heartbeat clock is held (user code prepares the attempt)
         self.fault: tuple[str, Any] | None = None  # Pool.inject_fault's, for this attempt
-        # heartbeat coalescing (main thread writes; flusher reads under _write_lock)
-        self.hb_details: Any = None
-        self.hb_pending = False
-        self.hb_next = 0.0
-        self.hb_window = HEARTBEAT_WINDOW
-        self.hb_seq = 0
-        self.hb_time = 0.0  # time.monotonic() of the latest heartbeat() call
-        self._flusher: threading.Thread | None = None
+        self.beats = Heartbeats(wfd, self._write_lock, self.send)  # heartbeat coalescing
         self._unmapper: threading.Thread | None = None
         self._unmap_queue: Any = None
-        self._flush_event = threading.Event()
 
     # -- channel -------------------------------------------------------------------------
     def send(self, parts: list[bytes | memoryview]) -> None:
@@ -256,87 +247,6 @@ class Worker(Host):
                     keep.append(f)
             self.pending = keep
 
-    def _drain_nonblocking(self) -> None:
-        """Read what is in the pipe now into ``pending``. A malformed frame ends the process
-        here and now: this runs in the SIGUSR1 handler, or under an attempt's error handling,
-        where an exception would reach the activity (which might catch it) or its caller."""
-        os.set_blocking(self.rfd, False)
-        try:
-            while True:
-                try:
-                    frames = self.reader.read(self.rfd)
-                except BlockingIOError:
-                    return
-                except ProtocolError as exc:
-                    _protocol_exit(exc)
-                if frames is None:
-                    return
-                self.pending.extend(frames)
-        finally:
-            os.set_blocking(self.rfd, True)
-
-    def _on_cancel_signal(self, signum: int, frame: Any) -> None:
-        if not self.running or self._absorbing:
-            # between attempts the main thread may be inside a read: only leave a note; it
-            # absorbs the CANCEL frames before starting its next attempt (or on running)
-            self.cancel_signalled = True
-            return
-        self.cancel_signalled = True
-        while self.cancel_signalled and self.running:  # again if a signal came meanwhile
-            self._absorb_cancels(in_handler=True)
-
-    def _absorb_cancels(self, in_handler: bool = False) -> None:
-        """Read what is in the pipe now and act on every CANCEL and WITHDRAW frame in it."""
-        self._absorbing = True
-        try:
-            self.cancel_signalled = False
-            self._drain_nonblocking()
-            keep: deque[Frame] = deque()
-            withdraw: set[int] = set()
-            for f in self.pending:
-                if f.kind is Kind.CANCEL:
-                    self._note_cancel(f.seq)
-                elif f.kind is Kind.WITHDRAW:
-                    withdraw.add(f.seq)
-                else:
-                    keep.append(f)
-            if withdraw:
-                # a RUN precedes its WITHDRAW in the pipe: one not in `keep` was taken already
-                dropped = [f.seq for f in keep if f.kind is Kind.RUN and f.seq in withdraw]
-                keep = deque(f for f in keep if f.kind is not Kind.RUN or f.seq not in withdraw)
-                self.withdraw_seqs.update(withdraw.difference(dropped))
-                if dropped:
-                    self._confirm_withdrawn(dropped, in_handler)
-            self.pending = keep
-        finally:
-            self._absorbing = False
-
-    def _confirm_withdrawn(self, seqs: list[int], in_handler: bool) -> None:
-        data = b"".join(encode_small(Kind.WITHDRAWN, seq) for seq in seqs)
-        if not in_handler:
-            self.send([data])
-            return
-        # The handler interrupted the main thread, which may hold the write lock mid-frame:
-        # never wait for it here. If it is taken, a short-lived thread waits instead.
-        if self._write_lock.acquire(blocking=False):
-            try:
-                write_all(self.wfd, [data])
-            finally:
-                self._write_lock.release()
-        else:
-            threading.Thread(
-                target=self.send, args=([data],), name="activitypool-withdrawn", daemon=True
-            ).start()
-
-    def _note_cancel(self, seq: int) -> None:
-        if self.running and seq == self.current_seq:
-            self.cancel_requested = True
-            task, loop = self.task, self.loop
-            if task is not None and loop is not None:
-                loop.call_soon_threadsafe(task.cancel)
-        else:
-            self.cancelled_seqs.add(seq)
-
     # -- main loop -----------------------------------------------------------------------
     def serve(self) -> int:
         init = self.next_frame()
@@ -389,15 +299,6 @@ class Worker(Host):
             if self.segments is not None:
                 self.segments.close()
 
-    def _withdrawn_at_start(self, seq: int) -> bool:
-        """Whether RUN ``seq``, about to start, was withdrawn (and is now confirmed so)."""
-        withdrawn = seq in self.withdraw_seqs
-        # seqs rise in pipe order: the WITHDRAWs of earlier RUNs came too late for them
-        self.withdraw_seqs = {s for s in self.withdraw_seqs if s > seq}
-        if withdrawn:
-            self._confirm_withdrawn([seq], in_handler=False)
-        return withdrawn
-
     def setup(self, init: dict[str, Any]) -> bool:
         """Apply the INIT settings; whether large frames can go through shared memory."""
         self.worker_id = init["worker_id"]
@@ -407,12 +308,12 @@ class Worker(Host):
             self.segments = Segments()
             self.reader.peer = PeerSegments(self.supervisor)
         sys.path[:] = init["sys_path"]
-        self.main_path = init.get("main_path")
+        self.modules.main_path = init.get("main_path")
         # before any activity module runs: its records go to the caller's logging
-        _watch_logging(self.send_log, init.get("log_levels") or {})
+        watch_logging(self.send_log, init.get("log_levels") or {})
         for name in init.get("preload", ()):
             try:
-                self.import_module(name)
+                self.modules.import_module(name)
             except BaseException:
                 import traceback  # lazily, as in fail()
 
@@ -421,65 +322,11 @@ class Worker(Host):
                 traceback.print_exc()
         return shm
 
-    def import_module(self, name: str) -> Any:
-        if name != "__main__":
-            return importlib.import_module(name)
-        # Our own reference, not sys.modules["__mp_main__"]: importing multiprocessing (which
-        # concurrent.futures, joblib and torch do) points that key at whatever __main__ is then.
-        if self.main_module is None:
-            if self.main_error is not None:
-                # run the script once: its top-level code may have done things before failing
-                exc, tb = self.main_error
-                raise exc.with_traceback(tb)
-            try:
-                self.main_module = self._load_main()
-            except BaseException as exc:
-                self.main_error = (exc, exc.__traceback__)
-                raise
-        sys.modules["__main__"] = sys.modules["__mp_main__"] = self.main_module
-        return self.main_module
-
-    def _load_main(self) -> Any:
-        main = sys.modules.get("__main__")
-        if not self.main_path:
-            raise ImportError(
-                "an activity defined in __main__ can be loaded by workers only from a script "
-                "file; define it in a module"
-            )
-        main_file = getattr(main, "__file__", None)
-        if main is not None and main_file and os.path.abspath(main_file) == self.main_path:
-            # forked from the caller (its fork server was): the script has run here already,
-            # and its activities are registered; running it again would register them twice
-            return main
-        from importlib.util import module_from_spec, spec_from_file_location  # lazily: rare
-
-        # Run the supervisor's main script as a module (its `if __name__ == "__main__"` block
-        # stays off) and alias it, so pickles that name __main__ resolve here too.
-        spec = spec_from_file_location("__mp_main__", self.main_path)
-        assert spec is not None and spec.loader is not None
-        mod = module_from_spec(spec)
-        saved = {k: sys.modules.get(k) for k in ("__main__", "__mp_main__")}
-        sys.modules["__main__"] = sys.modules["__mp_main__"] = mod
-        global _importing_main
-        _importing_main = self.main_path
-        try:
-            spec.loader.exec_module(mod)
-        except BaseException:
-            for k, v in saved.items():
-                if v is None:
-                    sys.modules.pop(k, None)
-                else:
-                    sys.modules[k] = v
-            raise
-        finally:
-            _importing_main = None
-        return mod
-
     def lookup(self, module: str, qualname: str) -> ActivityDefinition:
         key = (module, qualname)
         defn = self.functions.get(key)
         if defn is None:
-            obj: Any = self.import_module(module)
+            obj: Any = self.modules.import_module(module)
             for part in qualname.split("."):
                 obj = getattr(obj, part)
             defn = obj.__activity_definition__
@@ -496,7 +343,7 @@ class Worker(Host):
             self.fail(seq, exc, non_retryable=True)
             return
         hb_timeout = meta.heartbeat_timeout
-        self.current_seq = seq
+        self.current_seq = self.beats.seq = seq
         self.current_heartbeat_timeout = hb_timeout
         self.held = False
         # Importing the activity's module (not preloaded) and Depends factories run user code
@@ -510,9 +357,7 @@ class Worker(Host):
             self.fail(seq, exc, non_retryable=True, note=f"worker could not load {meta.name!r}")
             return
         self.cancel_requested = False
-        self.hb_pending = False
-        self.hb_next = 0.0
-        self.hb_window = min(HEARTBEAT_WINDOW, hb_timeout / 4) if hb_timeout else HEARTBEAT_WINDOW
+        self.beats.start(hb_timeout)
         self.fault = meta.fault
         # the attempt's span (made by the supervisor) is current while the activity runs
         traced = _otel_attach(meta.trace) if meta.trace is not None else None
@@ -526,15 +371,15 @@ class Worker(Host):
         except BaseException as exc:
             self.running = False
             self.task = None
-            self._flush_heartbeat()
+            self.beats.flush()
             self.fail(seq, exc)
             return
         finally:
             self.running = False
             if traced is not None:
                 _otel_detach(traced)
-        if self.hb_pending:
-            self._flush_heartbeat()
+        if self.beats.pending:
+            self.beats.flush()
         try:
             body, buffers = dumps(lift_bytes(result))
         except BaseException as exc:
@@ -633,134 +478,11 @@ class Worker(Host):
             )
         self.send(encode(Kind.FAILURE, seq, pickle.dumps(info, protocol=5)))
 
-    # -- heartbeats ----------------------------------------------------------------------
-    def heartbeat(self, details: Any) -> None:
-        # Hot path: store, and put on the wire at most once per window. The first beat of a
-        # window goes inline so that an activity which then blocks in C holding the GIL has
-        # still delivered recent details; the trailing one is sent by the flusher thread.
-        self.hb_details = details
-        self.hb_time = now = time.monotonic()
-        if now >= self.hb_next:
-            self.hb_next = now + self.hb_window
-            self.hb_pending = False
-            self._send_heartbeat(self.current_seq, details, now)
-        elif not self.hb_pending:
-            self.hb_seq = self.current_seq
-            self.hb_pending = True
-            if self._flusher is None:
-                self._flusher = threading.Thread(
-                    target=self._flush_loop, name="activitypool-heartbeat", daemon=True
-                )
-                self._flusher.start()
-            self._flush_event.set()
-
+    # -- heartbeats (the coalescing is pool._heartbeats') ------------------------------------
     def _send_beat(self, seq: int, body: tuple[float, ...]) -> None:
         """A HEARTBEAT without details: ``()`` the setup runs user code, ``(at,)`` the
         activity was entered at ``at``."""
         self.send([encode_small(Kind.HEARTBEAT, seq, dumps(body)[0])])
-
-    def _send_heartbeat(self, seq: int, details: Any, at: float) -> None:
-        body, buffers = _dump_details(details, at)
-        self.send(encode(Kind.HEARTBEAT, seq, body, buffers=buffers))
-
-    def _flush_heartbeat(self) -> None:
-        """Before RESULT/FAILURE: deliver details the window held back."""
-        if self.hb_pending:
-            self.hb_pending = False
-            self._send_heartbeat(self.current_seq, self.hb_details, self.hb_time)
-
-    def _flush_loop(self) -> None:
-        while True:
-            self._flush_event.wait()
-            self._flush_event.clear()
-            delay = self.hb_next - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            with self._write_lock:
-                if not self.hb_pending:
-                    continue
-                self.hb_pending = False
-                seq, details, at = self.hb_seq, self.hb_details, self.hb_time
-                self.hb_next = time.monotonic() + self.hb_window
-                body, buffers = _dump_details(details, at)
-                write_all(self.wfd, encode(Kind.HEARTBEAT, seq, body, buffers=buffers))
-
-
-def _watch_logging(send: Any, levels: dict[str, int]) -> None:
-    """Forward ``logging`` records to the supervisor (``pool._worker_log``) from the moment
-    ``logging`` is imported: now if it is (a worker forked from its caller), else on import."""
-    if "logging" in sys.modules:
-        from pool._worker_log import install
-
-        install(send, levels, os.getpid())
-    else:
-        sys.meta_path.insert(0, _LoggingImportHook(send, levels))
-
-
-class _LoggingImportHook:
-    """On ``sys.meta_path`` until ``logging`` is imported; then has the ``logging`` package's
-    loader call :func:`pool._worker_log.install` right after the package has run, before the
-    import statement returns."""
-
-    def __init__(self, send: Any, levels: dict[str, int]) -> None:
-        self.send = send
-        self.levels = levels
-        # the worker's: a process an activity forks has this hook too, not the channel
-        self.pid = os.getpid()
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != "logging":
-            return None
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-        for finder in sys.meta_path:
-            find_spec = getattr(finder, "find_spec", None)
-            spec = find_spec(name, path, target) if find_spec is not None else None
-            if spec is not None:
-                break
-        else:
-            return None
-        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _InstallAfter(spec.loader, self)
-        return spec
-
-
-class _InstallAfter:
-    """The ``logging`` package's own loader, and then the forwarding handler's install."""
-
-    def __init__(self, loader: Any, hook: _LoggingImportHook) -> None:
-        self._loader = loader
-        self._hook = hook
-
-    def create_module(self, spec: Any) -> Any:
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module: Any) -> None:
-        self._loader.exec_module(module)
-        from pool._worker_log import install
-
-        hook = self._hook
-        install(hook.send, hook.levels, hook.pid)
-
-    def __getattr__(self, name: str) -> Any:  # get_source, get_filename, resource readers...
-        return getattr(self._loader, name)
-
-
-# The exit code of a worker that received a malformed frame from the supervisor.
-PROTOCOL_ERROR_EXIT = 3
-
-
-def _report_protocol_error(exc: ProtocolError) -> None:
-    message = f"activitypool worker: malformed frame from the supervisor ({exc}); exiting\n"
-    try:
-        os.write(2, message.encode("utf-8", "replace"))
-    except OSError:  # stderr closed by an activity: the exit code still says it
-        pass
-
-
-def _protocol_exit(exc: ProtocolError) -> None:
-    _report_protocol_error(exc)
-    os._exit(PROTOCOL_ERROR_EXIT)
 
 
 def _unmap_forever(boxes: Any) -> None:
@@ -820,37 +542,19 @@ def _failure_info(exc: BaseException, non_retryable: bool, note: str | None) -> 
     return FailureInfo(raw, type(exc).__qualname__, message, tb, non_retryable)
 
 
-def _dump_details(details: Any, at: float) -> tuple[bytes, list[Any]]:
-    """A HEARTBEAT body: the details and the CLOCK_MONOTONIC time they were given at, so that
-    the supervisor's heartbeat deadline counts from the beat, not from when it arrived."""
-    try:
-        return dumps((details, at))
-    except Exception:
-        # details that cannot be pickled still prove liveness; keep their repr
-        return dumps((f"<unpicklable heartbeat details: {safe_repr(details)}>", at))
-
-
 def _cancelled_error() -> BaseException:
     import asyncio
 
     return asyncio.CancelledError("cancelled before it started")
 
 
-# The path of the caller's main script while a worker runs it to find its activities.
-_importing_main: str | None = None
-
-
-def refuse_pool_while_importing_main() -> None:
-    """Raise if a pool is being started by the main script a worker is importing: the script
-    has no ``__main__`` guard, and each worker would start a pool of its own."""
-    if _importing_main is not None:
-        raise RuntimeError(
-            f"the script {_importing_main} starts a Pool at import time. Workers import the "
-            "script to find the activities it defines, which runs its top-level code again, "
-            "so each worker would start a pool of its own. Start the pool under "
-            '`if __name__ == "__main__":`, which is true only in the process you ran.'
-        )
-
+__all__ = [
+    "IN_WORKER",
+    "PROTOCOL_ERROR_EXIT",
+    "load_prctl",
+    "main",
+    "refuse_pool_while_importing_main",
+]
 
 # True in a worker process (set by main): code that must tell a worker from the supervisor, or
 # from a process that merely imported this module, reads it.
@@ -875,7 +579,7 @@ def main(argv: list[str]) -> int:
     try:
         return Worker(rfd, wfd, supervisor).serve()
     except ProtocolError as exc:  # the channel lost its framing: nothing on it can be trusted
-        _report_protocol_error(exc)
+        report_protocol_error(exc)
         return PROTOCOL_ERROR_EXIT
 
 

@@ -2,7 +2,7 @@
 caller's ``logging`` as records (``Supervisor._on_log``).
 
 A worker imports this module only once something has imported ``logging`` (the import hook in
-``pool._worker``), so a worker whose activities never log pays for neither
+``pool._log_hook``), so a worker whose activities never log pays for neither
 (tests/integration/test_worker_light.py). :func:`install` then runs before the module that
 imported logging goes on: a ``logging.basicConfig()`` at the top of an activity module finds
 the forwarding handler on the root logger and leaves it in place, and the caller's

@@ -15,7 +15,8 @@ import temporalio.exceptions
 from temporalio.worker import SlotPermit, SlotReleaseContext
 
 from pool import temporal
-from pool.temporal import _SharedSlots, _temporal_options, _to_temporal
+from pool._temporal_host import Host, SharedSlots, to_temporal
+from pool.temporal import _temporal_options
 from sdk import (
     ActivityError,
     ActivityTimeoutError,
@@ -45,16 +46,16 @@ class Used:
     slot_info: object = None
 
 
-def _use(slots: _SharedSlots, permit: SlotPermit) -> None:
+def _use(slots: SharedSlots, permit: SlotPermit) -> None:
     slots.mark_slot_used(Used(permit))  # type: ignore[arg-type]
 
 
-def _release(slots: _SharedSlots, permit: SlotPermit, used: bool) -> None:
+def _release(slots: SharedSlots, permit: SlotPermit, used: bool) -> None:
     slots.release_slot(SlotReleaseContext(slot_info=object() if used else None, permit=permit))  # type: ignore[arg-type]
 
 
 async def test_two_queues_share_one_bound():
-    slots = _SharedSlots(2)
+    slots = SharedSlots(2)
     shared, host = Reserve("q"), Reserve("q@host")
     # an idle poller on each queue: both may poll, neither keeps the other from a slot
     s1 = await slots.reserve_slot(shared)  # type: ignore[arg-type]
@@ -79,7 +80,7 @@ async def test_two_queues_share_one_bound():
 
 
 async def test_cancelled_reservation_keeps_no_slot():
-    slots = _SharedSlots(1)
+    slots = SharedSlots(1)
     p = await slots.reserve_slot(Reserve("q"))  # type: ignore[arg-type]
     _use(slots, p)
     waiting = asyncio.ensure_future(slots.reserve_slot(Reserve("q")))  # type: ignore[arg-type]
@@ -133,15 +134,15 @@ def _failed(cause: BaseException) -> ActivityError:
 
 
 def test_failures_map_to_typed_application_errors():
-    e = _to_temporal(_failed(KeyError("k")))
+    e = to_temporal(_failed(KeyError("k")))
     assert isinstance(e, temporalio.exceptions.ApplicationError)
     assert (e.type, e.non_retryable) == ("KeyError", False)
-    e = _to_temporal(_failed(ApplicationError("no", type="Boom", non_retryable=True)))
+    e = to_temporal(_failed(ApplicationError("no", type="Boom", non_retryable=True)))
     assert (e.type, e.non_retryable) == ("Boom", True)
-    e = _to_temporal(_failed(StickySessionLostError("gone")))
+    e = to_temporal(_failed(StickySessionLostError("gone")))
     assert (e.type, e.non_retryable) == ("StickySessionLostError", True)
     timeout = ActivityTimeoutError("late", type=TimeoutType.HEARTBEAT)
-    e = _to_temporal(_failed(timeout))
+    e = to_temporal(_failed(timeout))
     assert (e.type, e.non_retryable) == ("ActivityTimeoutError", False)
 
 
@@ -169,7 +170,7 @@ def test_session_id_factory_names_new_sessions():
 
 
 async def test_host_sessions_expire_when_idle_never_while_running():
-    host = temporal._Host(pool=None, task_queue="q", idle_expiry=0.05)  # type: ignore[arg-type]
+    host = Host(pool=None, task_queue="q", idle_expiry=0.05)  # type: ignore[arg-type]
     assert host.open("s1").startswith("q@")
     running = host.enter("s1")
     await asyncio.sleep(0.1)  # a call running in it: never expires
