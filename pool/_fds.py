@@ -68,3 +68,28 @@ class StdioReserved:
         held, self._held = self._held, []
         for fd in held:
             os.close(fd)
+
+
+def spawn_interpreter(
+    boot: str, args: list[str], env: dict[str, str], fds: tuple[int, int, int]
+) -> int:
+    """``posix_spawn`` a fresh interpreter running ``boot`` with ``args`` as a worker: its
+    request and reply pipes (``fds[0]``, ``fds[1]``) inherited at their numbers, stdin
+    ``/dev/null``, stdout and stderr the output pipe ``fds[2]``, its own session. Its pid."""
+    import sys
+
+    req_r, rep_w, out_w = fds
+    os.set_inheritable(req_r, True)
+    os.set_inheritable(rep_w, True)
+    return os.posix_spawn(
+        sys.executable,
+        [sys.executable, "-c", boot, str(req_r), str(rep_w), *args],
+        env,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, out_w, 1),
+            (os.POSIX_SPAWN_DUP2, out_w, 2),
+        ],
+        setsid=True,
+        setsigmask=(),
+    )

@@ -49,7 +49,7 @@ import struct
 import sys
 
 from pool import _tree
-from pool._fds import above_stdio
+from pool._fds import above_stdio, spawn_interpreter
 
 TYPE_CHECKING = False  # not typing's (~7 ms): a forked worker inherits what this imports
 if TYPE_CHECKING:
@@ -120,23 +120,8 @@ def _spawner(boot: str) -> StartWorker:
     server of a ``start_method="spawn"`` pool)."""
 
     def spawn_worker(fds: tuple[int, int, int], supervisor: int, closing: list[int]) -> int:
-        req_r, rep_w, out_w = fds
-        os.set_inheritable(req_r, True)
-        os.set_inheritable(rep_w, True)
-        argv = [sys.executable, "-c", boot, str(req_r), str(rep_w), str(os.getpid())]
-        argv.append(str(supervisor))
-        return os.posix_spawn(
-            sys.executable,
-            argv,
-            os.environ,  # the workers' environment (the supervisor started us with it)
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, out_w, 1),
-                (os.POSIX_SPAWN_DUP2, out_w, 2),
-            ],
-            setsid=True,
-            setsigmask=(),
-        )
+        # the workers' environment is ours: the supervisor started us with it
+        return spawn_interpreter(boot, [str(os.getpid()), str(supervisor)], dict(os.environ), fds)
 
     return spawn_worker
 

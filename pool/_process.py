@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from pool import _tree
-from pool._fds import FIRST, above_stdio
+from pool._fds import FIRST, above_stdio, spawn_interpreter
 
 # Variables through which BLAS/OpenMP libraries size their thread pools. N workers each
 # running numpy with one thread per core would oversubscribe the machine N times over.
@@ -225,23 +225,8 @@ def _pidfd(pid: int) -> int | None:
 def spawn_worker(env: dict[str, str]) -> WorkerProcess:
     """Start a worker process (a fresh interpreter) with one pipe pair and an output pipe."""
     child_fds, (req_w, rep_r, out_r) = _worker_pipes()
-    req_r, rep_w, out_w = child_fds
     try:
-        os.set_inheritable(req_r, True)
-        os.set_inheritable(rep_w, True)
-        argv = [sys.executable, "-c", WORKER_BOOT, str(req_r), str(rep_w), str(os.getpid())]
-        pid = os.posix_spawn(
-            sys.executable,
-            argv,
-            env,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, out_w, 1),
-                (os.POSIX_SPAWN_DUP2, out_w, 2),
-            ],
-            setsid=True,
-            setsigmask=(),
-        )
+        pid = spawn_interpreter(WORKER_BOOT, [str(os.getpid())], env, child_fds)
     except BaseException:
         for fd in (*child_fds, req_w, rep_r, out_r):
             os.close(fd)
