@@ -11,6 +11,7 @@ which the scheduler asks the shell for I/O.
 from __future__ import annotations
 
 import enum
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ class WorkerState(enum.Enum):
     IDLE = "idle"
     BUSY = "busy"
     RETIRING = "retiring"  # asked to shut down gracefully
+    LENT = "lent"  # idle, lent to threads that run calls on it themselves (pool._lane)
     SPARE = "spare"  # ready, held back to replace a worker that dies (Pool(spares=...))
     DEAD = "dead"
 
@@ -66,6 +68,25 @@ class Call:
     # set by the shell when an attempt ends: the last lines it printed (for the final error)
     output: tuple[str, ...] = ()
     trace: Any = None  # opaque: the caller's trace context (pool._otel), or None
+
+
+def run_meta(call: Call, attempt: int | None = None) -> tuple[Any, ...]:
+    """What the worker needs to run ``call``'s current attempt (or attempt ``attempt``)
+    besides its arguments: a ``pool._protocol.RunMeta`` as a plain tuple (fault and trace
+    left off)."""
+    defn = call.defn
+    timeout = defn.start_to_close_timeout
+    return (
+        defn.module,
+        defn.qualname,
+        defn.name,
+        str(call.id),
+        call.attempt if attempt is None else attempt,
+        call.session,
+        time.time() + timeout if timeout else None,
+        defn.heartbeat_timeout,
+        call.heartbeat_details,
+    )
 
 
 @dataclass(eq=False, slots=True)

@@ -99,6 +99,7 @@ class Channel:
         "gone",
         "id",
         "in_pipe",
+        "lent_run",
         "outbox",
         "output",
         "proc",
@@ -141,20 +142,30 @@ class Channel:
         # (seq, activity name) of every RUN sent and not yet answered, in pipe order: the head
         # is what the worker is running now, which tags its output
         self.in_pipe: collections.deque[tuple[int, str]] = collections.deque()
+        # (seq, activity name) of the RUN a calling thread sent while the worker is lent to
+        # it (see pool._lane): set and cleared by that thread, only read here
+        self.lent_run: tuple[int, str] | None = None
         # large frames to it (None until it said at READY that it can open them)
         self.segments: Segments | None = None
         self.cancel_signal = False  # SIGUSR1 owed once the queued CANCEL frame is in the pipe
         self._spin_poll: Any = None  # a poll object on its reply pipe (see spin)
 
+    def _head(self) -> tuple[int, str] | None:
+        """(seq, activity) of what it runs now: the oldest RUN it has not answered."""
+        in_pipe = self.in_pipe
+        return in_pipe[0] if in_pipe else self.lent_run
+
     @property
     def activity(self) -> str | None:
         """The activity it runs now (the oldest RUN it has not answered)."""
-        return self.in_pipe[0][1] if self.in_pipe else None
+        head = self._head()
+        return head[1] if head is not None else None
 
     @property
     def running_seq(self) -> int | None:
         """The seq of the attempt it runs now (the oldest RUN it has not answered)."""
-        return self.in_pipe[0][0] if self.in_pipe else None
+        head = self._head()
+        return head[0] if head is not None else None
 
     def output_of(self, seq: int) -> tuple[str, ...]:
         """The last lines (up to ``OUTPUT_TAIL``) attempt ``seq`` printed."""
@@ -176,6 +187,21 @@ class Channel:
     def start_reading(self) -> None:
         self._loop.add_reader(self.proc.from_worker, self.on_readable)
         self._loop.add_reader(self.proc.output, self._on_output_readable)
+
+    def lend(self) -> None:
+        """Stop reading its reply pipe: a calling thread reads it now (see ``pool._lane``)."""
+        self._loop.remove_reader(self.proc.from_worker)
+
+    def take_back(self, frames: list[Frame], error: ProtocolError | None, now: float) -> None:
+        """Read its reply pipe again, first handling what the borrower read of it (the frames
+        after its RUN, and a framing error it met)."""
+        run, self.lent_run = self.lent_run, None
+        if run is not None:
+            self.in_pipe.append(run)
+        if not self.eof:
+            self._loop.add_reader(self.proc.from_worker, self.on_readable)
+        if frames or error is not None:
+            self._handle(frames, error, now)
 
     # -- frames out ------------------------------------------------------------------------
     def send_init(self, body: bytes) -> None:
@@ -307,11 +333,17 @@ class Channel:
         if frames is None:
             self._listener.on_eof(self)
             return True
+        # one clock reading for everything this read brought
+        self._handle(frames, error, time.monotonic())
+        return True
+
+    def _handle(
+        self, frames: list[Frame] | tuple[()], error: ProtocolError | None, now: float
+    ) -> None:
         peer = self.reader.peer
         if peer is not None and peer.released:  # copied out: the worker may reuse them
             ids, peer.released = peer.released, []
             self.write([encode_small(Kind.RELEASE, seg_id) for seg_id in ids])
-        now = time.monotonic()  # one clock reading for everything this read brought
         try:
             for frame in frames:
                 self._on_frame(frame, now)
@@ -320,7 +352,6 @@ class Channel:
         if error is not None:
             self._listener.on_malformed(self, error)
         self._listener.after()
-        return True
 
     def _on_frame(self, frame: Frame, now: float) -> None:
         kind = frame.kind
@@ -484,10 +515,11 @@ class Channel:
         """Forward printed lines: to ``on_output``, or else to our stderr, tagged."""
         if not lines:
             return
-        activity = self.activity
+        head = self._head()  # (one read: a borrowing thread may change lent_run meanwhile)
+        activity = head[1] if head is not None else None
         texts = [line.decode("utf-8", "replace") for line in lines]
-        if self.in_pipe:
-            seq = self.in_pipe[0][0]
+        if head is not None:
+            seq = head[0]
             if self.tail is None or self.tail_seq != seq:  # a new attempt's first line
                 self.tail = collections.deque(maxlen=OUTPUT_TAIL)
                 self.tail_seq = seq

@@ -59,6 +59,10 @@ class PoolConfig:
     """After sending the pool's only call, of an activity that takes less than this on average:
     wait for its reply on the CPU (up to this long) instead of sleeping in the loop (0: never;
     at most ``MAX_REPLY_SPIN``)."""
+    direct_run: float = 0.0
+    """``pool.run`` from a thread, while the pool has nothing else to do: the thread writes the
+    call to a worker lent to it and reads the reply itself (see ``pool._lane``), and hands the
+    call to the loop if it has not answered within this many seconds (0: never lend)."""
     pool_id: str = field(default_factory=new_pool_id)
     """In the environment of every process the pool starts (``pool._tree.POOL_MARKER``)."""
 
@@ -84,6 +88,9 @@ class PoolConfig:
             or not 0 <= spin <= MAX_REPLY_SPIN
         ):
             raise ValueError(f"reply_spin must be seconds in [0, 0.01], got {spin!r}")
+        lane = self.direct_run
+        if isinstance(lane, bool) or not isinstance(lane, int | float) or not 0 <= lane <= 1:
+            raise ValueError(f"direct_run must be seconds in [0, 1], got {lane!r}")
         if self.cancel_grace < 0 or self.start_timeout <= 0 or self.shutdown_timeout <= 0:
             raise ValueError("cancel_grace must be >= 0; start and shutdown timeouts > 0")
         limit = self.thread_limit

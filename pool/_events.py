@@ -95,6 +95,11 @@ class Stats:
     def failed(self) -> None:
         self.n_failed += 1
 
+    def add(self, n_completed: int, latencies: list[float]) -> None:
+        """Calls completed elsewhere (the direct lane, ``pool._lane``)."""
+        self.n_completed += n_completed
+        self.latencies.extend(latencies)
+
     def snapshot(self, workers: int, queued: int) -> PoolStats:
         lat = sorted(self.latencies)
         p50 = p90 = p99 = None

@@ -24,6 +24,7 @@ from pool._config import PoolConfig
 from pool._events import EventStream, PoolEvent, PoolStats
 from pool._faults import FaultRule
 from pool._futures import PoolFuture
+from pool._lane import HANDED_OVER, NOT_TAKEN
 from pool._listeners import Listeners
 from pool._loop import LoopThread, on_loop
 from pool._process import ForkServer
@@ -63,6 +64,7 @@ class Pool(PoolCalls):
         cpu_affinity: bool | Iterable[Iterable[int]] = False,
         spares: int = 0,
         reply_spin: float = 0.0002,
+        direct_run: float = 0.005,
         on_event: Callable[[PoolEvent], None] | None = None,
         on_output: Callable[[int, str | None, str], None] | None = None,
         ambient: bool = True,
@@ -82,6 +84,7 @@ class Pool(PoolCalls):
             cpu_affinity=cpu_affinity,
             spares=spares,
             reply_spin=reply_spin,
+            direct_run=direct_run,
         )
         self._calls = CallMaker(retry_policy or RetryPolicy(), self._session_closed)
         self._ambient = ambient  # entering makes this pool the dispatcher of `await activity()`
@@ -319,10 +322,17 @@ class Pool(PoolCalls):
         """Blocking call from a thread that is not the pool's loop."""
         self._refuse_on_loop("run")
         sup = self._check_open()
-        waiter = BlockingWaiter(sup.wake_later)
+        waiter = BlockingWaiter(sup.wake_blocking)
         call = self._make(fn, args, kwargs, session, waiter)
-        self._to_loop(call)
         try:
+            if sup.lane.channel is not None:  # a worker is lent to callers (pool._lane)
+                value = sup.lane.run(call)
+                if value is NOT_TAKEN:
+                    self._to_loop(call)
+                elif value is not HANDED_OVER:
+                    return value
+            else:
+                self._to_loop(call)
             return waiter.wait()
         except BaseException:
             if not waiter.done:  # interrupted (Ctrl-C): the activity is cancelled too

@@ -442,6 +442,54 @@ class Scheduler:
             self.idle.append(slot)
             self._rebalance(now)
 
+    # -- lending (pool._lane) --------------------------------------------------------------
+    def lendable(self, prefer: int | None) -> int | None:
+        """An idle worker a calling thread may borrow now (``prefer`` if it may: the one that
+        ran the last call has its activity imported), or None: only a pool with nothing else
+        to do lends, and only a worker no session is bound to."""
+        if self.closed or self.broken is not None or self.calls or self.events:
+            return None
+        free = [s.id for s in self.idle if s.state is WorkerState.IDLE and not s.sessions]
+        if prefer in free:
+            return prefer
+        return free[0] if free else None
+
+    def wants_lent_back(self) -> bool:
+        """Whether a lent worker should come back: work waits, the pool closes, or events are
+        on (a borrower's calls make none)."""
+        return self.closed or bool(self.queue) or self.events
+
+    def lend(self, wid: int) -> None:
+        """Worker ``wid`` (``lendable``) is lent: nothing is sent to it until ``unlend`` or
+        ``adopt`` (its idle entry goes stale)."""
+        self.workers[wid].state = WorkerState.LENT
+
+    def unlend(self, wid: int, now: float) -> None:
+        """Worker ``wid`` is back, idle."""
+        slot = self.workers[wid]
+        if slot.state is WorkerState.LENT:
+            self._now = now
+            self._became_idle(slot, now)
+
+    def adopt(self, wid: int, call: Call, seq: int, started_at: float, now: float) -> None:
+        """A borrower of worker ``wid`` sent attempt 1 of ``call`` as RUN ``seq`` at
+        ``started_at`` and hands it over unanswered: it runs on as if dispatched then, so a
+        deadline already past fires at once."""
+        self._now = now
+        slot = self.workers[wid]
+        call.submitted_at = started_at
+        self.calls[call.id] = call
+        timeout = call.defn.schedule_to_close_timeout
+        if timeout is not None:
+            call.schedule_deadline = started_at + timeout
+            self.deadlines.push(call.schedule_deadline, Deadline.SCHEDULE_TO_CLOSE, call, -1)
+        call.attempt = 1
+        call.seq = seq
+        call.gen += 1
+        call.worker = wid
+        slot.state = WorkerState.BUSY
+        self._running(slot, call, started_at)
+
     # -- withdrawal ----------------------------------------------------------------------
     def _rebalance(self, now: float) -> None:
         """A worker is idle: take back what waits in the pipes of workers whose running attempt

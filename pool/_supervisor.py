@@ -34,11 +34,12 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from pool._calls_state import Call
+from pool._calls_state import Call, run_meta
 from pool._channel import Channel, OutputCallback
 from pool._config import PoolConfig
 from pool._events import PoolEvent, PoolStats, Stats, make_event
 from pool._faults import FaultRule, FaultRules
+from pool._lane import Lane, Lender
 from pool._loop import Inbox
 from pool._process import ForkServer, WorkerProcess
 from pool._protocol import ProtocolError
@@ -101,6 +102,11 @@ class Supervisor:
         self._spinning = False  # in _spin_for_reply (never nested)
         # calls and actions other threads hand to the loop (no reply spin while it holds any)
         self.inbox = Inbox(loop, self)
+        # an idle worker lent to threads blocked in pool.run (pool._lane); lent after an event
+        # that answered such a thread (_lend_hint), while the pool has nothing else to do
+        self.lane = Lane(config.direct_run, self.inbox.put)
+        self.lender = Lender(self.lane, self.scheduler, self.handles, self)
+        self._lend_hint = False
         # one span per attempt of a call made under an OpenTelemetry span (pool._otel); made
         # by the first such call
         self.spans: AttemptSpans | None = None
@@ -182,6 +188,8 @@ class Supervisor:
         return self.spawner.forked_caller()
 
     def stats_snapshot(self) -> PoolStats:
+        n, latencies = self.lane.drain_stats()
+        self.stats.add(n, latencies)
         return self.stats.snapshot(self.scheduler.live_workers(), self.scheduler.queued())
 
     # -- callers (loop thread) -------------------------------------------------------------
@@ -209,6 +217,7 @@ class Supervisor:
         if self.faults is None:
             self.faults = FaultRules()
         self.faults.add(rule)
+        self.lender.reclaim()  # a lent worker would run calls without the rule
 
     def clear_faults(self) -> None:
         if self.faults is not None:
@@ -233,6 +242,27 @@ class Supervisor:
             self.loop.call_soon(self._run_wakes)
         self._wakes.append(wake)
 
+    def wake_blocking(self, wake: Callable[[], None]) -> None:
+        """``wake_later`` for a thread blocked in ``pool.run``: the pool may lend it a worker
+        for its next call (see ``pool._lane``)."""
+        self._lend_hint = True
+        self.wake_later(wake)
+
+    def lane_allowed(self) -> bool:
+        """Whether a worker may be lent (or stay lent): see ``pool._lane``."""
+        config = self.config
+        return (
+            config.direct_run > 0
+            and self.faults is None
+            and config.max_tasks_per_worker is None
+            and config.max_memory_per_worker is None
+            and not self.scheduler.wants_lent_back()
+        )
+
+    def replay_exit(self, channel: Channel) -> None:
+        """The exit of a worker reported while it was lent, now that it is back."""
+        self.exit_reported(channel.proc)
+
     def _run_wakes(self) -> None:
         wakes, self._wakes = self._wakes, []
         for wake in wakes:
@@ -245,6 +275,13 @@ class Supervisor:
         """After every event (a call, a read, a timer, a fork server report): send what it
         queued, wake the callers it answered, re-arm the timer for the next deadline; then
         perhaps wait for a quick reply on the CPU."""
+        lender = self.lender
+        if lender.lent is not None:
+            if not self.lane_allowed():
+                lender.reclaim()  # (its own ``after`` sends what that starts)
+        elif self._lend_hint:
+            self._lend_hint = False
+            lender.maybe_lend()
         spin = None
         batch = self._batch
         if batch:
@@ -314,17 +351,7 @@ class Supervisor:
 
     def send_run(self, worker_id: int, call: Call) -> None:
         defn = call.defn
-        meta: tuple[Any, ...] = (  # a RunMeta, as a plain tuple (see RunMeta)
-            defn.module,
-            defn.qualname,
-            defn.name,
-            str(call.id),
-            call.attempt,
-            call.session,
-            time.time() + defn.start_to_close_timeout if defn.start_to_close_timeout else None,
-            defn.heartbeat_timeout,
-            call.heartbeat_details,
-        )
+        meta = run_meta(call)
         fault = None
         if self.faults is not None:
             fault = self.faults.match(defn.name, call.attempt)
@@ -398,6 +425,7 @@ class Supervisor:
 
     def resolve(self, call: Call, value: Any) -> None:
         self.stats.completed(time.monotonic() - call.submitted_at)
+        self.lender.last_worker = call.worker
         call.waiter.settle(value, None)
 
     def reject(self, call: Call, exc: BaseException) -> None:
@@ -414,6 +442,7 @@ class Supervisor:
         self.on_event = on_event
         self.event_kinds = kinds
         self.scheduler.events = on_event is not None or self.spans is not None
+        self.lender.reclaim()  # a lent worker's calls make no events
 
     def event(self, kind: str, **fields: Any) -> None:
         if self.spans is not None and kind in _ATTEMPT_ENDS:
@@ -527,6 +556,8 @@ class Supervisor:
         channel = next((ch for ch in self.handles.values() if ch.proc is proc), None)
         if channel is None:
             self.spawner.reap_unclaimed(proc)  # forgotten already
+        elif self.lender.exited(channel):
+            return  # a calling thread still reads its reply pipe: replay_exit, once it is back
         elif not channel.gone:
             channel.drain_replies()  # what it wrote last, before its exit
             self._watch_exit(channel)
