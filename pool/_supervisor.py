@@ -194,10 +194,14 @@ class Supervisor:
 
     # -- callers (loop thread) -------------------------------------------------------------
     def submit(self, call: Call) -> None:
+        if self.lender.lent is not None:
+            self.lender.reclaim()  # the scheduler places calls knowing every worker
         self.scheduler.submit(call, time.monotonic())
         self.after()
 
     def submit_many(self, calls: list[Call]) -> None:
+        if self.lender.lent is not None:
+            self.lender.reclaim()
         now = time.monotonic()
         for call in calls:
             self.scheduler.submit(call, now)
