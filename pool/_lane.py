@@ -49,6 +49,7 @@ from pool._protocol import Frame, Kind, ProtocolError, encode_small
 
 if TYPE_CHECKING:
     from pool._channel import Channel
+    from pool._loop import Inbox
     from pool._scheduler import Scheduler
 
 # The lane's RUN seqs: above any seq the scheduler hands out, so a stale reply is never
@@ -62,11 +63,12 @@ HANDED_OVER: Any = object()  # the loop has the call now: wait for its waiter
 class Lane:
     """A worker lent to the calling threads (or none), and what they did with it."""
 
-    def __init__(self, window: float, post: Callable[[Callable[[], None]], None]) -> None:
+    def __init__(self, window: float, inbox: Inbox) -> None:
         """``window``: seconds a borrower waits for a reply before it hands the call to the
-        loop; ``post``: hands an action to the loop thread (``Inbox.put``)."""
+        loop; ``inbox``: how it hands things to the loop thread, in order."""
         self.window = window
-        self._post = post
+        self._inbox = inbox
+        self._post = inbox.put
         self._lock = threading.Lock()
         self.channel: Channel | None = None  # the lent worker
         self.wanted = False  # the loop wants it back (set by the loop, read by borrowers)
@@ -90,7 +92,7 @@ class Lane:
             return NOT_TAKEN  # another thread runs a call on it
         try:
             channel = self.channel
-            if channel is None or self.wanted or not self._fits(call):
+            if channel is None or self.wanted or self._inbox.pending or not self._fits(call):
                 return NOT_TAKEN
             return self._run(channel, call)
         finally:

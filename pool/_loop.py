@@ -103,6 +103,7 @@ class Inbox:
         self._sink = sink
         self._items: collections.deque[Call | Callable[[], object]] = collections.deque()
         self._armed = False
+        self._draining = False  # in drain (see pending)
         self._soon = loop.call_soon_threadsafe
 
     def __len__(self) -> int:
@@ -124,19 +125,29 @@ class Inbox:
         except RuntimeError:  # the loop is closed: nothing will run it
             self._armed = False
 
+    @property
+    def pending(self) -> bool:
+        """Whether anything put is not yet delivered (any thread may ask): a call that
+        bypasses the inbox (``pool._lane``) must wait for what its thread put before."""
+        return bool(self._items) or self._draining
+
     def drain(self) -> None:
         """On the loop thread: deliver what other threads handed over, in their order."""
         self._armed = False
+        self._draining = True  # before the first pop: ``pending`` stays true throughout
         items, sink = self._items, self._sink
         batch: list[Call] = []
-        while items:
-            item = items.popleft()
-            if isinstance(item, Call):
-                batch.append(item)
-                continue
+        try:
+            while items:
+                item = items.popleft()
+                if isinstance(item, Call):
+                    batch.append(item)
+                    continue
+                if batch:
+                    sink.submit_many(batch)
+                    batch = []
+                item()
             if batch:
                 sink.submit_many(batch)
-                batch = []
-            item()
-        if batch:
-            sink.submit_many(batch)
+        finally:
+            self._draining = False

@@ -104,7 +104,7 @@ class Supervisor:
         self.inbox = Inbox(loop, self)
         # an idle worker lent to threads blocked in pool.run (pool._lane); lent after an event
         # that answered such a thread (_lend_hint), while the pool has nothing else to do
-        self.lane = Lane(config.direct_run, self.inbox.put)
+        self.lane = Lane(config.direct_run, self.inbox)
         self.lender = Lender(self.lane, self.scheduler, self.handles, self)
         self._lend_hint = False
         # one span per attempt of a call made under an OpenTelemetry span (pool._otel); made
