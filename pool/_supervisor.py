@@ -35,11 +35,12 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pool._calls_state import Call
-from pool._channel import Channel, OutputCallback
+from pool._channel import Channel
 from pool._config import PoolConfig
 from pool._events import PoolEvent, PoolStats, Stats, make_event
 from pool._faults import FaultRule, FaultRules
 from pool._loop import Inbox
+from pool._output import OutputCallback
 from pool._process import ForkServer, WorkerProcess
 from pool._protocol import ProtocolError
 from pool._scheduler import Scheduler
@@ -374,7 +375,7 @@ class Supervisor:
         if channel is None:
             return
         channel.proc.kill_tree()
-        channel.catch_up_output()
+        channel.output.catch_up()
         self._keep_output(channel, channel.running_seq)
         # stop listening now: whatever it wrote last is about an attempt already decided
         channel.stop_reading()
@@ -440,7 +441,7 @@ class Supervisor:
             try:
                 value = call.defn.validate_result(value)
             except ApplicationError as err:
-                call.output = channel.output_of(seq)
+                call.output = channel.output.tail(seq)
                 sched.failure(channel.id, seq, err, now)
                 return
         sched.result(channel.id, seq, value, now)
@@ -461,7 +462,7 @@ class Supervisor:
             return
         call = self.scheduler.running_call(channel.id, seq)
         if call is not None:
-            call.output = channel.output_of(seq)
+            call.output = channel.output.tail(seq)
 
     def on_withdrawn(self, channel: Channel, seq: int, now: float) -> None:
         self.scheduler.withdrawn(channel.id, seq, now)
@@ -538,7 +539,7 @@ class Supervisor:
         if channel.gone:
             return
         channel.gone = True
-        channel.drain_output()
+        channel.output.drain()
         self._keep_output(channel, channel.running_seq)
         self._forget(channel)
         proc = channel.proc
