@@ -22,7 +22,6 @@ import contextlib
 import itertools
 import os
 import pickle
-import select
 import signal
 import time
 from typing import Any, Protocol
@@ -81,7 +80,6 @@ class Channel:
         "_listener",
         "_loop",
         "_peer",
-        "_spin_poll",
         "cancel_signal",
         "eof",
         "gone",
@@ -125,7 +123,6 @@ class Channel:
         # large frames to it (None until it said at READY that it can open them)
         self.segments: Segments | None = None
         self.cancel_signal = False  # SIGUSR1 owed once the queued CANCEL frame is in the pipe
-        self._spin_poll: Any = None  # a poll object on its reply pipe (see spin)
 
     @property
     def activity(self) -> str | None:
@@ -366,21 +363,6 @@ class Channel:
         while not self.eof and not self.gone:
             if not self.on_readable():
                 return
-
-    def spin(self, seconds: float) -> bool:
-        """Wait on the CPU, without sleeping, up to ``seconds`` for the worker's reply, and
-        handle it here if it comes; False if it did not."""
-        poller = self._spin_poll
-        if poller is None:
-            poller = self._spin_poll = select.poll()
-            poller.register(self.proc.from_worker, select.POLLIN)
-        clock = time.monotonic
-        end = clock() + seconds
-        while not poller.poll(0):
-            if clock() >= end:
-                return False
-        self.on_readable()
-        return True
 
     def stop_reading(self) -> None:
         """Ignore whatever it writes from now on (it is killed, or its pipe is closed)."""

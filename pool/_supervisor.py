@@ -45,6 +45,7 @@ from pool._process import ForkServer, WorkerProcess
 from pool._protocol import ProtocolError
 from pool._scheduler import Scheduler
 from pool._spawner import Spawner
+from pool._spin import ReplySpin
 from sdk._errors import ActivityError, ApplicationError, WorkerCrashedError
 
 if TYPE_CHECKING:
@@ -99,14 +100,11 @@ class Supervisor:
         self.faults: FaultRules | None = None  # made by the first inject_fault
         self._batch: list[Channel] = []  # channels with frames queued in this event
         self._wakes: list[Callable[[], None]] = []  # see wake_later
-        self._spinning = False  # in _spin_for_reply (never nested)
-        # calls and actions other threads hand to the loop (no reply spin while it holds any)
-        self.inbox = Inbox(loop, self)
+        self.inbox = Inbox(loop, self)  # calls and actions other threads hand to the loop
+        self.reply_spin = ReplySpin(config.reply_spin, self.scheduler, self.inbox)
         # one span per attempt of a call made under an OpenTelemetry span (pool._otel); made
         # by the first such call
         self.spans: AttemptSpans | None = None
-        self.spins_caught = 0  # replies a spin caught / spins that gave up (for tests, tuning)
-        self.spins_missed = 0
 
     # -- lifecycle (loop thread) -----------------------------------------------------------
     async def start(self) -> None:
@@ -249,46 +247,17 @@ class Supervisor:
         spin = None
         batch = self._batch
         if batch:
-            if self.config.reply_spin and not self._spinning and len(batch) == 1:
-                spin = self._spin_candidate(batch[0])
+            spinner = self.reply_spin
+            if spinner.seconds and not spinner.spinning and len(batch) == 1:
+                spin = spinner.candidate(batch[0])
             for channel in batch:
                 channel.flush()
             batch.clear()
         if self._wakes:
             self._run_wakes()
         self._arm_timer()
-        if spin is not None:
-            # not now: first let what is ready run (a caller woken by this event may be about
-            # to submit; then two calls are in flight and spinning would only delay it)
-            self.loop.call_soon(self._spin_for_reply, spin)
-
-    def _spin_candidate(self, channel: Channel) -> Channel | None:
-        """The worker whose reply to spin for: it has the pool's only call, just sent, of an
-        activity whose attempts take less than ``reply_spin`` on average. Calls one after
-        another (``await pool.execute`` in a loop) then cost no loop wake-up per reply: on a
-        VM a sleeping thread takes ~20 µs to wake, as long as a no-op call's work."""
-        if self.scheduler.in_flight() != 1 or self.inbox or len(channel.in_pipe) != 1:
-            return None
-        if channel.outbox or channel.eof or channel.gone or channel.proc.fds_closed:
-            return None  # (the write is not complete, or the worker is going or gone)
-        took = self.scheduler.average_duration(channel.in_pipe[0][1])
-        if took is None or took >= self.config.reply_spin:
-            return None
-        return channel
-
-    def _spin_for_reply(self, channel: Channel) -> None:
-        """Spin for ``channel``'s reply (its caller then runs in this loop iteration), else
-        leave it to the loop. Bounded, and only for calls that usually answer within it."""
-        if self._spinning or self._spin_candidate(channel) is None:
-            return  # since it was sent: another call came, the reply came, or the worker died
-        self._spinning = True
-        try:
-            if channel.spin(self.config.reply_spin):
-                self.spins_caught += 1
-            else:
-                self.spins_missed += 1
-        finally:
-            self._spinning = False
+        if spin is not None:  # on the next turn (see pool._spin)
+            self.loop.call_soon(self.reply_spin.spin, spin)
 
     def _arm_timer(self) -> None:
         when = self.scheduler.next_deadline()
