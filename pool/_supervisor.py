@@ -32,12 +32,12 @@ import pickle
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pool._calls_state import Call
 from pool._channel import Channel
 from pool._config import PoolConfig
-from pool._events import PoolEvent, PoolStats, Stats, make_event
+from pool._events import EventSink, PoolEvent, PoolStats, Stats
 from pool._faults import FaultRule, FaultRules
 from pool._loop import Inbox
 from pool._output import OutputCallback
@@ -46,19 +46,9 @@ from pool._protocol import ProtocolError
 from pool._scheduler import Scheduler
 from pool._spawner import Spawner
 from pool._spin import ReplySpin
-from sdk._errors import ActivityError, ApplicationError, WorkerCrashedError
-
-if TYPE_CHECKING:
-    from pool._otel import AttemptSpans
+from sdk._errors import ApplicationError, WorkerCrashedError
 
 log = logging.getLogger("activitypool")
-# The events that end an attempt's span, and the outcome they give it (None: from the error).
-_ATTEMPT_ENDS: dict[str, str | None] = {
-    "attempt_completed": None,
-    "attempt_failed": None,
-    "attempt_requeued": "withdrawn",
-    "attempt_withdrawn": "withdrawn",
-}
 
 
 class Supervisor:
@@ -77,8 +67,7 @@ class Supervisor:
         (``pool._spawner.early_forkserver``, which ``early_tried`` says was called)."""
         self.loop = loop
         self.config = config
-        self.on_event = on_event
-        self.event_kinds: frozenset[str] | None = None  # None: every kind (see set_on_event)
+        self.events = EventSink(on_event, self._pid_of)
         self.on_output = on_output
         self.handles: dict[int, Channel] = {}
         self.scheduler = Scheduler(
@@ -102,9 +91,6 @@ class Supervisor:
         self._wakes: list[Callable[[], None]] = []  # see wake_later
         self.inbox = Inbox(loop, self)  # calls and actions other threads hand to the loop
         self.reply_spin = ReplySpin(config.reply_spin, self.scheduler, self.inbox)
-        # one span per attempt of a call made under an OpenTelemetry span (pool._otel); made
-        # by the first such call
-        self.spans: AttemptSpans | None = None
 
     # -- lifecycle (loop thread) -----------------------------------------------------------
     async def start(self) -> None:
@@ -283,6 +269,7 @@ class Supervisor:
         self.spawner.spawn(worker_id, now=not self._ready.done())
 
     def send_run(self, worker_id: int, call: Call) -> None:
+        channel = self.handles[worker_id]
         defn = call.defn
         meta: tuple[Any, ...] = (  # a RunMeta, as a plain tuple (see RunMeta)
             defn.module,
@@ -298,31 +285,13 @@ class Supervisor:
         fault = None
         if self.faults is not None:
             fault = self.faults.match(defn.name, call.attempt)
-        if call.trace is not None:
-            meta += (fault, self._begin_span(worker_id, call))
+        if call.trace is not None:  # one span per attempt, ended by the attempt events
+            self.scheduler.events = True
+            meta += (fault, self.events.begin_span(call, worker_id, channel.proc.pid))
         elif fault is not None:
             meta += (fault,)
         meta_body = pickle.dumps(meta, protocol=5)
-        self.handles[worker_id].send_run(call.seq, defn.name, meta_body, call.payload)
-
-    def _begin_span(self, worker_id: int, call: Call) -> dict[str, str]:
-        """Start the span of the attempt being sent; its context, for the worker."""
-        spans = self.spans
-        if spans is None:
-            from pool._otel import AttemptSpans
-
-            spans = self.spans = AttemptSpans()
-            self.scheduler.events = True  # the attempt events end the spans (see event)
-        channel = self.handles.get(worker_id)
-        return spans.begin(
-            call.id,
-            call.defn.name,
-            call.trace,
-            call.attempt,
-            worker_id,
-            channel.proc.pid if channel is not None else None,
-            call.session,
-        )
+        channel.send_run(call.seq, defn.name, meta_body, call.payload)
 
     def send_cancel(self, worker_id: int, seq: int) -> None:
         channel = self.handles.get(worker_id)
@@ -372,8 +341,7 @@ class Supervisor:
 
     def reject(self, call: Call, exc: BaseException) -> None:
         self.stats.failed()
-        if self.spans is not None:  # an attempt still open ends with its call
-            self.spans.end(call.id, exc.__cause__ if type(exc) is ActivityError else exc)
+        self.events.call_failed(call.id, exc)
         call.waiter.settle(None, exc)
 
     def set_on_event(
@@ -381,25 +349,16 @@ class Supervisor:
     ) -> None:
         """Start (or, with None, stop) handing events to ``on_event`` (on the loop thread);
         only those of ``kinds`` when given (no others are built)."""
-        self.on_event = on_event
-        self.event_kinds = kinds
-        self.scheduler.events = on_event is not None or self.spans is not None
+        events = self.events
+        events.on_event, events.kinds = on_event, kinds
+        self.scheduler.events = events.wanted
 
     def event(self, kind: str, **fields: Any) -> None:
-        if self.spans is not None and kind in _ATTEMPT_ENDS:
-            self.spans.end(fields["call_id"], fields.get("error"), _ATTEMPT_ENDS[kind])
-        if self.on_event is None:
-            return
-        if self.event_kinds is not None and kind not in self.event_kinds:
-            return
-        wid = fields.get("worker_id")
-        channel = self.handles.get(wid) if wid is not None else None
-        if channel is not None:
-            fields.setdefault("pid", channel.proc.pid)
-        try:
-            self.on_event(make_event(kind, time.time(), fields))
-        except Exception:
-            log.exception("on_event callback failed")
+        self.events.emit(kind, fields)
+
+    def _pid_of(self, worker_id: int) -> int | None:
+        channel = self.handles.get(worker_id)
+        return channel.proc.pid if channel is not None else None
 
     # -- ChannelListener: what a worker sent -----------------------------------------------
     def on_result(self, channel: Channel, seq: int, value: Any, now: float) -> None:
