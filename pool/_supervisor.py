@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import pickle
 import time
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from pool._channel import Channel
 from pool._config import PoolConfig
 from pool._events import EventSink, PoolEvent, PoolStats, Stats
 from pool._faults import FaultRule, FaultRules
-from pool._loop import Inbox
+from pool._loop import DeadlineTimer, Inbox, Wakes
 from pool._output import OutputCallback
 from pool._process import ForkServer, WorkerProcess
 from pool._protocol import ProtocolError
@@ -82,13 +81,13 @@ class Supervisor:
         )
         self.spawner = Spawner(loop, config, self, forkserver, early_tried)
         self.stats = Stats()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        self._timer = DeadlineTimer(loop, self._on_timer)  # armed for the next deadline
         self._ready: asyncio.Future[None] = loop.create_future()
         self._all_gone: asyncio.Future[None] = loop.create_future()
         self.faults: FaultRules | None = None  # made by the first inject_fault
         self._batch: list[Channel] = []  # channels with frames queued in this event
-        self._wakes: list[Callable[[], None]] = []  # see wake_later
+        self._wakes = Wakes(loop)  # callers to wake at the end of the event
+        self.wake_later = self._wakes.later
         self.inbox = Inbox(loop, self)  # calls and actions other threads hand to the loop
         self.reply_spin = ReplySpin(config.reply_spin, self.scheduler, self.inbox)
 
@@ -130,9 +129,7 @@ class Supervisor:
                 self.kill_all()
                 raise
         self.kill_all()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
 
     def kill_all(self) -> None:
         """Last resort and final sweep: no process outlives the pool."""
@@ -204,28 +201,6 @@ class Supervisor:
         self.after()
 
     # -- the end of every event ------------------------------------------------------------
-    def wake_later(self, wake: Callable[[], None]) -> None:
-        """Run ``wake`` (it wakes a caller's thread) once this event's frames are written.
-
-        A thread woken mid-event wants the GIL while this thread still works and then writes:
-        each such hand-off costs both a switch. Woken after the writes, it runs while this
-        thread waits in the loop. ``after`` runs these; a loop callback is the safety net.
-        """
-        if not self._wakes:
-            if self.loop.is_closed():
-                wake()
-                return
-            self.loop.call_soon(self._run_wakes)
-        self._wakes.append(wake)
-
-    def _run_wakes(self) -> None:
-        wakes, self._wakes = self._wakes, []
-        for wake in wakes:
-            try:
-                wake()
-            except Exception:
-                log.exception("waking a caller failed")
-
     def after(self) -> None:
         """After every event (a call, a read, a timer, a fork server report): send what it
         queued, wake the callers it answered, re-arm the timer for the next deadline; then
@@ -239,28 +214,14 @@ class Supervisor:
             for channel in batch:
                 channel.flush()
             batch.clear()
-        if self._wakes:
-            self._run_wakes()
-        self._arm_timer()
+        wakes = self._wakes
+        if wakes.pending:
+            wakes.run()
+        self._timer.arm(self.scheduler.next_deadline())
         if spin is not None:  # on the next turn (see pool._spin)
             self.loop.call_soon(self.reply_spin.spin, spin)
 
-    def _arm_timer(self) -> None:
-        when = self.scheduler.next_deadline()
-        if when is None:
-            return  # an armed timer may fire for nothing; cheaper than cancelling per call
-        timer = self._timer
-        if timer is not None:
-            if self._timer_at <= when:
-                return  # it fires first; the callback re-arms
-            timer.cancel()
-        self._timer_at = when
-        # the loop's timers have millisecond resolution: round up, never wake before the deadline
-        delay = math.ceil(max(0.0, when - time.monotonic()) * 1000) / 1000
-        self._timer = self.loop.call_later(delay, self._on_timer)
-
     def _on_timer(self) -> None:
-        self._timer = None
         self.scheduler.advance(time.monotonic())
         self.after()
 
