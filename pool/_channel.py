@@ -4,10 +4,9 @@ A ``Channel`` owns everything that touches one worker's fds on the supervisor's 
 ``FrameReader`` and the segments of the reply pipe, the frames queued for the request pipe and
 what a full pipe holds back, and the worker's ``WorkerOutput`` (``pool._output``: its output
 pipe cut into tagged lines, and the LOG records it sends). It decodes what arrives and reports
-it upward through
-``ChannelListener`` (the supervisor), the mirror of the scheduler's ``Effects``: the channel
-knows no scheduler, no other worker and no process control beyond signalling its worker.
-Loop thread only.
+it upward through ``ChannelListener`` (the supervisor), the mirror of the scheduler's
+``Effects``: the channel knows no scheduler, no other worker and no process control beyond
+signalling its worker. Loop thread only.
 
 Writes are batched: ``write`` queues frames and puts the channel on the supervisor's batch list
 once per event; the supervisor calls ``flush`` on each at the end of the event, so the frames

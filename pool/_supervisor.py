@@ -13,14 +13,16 @@ Data flow (everything below runs on one event loop thread, the supervisor's)::
                               Spawner (fork server, spawn, exit watch) ──▶ SpawnerListener ─┘
 
 Ownership: the loop thread owns everything here. This class owns the worker handles (one
-``pool._channel.Channel`` per live worker, by worker id), the one loop timer armed for the
-scheduler's earliest deadline (``_arm_timer``), the batch of channels with frames queued in the
-current event (``_batch``, flushed in ``after``), the callers to wake after it
-(``wake_later``), the fault rules (``pool._faults``) and the reply spin's decision. The
-scheduler owns all call, worker and session state and every deadline; a channel owns one
-worker's pipes, segments and output; the spawner owns the fork server and sees exits. Other
-threads reach in only through the inbox (``pool._loop.Inbox``, which this class owns: one
-``call_soon_threadsafe`` drains a burst) or ``call_soon_threadsafe``.
+``pool._channel.Channel`` per live worker, by worker id), the batch of channels with frames
+queued in the current event (``_batch``, flushed in ``after``), and the objects that do one job
+each for it: the one loop timer armed for the scheduler's earliest deadline and the callers to
+wake at the end of the event (``pool._loop``: ``DeadlineTimer``, ``Wakes``), the reply spin
+(``pool._spin``), where events go (``pool._events.EventSink``), the fault rules
+(``pool._faults``) and the counters. The scheduler owns all call, worker and session state and
+every deadline; a channel owns one worker's pipes, segments and output; the spawner owns the
+fork server and sees exits. Other threads reach in only through the inbox
+(``pool._loop.Inbox``, which this class owns: one ``call_soon_threadsafe`` drains a burst) or
+``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
