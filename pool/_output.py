@@ -233,14 +233,7 @@ class WorkerOutput:
 
     def drain(self) -> None:
         """What it printed last, before the fd goes (bounded: a child of its may still write)."""
-        try:
-            for _ in range(OUTPUT_DRAIN // OUTPUT_READ):
-                data = os.read(self._fd, OUTPUT_READ)
-                if not data:
-                    break
-                self._emit(self._splitter.feed(data))
-        except OSError:  # BlockingIOError: nothing more (a child of its holds the pipe)
-            pass
+        self.catch_up()
         last = self._splitter.flush()
         if last is not None:
             self._emit([last])
