@@ -140,23 +140,6 @@ def check_chunksize(chunksize: Any) -> int:
     return chunksize
 
 
-def item_check(defn: ActivityDefinition) -> Callable[[Any], Any] | None:
-    """Checks one item as ``defn(item)`` would be checked; returns it coerced (None: every item
-    passes as it is).
-
-    Binding one positional argument fails or succeeds alike for every item, so with a plain
-    signature only the first parameter's type check runs per item.
-    """
-    binder = defn._binder
-    first = binder.positional[0] if binder.positional else None
-    if not binder.simple or first is None or any(name != first for name in binder.required):
-        return lambda item: defn.validate_args((item,), {})[0][0]
-    check = defn._checks.get(first)
-    if check is None:
-        return None
-    return partial(defn._check, check, first)
-
-
 def map_source(iterable: Iterable[Any] | AsyncIterable[Any]) -> tuple[Any, bool]:
     """An iterator over a map's input, and whether it is an async one."""
     if isinstance(iterable, AsyncIterable):
@@ -229,7 +212,7 @@ def map_run(
         chunksize=chunksize,
         ordered=ordered,
         one=one_spread if spread else one,
-        check=check_spread if spread else item_check(defn),
+        check=check_spread if spread else defn.item_check(),
         chunk=chunk,
         stopped=session_closed,
         submit=lambda calls: inbox.put(partial(sup.submit_many, calls)),

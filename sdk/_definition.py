@@ -447,6 +447,22 @@ class ActivityDefinition:
                 bound.arguments[name] = self._check(check, name, value)
         return tuple(bound.args), dict(bound.kwargs)
 
+    def item_check(self) -> Callable[[Any], Any] | None:
+        """A check of one item of a map, as ``validate_args((item,), {})`` checks it: returns
+        the item coerced (None: every item passes as it is).
+
+        Binding one positional argument fails or succeeds alike for every item, so with a plain
+        signature only the first parameter's type check runs per item.
+        """
+        binder = self._binder
+        first = binder.positional[0] if binder.positional else None
+        if not binder.simple or first is None or any(name != first for name in binder.required):
+            return lambda item: self.validate_args((item,), {})[0][0]
+        check = self._checks.get(first)
+        if check is None:
+            return None
+        return functools.partial(self._check, check, first)
+
     def _check(self, check: _Check, name: str, value: Any) -> Any:
         try:
             return check(value)

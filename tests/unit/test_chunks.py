@@ -8,7 +8,7 @@ import pytest
 
 import sdk
 from pool import _chunks
-from pool._calls import CallMaker, check_chunksize, item_check
+from pool._calls import CallMaker, check_chunksize
 from pool._timeouts import chunk_limits
 from sdk._context import StickyWorkerSession
 from sdk._depends import ResourceCache
@@ -35,13 +35,13 @@ def test_chunksize_refuses_the_rest(bad, error):
 
 
 def test_items_are_validated_and_coerced_like_single_calls():
-    check = item_check(_defn(ca.double))
+    check = _defn(ca.double).item_check()
     assert check is not None
     assert [check(x) for x in ["1", 2, 3.0]] == [1, 2, 3]
     with pytest.raises(sdk.ActivityInputError, match="'x'"):
         check("nope")
-    assert item_check(_defn(ca.chunk_echo)) is None  # unannotated: every item as given
-    no_argument = item_check(_defn(ca.chunk_loaded_modules))  # takes no argument at all
+    assert _defn(ca.chunk_echo).item_check() is None  # unannotated: every item as given
+    no_argument = _defn(ca.chunk_loaded_modules).item_check()  # takes no argument at all
     assert no_argument is not None
     with pytest.raises(sdk.ActivityInputError, match="positional"):
         no_argument(1)
