@@ -167,7 +167,10 @@ class Lifecycle:
 
     def to_loop(self, item: Call | Callable[[], object]) -> None:
         """Hand a call (or an action) to the loop thread, in order with everything else."""
-        self.started().inbox.put(item)
+        sup = self.sup  # (started() inlined: every submit() comes here)
+        if sup is None:
+            raise PoolClosedError("the pool is not started")
+        sup.inbox.put(item)
 
     def on_loop(self) -> bool:
         """Is this the pool's loop thread, inside its loop?"""
@@ -175,7 +178,7 @@ class Lifecycle:
 
     def refuse_on_loop(self, what: str) -> None:
         """Refuse the blocking ``what`` (``run``, ``map``...) on the pool's own loop."""
-        if self.on_loop():
+        if self.loop is not None and on_loop(self.loop):  # (every run() comes here)
             instead = (
                 "await pool.execute()" if what == "run" else f"pool.a{what.removeprefix('a')}()"
             )
