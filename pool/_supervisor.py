@@ -241,16 +241,19 @@ class Supervisor:
             str(call.id),
             call.attempt,
             call.session,
-            time.time() + defn.start_to_close_timeout if defn.start_to_close_timeout else None,
+            time.time() + call.start_to_close if call.start_to_close else None,
             defn.heartbeat_timeout,
             call.heartbeat_details,
         )
         fault = None
         if self.faults is not None:
             fault = self.faults.match(defn.name, call.attempt)
-        if call.trace is not None:  # one span per attempt, ended by the attempt events
-            self.scheduler.events = True
-            meta += (fault, self.events.begin_span(call, worker_id, channel.proc.pid))
+        if call.trace is not None or call.chunk:
+            trace = None
+            if call.trace is not None:  # one span per attempt, ended by the attempt events
+                self.scheduler.events = True
+                trace = self.events.begin_span(call, worker_id, channel.proc.pid)
+            meta += (fault, trace, call.chunk)
         elif fault is not None:
             meta += (fault,)
         meta_body = pickle.dumps(meta, protocol=5)
@@ -330,7 +333,8 @@ class Supervisor:
         call = sched.running_call(channel.id, seq)
         if call is not None:
             try:
-                value = call.defn.validate_result(value)
+                defn = call.defn
+                value = defn.validate_results(value) if call.chunk else defn.validate_result(value)
             except ApplicationError as err:
                 call.output = channel.output.tail(seq)
                 sched.failure(channel.id, seq, err, now)
