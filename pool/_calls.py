@@ -21,6 +21,7 @@ from pool._calls_state import Call, CallState
 from pool._loop import Inbox
 from pool._otel import OTEL_MODULE
 from pool._protocol import dumps, lift_call_bytes
+from pool._timeouts import chunk_limits
 from pool._waiters import Waiter
 from sdk._definition import ActivityDefinition, get_definition
 from sdk._errors import ActivityInputError, StickyWorkerSessionMissingError, safe_repr
@@ -55,28 +56,22 @@ class CallMaker:
         return self._new(defn, self.policy(defn), payload, waiter, sid)
 
     def chunk_call(
-        self,
-        defn: ActivityDefinition,
-        session: Any,
-        defns: dict[int, ActivityDefinition],
-        items: list[Any],
-        waiter: Waiter,
-        spread: bool = False,
+        self, defn: ActivityDefinition, session: Any, items: list[Any], waiter: Waiter, kind: int
     ) -> Call:
-        """One call running ``defn`` over ``items`` (validated) in one worker (see
-        ``pool._chunks``); ``defns`` caches the chunk definitions of one map by length.
-        ``spread``: each item is an ``(args, kwargs)`` pair."""
+        """One call running ``defn`` over ``items`` (validated) in one attempt, in one worker
+        (see ``pool._chunks``; ``kind`` says how each item is passed): its time limits are the
+        activity's times the number of items, its result the list of theirs."""
         sid = self.session_id(defn, session)
-        cdefn = defns.get(len(items))
-        if cdefn is None:
-            cdefn = defns[len(items)] = chunk_definition(defn, len(items), spread)
         try:
-            payload = dumps(((defn.module, defn.qualname, items), {}))
+            payload = dumps((items, {}))
         except Exception as exc:
             raise ActivityInputError(
                 f"arguments of activity {defn.name!r} cannot be pickled: {safe_repr(exc)}"
             ) from exc
-        return self._new(cdefn, self.policy(defn), payload, waiter, sid)
+        call = self._new(defn, self.policy(defn), payload, waiter, sid)
+        call.start_to_close, call.schedule_to_close = chunk_limits(defn, len(items))
+        call.chunk = kind
+        return call
 
     def session_id(self, defn: ActivityDefinition, session: Any) -> str | None:
         """The sticky session a call of ``defn`` belongs to (None if it is not sticky)."""
@@ -112,7 +107,16 @@ class CallMaker:
     def _new(
         self, defn: ActivityDefinition, policy: RetryPolicy, payload: Any, waiter: Waiter, sid: Any
     ) -> Call:
-        call = Call(next(self._ids), defn, policy, payload, waiter, sid)
+        call = Call(
+            next(self._ids),
+            defn,
+            policy,
+            payload,
+            waiter,
+            sid,
+            defn.start_to_close_timeout,
+            defn.schedule_to_close_timeout,
+        )
         if OTEL_MODULE in sys.modules:  # the caller's current span (the calling thread's)
             from pool._otel import capture
 
@@ -136,53 +140,11 @@ def check_chunksize(chunksize: Any) -> int:
     return chunksize
 
 
-def item_check(defn: ActivityDefinition) -> Callable[[Any], Any] | None:
-    """Checks one item as ``defn(item)`` would be checked; returns it coerced (None: every item
-    passes as it is).
-
-    Binding one positional argument fails or succeeds alike for every item, so with a plain
-    signature only the first parameter's type check runs per item.
-    """
-    binder = defn._binder
-    first = binder.positional[0] if binder.positional else None
-    if not binder.simple or first is None or any(name != first for name in binder.required):
-        return lambda item: defn.validate_args((item,), {})[0][0]
-    check = defn._checks.get(first)
-    if check is None:
-        return None
-    return partial(defn._check, check, first)
-
-
 def map_source(iterable: Iterable[Any] | AsyncIterable[Any]) -> tuple[Any, bool]:
     """An iterator over a map's input, and whether it is an async one."""
     if isinstance(iterable, AsyncIterable):
         return aiter(iterable), True
     return iter(iterable), False
-
-
-def chunk_definition(
-    defn: ActivityDefinition, size: int, spread: bool = False
-) -> ActivityDefinition:
-    """What the scheduler and the worker see of a chunk of ``size`` items of ``defn``.
-
-    The worker runs the runner of ``pool._chunks``; everything else is ``defn``'s (its name,
-    for events, log tags, ``info().name`` and injected faults; its heartbeat timeout, sticky
-    flag and retry policy), with its per-call time limits multiplied by ``size``.
-    """
-    if spread:
-        runner = _chunks.run_chunk_spread_async if defn.is_async else _chunks.run_chunk_spread
-    else:
-        runner = _chunks.run_chunk_async if defn.is_async else _chunks.run_chunk
-    s2c, s2close = defn.start_to_close_timeout, defn.schedule_to_close_timeout
-    fields = {name: getattr(defn, name) for name in ActivityDefinition.__match_args__}
-    fields.update(
-        fn=runner,
-        module=_chunks.__name__,
-        qualname=runner.__qualname__,
-        start_to_close_timeout=None if s2c is None else s2c * size,
-        schedule_to_close_timeout=None if s2close is None else s2close * size,
-    )
-    return ActivityDefinition(**fields).checking_each_result_of(defn)
 
 
 class LoopSide(Protocol):
@@ -224,11 +186,11 @@ def map_run(
     def check_spread(item: Any) -> Any:
         return defn.validate_args(item[0], item[1])
 
-    defns: dict[int, ActivityDefinition] = {}  # the chunk definitions, by chunk length
+    kind = _chunks.SPREAD if spread else _chunks.ITEMS
 
     def chunk(items: list[Any], waiter: Waiter) -> Call:
         check_open()
-        return chunk_call(defn, session, defns, items, waiter, spread)
+        return chunk_call(defn, session, items, waiter, kind)
 
     def session_closed() -> bool:
         return defn.sticky_to_worker and session.closed
@@ -250,7 +212,7 @@ def map_run(
         chunksize=chunksize,
         ordered=ordered,
         one=one_spread if spread else one,
-        check=check_spread if spread else item_check(defn),
+        check=check_spread if spread else defn.item_check(),
         chunk=chunk,
         stopped=session_closed,
         submit=lambda calls: inbox.put(partial(sup.submit_many, calls)),

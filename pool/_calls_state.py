@@ -45,9 +45,15 @@ class Call:
     id: int
     defn: ActivityDefinition
     policy: RetryPolicy
-    payload: Any  # opaque to the scheduler: the pickled arguments
+    payload: Any  # opaque to the scheduler: the pickled arguments (a chunk's: its items)
     waiter: Any  # opaque: how the supervisor reaches the caller
     session: str | None = None  # sticky session id; None for non-sticky calls
+    # its time limits (seconds; None: none): the activity's, times the items of a chunk
+    start_to_close: float | None = None
+    schedule_to_close: float | None = None
+    # 0: one call of the activity; else a chunk of a map, its payload the items and this how
+    # each is passed (pool._chunks.ITEMS, SPREAD): one attempt runs them all in one worker
+    chunk: int = 0
     state: CallState = CallState.QUEUED
     attempt: int = 0  # attempts dispatched so far (the running one included)
     seq: int = 0  # the wire id of the current dispatch; replies for older seqs are stale
@@ -75,7 +81,7 @@ def run_meta(call: Call, attempt: int | None = None) -> tuple[Any, ...]:
     besides its arguments: a ``pool._protocol.RunMeta`` as a plain tuple (fault and trace
     left off)."""
     defn = call.defn
-    timeout = defn.start_to_close_timeout
+    timeout = call.start_to_close
     return (
         defn.module,
         defn.qualname,

@@ -2,11 +2,11 @@
 
 A ``Channel`` owns everything that touches one worker's fds on the supervisor's side: the
 ``FrameReader`` and the segments of the reply pipe, the frames queued for the request pipe and
-what a full pipe holds back, the output pipe cut into lines (``pool._output``) and the LOG
-records the worker sends. It decodes what arrives and reports it upward through
-``ChannelListener`` (the supervisor), the mirror of the scheduler's ``Effects``: the channel
-knows no scheduler, no other worker and no process control beyond signalling its worker.
-Loop thread only.
+what a full pipe holds back, and the worker's ``WorkerOutput`` (``pool._output``: its output
+pipe cut into tagged lines, and the LOG records it sends). It decodes what arrives and reports
+it upward through ``ChannelListener`` (the supervisor), the mirror of the scheduler's
+``Effects``: the channel knows no scheduler, no other worker and no process control beyond
+signalling its worker. Loop thread only.
 
 Writes are batched: ``write`` queues frames and puts the channel on the supervisor's batch list
 once per event; the supervisor calls ``flush`` on each at the end of the event, so the frames
@@ -17,19 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
-import logging
 import os
 import pickle
-import select
 import signal
-import sys
 import time
-from collections.abc import Callable
 from typing import Any, Protocol
 
-from pool._logrecord import decode_log
-from pool._output import LineSplitter
+from pool._output import OutputCallback, WorkerOutput
 from pool._process import WorkerProcess
 from pool._protocol import (
     FailureInfo,
@@ -43,20 +39,11 @@ from pool._protocol import (
 from pool._segments import PeerSegments, Segments
 from sdk._errors import ApplicationError, RemoteTraceback, WorkerCrashedError, safe_repr
 
-log = logging.getLogger("activitypool")
 # writev() takes at most this many buffers (Linux IOV_MAX)
 IOV_MAX = 1024
 # Bodies up to this size are copied into one bytes object with their header (one write);
 # larger ones go out as separate buffers, or through shared memory.
 SMALL_BODY = 64 * 1024
-# A worker's output pipe is read this much at a time (one read per loop callback)...
-OUTPUT_READ = 64 * 1024
-# ...and at most this much more once the worker has exited (a child of its may hold the pipe).
-OUTPUT_DRAIN = 1 << 20
-# The last lines an attempt printed that are kept for the error that may end its call.
-OUTPUT_TAIL = 20
-
-OutputCallback = Callable[[int, "str | None", str], None]
 
 
 class ChannelListener(Protocol):
@@ -91,9 +78,7 @@ class Channel:
         "_batch",
         "_listener",
         "_loop",
-        "_on_output",
         "_peer",
-        "_spin_poll",
         "cancel_signal",
         "eof",
         "gone",
@@ -105,8 +90,6 @@ class Channel:
         "proc",
         "reader",
         "segments",
-        "tail",
-        "tail_seq",
         "unsent",
     )
 
@@ -127,16 +110,10 @@ class Channel:
         self.proc = proc
         self._listener = listener
         self._batch = batch
-        self._on_output = on_output
         self._peer = PeerSegments(proc.pid) if shm else None  # its segments, mapped here
         self.reader = FrameReader(self._peer)
         self.unsent: list[bytes | memoryview] = []  # this event's frames
         self.outbox: collections.deque[memoryview] = collections.deque()  # the pipe is full
-        self.output = LineSplitter()  # what it printed, in lines
-        # the last lines attempt ``tail_seq`` printed (made on its first line: an attempt that
-        # prints nothing costs nothing)
-        self.tail: collections.deque[str] | None = None
-        self.tail_seq = -1
         self.eof = False  # its reply pipe is closed (or no longer read)
         self.gone = False  # its exit is reported upward
         # (seq, activity name) of every RUN sent and not yet answered, in pipe order: the head
@@ -145,32 +122,28 @@ class Channel:
         # (seq, activity name) of the RUN a calling thread sent while the worker is lent to
         # it (see pool._lane): set and cleared by that thread, only read here
         self.lent_run: tuple[int, str] | None = None
+        self.output = WorkerOutput(loop, worker_id, proc.pid, proc.output, self.running, on_output)
         # large frames to it (None until it said at READY that it can open them)
         self.segments: Segments | None = None
         self.cancel_signal = False  # SIGUSR1 owed once the queued CANCEL frame is in the pipe
-        self._spin_poll: Any = None  # a poll object on its reply pipe (see spin)
 
-    def _head(self) -> tuple[int, str] | None:
-        """(seq, activity) of what it runs now: the oldest RUN it has not answered."""
+    def running(self) -> tuple[int, str] | None:
+        """(seq, activity) of what it runs now: the oldest RUN it has not answered (from the
+        loop thread, or from a thread it is lent to)."""
         in_pipe = self.in_pipe
         return in_pipe[0] if in_pipe else self.lent_run
 
     @property
     def activity(self) -> str | None:
         """The activity it runs now (the oldest RUN it has not answered)."""
-        head = self._head()
+        head = self.running()
         return head[1] if head is not None else None
 
     @property
     def running_seq(self) -> int | None:
         """The seq of the attempt it runs now (the oldest RUN it has not answered)."""
-        head = self._head()
+        head = self.running()
         return head[0] if head is not None else None
-
-    def output_of(self, seq: int) -> tuple[str, ...]:
-        """The last lines (up to ``OUTPUT_TAIL``) attempt ``seq`` printed."""
-        tail = self.tail
-        return tuple(tail) if tail is not None and self.tail_seq == seq else ()
 
     def crash(self, message: str, *, exited: bool = False) -> WorkerCrashedError:
         """The error that ends the attempt it runs: ``message``, naming the activity; with
@@ -186,7 +159,7 @@ class Channel:
 
     def start_reading(self) -> None:
         self._loop.add_reader(self.proc.from_worker, self.on_readable)
-        self._loop.add_reader(self.proc.output, self._on_output_readable)
+        self.output.start()
 
     def lend(self) -> None:
         """Stop reading its reply pipe: a calling thread reads it now (see ``pool._lane``)."""
@@ -357,7 +330,7 @@ class Channel:
         kind = frame.kind
         listener = self._listener
         if kind is Kind.FAILURE:
-            self.catch_up_output()
+            self.output.catch_up()
         if kind is Kind.RESULT or kind is Kind.FAILURE:
             in_pipe = self.in_pipe
             while in_pipe and in_pipe[0][0] <= frame.seq:
@@ -401,7 +374,7 @@ class Channel:
             else:
                 listener.on_setup_started(self, frame.seq)
         elif kind is Kind.LOG:
-            self._on_log(frame)
+            self.output.log(frame.body)
         elif kind is Kind.READY:
             try:
                 ready = frame.load()
@@ -422,21 +395,6 @@ class Channel:
             if not self.on_readable():
                 return
 
-    def spin(self, seconds: float) -> bool:
-        """Wait on the CPU, without sleeping, up to ``seconds`` for the worker's reply, and
-        handle it here if it comes; False if it did not."""
-        poller = self._spin_poll
-        if poller is None:
-            poller = self._spin_poll = select.poll()
-            poller.register(self.proc.from_worker, select.POLLIN)
-        clock = time.monotonic
-        end = clock() + seconds
-        while not poller.poll(0):
-            if clock() >= end:
-                return False
-        self.on_readable()
-        return True
-
     def stop_reading(self) -> None:
         """Ignore whatever it writes from now on (it is killed, or its pipe is closed)."""
         if not self.eof:
@@ -452,138 +410,15 @@ class Channel:
         had mapped when it exits)."""
         proc = self.proc
         if not proc.fds_closed:
-            for fd in (proc.from_worker, proc.output):
-                try:
-                    self._loop.remove_reader(fd)
-                except Exception:  # (the loop is closing)
-                    pass
-            try:
+            self.output.stop()
+            with contextlib.suppress(Exception):  # (the loop is closing)
+                self._loop.remove_reader(proc.from_worker)
+            with contextlib.suppress(Exception):
                 self._loop.remove_writer(proc.to_worker)
-            except Exception:
-                pass
         if self.segments is not None:
             self.segments.close()
         if self._peer is not None:
             self._peer.close()
-
-    # -- what it prints and logs -----------------------------------------------------------
-    def _on_output_readable(self) -> None:
-        # One read per callback, and the splitter's work is linear in it: a worker that prints
-        # without end cannot hold up the loop, nor make us keep more than one line of it.
-        try:
-            data = os.read(self.proc.output, OUTPUT_READ)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            self._emit_output(self.output.feed(data))
-            return
-        self._loop.remove_reader(self.proc.output)
-        last = self.output.flush()
-        if last is not None:
-            self._emit_output([last])
-
-    def catch_up_output(self) -> None:
-        """Read what it printed up to now: its output pipe and its reply pipe are read in
-        whatever order the loop picks, and the lines an attempt printed before it answered
-        belong to that attempt (its stdout and stderr are line-buffered)."""
-        try:
-            for _ in range(OUTPUT_DRAIN // OUTPUT_READ):
-                data = os.read(self.proc.output, OUTPUT_READ)
-                if not data:  # its end: the output reader sees it too, and flushes
-                    return
-                self._emit_output(self.output.feed(data))
-        except OSError:  # BlockingIOError: nothing more for now
-            pass
-
-    def drain_output(self) -> None:
-        """What it printed last, before the fds go (bounded: a child of its may still write)."""
-        try:
-            for _ in range(OUTPUT_DRAIN // OUTPUT_READ):
-                data = os.read(self.proc.output, OUTPUT_READ)
-                if not data:
-                    break
-                self._emit_output(self.output.feed(data))
-        except OSError:
-            pass
-        last = self.output.flush()
-        if last is not None:
-            self._emit_output([last])
-
-    def _emit_output(self, lines: list[bytes]) -> None:
-        """Forward printed lines: to ``on_output``, or else to our stderr, tagged."""
-        if not lines:
-            return
-        head = self._head()  # (one read: a borrowing thread may change lent_run meanwhile)
-        activity = head[1] if head is not None else None
-        texts = [line.decode("utf-8", "replace") for line in lines]
-        if head is not None:
-            seq = head[0]
-            if self.tail is None or self.tail_seq != seq:  # a new attempt's first line
-                self.tail = collections.deque(maxlen=OUTPUT_TAIL)
-                self.tail_seq = seq
-            self.tail.extend(texts)
-        if self._on_output is not None:
-            for text in texts:
-                try:
-                    self._on_output(self.id, activity, text)
-                except Exception:
-                    log.exception("on_output callback failed")
-            return
-        stream = sys.stderr  # looked up each time: pytest and users swap it
-        if stream is None:
-            return
-        tag = f"[worker {self.id} {activity}] " if activity else f"[worker {self.id}] "
-        try:
-            stream.write("".join(f"{tag}{text}\n" for text in texts))
-            stream.flush()
-        except Exception:  # closed, gone or broken: nowhere to show it, and the loop goes on
-            pass
-
-    def _on_log(self, frame: Frame) -> None:
-        """A worker's log record: handled by the logger of its name here, as if logged here,
-        with ``worker_id``, ``pid``, ``activity``, ``attempt`` and ``activity_id`` on it."""
-        entry = decode_log(frame.body)  # (a malformed one is a ProtocolError: the worker goes)
-        name = entry.name or "root"
-        logger = logging.getLogger() if name == "root" else logging.getLogger(name)
-        if not logger.isEnabledFor(entry.levelno):
-            return
-        pathname = entry.pathname or ""
-        filename = os.path.basename(pathname)
-        pid = self.proc.pid
-        record = logging.makeLogRecord(
-            {
-                "name": name,
-                "msg": entry.msg or "",
-                "levelno": entry.levelno,
-                "levelname": entry.levelname or logging.getLevelName(entry.levelno),
-                "pathname": pathname,
-                "filename": filename,
-                "module": os.path.splitext(filename)[0],
-                "lineno": entry.lineno,
-                "funcName": entry.funcName,
-                "thread": entry.thread,
-                "threadName": entry.threadName,
-                "process": pid,
-                "processName": f"activitypool worker {self.id}",
-                "exc_text": entry.exc_text,
-                "stack_info": entry.stack_info,
-                "worker_id": self.id,
-                "pid": pid,
-                "activity": entry.activity or self.activity,
-                "attempt": entry.attempt or None,
-                "activity_id": entry.activity_id,
-            }
-        )
-        # its time is the worker's, not ours
-        record.relativeCreated += (entry.created - record.created) * 1000
-        record.created = entry.created
-        record.msecs = (entry.created - int(entry.created)) * 1000
-        try:
-            logger.handle(record)
-        except Exception:
-            log.exception("a log record of worker %d could not be handled", self.id)
 
 
 def rebuild_failure(frame: Frame) -> BaseException:

@@ -1,126 +1,80 @@
-"""The worker side of a chunked map (``Pool.map(fn, items, chunksize=k)``).
+"""A chunk of a map (``Pool.map(fn, items, chunksize=k)``): one call that runs ``fn`` over k
+items, in one attempt, in one worker.
 
-A chunk is one ordinary call of one of the two runners below: the worker resolves it by module
-and qualified name like any activity, sets up the activity context once (so ``activity.info()``,
-``heartbeat()``, ``is_cancelled()`` and ``session_state()`` work inside every item), and the
-runner calls the target activity's plain function over the chunk's items in order. The results
-come back as one list. Any item's exception fails the chunk, and with it the attempt.
+The caller's side makes it a ``Call`` of the activity itself (``CallMaker.chunk_call``): its
+payload is the items, ``Call.chunk`` says how each is passed (``ITEMS`` or ``SPREAD``), its
+time limits are the activity's times k (``pool._timeouts.chunk_limits``), and its result, a list,
+is checked item by item against the activity's return annotation when it comes back
+(``ActivityDefinition.validate_results``). The RUN frame carries the kind (``RunMeta.chunk``).
 
-The supervisor side (the chunk's deadlines and retry policy, taken from the target activity) is
-in ``pool._pool``. This module imports nothing beyond what a worker has loaded already, and a
-worker imports it only when its first chunk arrives (tests/integration/test_worker_light.py).
-
-The runners are not registered by name (``pool.run("...")`` cannot reach them); a worker needs
-only their ``__activity_definition__``. Results are checked by the supervisor, item by item, when
-the chunk's list comes back (``ActivityDefinition.checking_each_result_of``), never here: a
-worker needs neither ``typing`` nor pydantic.
+The worker runs the attempt as any other (``sdk._attempt.run_attempt``): the activity is looked
+up, its context set up once (so ``activity.info()``, ``heartbeat()``, ``is_cancelled()`` and
+``session_state()`` work inside every item), and it is entered once; then one of the loops here
+calls its plain function over the items in order. Any item's exception fails the chunk, and
+with it the attempt. A worker imports this module only when its first chunk arrives
+(tests/integration/test_chunked_map.py), and it imports nothing a worker has not loaded already:
+results are never checked here, so a worker needs neither ``typing`` nor pydantic.
 """
 
 from __future__ import annotations
 
-from sdk import _attempt, _context
-from sdk._definition import ActivityDefinition
-from sdk._depends import default_resource_cache
-from sdk._errors import ApplicationError, safe_str
+from sdk._attempt import ainject, inject
 
 TYPE_CHECKING = False  # not typing's: a worker imports this module (see sdk._lazy)
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-# The name is never registered; it shows only if a runner is looked at directly.
-RUNNER_NAME = "activitypool.chunk"
+    from sdk._attempt import Host
+    from sdk._definition import ActivityDefinition
+    from sdk._depends import ResourceCache
+
+ITEMS = 1  # each item is the activity's one positional argument: fn(item)
+SPREAD = 2  # each item is an (args, kwargs) pair: fn(*args, **kwargs)
 
 
-def _target(module: str, qualname: str, is_async: bool) -> tuple[ActivityDefinition, Any]:
-    """The activity a chunk runs, as the running attempt's host loads any activity (the
-    worker: its cache, __main__, the heartbeat clock held over a first import), and the
-    resources and host its items run with."""
-    ctx = _context.current_activity()
-    host = ctx.host if ctx is not None else None
-    try:
-        if host is not None:
-            target = host.load(module, qualname)
-        else:  # outside a pool worker (a test calling the runner directly)
-            target = _attempt.Host().load(module, qualname)
-    except BaseException as exc:
-        name = ctx.info.name if ctx is not None else f"{module}.{qualname}"
-        raise ApplicationError(
-            f"worker could not load {name!r}: {type(exc).__name__}: {safe_str(exc)}",
-            type=type(exc).__name__,
-            non_retryable=True,
-        ) from exc
-    if target.is_async is not is_async:  # the module changed between caller and worker
-        raise ApplicationError(
-            f"activity {target.name!r} is {'async' if target.is_async else 'sync'} in the "
-            "worker but was not in the caller",
-            non_retryable=True,
-        )
-    return target, ctx
+def each(kind: int, is_async: bool) -> Callable[..., Any]:
+    """How an attempt runs a chunk of ``kind`` (``run_attempt``'s ``each``): a function of the
+    definition, the resource cache, the items and the host; an async activity's returns the
+    coroutine that runs them."""
+    if kind == SPREAD:
+        return run_spread_async if is_async else run_spread
+    if kind == ITEMS:
+        return run_items_async if is_async else run_items
+    raise ValueError(f"unknown kind of chunk {kind!r}")
 
 
-def run_chunk(module: str, qualname: str, items: list[Any]):  # no return annotation: see above
-    """Run the sync activity ``module.qualname`` over ``items``; its results, in order."""
-    target, ctx = _target(module, qualname, False)
-    if ctx is None:
-        return _attempt.call_each(target, default_resource_cache(), items, None)
-    return _attempt.call_each(target, ctx.resources, items, ctx.host)
+def run_items(
+    defn: ActivityDefinition, cache: ResourceCache, items: list[Any], host: Host | None
+) -> list[Any]:
+    """``defn``'s function over ``items``, one call each with the item as the first argument,
+    its ``Depends`` resources made once; the results in order."""
+    fn = defn.fn
+    kwargs = inject(defn, cache, (None,), {}, host)
+    return [fn(item, **kwargs) for item in items]
 
 
-async def run_chunk_async(module: str, qualname: str, items: list[Any]):  # (see above)
-    """Run the async activity ``module.qualname`` over ``items``, one after the other, on the
-    worker's event loop; its results, in order."""
-    target, ctx = _target(module, qualname, True)
-    if ctx is None:
-        return await _attempt.acall_each(target, default_resource_cache(), items, None)
-    return await _attempt.acall_each(target, ctx.resources, items, ctx.host)
+async def run_items_async(
+    defn: ActivityDefinition, cache: ResourceCache, items: list[Any], host: Host | None
+) -> list[Any]:
+    """:func:`run_items` of an async activity, one item after the other on the running loop."""
+    fn = defn.fn
+    kwargs = await ainject(defn, cache, (None,), {}, host)
+    return [await fn(item, **kwargs) for item in items]
 
 
-def run_chunk_spread(module: str, qualname: str, items: list[Any]):  # (see above)
-    """``run_chunk`` over ``(args, kwargs)`` pairs: each item is ``fn(*args, **kwargs)``, its
-    ``Depends`` resources injected for the parameters it does not supply."""
-    target, ctx = _target(module, qualname, False)
-    fn: Callable[..., Any] = target.fn
-    cache, host = (default_resource_cache(), None) if ctx is None else (ctx.resources, ctx.host)
-    inject = _attempt.inject
-    return [fn(*a, **inject(target, cache, a, kw, host)) for a, kw in items]
+def run_spread(
+    defn: ActivityDefinition, cache: ResourceCache, items: list[Any], host: Host | None
+) -> list[Any]:
+    """:func:`run_items` over ``(args, kwargs)`` pairs: each item is ``fn(*args, **kwargs)``,
+    its ``Depends`` resources injected for the parameters it does not supply."""
+    fn = defn.fn
+    return [fn(*a, **inject(defn, cache, a, kw, host)) for a, kw in items]
 
 
-async def run_chunk_spread_async(module: str, qualname: str, items: list[Any]):  # (see above)
-    """``run_chunk_async`` over ``(args, kwargs)`` pairs."""
-    target, ctx = _target(module, qualname, True)
-    fn: Callable[..., Any] = target.fn
-    cache, host = (default_resource_cache(), None) if ctx is None else (ctx.resources, ctx.host)
-    ainject = _attempt.ainject
-    return [await fn(*a, **(await ainject(target, cache, a, kw, host))) for a, kw in items]
-
-
-def _definition(fn: Callable[..., Any], is_async: bool) -> ActivityDefinition:
-    # The options here are never used: the supervisor sends each chunk with the deadlines and
-    # the retry policy of the activity it runs (see pool._pool._chunk_definition).
-    return ActivityDefinition(
-        name=RUNNER_NAME,
-        fn=fn,
-        module=__name__,
-        qualname=fn.__qualname__,
-        is_async=is_async,
-        start_to_close_timeout=None,
-        heartbeat_timeout=None,
-        schedule_to_close_timeout=None,
-        retry_max_attempts=None,
-        retry_backoff_coefficient=None,
-        retry_initial_interval=None,
-        retry_max_interval=None,
-    )
-
-
-run_chunk.__activity_definition__ = _definition(run_chunk, False)  # type: ignore[attr-defined]
-run_chunk_async.__activity_definition__ = _definition(  # type: ignore[attr-defined]
-    run_chunk_async, True
-)
-run_chunk_spread.__activity_definition__ = _definition(  # type: ignore[attr-defined]
-    run_chunk_spread, False
-)
-run_chunk_spread_async.__activity_definition__ = _definition(  # type: ignore[attr-defined]
-    run_chunk_spread_async, True
-)
+async def run_spread_async(
+    defn: ActivityDefinition, cache: ResourceCache, items: list[Any], host: Host | None
+) -> list[Any]:
+    """:func:`run_spread` of an async activity."""
+    fn = defn.fn
+    return [await fn(*a, **(await ainject(defn, cache, a, kw, host))) for a, kw in items]

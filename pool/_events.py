@@ -4,10 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from sdk._errors import ActivityError
+
+if TYPE_CHECKING:
+    from pool._calls_state import Call
+    from pool._otel import AttemptSpans
+
+log = logging.getLogger("activitypool")
+# The events that end an attempt's span, and the outcome they give it (None: from the error).
+_ATTEMPT_ENDS: dict[str, str | None] = {
+    "attempt_completed": None,
+    "attempt_failed": None,
+    "attempt_requeued": "withdrawn",
+    "attempt_withdrawn": "withdrawn",
+}
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,64 @@ def make_event(kind: str, time: float, fields: dict[str, Any]) -> PoolEvent:
     d["time"] = time
     d.update(fields)
     return event
+
+
+class EventSink:
+    """Where the scheduler's events go: ``on_event`` (only the ``kinds`` asked for; None: every
+    kind) and the spans of traced attempts (``pool._otel``: made by the first traced call,
+    ended by the attempt events). Owned by the supervisor; loop thread only."""
+
+    __slots__ = ("_pid_of", "kinds", "on_event", "spans")
+
+    def __init__(
+        self,
+        on_event: Callable[[PoolEvent], None] | None,
+        pid_of: Callable[[int], int | None],
+    ) -> None:
+        """``pid_of(worker_id)``: the pid of that worker (None: it has none now)."""
+        self.on_event = on_event
+        self.kinds: frozenset[str] | None = None
+        self.spans: AttemptSpans | None = None
+        self._pid_of = pid_of
+
+    @property
+    def wanted(self) -> bool:
+        """Whether anything takes events (else the scheduler builds none)."""
+        return self.on_event is not None or self.spans is not None
+
+    def emit(self, kind: str, fields: dict[str, Any]) -> None:
+        """An event of the scheduler's, ``fields`` being ``PoolEvent``'s."""
+        if self.spans is not None and kind in _ATTEMPT_ENDS:
+            self.spans.end(fields["call_id"], fields.get("error"), _ATTEMPT_ENDS[kind])
+        on_event = self.on_event
+        if on_event is None or (self.kinds is not None and kind not in self.kinds):
+            return
+        wid = fields.get("worker_id")
+        if wid is not None and "pid" not in fields:
+            pid = self._pid_of(wid)
+            if pid is not None:
+                fields["pid"] = pid
+        try:
+            on_event(make_event(kind, time.time(), fields))
+        except Exception:
+            log.exception("on_event callback failed")
+
+    def begin_span(self, call: Call, worker_id: int, pid: int) -> dict[str, str]:
+        """Start the span of ``call``'s attempt being sent; its context, for the worker."""
+        spans = self.spans
+        if spans is None:
+            from pool._otel import AttemptSpans
+
+            spans = self.spans = AttemptSpans()
+        defn = call.defn
+        return spans.begin(
+            call.id, defn.name, call.trace, call.attempt, worker_id, pid, call.session
+        )
+
+    def call_failed(self, call_id: int, exc: BaseException) -> None:
+        """Call ``call_id`` failed for good: the span of an attempt still open ends with it."""
+        if self.spans is not None:
+            self.spans.end(call_id, exc.__cause__ if type(exc) is ActivityError else exc)
 
 
 @dataclass(frozen=True)

@@ -129,8 +129,8 @@ class Lane:
             return NOT_TAKEN
         limit = min(
             self.window,
-            defn.start_to_close_timeout or math.inf,
-            defn.schedule_to_close_timeout or math.inf,
+            call.start_to_close or math.inf,
+            call.schedule_to_close or math.inf,
             defn.heartbeat_timeout or math.inf,
         )
         frames: list[Frame] | tuple[()] | None = ()

@@ -1,10 +1,11 @@
-"""The supervisor's event loop as other threads see it: the loop thread, and the inbox.
+"""The supervisor's event loop: its thread, the way in (the inbox), the way out (wakes), its timer.
 
 ``LoopThread`` runs a private (uvloop) loop on the ``activitypool-supervisor`` thread for a
 ``with Pool`` block. ``Inbox`` is the one way other threads hand work to the loop thread: calls
 and actions wait in a deque, and a single loop callback drains everything that arrived
-meanwhile, in order. The inbox is created and drained by the supervisor (the loop thread);
-any thread may ``put``.
+meanwhile, in order. ``Wakes`` holds the callers' threads to wake once the loop thread's event
+is done, and ``DeadlineTimer`` is the one loop timer, armed for the earliest deadline. All
+three are the supervisor's, made and run on the loop thread; any thread may ``Inbox.put``.
 """
 
 from __future__ import annotations
@@ -12,12 +13,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import logging
+import math
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from pool._calls_state import Call
 from pool._fds import StdioReserved
+
+log = logging.getLogger("activitypool")
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
@@ -151,3 +157,71 @@ class Inbox:
                 sink.submit_many(batch)
         finally:
             self._draining = False
+
+
+class Wakes:
+    """Callers' threads to wake once the loop thread's current event is done (``later``).
+
+    A thread woken mid-event wants the GIL while the loop thread still works and then writes:
+    each such hand-off costs both a switch. Woken after the writes, it runs while the loop
+    thread waits in the loop. The supervisor ``run``s them at the end of each event, once its
+    frames are written; a loop callback is the safety net.
+    """
+
+    __slots__ = ("_loop", "pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.pending: list[Callable[[], None]] = []
+
+    def later(self, wake: Callable[[], None]) -> None:
+        """Run ``wake`` (it wakes a caller's thread) at the end of this event."""
+        if not self.pending:
+            if self._loop.is_closed():
+                wake()
+                return
+            self._loop.call_soon(self.run)
+        self.pending.append(wake)
+
+    def run(self) -> None:
+        wakes, self.pending = self.pending, []
+        for wake in wakes:
+            try:
+                wake()
+            except Exception:
+                log.exception("waking a caller failed")
+
+
+class DeadlineTimer:
+    """The one loop timer, armed for the earliest deadline; ``on_due`` runs when it fires."""
+
+    __slots__ = ("_at", "_handle", "_loop", "_on_due")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_due: Callable[[], None]) -> None:
+        self._loop = loop
+        self._on_due = on_due
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = 0.0  # when the armed timer fires
+
+    def arm(self, when: float | None) -> None:
+        """Fire at ``when`` (monotonic clock) at the latest; None: nothing is due."""
+        if when is None:
+            return  # an armed timer may fire for nothing; cheaper than cancelling per call
+        handle = self._handle
+        if handle is not None:
+            if self._at <= when:
+                return  # it fires first; on_due re-arms
+            handle.cancel()
+        self._at = when
+        # the loop's timers have millisecond resolution: round up, never wake before the deadline
+        delay = math.ceil(max(0.0, when - time.monotonic()) * 1000) / 1000
+        self._handle = self._loop.call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._on_due()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

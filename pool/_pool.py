@@ -4,13 +4,14 @@ The supervisor (and its scheduler) live on one event loop: the caller's, under `
 or a private uvloop loop on a background thread (``pool._loop.LoopThread``), under ``with``.
 Calls are made in the calling thread (``pool._calls``: validated, pickled, with their waiter
 from ``pool._waiters``); only the finished ``Call`` crosses to the loop, through the
-supervisor's inbox. The typed calling methods themselves are ``pool._calling.PoolCalls``.
+supervisor's inbox. The typed calling methods themselves are ``pool._calling.PoolCalls``; the
+running side (the loop, its thread, the supervisor, closing) is ``pool._lifecycle.Lifecycle``'s,
+which the pool asks for it; who receives events is ``pool._listeners.Listeners``'.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import types
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from functools import partial
@@ -25,16 +26,13 @@ from pool._events import EventStream, PoolEvent, PoolStats
 from pool._faults import FaultRule
 from pool._futures import PoolFuture
 from pool._lane import HANDED_OVER, NOT_TAKEN
+from pool._lifecycle import Lifecycle
 from pool._listeners import Listeners
-from pool._loop import LoopThread, on_loop
-from pool._process import ForkServer
-from pool._spawner import early_forkserver
 from pool._supervisor import Supervisor
 from pool._waiters import AsyncWaiter, BlockingWaiter, Waiter
 from pool._worker import refuse_pool_while_importing_main
 from sdk import _context
 from sdk._definition import ActivityDefinition, get_definition
-from sdk._errors import PoolClosedError
 from sdk._retry import RetryPolicy
 
 __all__ = ["Pool", "PoolCalls", "PoolSession"]
@@ -86,133 +84,46 @@ class Pool(PoolCalls):
             reply_spin=reply_spin,
             direct_run=direct_run,
         )
-        self._calls = CallMaker(retry_policy or RetryPolicy(), self._session_closed)
-        self._ambient = ambient  # entering makes this pool the dispatcher of `await activity()`
-        self._on_event = on_event
-        self._on_output = on_output
+        # the running side: loop, loop thread, supervisor, closing; it alone sets them
+        self._life = life = Lifecycle(self._config, on_output, self if ambient else None)
+        self._calls = CallMaker(retry_policy or RetryPolicy(), life.release_session)
         # who receives events: on_event, pool.events() streams, progress displays
         self._events = Listeners(
             on_event,
-            on_loop=lambda: self._loop is not None and on_loop(self._loop),
-            closed=lambda: self._closed,
-            to_loop=self._to_loop,
-            set_sink=self._set_sink,
+            on_loop=life.on_loop,
+            closed=lambda: life.closed,
+            to_loop=life.to_loop,
+            set_sink=life.set_sink,
         )
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: LoopThread | None = None  # the loop's thread under `with`
-        self._sup: Supervisor | None = None
-        self._future_owner: _FutureOwner | None = None  # what a PoolFuture tells of a cancel
-        self._closed = False
-        self._dispatcher_token: contextvars.Token[Any] | None = None
+        self._emit = self._events.emit if on_event is not None else None
 
-    # -- lifecycle -------------------------------------------------------------------------
+    # -- lifecycle (pool._lifecycle) -------------------------------------------------------
     async def __aenter__(self) -> Pool:
-        await self._start_on(asyncio.get_running_loop())
-        if self._ambient:
-            self._dispatcher_token = _context.set_dispatcher(self)
+        await self._life.astart(self._emit)
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._reset_dispatcher()
         await self.aclose(cancel=exc_type is not None)
 
     def __enter__(self) -> Pool:
-        if self._sup is not None:
-            raise RuntimeError("this Pool was already started; make a new one")
-        # start_method="fork": fork the fork server while this is the only thread (~1 ms)
-        early = early_forkserver(self._config)
-        try:
-            self._enter(early)
-        except BaseException:
-            if early is not None and self._sup is None:
-                early.close()
-            raise
+        self._life.start(self._emit)
         return self
-
-    def _enter(self, early: ForkServer | None) -> None:
-        self._thread = thread = LoopThread()
-        loop = thread.loop
-        try:
-            asyncio.run_coroutine_threadsafe(self._start_on(loop, early, True), loop).result()
-        except BaseException:
-            self._stop_thread()
-            raise
-        if self._ambient:
-            self._dispatcher_token = _context.set_dispatcher(self)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.close(cancel=exc_type is not None)
 
-    def _reset_dispatcher(self) -> None:
-        if self._dispatcher_token is not None:
-            try:
-                _context.reset_dispatcher(self._dispatcher_token)
-            except ValueError:  # closed from another context; the variable dies with it
-                pass
-            self._dispatcher_token = None
-
-    async def _start_on(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        early: ForkServer | None = None,
-        with_thread: bool = False,
-    ) -> None:
-        if self._sup is not None:
-            raise RuntimeError("this Pool was already started; make a new one")
-        self._loop = loop
-        self._sup = Supervisor(
-            loop,
-            self._config,
-            self._events.emit if self._on_event is not None else None,
-            self._on_output,
-            early,
-            early_tried=with_thread,
-        )
-        self._future_owner = _FutureOwner(self._sup)
-        try:
-            await self._sup.start()
-        except BaseException:
-            self._closed = True
-            await self._sup.close(cancel=True)
-            raise
-
     async def aclose(self, cancel: bool = False) -> None:
         """Drain (or, with ``cancel``, fail what is outstanding), then stop every worker."""
-        self._closed = True
-        self._reset_dispatcher()
-        sup = self._sup
-        if sup is None or self._loop is None:
-            return
-        try:
-            if asyncio.get_running_loop() is self._loop:
-                await sup.close(cancel=cancel)
-            else:
-                await asyncio.wrap_future(
-                    asyncio.run_coroutine_threadsafe(sup.close(cancel), self._loop)
-                )
-        finally:
-            self._events.end_streams()
+        await self._life.aclose(cancel, self._events.end_streams)
 
     def close(self, cancel: bool = False) -> None:
         """Blocking close of a ``with`` pool; idempotent. ``cancel`` fails what is outstanding."""
-        self._closed = True
-        self._reset_dispatcher()
-        sup, loop = self._sup, self._loop
-        if sup is None or loop is None or (self._thread is None and loop.is_closed()):
-            return
-        if self._thread is None:
-            raise RuntimeError("this pool runs on your event loop: use 'await pool.aclose()'")
-        try:
-            if loop.is_running():
-                asyncio.run_coroutine_threadsafe(sup.close(cancel), loop).result()
-        finally:
-            self._stop_thread()
-            self._events.end_streams()
+        self._life.close(cancel, self._events.end_streams)
 
-    def _stop_thread(self) -> None:
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.stop()
+    @property
+    def _sup(self) -> Supervisor | None:
+        """The supervisor, once started (for tests and benchmarks that look inside)."""
+        return self._life.sup
 
     # -- calling (the CallTarget of PoolCalls) --------------------------------------------
     def _make(
@@ -223,17 +134,9 @@ class Pool(PoolCalls):
         session: Any,
         waiter: Waiter,
     ) -> Call:
-        self._check_open()
+        self._life.check_open()
         defn = fn if isinstance(fn, ActivityDefinition) else get_definition(fn)
         return self._calls.call(defn, args, kwargs, session, waiter)
-
-    def _check_open(self) -> Supervisor:
-        sup = self._sup
-        if self._closed or sup is None:
-            raise PoolClosedError(
-                "the pool is closed" if self._closed else "the pool is not started"
-            )
-        return sup
 
     async def dispatch(
         self, defn: ActivityDefinition, args: tuple, kwargs: dict, session: Any
@@ -251,13 +154,14 @@ class Pool(PoolCalls):
     ) -> Any:
         """Await one call; ``adjust(call)`` changes it before it is handed over."""
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # another loop's task: a Future it can await
+        life = self._life
+        if loop is not life.loop:  # another loop's task: a Future it can await
             return await asyncio.wrap_future(self.submit_call(fn, args, kwargs, session, adjust))
         waiter = AsyncWaiter(loop)
         call = self._make(fn, args, kwargs, session, waiter)
         if adjust is not None:
             adjust(call)
-        sup = self._sup
+        sup = life.sup
         assert sup is not None
         sup.submit(call)
         try:
@@ -310,41 +214,35 @@ class Pool(PoolCalls):
         # A PoolFuture, not a plain Future: no Condition (a lock, a deque, bound methods) until
         # somebody waits on it, so thousands in flight are not thousands of objects for the
         # garbage collector to trace; its cancel() comes back here (no done callback per call).
-        fut = PoolFuture(self._future_owner)
+        fut = PoolFuture(self._life.futures)
         call = self._make(fn, args, kwargs, session, fut)
         if adjust is not None:
             adjust(call)
         fut.bind(call)
-        self._to_loop(call)
+        self._life.to_loop(call)
         return fut
 
     def run_call(self, fn: ActivityRef, args: tuple, kwargs: dict, session: Any) -> Any:
         """Blocking call from a thread that is not the pool's loop."""
-        self._refuse_on_loop("run")
-        sup = self._check_open()
+        life = self._life
+        life.refuse_on_loop("run")
+        sup = life.check_open()
         waiter = BlockingWaiter(sup.wake_blocking)
         call = self._make(fn, args, kwargs, session, waiter)
         try:
             if sup.lane.channel is not None:  # a worker is lent to callers (pool._lane)
                 value = sup.lane.run(call)
                 if value is NOT_TAKEN:
-                    self._to_loop(call)
+                    sup.inbox.put(call)
                 elif value is not HANDED_OVER:
                     return value
             else:
-                self._to_loop(call)
+                sup.inbox.put(call)
             return waiter.wait()
         except BaseException:
             if not waiter.done:  # interrupted (Ctrl-C): the activity is cancelled too
-                self._to_loop(partial(sup.cancel, call))
+                sup.inbox.put(partial(sup.cancel, call))
             raise
-
-    def _refuse_on_loop(self, what: str) -> None:
-        if self._loop is not None and on_loop(self._loop):
-            instead = (
-                "await pool.execute()" if what == "run" else f"pool.a{what.removeprefix('a')}()"
-            )
-            raise RuntimeError(f"{what}() would block the pool's own event loop: use {instead}")
 
     def map_run(
         self,
@@ -363,10 +261,10 @@ class Pool(PoolCalls):
         the call of ``map``, not at the first item. ``spread``: each item is an
         ``(args, kwargs)`` pair, the call is ``fn(*args, **kwargs)`` (see ``spread_map``)."""
         if threaded:
-            self._refuse_on_loop(what)
+            self._life.refuse_on_loop(what)
         size = check_chunksize(chunksize)
         window = _map.check_buffersize(buffersize)
-        sup = self._check_open()
+        sup = self._life.check_open()
         defn = fn if isinstance(fn, ActivityDefinition) else get_definition(fn)
         self._calls.session_id(defn, session)
         if size > 1 and defn.rate_limit is not None:
@@ -379,28 +277,15 @@ class Pool(PoolCalls):
             session,
             make=self._make,
             chunk_call=self._calls.chunk_call,
-            check_open=self._check_open,
+            check_open=self._life.check_open,
             sup=sup,
-            loop=self._loop,
+            loop=self._life.loop,
             window=window or _map.default_window(self._config.workers, size),
             chunksize=size,
             ordered=ordered,
             threaded=threaded,
             spread=spread,
         )
-
-    def _session_closed(self, session: Any) -> None:
-        loop, sup = self._loop, self._sup
-        if loop is None or sup is None or loop.is_closed():
-            return
-        self._to_loop(partial(sup.release_session, session.session_id))
-
-    def _to_loop(self, item: Call | Callable[[], object]) -> None:
-        """Hand a call (or an action) to the loop thread, in order with everything else."""
-        sup = self._sup
-        if sup is None:
-            raise PoolClosedError("the pool is not started")
-        sup.inbox.put(item)
 
     def _target(self) -> tuple[Pool, Any]:
         return self, _context.get_sticky_worker_session()
@@ -433,18 +318,12 @@ class Pool(PoolCalls):
             exception=exception,
             memory=memory,
         )
-        self._on_loop_thread(rule)
+        sup = self._life.started()
+        self._life.to_loop(partial(sup.add_fault, rule))  # in order: later calls see it
 
     def clear_faults(self) -> None:
         """Drop every injected fault."""
-        self._on_loop_thread(None)
-
-    def _on_loop_thread(self, rule: FaultRule | None) -> None:
-        sup = self._sup
-        if sup is None:
-            raise PoolClosedError("the pool is not started")
-        # in order with calls: a call submitted after this returns sees the rule
-        self._to_loop(sup.clear_faults if rule is None else partial(sup.add_fault, rule))
+        self._life.to_loop(self._life.started().clear_faults)
 
     def spread_map(
         self,
@@ -488,7 +367,7 @@ class Pool(PoolCalls):
         """
         if maxsize < 1:
             raise ValueError("maxsize must be >= 1")
-        self._check_open()
+        self._life.check_open()
         return self._events.stream(maxsize)
 
     def tracked(self, results: Iterator[Any], total: int | None, *, pairs: bool) -> Iterator[Any]:
@@ -499,13 +378,6 @@ class Pool(PoolCalls):
         self, results: AsyncIterator[Any], total: int | None, *, pairs: bool
     ) -> AsyncIterator[Any]:
         return self._events.atracked(results, total, pairs=pairs)
-
-    def _set_sink(
-        self, emit: Callable[[PoolEvent], None] | None, kinds: frozenset[str] | None
-    ) -> None:
-        sup = self._sup
-        if sup is not None:
-            sup.set_on_event(emit, kinds)
 
     # -- sessions --------------------------------------------------------------------------
     def sticky_session(self) -> PoolSession:
@@ -525,10 +397,7 @@ class Pool(PoolCalls):
 
     def stats(self) -> PoolStats:
         """Counts and latency percentiles (a snapshot taken on the pool's loop)."""
-        sup = self._sup
-        if sup is None:
-            return PoolStats(0, 0, 0, 0, None, None, None)
-        return self._on_loop_call(sup.stats_snapshot)
+        return self._life.ask(Supervisor.stats_snapshot, PoolStats(0, 0, 0, 0, None, None, None))
 
     @property
     def pool_id(self) -> str:
@@ -538,25 +407,11 @@ class Pool(PoolCalls):
 
     def worker_pids(self) -> list[int]:
         """Pids of the live worker processes (a snapshot taken on the pool's loop)."""
-        sup = self._sup
-        if sup is None:
-            return []
-        return self._on_loop_call(sup.worker_pids)
+        return self._life.ask(Supervisor.worker_pids, [])
 
     def _process_pids(self) -> list[int]:
         """``worker_pids()`` and the pool's fork server (for leak checks)."""
-        sup = self._sup
-        if sup is None:
-            return []
-        pids: list[int] = self._on_loop_call(sup.process_pids)
-        return pids
-
-    def _on_loop_call(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` where the state it reads is owned: on the pool's loop thread."""
-        thread = self._thread
-        if thread is None or on_loop(thread.loop):
-            return fn()
-        return thread.call(fn)
+        return self._life.ask(Supervisor.process_pids, [])
 
     @property
     def workers(self) -> int:
@@ -599,18 +454,3 @@ class PoolSession(PoolCalls):
 
     def close(self) -> None:
         self.session.close()
-
-
-class _FutureOwner:
-    """A ``PoolFuture``'s owner: its cancellation goes to the loop, in order with the calls;
-    a thread waiting on it is woken once the loop thread's event is done."""
-
-    __slots__ = ("sup", "wake_later")
-
-    def __init__(self, sup: Supervisor) -> None:
-        self.sup = sup
-        self.wake_later = sup.wake_later
-
-    def cancel_call(self, call: Call) -> None:
-        sup = self.sup
-        sup.inbox.put(partial(sup.cancel, call))

@@ -173,14 +173,17 @@ if TYPE_CHECKING:
         # the attempt span's W3C trace-context headers (pool._otel); only for a call made
         # under an OpenTelemetry span
         trace: dict[str, str] | None = None
+        # 0: one call; else a chunk of a map (pool._chunks.ITEMS, SPREAD): the arguments are
+        # its items, and the attempt runs the activity over each
+        chunk: int = 0
 
 else:
     # the class typing.NamedTuple would make (it calls namedtuple), without importing typing
     RunMeta = namedtuple(
         "RunMeta",
         "module qualname name activity_id attempt session_id deadline heartbeat_timeout "
-        "heartbeat_details fault trace",
-        defaults=(None, None),
+        "heartbeat_details fault trace chunk",
+        defaults=(None, None, 0),
     )
     RunMeta.__doc__ = """What a worker needs to run one attempt, besides the arguments.
 

@@ -221,8 +221,8 @@ class Scheduler:
             return
         call.submitted_at = now
         self.calls[call.id] = call
-        if call.defn.schedule_to_close_timeout is not None:
-            call.schedule_deadline = now + call.defn.schedule_to_close_timeout
+        if call.schedule_to_close is not None:
+            call.schedule_deadline = now + call.schedule_to_close
             self.deadlines.push(call.schedule_deadline, Deadline.SCHEDULE_TO_CLOSE, call, -1)
         if call.session is not None:
             lost = self.sessions.join(call)
@@ -393,10 +393,8 @@ class Scheduler:
             return
         call.state = CallState.RUNNING
         defn = call.defn
-        if defn.start_to_close_timeout is not None:
-            self.deadlines.push(
-                now + defn.start_to_close_timeout, Deadline.START_TO_CLOSE, call, gen
-            )
+        if call.start_to_close is not None:
+            self.deadlines.push(now + call.start_to_close, Deadline.START_TO_CLOSE, call, gen)
         if defn.heartbeat_timeout is not None:
             call.heartbeat_held = call.heartbeat_parked = False
             call.heartbeat_deadline = now + defn.heartbeat_timeout
@@ -479,7 +477,7 @@ class Scheduler:
         slot = self.workers[wid]
         call.submitted_at = started_at
         self.calls[call.id] = call
-        timeout = call.defn.schedule_to_close_timeout
+        timeout = call.schedule_to_close
         if timeout is not None:
             call.schedule_deadline = started_at + timeout
             self.deadlines.push(call.schedule_deadline, Deadline.SCHEDULE_TO_CLOSE, call, -1)

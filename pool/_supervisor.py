@@ -13,51 +13,44 @@ Data flow (everything below runs on one event loop thread, the supervisor's)::
                               Spawner (fork server, spawn, exit watch) ──▶ SpawnerListener ─┘
 
 Ownership: the loop thread owns everything here. This class owns the worker handles (one
-``pool._channel.Channel`` per live worker, by worker id), the one loop timer armed for the
-scheduler's earliest deadline (``_arm_timer``), the batch of channels with frames queued in the
-current event (``_batch``, flushed in ``after``), the callers to wake after it
-(``wake_later``), the fault rules (``pool._faults``) and the reply spin's decision. The
-scheduler owns all call, worker and session state and every deadline; a channel owns one
-worker's pipes, segments and output; the spawner owns the fork server and sees exits. Other
-threads reach in only through the inbox (``pool._loop.Inbox``, which this class owns: one
-``call_soon_threadsafe`` drains a burst) or ``call_soon_threadsafe``.
+``pool._channel.Channel`` per live worker, by worker id), the batch of channels with frames
+queued in the current event (``_batch``, flushed in ``after``), and the objects that do one job
+each for it: the one loop timer armed for the scheduler's earliest deadline and the callers to
+wake at the end of the event (``pool._loop``: ``DeadlineTimer``, ``Wakes``), the reply spin
+(``pool._spin``), where events go (``pool._events.EventSink``), the fault rules
+(``pool._faults``) and the counters. The scheduler owns all call, worker and session state and
+every deadline; a channel owns one worker's pipes, segments and output; the spawner owns the
+fork server and sees exits. Other threads reach in only through the inbox
+(``pool._loop.Inbox``, which this class owns: one ``call_soon_threadsafe`` drains a burst) or
+``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import pickle
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pool._calls_state import Call, run_meta
-from pool._channel import Channel, OutputCallback
+from pool._channel import Channel
 from pool._config import PoolConfig
-from pool._events import PoolEvent, PoolStats, Stats, make_event
+from pool._events import EventSink, PoolEvent, PoolStats, Stats
 from pool._faults import FaultRule, FaultRules
 from pool._lane import Lane, Lender
-from pool._loop import Inbox
+from pool._loop import DeadlineTimer, Inbox, Wakes
+from pool._output import OutputCallback
 from pool._process import ForkServer, WorkerProcess
 from pool._protocol import ProtocolError
 from pool._scheduler import Scheduler
 from pool._spawner import Spawner
-from sdk._errors import ActivityError, ApplicationError, WorkerCrashedError
-
-if TYPE_CHECKING:
-    from pool._otel import AttemptSpans
+from pool._spin import ReplySpin
+from sdk._errors import ApplicationError, WorkerCrashedError
 
 log = logging.getLogger("activitypool")
-# The events that end an attempt's span, and the outcome they give it (None: from the error).
-_ATTEMPT_ENDS: dict[str, str | None] = {
-    "attempt_completed": None,
-    "attempt_failed": None,
-    "attempt_requeued": "withdrawn",
-    "attempt_withdrawn": "withdrawn",
-}
 
 
 class Supervisor:
@@ -76,8 +69,7 @@ class Supervisor:
         (``pool._spawner.early_forkserver``, which ``early_tried`` says was called)."""
         self.loop = loop
         self.config = config
-        self.on_event = on_event
-        self.event_kinds: frozenset[str] | None = None  # None: every kind (see set_on_event)
+        self.events = EventSink(on_event, self._pid_of)
         self.on_output = on_output
         self.handles: dict[int, Channel] = {}
         self.scheduler = Scheduler(
@@ -92,26 +84,20 @@ class Supervisor:
         )
         self.spawner = Spawner(loop, config, self, forkserver, early_tried)
         self.stats = Stats()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        self._timer = DeadlineTimer(loop, self._on_timer)  # armed for the next deadline
         self._ready: asyncio.Future[None] = loop.create_future()
         self._all_gone: asyncio.Future[None] = loop.create_future()
         self.faults: FaultRules | None = None  # made by the first inject_fault
         self._batch: list[Channel] = []  # channels with frames queued in this event
-        self._wakes: list[Callable[[], None]] = []  # see wake_later
-        self._spinning = False  # in _spin_for_reply (never nested)
-        # calls and actions other threads hand to the loop (no reply spin while it holds any)
-        self.inbox = Inbox(loop, self)
+        self._wakes = Wakes(loop)  # callers to wake at the end of the event
+        self.wake_later = self._wakes.later
+        self.inbox = Inbox(loop, self)  # calls and actions other threads hand to the loop
+        self.reply_spin = ReplySpin(config.reply_spin, self.scheduler, self.inbox)
         # an idle worker lent to threads blocked in pool.run (pool._lane); lent after an event
         # that answered such a thread (_lend_hint), while the pool has nothing else to do
         self.lane = Lane(config.direct_run, self.inbox)
         self.lender = Lender(self.lane, self.scheduler, self.handles, self)
         self._lend_hint = False
-        # one span per attempt of a call made under an OpenTelemetry span (pool._otel); made
-        # by the first such call
-        self.spans: AttemptSpans | None = None
-        self.spins_caught = 0  # replies a spin caught / spins that gave up (for tests, tuning)
-        self.spins_missed = 0
 
     # -- lifecycle (loop thread) -----------------------------------------------------------
     async def start(self) -> None:
@@ -151,9 +137,7 @@ class Supervisor:
                 self.kill_all()
                 raise
         self.kill_all()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
 
     def kill_all(self) -> None:
         """Last resort and final sweep: no process outlives the pool."""
@@ -232,20 +216,6 @@ class Supervisor:
         self.after()
 
     # -- the end of every event ------------------------------------------------------------
-    def wake_later(self, wake: Callable[[], None]) -> None:
-        """Run ``wake`` (it wakes a caller's thread) once this event's frames are written.
-
-        A thread woken mid-event wants the GIL while this thread still works and then writes:
-        each such hand-off costs both a switch. Woken after the writes, it runs while this
-        thread waits in the loop. ``after`` runs these; a loop callback is the safety net.
-        """
-        if not self._wakes:
-            if self.loop.is_closed():
-                wake()
-                return
-            self.loop.call_soon(self._run_wakes)
-        self._wakes.append(wake)
-
     def wake_blocking(self, wake: Callable[[], None]) -> None:
         """``wake_later`` for a thread blocked in ``pool.run``: the pool may lend it a worker
         for its next call (see ``pool._lane``)."""
@@ -267,14 +237,6 @@ class Supervisor:
         """The exit of a worker reported while it was lent, now that it is back."""
         self.exit_reported(channel.proc)
 
-    def _run_wakes(self) -> None:
-        wakes, self._wakes = self._wakes, []
-        for wake in wakes:
-            try:
-                wake()
-            except Exception:
-                log.exception("waking a caller failed")
-
     def after(self) -> None:
         """After every event (a call, a read, a timer, a fork server report): send what it
         queued, wake the callers it answered, re-arm the timer for the next deadline; then
@@ -289,63 +251,20 @@ class Supervisor:
         spin = None
         batch = self._batch
         if batch:
-            if self.config.reply_spin and not self._spinning and len(batch) == 1:
-                spin = self._spin_candidate(batch[0])
+            spinner = self.reply_spin
+            if spinner.seconds and not spinner.spinning and len(batch) == 1:
+                spin = spinner.candidate(batch[0])
             for channel in batch:
                 channel.flush()
             batch.clear()
-        if self._wakes:
-            self._run_wakes()
-        self._arm_timer()
-        if spin is not None:
-            # not now: first let what is ready run (a caller woken by this event may be about
-            # to submit; then two calls are in flight and spinning would only delay it)
-            self.loop.call_soon(self._spin_for_reply, spin)
-
-    def _spin_candidate(self, channel: Channel) -> Channel | None:
-        """The worker whose reply to spin for: it has the pool's only call, just sent, of an
-        activity whose attempts take less than ``reply_spin`` on average. Calls one after
-        another (``await pool.execute`` in a loop) then cost no loop wake-up per reply: on a
-        VM a sleeping thread takes ~20 µs to wake, as long as a no-op call's work."""
-        if self.scheduler.in_flight() != 1 or self.inbox or len(channel.in_pipe) != 1:
-            return None
-        if channel.outbox or channel.eof or channel.gone or channel.proc.fds_closed:
-            return None  # (the write is not complete, or the worker is going or gone)
-        took = self.scheduler.average_duration(channel.in_pipe[0][1])
-        if took is None or took >= self.config.reply_spin:
-            return None
-        return channel
-
-    def _spin_for_reply(self, channel: Channel) -> None:
-        """Spin for ``channel``'s reply (its caller then runs in this loop iteration), else
-        leave it to the loop. Bounded, and only for calls that usually answer within it."""
-        if self._spinning or self._spin_candidate(channel) is None:
-            return  # since it was sent: another call came, the reply came, or the worker died
-        self._spinning = True
-        try:
-            if channel.spin(self.config.reply_spin):
-                self.spins_caught += 1
-            else:
-                self.spins_missed += 1
-        finally:
-            self._spinning = False
-
-    def _arm_timer(self) -> None:
-        when = self.scheduler.next_deadline()
-        if when is None:
-            return  # an armed timer may fire for nothing; cheaper than cancelling per call
-        timer = self._timer
-        if timer is not None:
-            if self._timer_at <= when:
-                return  # it fires first; the callback re-arms
-            timer.cancel()
-        self._timer_at = when
-        # the loop's timers have millisecond resolution: round up, never wake before the deadline
-        delay = math.ceil(max(0.0, when - time.monotonic()) * 1000) / 1000
-        self._timer = self.loop.call_later(delay, self._on_timer)
+        wakes = self._wakes
+        if wakes.pending:
+            wakes.run()
+        self._timer.arm(self.scheduler.next_deadline())
+        if spin is not None:  # on the next turn (see pool._spin)
+            self.loop.call_soon(self.reply_spin.spin, spin)
 
     def _on_timer(self) -> None:
-        self._timer = None
         self.scheduler.advance(time.monotonic())
         self.after()
 
@@ -354,36 +273,22 @@ class Supervisor:
         self.spawner.spawn(worker_id, now=not self._ready.done())
 
     def send_run(self, worker_id: int, call: Call) -> None:
+        channel = self.handles[worker_id]
         defn = call.defn
         meta = run_meta(call)
         fault = None
         if self.faults is not None:
             fault = self.faults.match(defn.name, call.attempt)
-        if call.trace is not None:
-            meta += (fault, self._begin_span(worker_id, call))
+        if call.trace is not None or call.chunk:
+            trace = None
+            if call.trace is not None:  # one span per attempt, ended by the attempt events
+                self.scheduler.events = True
+                trace = self.events.begin_span(call, worker_id, channel.proc.pid)
+            meta += (fault, trace, call.chunk)
         elif fault is not None:
             meta += (fault,)
         meta_body = pickle.dumps(meta, protocol=5)
-        self.handles[worker_id].send_run(call.seq, defn.name, meta_body, call.payload)
-
-    def _begin_span(self, worker_id: int, call: Call) -> dict[str, str]:
-        """Start the span of the attempt being sent; its context, for the worker."""
-        spans = self.spans
-        if spans is None:
-            from pool._otel import AttemptSpans
-
-            spans = self.spans = AttemptSpans()
-            self.scheduler.events = True  # the attempt events end the spans (see event)
-        channel = self.handles.get(worker_id)
-        return spans.begin(
-            call.id,
-            call.defn.name,
-            call.trace,
-            call.attempt,
-            worker_id,
-            channel.proc.pid if channel is not None else None,
-            call.session,
-        )
+        channel.send_run(call.seq, defn.name, meta_body, call.payload)
 
     def send_cancel(self, worker_id: int, seq: int) -> None:
         channel = self.handles.get(worker_id)
@@ -405,7 +310,7 @@ class Supervisor:
         if channel is None:
             return
         channel.proc.kill_tree()
-        channel.catch_up_output()
+        channel.output.catch_up()
         self._keep_output(channel, channel.running_seq)
         # stop listening now: whatever it wrote last is about an attempt already decided
         channel.stop_reading()
@@ -434,8 +339,7 @@ class Supervisor:
 
     def reject(self, call: Call, exc: BaseException) -> None:
         self.stats.failed()
-        if self.spans is not None:  # an attempt still open ends with its call
-            self.spans.end(call.id, exc.__cause__ if type(exc) is ActivityError else exc)
+        self.events.call_failed(call.id, exc)
         call.waiter.settle(None, exc)
 
     def set_on_event(
@@ -443,26 +347,17 @@ class Supervisor:
     ) -> None:
         """Start (or, with None, stop) handing events to ``on_event`` (on the loop thread);
         only those of ``kinds`` when given (no others are built)."""
-        self.on_event = on_event
-        self.event_kinds = kinds
-        self.scheduler.events = on_event is not None or self.spans is not None
+        events = self.events
+        events.on_event, events.kinds = on_event, kinds
+        self.scheduler.events = events.wanted
         self.lender.reclaim()  # a lent worker's calls make no events
 
     def event(self, kind: str, **fields: Any) -> None:
-        if self.spans is not None and kind in _ATTEMPT_ENDS:
-            self.spans.end(fields["call_id"], fields.get("error"), _ATTEMPT_ENDS[kind])
-        if self.on_event is None:
-            return
-        if self.event_kinds is not None and kind not in self.event_kinds:
-            return
-        wid = fields.get("worker_id")
-        channel = self.handles.get(wid) if wid is not None else None
-        if channel is not None:
-            fields.setdefault("pid", channel.proc.pid)
-        try:
-            self.on_event(make_event(kind, time.time(), fields))
-        except Exception:
-            log.exception("on_event callback failed")
+        self.events.emit(kind, fields)
+
+    def _pid_of(self, worker_id: int) -> int | None:
+        channel = self.handles.get(worker_id)
+        return channel.proc.pid if channel is not None else None
 
     # -- ChannelListener: what a worker sent -----------------------------------------------
     def on_result(self, channel: Channel, seq: int, value: Any, now: float) -> None:
@@ -471,9 +366,10 @@ class Supervisor:
         call = sched.running_call(channel.id, seq)
         if call is not None:
             try:
-                value = call.defn.validate_result(value)
+                defn = call.defn
+                value = defn.validate_results(value) if call.chunk else defn.validate_result(value)
             except ApplicationError as err:
-                call.output = channel.output_of(seq)
+                call.output = channel.output.tail(seq)
                 sched.failure(channel.id, seq, err, now)
                 return
         sched.result(channel.id, seq, value, now)
@@ -494,7 +390,7 @@ class Supervisor:
             return
         call = self.scheduler.running_call(channel.id, seq)
         if call is not None:
-            call.output = channel.output_of(seq)
+            call.output = channel.output.tail(seq)
 
     def on_withdrawn(self, channel: Channel, seq: int, now: float) -> None:
         self.scheduler.withdrawn(channel.id, seq, now)
@@ -573,7 +469,7 @@ class Supervisor:
         if channel.gone:
             return
         channel.gone = True
-        channel.drain_output()
+        channel.output.drain()
         self._keep_output(channel, channel.running_seq)
         self._forget(channel)
         proc = channel.proc

@@ -1,5 +1,6 @@
-"""What the scheduler's deadlines mean, as pure functions: whether an entry still guards the
-state it was armed for, and the errors a timeout or a stopped worker is reported with.
+"""What the scheduler's deadlines mean, as pure functions: the time limits of a chunk of a map,
+whether an entry still guards the state it was armed for, and the errors a timeout or a
+stopped worker is reported with.
 
 ``pool._scheduler.Scheduler`` owns the deadline heap (``pool._deadlines``) and acts on a due
 entry; this module only answers questions about its records and builds exceptions.
@@ -11,6 +12,7 @@ from typing import Any
 
 from pool._calls_state import Call, CallState, WorkerSlot, WorkerState
 from pool._deadlines import Deadline
+from sdk._definition import ActivityDefinition
 from sdk._errors import ActivityTimeoutError, TimeoutType, WorkerCrashedError
 
 # why a timeout killed a worker, as PoolEvent.reason names it
@@ -19,6 +21,14 @@ KILL_REASON = {
     TimeoutType.HEARTBEAT: "heartbeat",
     TimeoutType.SCHEDULE_TO_CLOSE: "schedule_to_close",
 }
+
+
+def chunk_limits(defn: ActivityDefinition, size: int) -> tuple[float | None, float | None]:
+    """The start-to-close and schedule-to-close timeouts of a chunk of ``size`` items of
+    ``defn``: the activity's, times ``size``, as one attempt runs the items one after the
+    other. (Its heartbeat timeout is the activity's: a beat from any item counts.)"""
+    s2c, s2close = defn.start_to_close_timeout, defn.schedule_to_close_timeout
+    return (None if s2c is None else s2c * size, None if s2close is None else s2close * size)
 
 
 def still_valid(kind: Deadline, obj: Any, gen: int) -> bool:
@@ -39,9 +49,9 @@ def still_valid(kind: Deadline, obj: Any, gen: int) -> bool:
 def timeout_error(call: Call, type: TimeoutType) -> ActivityTimeoutError:
     """The error of ``call``'s current attempt running out of its ``type`` timeout."""
     limit = {
-        TimeoutType.START_TO_CLOSE: call.defn.start_to_close_timeout,
+        TimeoutType.START_TO_CLOSE: call.start_to_close,
         TimeoutType.HEARTBEAT: call.defn.heartbeat_timeout,
-        TimeoutType.SCHEDULE_TO_CLOSE: call.defn.schedule_to_close_timeout,
+        TimeoutType.SCHEDULE_TO_CLOSE: call.schedule_to_close,
     }[type]
     return ActivityTimeoutError(
         f"activity {call.defn.name!r} attempt {call.attempt}: "

@@ -86,7 +86,6 @@ class _WorkerContext(_context.ActivityContext):
         self.heartbeat = worker.beats.beat
         self.is_cancelled = worker.is_cancelled
         self.resources = worker.resources
-        self.host = worker
         self.extra = {}
         sid = meta.session_id
         self.session_state = worker.sessions.setdefault(sid, {}) if sid is not None else {}
@@ -364,7 +363,12 @@ class Worker(CancelSignals, Host):
         try:
             if defn.is_async and self.loop is None:
                 self._ensure_loop()  # imports asyncio: the library's setup, not the activity's
-            result = run_attempt(defn, _WorkerContext(self, meta), args, kwargs, self)
+            ctx = _WorkerContext(self, meta)
+            if meta.chunk:  # a chunk of a map: the activity over the items in ``args``
+                each = _chunk_runner(meta.chunk, defn.is_async)
+                result = run_attempt(defn, ctx, args, kwargs, self, each)
+            else:
+                result = run_attempt(defn, ctx, args, kwargs, self)
             self.running = False
         except SystemExit:
             raise
@@ -437,17 +441,6 @@ class Worker(CancelSignals, Host):
         finally:
             self.task = None
 
-    def load(self, module: str, qualname: str) -> ActivityDefinition:
-        """A chunk's activity, as any activity is looked up here; a first import is user
-        code, so the heartbeat clock is held meanwhile."""
-        if (module, qualname) in self.functions:
-            return self.functions[module, qualname]
-        self.hold()
-        try:
-            return self.lookup(module, qualname)
-        finally:
-            self.resume()
-
     def _ensure_loop(self) -> Any:
         if self.loop is None:
             import asyncio
@@ -488,6 +481,12 @@ class Worker(CancelSignals, Host):
 def _unmap_forever(boxes: Any) -> None:
     while True:
         boxes.get().clear()  # the last reference: the frame's mapping is freed here
+
+
+def _chunk_runner(kind: int, is_async: bool) -> Any:
+    from pool._chunks import each  # only when a chunk comes (test_chunked_map.py checks)
+
+    return each(kind, is_async)
 
 
 def _otel_attach(headers: Any) -> Any:

@@ -1,5 +1,5 @@
 """A worker's ``logging``: its records go to the supervisor as LOG frames, and come out of the
-caller's ``logging`` as records (``Supervisor._on_log``).
+caller's ``logging`` as records (``pool._output.WorkerOutput.log``).
 
 A worker imports this module only once something has imported ``logging`` (the import hook in
 ``pool._log_hook``), so a worker whose activities never log pays for neither

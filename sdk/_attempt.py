@@ -1,17 +1,18 @@
 """Run ONE attempt of an activity in this process: the one way, for every runtime.
 
-The pool's worker, ``run_activities_locally()``, the test environment (``pool.testing``) and a
-map's chunk runner all run an attempt here, so that what an activity sees is the same wherever
-it runs: its :class:`~sdk._context.ActivityContext` installed while it runs (and only then), its
-``Depends`` resources injected for the parameters the caller did not supply, and its
-:class:`~sdk._context.ActivityInfo` built the same way.
+The pool's worker (for one call and for a chunk of a map alike), ``run_activities_locally()``
+and the test environment (``pool.testing``) all run an attempt here, so that what an activity
+sees is the same wherever it runs: its :class:`~sdk._context.ActivityContext` installed while
+it runs (and only then), its ``Depends`` resources injected for the parameters the caller did
+not supply, and its :class:`~sdk._context.ActivityInfo` built the same way.
 
 What differs between runtimes is passed in, never decided here:
 
 - the context (``heartbeat``, ``is_cancelled``, ``session_state``, ``resources``);
 - a :class:`Host`, told when user code prepares the attempt (the worker holds the heartbeat
-  clock meanwhile), when the activity is entered, how a coroutine runs to completion from
-  synchronous code, and how a chunk's activity is loaded;
+  clock meanwhile), when the activity is entered, and how a coroutine runs to completion from
+  synchronous code;
+- for :func:`run_attempt`, how a chunk of a map runs the activity over its items (``each``);
 - for :func:`arun_attempt`, a time limit and a callback that receives the running task.
 
 Retries are not here: one call of these functions is one attempt. The retry decision is
@@ -32,7 +33,7 @@ TYPE_CHECKING = False  # not typing's: a worker imports this module (see sdk._la
 if TYPE_CHECKING:
     import asyncio
     import contextvars
-    from collections.abc import Callable, Coroutine, Iterable
+    from collections.abc import Callable, Coroutine
     from typing import Any
 
     from ._context import ActivityContext
@@ -42,11 +43,9 @@ if TYPE_CHECKING:
 __all__ = [
     "AttemptTimedOut",
     "Host",
-    "acall_each",
     "ainject",
     "arun_attempt",
     "attempt_info",
-    "call_each",
     "inject",
     "run_attempt",
     "supplied",
@@ -70,15 +69,6 @@ class Host:
     def run_task(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run an async activity's coroutine to completion from synchronous code."""
         raise NotImplementedError("this runtime runs no async activity synchronously")
-
-    def load(self, module: str, qualname: str) -> ActivityDefinition:
-        """The activity ``module.qualname`` (a chunk's target), importing its module."""
-        import importlib
-
-        obj: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-        return obj.__activity_definition__
 
 
 class AttemptTimedOut(Exception):
@@ -174,20 +164,31 @@ def attempt_info(
 def run_attempt(
     defn: ActivityDefinition,
     ctx: ActivityContext,
-    args: tuple[Any, ...],
+    args: Any,
     kwargs: dict[str, Any],
     host: Host,
+    each: Callable[[ActivityDefinition, ResourceCache, Any, Host], Any] | None = None,
 ) -> Any:
     """Run one attempt of ``defn`` in this thread with ``ctx`` installed; its result, or its
-    exception raised. An async activity runs through ``host.run_coroutine``."""
+    exception raised. An async activity runs through ``host.run_task``.
+
+    With ``each``, the attempt is a chunk of a map: ``args`` are its items, and
+    ``each(defn, resources, items, host)`` runs the activity over them once it is entered (the
+    list of their results; for an async activity, the coroutine that makes it).
+    """
     token = _current_activity.set(ctx)
     try:
-        if defn.depends_params():
-            kwargs = inject(defn, ctx.resources, args, kwargs, host)
-        host.enter()
+        if each is not None:
+            host.enter()
+            run = each(defn, ctx.resources, args, host)
+        else:
+            if defn.depends_params():
+                kwargs = inject(defn, ctx.resources, args, kwargs, host)
+            host.enter()
+            run = defn.fn(*args, **kwargs)
         if defn.is_async:
-            return host.run_task(defn.fn(*args, **kwargs))
-        return defn.fn(*args, **kwargs)
+            return host.run_task(run)
+        return run
     finally:
         _current_activity.reset(token)
 
@@ -285,22 +286,3 @@ def _post(
         loop.call_soon_threadsafe(deliver)
     except RuntimeError:
         pass  # the loop is closed: nobody waits for this result any more
-
-
-def call_each(
-    target: ActivityDefinition, cache: ResourceCache, items: Iterable[Any], host: Host | None
-) -> list[Any]:
-    """A chunk of a map inside the running attempt: ``target``'s function over ``items``, one
-    call each with the item as the first argument; the results in order."""
-    fn = target.fn
-    kwargs = inject(target, cache, (None,), {}, host)
-    return [fn(item, **kwargs) for item in items]
-
-
-async def acall_each(
-    target: ActivityDefinition, cache: ResourceCache, items: Iterable[Any], host: Host | None
-) -> list[Any]:
-    """:func:`call_each` of an async activity, one item after the other on the running loop."""
-    fn = target.fn
-    kwargs = await ainject(target, cache, (None,), {}, host)
-    return [await fn(item, **kwargs) for item in items]

@@ -129,11 +129,6 @@ class ActivityContext:
     resources: ResourceCache
     extra: dict[str, Any]
 
-    # The runtime running the attempt (an sdk._attempt.Host), for the sdk's own runners: a map's
-    # chunk holds the heartbeat clock through it. Not a field: activities never use it. Typed
-    # Any so that this module, which sdk._attempt imports, does not import it back.
-    host: Any = None
-
     def __init__(
         self,
         info: ActivityInfo,

@@ -129,19 +129,6 @@ def _make_check(hint: Any) -> _Check | None:
     return None  # a hint nothing can check (an exotic typing form): pass through
 
 
-class _EachResult:
-    """The result check of a chunk: each item's result against the target's annotation."""
-
-    __slots__ = ("target",)
-
-    def __init__(self, target: ActivityDefinition) -> None:
-        self.target = target
-
-    def __call__(self, values: list[Any]) -> list[Any]:
-        validate = self.target.validate_result
-        return [validate(v) for v in values]
-
-
 class _Binder:
     """Precomputed signature facts for binding arguments without ``Signature.bind``."""
 
@@ -460,6 +447,22 @@ class ActivityDefinition:
                 bound.arguments[name] = self._check(check, name, value)
         return tuple(bound.args), dict(bound.kwargs)
 
+    def item_check(self) -> Callable[[Any], Any] | None:
+        """A check of one item of a map, as ``validate_args((item,), {})`` checks it: returns
+        the item coerced (None: every item passes as it is).
+
+        Binding one positional argument fails or succeeds alike for every item, so with a plain
+        signature only the first parameter's type check runs per item.
+        """
+        binder = self._binder
+        first = binder.positional[0] if binder.positional else None
+        if not binder.simple or first is None or any(name != first for name in binder.required):
+            return lambda item: self.validate_args((item,), {})[0][0]
+        check = self._checks.get(first)
+        if check is None:
+            return None
+        return functools.partial(self._check, check, first)
+
     def _check(self, check: _Check, name: str, value: Any) -> Any:
         try:
             return check(value)
@@ -468,13 +471,6 @@ class ActivityDefinition:
             raise ActivityInputError(
                 f"activity {self.name!r}: invalid value for parameter {name!r}: {e}"
             ) from None
-
-    def checking_each_result_of(self, target: ActivityDefinition) -> ActivityDefinition:
-        """This definition, whose result (a list) is checked item by item against ``target``'s
-        return annotation: a chunk of a map, whose runner returns one result per item."""
-        if target._result_check is not None:
-            self.__dict__["_result_check"] = _EachResult(target)
-        return self
 
     def validate_result(self, value: Any) -> Any:
         """Check a result against the return annotation; returns it (coerced).
@@ -486,8 +482,6 @@ class ActivityDefinition:
             return value
         try:
             return check(value)
-        except ApplicationError:  # an item's check of a chunk: already says what failed
-            raise
         # pydantic.ValidationError is a ValueError; a user's validator may raise anything
         except Exception as e:
             raise ApplicationError(
@@ -495,6 +489,14 @@ class ActivityDefinition:
                 type="ResultValidationError",
                 non_retryable=True,
             ) from None
+
+    def validate_results(self, values: list[Any]) -> list[Any]:
+        """:meth:`validate_result` of each of ``values``: the results of a chunk of a map, one
+        per item, each checked as the result of one call is."""
+        if self._result_check is None:
+            return values
+        validate = self.validate_result
+        return [validate(v) for v in values]
 
 
 # -- registry ----------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ async def test_random_kills_during_calls_one_after_another_lose_nothing():
         with chaos.killing(pool):
             results = [await pool.execute(acts.chaos_echo, i) for i in range(1500)]
         assert results == list(range(1500))
-        assert pool._sup is not None and pool._sup.spins_caught > 0
+        assert pool._sup is not None and pool._sup.reply_spin.caught > 0
     assert chaos.count("worker_exited") >= 1
 
 

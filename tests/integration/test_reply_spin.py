@@ -20,7 +20,7 @@ SPIN = 0.005
 
 def _spins(pool: Pool) -> tuple[int, int]:
     assert pool._sup is not None
-    return pool._sup.spins_caught, pool._sup.spins_missed
+    return pool._sup.reply_spin.caught, pool._sup.reply_spin.missed
 
 
 async def test_calls_one_after_another_are_caught_by_the_spin():

@@ -106,7 +106,7 @@ def test_printed_lines_are_tagged_with_the_worker_and_its_activity(pipes) -> Non
     channel, _, _ = make(proc, on_output=lambda *line: seen.append(line))
     channel.in_pipe.append((1, "act"))
     os.write(out_w, b"one\ntw")
-    channel.drain_output()
+    channel.output.drain()
     assert seen == [(7, "act", "one"), (7, "act", "tw")]
 
 
@@ -118,8 +118,8 @@ def test_lines_printed_before_a_failure_belong_to_its_attempt(pipes) -> None:
     channel, listener, _ = make(proc, on_output=lambda *line: seen.append(line))
     channel.in_pipe.extend([(1, "act"), (2, "act")])
     os.write(out_w, b"first attempt\n")
-    channel.catch_up_output()
-    assert channel.output_of(1) == ("first attempt",)
+    channel.output.catch_up()
+    assert channel.output.tail(1) == ("first attempt",)
     failure = FailureInfo(None, "ValueError", "bad", "Traceback...")
     os.write(out_w, b"".join(b"line %d\n" % i for i in range(25)))
     os.write(from_w, encode_small(Kind.FAILURE, 1, pickle.dumps(failure)))
@@ -127,6 +127,6 @@ def test_lines_printed_before_a_failure_belong_to_its_attempt(pipes) -> None:
     channel.on_readable()
     assert [c[0] for c in listener.calls] == ["on_failure", "on_failure", "after"]
     # the 25 lines came before attempt 1 answered: its tail, tagged with it
-    assert channel.output_of(1) == tuple(f"line {i}" for i in range(5, 25))
-    assert channel.output_of(2) == ()
+    assert channel.output.tail(1) == tuple(f"line {i}" for i in range(5, 25))
+    assert channel.output.tail(2) == ()
     assert seen[-1] == (7, "act", "line 24")

@@ -231,7 +231,16 @@ class Harness:
     def call(self, fn: Any = plain, session: str | None = None) -> Call:
         defn = sdk.get_definition(fn)
         policy = defn.retry_policy(RetryPolicy())
-        return Call(next(self._ids), defn, policy, payload=None, waiter=None, session=session)
+        return Call(
+            next(self._ids),
+            defn,
+            policy,
+            payload=None,
+            waiter=None,
+            session=session,
+            start_to_close=defn.start_to_close_timeout,
+            schedule_to_close=defn.schedule_to_close_timeout,
+        )
 
     def learn(self, fn: Any = plain, took: float = 0.001) -> None:
         """Give ``fn`` a timing history (prefetch needs one): one call per worker, run from
