@@ -23,6 +23,13 @@ every deadline; a channel owns one worker's pipes, segments and output; the spaw
 fork server and sees exits. Other threads reach in only through the inbox
 (``pool._loop.Inbox``, which this class owns: one ``call_soon_threadsafe`` drains a burst) or
 ``call_soon_threadsafe``.
+
+One exception, the direct lane (``pool._lane``): while the pool has nothing else to do, this
+class lends one idle worker to the threads blocked in ``pool.run``. Then the thread holding
+``Lane``'s lock owns that worker's request writes, reply pipe and ``FrameReader``, and runs a
+quick call there without this thread; the loop keeps the worker's output pipe and its exit, and
+gets the worker back (``Lender``) before anything else needs it, or with the call in hand when
+it is more than a quick RESULT.
 """
 
 from __future__ import annotations
