@@ -31,7 +31,6 @@ from collections import deque
 from typing import Any
 
 from pool._calls_state import (
-    ACTIVE,
     Call,
     CallState,
     Effects,
@@ -51,21 +50,17 @@ from pool._ratelimit import Bucket, RateLimits
 from pool._sessions import Sessions, choose_worker, lost_error
 from pool._timeouts import (
     KILL_REASON,
-    start_timeout_error,
     still_valid,
     stopped,
     timeout_error,
 )
+from pool._workers import Workers
 from sdk._errors import (
     PoolClosedError,
     TimeoutType,
     WorkerCrashedError,
 )
 from sdk._retry import final_error
-
-# After this many workers in a row die before their handshake, the pool stops respawning and
-# fails what is queued: a broken environment must surface as an error, not a fork loop.
-MAX_STARTUP_FAILURES = 3
 
 
 class Scheduler:
@@ -85,50 +80,58 @@ class Scheduler:
             raise ValueError("workers must be >= 1")
         if spares < 0:
             raise ValueError("spares must be >= 0")
-        self.spares = spares
         self.fx = effects
-        self.size = workers
         self.prefetch = prefetch
         self.cancel_grace = cancel_grace
-        self.start_timeout = start_timeout
         self.max_tasks = max_tasks_per_worker
-        self.events = events
-        self.workers: dict[int, WorkerSlot] = {}
         self.idle: deque[WorkerSlot] = deque()
         self.queue: deque[Call] = deque()
         self.sessions = Sessions()  # sticky sessions: order, binding, loss (pool._sessions)
         self.calls: dict[int, Call] = {}  # every call not yet DONE
-        self.closed = False
-        self.broken: BaseException | None = None
         # every timeout, backoff and grace period (see pool._deadlines)
         self.deadlines = Deadlines(still_valid, lambda: len(self.calls) + len(self.workers))
-        self._wids = itertools.count(1)
+        # the worker slots and their lifecycle; closed and broken (pool._workers)
+        self.workers = Workers(
+            effects,
+            self.deadlines,
+            size=workers,
+            spares=spares,
+            start_timeout=start_timeout,
+            max_tasks=max_tasks_per_worker,
+        )
+        self._slots = self.workers.slots()  # a live view: iterated on the hot path
+        self.events = events
         self._seqs = itertools.count(1)
-        self._consecutive_start_failures = 0
-        self.n_starting = 0  # workers spawned but not yet ready (no prefetch until all are up)
         self._now = 0.0  # the time of the event being handled, for paths that need it
         self._durations: dict[str, float] = {}  # moving average run time per activity name
         self._rates = RateLimits()
 
+    @property
+    def events(self) -> bool:
+        """Whether the scheduler tells the event stream (``Effects.event``) what happens; the
+        supervisor turns it on and off. Its parts keep a copy, for their hot paths."""
+        return self._events
+
+    @events.setter
+    def events(self, on: bool) -> None:
+        self._events = self.workers.events = on
+
+    @property
+    def broken(self) -> BaseException | None:
+        """Why the pool cannot start workers (then every call fails with it), or None."""
+        return self.workers.broken
+
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, now: float) -> None:
-        for _ in range(self.size + self.spares):
-            self._spawn(now)
-
-    def _spawn(self, now: float) -> None:
-        slot = WorkerSlot(next(self._wids))
-        self.workers[slot.id] = slot
-        self.n_starting += 1
-        self.deadlines.push(now + self.start_timeout, Deadline.WORKER_START, slot, slot.gen)
-        self.fx.spawn(slot.id)
+        self.workers.start(now)
 
     # -- questions (the supervisor asks; nothing outside reads the state itself) ---------
     def live_workers(self) -> int:
-        return sum(1 for w in self.workers.values() if w.state is not WorkerState.DEAD)
+        return self.workers.live()
 
     def starting(self) -> int:
         """Workers spawned that have not finished their handshake yet."""
-        return sum(1 for w in self.workers.values() if w.state is WorkerState.STARTING)
+        return self.workers.starting()
 
     def ready(self) -> bool:
         """Is every worker started so far ready (or gone)?"""
@@ -136,8 +139,7 @@ class Scheduler:
 
     def wants_process(self, wid: int) -> bool:
         """Is worker ``wid`` still starting, so that a process made for it is wanted?"""
-        slot = self.workers.get(wid)
-        return slot is not None and slot.state is WorkerState.STARTING
+        return self.workers.wants_process(wid)
 
     def in_flight(self) -> int:
         """Calls submitted and not yet answered."""
@@ -145,48 +147,31 @@ class Scheduler:
 
     def worker_ready(self, wid: int, now: float) -> None:
         self._now = now
-        slot = self.workers.get(wid)
-        if slot is None or slot.state is not WorkerState.STARTING:
-            return
-        self._consecutive_start_failures = 0
-        self.n_starting -= 1
-        slot.gen += 1
-        active = sum(1 for w in self.workers.values() if w.state in ACTIVE)
-        if active >= self.size:
-            slot.state = WorkerState.SPARE
-            if self.events:
-                self.fx.event("spare_ready", worker_id=wid)
-            return
-        self._activate(slot, now)
-
-    def _activate(self, slot: WorkerSlot, now: float) -> None:
-        slot.state = WorkerState.IDLE
-        if self.events:
-            self.fx.event("worker_started", worker_id=slot.id)
-        self._became_idle(slot, now)
+        slot = self.workers.ready(wid)
+        if slot is not None:
+            self._became_idle(slot, now)
 
     def _replace(self, now: float) -> None:
         """A worker is gone for good: a ready spare takes its place at once; start another."""
-        for slot in self.workers.values():
-            if slot.state is WorkerState.SPARE:
-                self._activate(slot, now)
-                break
-        self._spawn(now)
+        spare = self.workers.take_spare()
+        if spare is not None:
+            self._became_idle(spare, now)
+        self.workers.spawn(now)
 
     def close(self) -> None:
         """No more submissions; workers retire once everything in flight is done."""
-        self.closed = True
+        self.workers.close()
         self._maybe_retire_all()
 
     def cancel_all(self, now: float) -> None:
         """Close and fail everything outstanding with PoolClosedError; kill busy workers."""
-        self.closed = True
+        self.workers.close()
         self.sessions.forget_order()
         for call in list(self.calls.values()):
             self._finish(
                 call, error=PoolClosedError("the pool was closed before this call finished")
             )
-        for slot in list(self.workers.values()):
+        for slot in list(self.workers.slots()):
             if slot.state in (WorkerState.BUSY, WorkerState.STARTING):
                 self._worker_gone(
                     slot, now, kill=True, cause=None, respawn=False, reason="shutdown"
@@ -194,13 +179,8 @@ class Scheduler:
         self._maybe_retire_all()
 
     def _maybe_retire_all(self) -> None:
-        if not self.closed or self.calls:
-            return
-        for slot in self.workers.values():
-            if slot.state in (WorkerState.IDLE, WorkerState.STARTING, WorkerState.SPARE):
-                slot.state = WorkerState.RETIRING
-                slot.gen += 1
-                self.fx.retire(slot.id)
+        if self.workers.closed and not self.calls:
+            self.workers.retire_all()
 
     def queued(self) -> int:
         """Calls waiting for a worker (not running, not in a pipe, not in backoff)."""
@@ -208,16 +188,17 @@ class Scheduler:
 
     @property
     def drained(self) -> bool:
-        return self.closed and not self.calls
+        return self.workers.closed and not self.calls
 
     # -- submissions ---------------------------------------------------------------------
     def submit(self, call: Call, now: float) -> None:
         self._now = now
-        if self.closed:
+        workers = self.workers
+        if workers.closed:
             self.fx.reject(call, PoolClosedError("the pool is closed"))
             return
-        if self.broken is not None:
-            self.fx.reject(call, self.broken)
+        if workers.broken is not None:
+            self.fx.reject(call, workers.broken)
             return
         call.submitted_at = now
         self.calls[call.id] = call
@@ -261,16 +242,18 @@ class Scheduler:
         session = self.sessions[call.session]
         if session.order and session.order[0] is not call:
             return  # an earlier call of the session has not ended; _finish places this one
-        if session.worker is not None:
-            slot = self.workers[session.worker]
+        bound = self.workers.get(session.worker) if session.worker is not None else None
+        if bound is not None:
+            slot = bound
         else:
-            chosen = choose_worker(self.workers.values())
+            chosen = choose_worker(self.workers.slots())
             if chosen is None:  # every worker is gone: the pool is closing or broken
-                self._finish(call, error=self.broken or PoolClosedError("no worker to bind to"))
+                error = self.workers.broken or PoolClosedError("no worker to bind to")
+                self._finish(call, error=error)
                 return
             slot = chosen
             self.sessions.bind(session, slot)
-            if self.events:
+            if self._events:
                 self.fx.event("session_bound", worker_id=slot.id, session_id=session.id)
         if front:
             slot.sticky.appendleft(call)
@@ -294,7 +277,7 @@ class Scheduler:
             self._start(slot, call, now)
         if idle:
             self._rebalance(now)
-        elif self.prefetch and self.queue and not self.n_starting:
+        elif self.prefetch and self.queue and not self.workers.n_starting:
             self._prefetch(now)
 
     def _prefetch(self, now: float) -> None:
@@ -317,10 +300,11 @@ class Scheduler:
         # inline rather than a call per worker: this runs on every submission and result
         depth = max(1, min(self.prefetch, int(PREFETCH_HORIZON / max(avg, 1e-6))))
         fresh = now - WITHDRAW_AFTER
+        slots = self._slots
         progress = True
         while progress and self.queue:
             progress = False
-            for slot in self.workers.values():
+            for slot in slots:
                 if (
                     slot.state is WorkerState.BUSY
                     and len(slot.sent) < depth
@@ -401,7 +385,7 @@ class Scheduler:
             call.heartbeat_held = call.heartbeat_parked = False
             call.heartbeat_deadline = now + defn.heartbeat_timeout
             self.deadlines.push(call.heartbeat_deadline, Deadline.HEARTBEAT, call, gen)
-        if self.events:
+        if self._events:
             self._attempt_event("attempt_started", slot.id, call, call.attempt)
 
     def _attempt_event(
@@ -427,11 +411,12 @@ class Scheduler:
             elif self.idle and slot.sent:
                 self._rebalance(now)  # what is left in this pipe waits behind a new attempt
             return
-        if self._maybe_recycle(slot, now):
+        # the common case tested inline: this runs after every attempt, recycling is rare
+        if (slot.recycle or self.max_tasks is not None) and self._recycle(slot, now):
             return
         slot.state = WorkerState.IDLE
-        if self.closed and not self.calls:
-            self._maybe_retire_all()
+        if self.workers.retiring:  # closed, and this was the last call
+            self.workers.retire_all()
             return
         call = self._next_for(slot, now)
         if call is not None:
@@ -452,7 +437,7 @@ class Scheduler:
         """
         if not any(s.state is WorkerState.IDLE for s in self.idle):
             return
-        for slot in self.workers.values():
+        for slot in self._slots:
             due = withdraw_due(slot)
             if due is None:
                 continue
@@ -480,51 +465,28 @@ class Scheduler:
         call.attempt -= 1
         if call.state is not CallState.DONE:
             self._requeue_front(call, now)
-            if self.events:
+            if self._events:
                 self._attempt_event("attempt_withdrawn", wid, call, call.attempt + 1)
         if promoted:
             self._became_idle(slot, now)
         else:
             self._pump(now)
 
-    def _maybe_recycle(self, slot: WorkerSlot, now: float) -> bool:
-        if self.max_tasks is not None and slot.tasks_done >= self.max_tasks and not slot.recycle:
-            slot.recycle = True
-            slot.recycle_reason = "tasks_recycle"
-        if not slot.recycle or slot.sessions:
+    def _recycle(self, slot: WorkerSlot, now: float) -> bool:
+        """``slot`` is free: recycle it if it is due (see ``Workers.recycle_due``)."""
+        if not self.workers.recycle_due(slot):
             return False
-        slot.state = WorkerState.RETIRING
-        slot.gen += 1
-        if self.events:
-            self.fx.event(
-                "worker_recycled",
-                worker_id=slot.id,
-                tasks=slot.tasks_done,
-                reason=slot.recycle_reason,
-            )
-        self.fx.retire(slot.id)
-        if not self.closed:
+        if not self.workers.closed:
             self._replace(now)
         return True
 
     def request_recycle(self, wid: int, now: float, reason: str = "memory_recycle") -> None:
         """Recycle a worker (e.g. over its memory limit) as soon as it is free and unpinned."""
-        slot = self.workers.get(wid)
-        if slot is None or slot.state in (WorkerState.DEAD, WorkerState.SPARE):
-            return
-        if not slot.recycle:
-            slot.recycle_reason = reason
-        slot.recycle = True
-        if slot.state is WorkerState.IDLE and self._maybe_recycle(slot, now):
-            pass
+        slot = self.workers.request_recycle(wid, reason)
+        if slot is not None:
+            self._recycle(slot, now)
 
     # -- replies -------------------------------------------------------------------------
-    def _current(self, wid: int, seq: int) -> tuple[WorkerSlot, Call] | None:
-        slot = self.workers.get(wid)
-        if slot is None or slot.running is None or slot.running.seq != seq:
-            return None
-        return slot, slot.running
-
     def average_duration(self, name: str) -> float | None:
         """Moving average of how long attempts of activity ``name`` took, from the RUN being
         sent (or its worker starting it, when prefetched) to the result; None before one."""
@@ -532,12 +494,12 @@ class Scheduler:
 
     def running_call(self, wid: int, seq: int) -> Call | None:
         """The call whose attempt ``seq`` worker ``wid`` runs now, or None (a stale reply)."""
-        found = self._current(wid, seq)
+        found = self.workers.current(wid, seq)
         return found[1] if found is not None else None
 
     def result(self, wid: int, seq: int, value: Any, now: float) -> None:
         self._now = now
-        found = self._current(wid, seq)
+        found = self.workers.current(wid, seq)
         if found is None:
             return
         slot, call = found
@@ -546,7 +508,7 @@ class Scheduler:
         took = now - call.started_at
         avg = self._durations.get(name)
         self._durations[name] = took if avg is None else avg + (took - avg) * 0.2
-        if self.events:
+        if self._events:
             self._attempt_event(
                 "attempt_completed",
                 wid,
@@ -563,7 +525,7 @@ class Scheduler:
 
     def failure(self, wid: int, seq: int, exc: BaseException, now: float) -> None:
         self._now = now
-        found = self._current(wid, seq)
+        found = self.workers.current(wid, seq)
         if found is None:
             return
         slot, call = found
@@ -577,7 +539,7 @@ class Scheduler:
 
     def heartbeat(self, wid: int, seq: int, details: Any, now: float) -> Call | None:
         """A heartbeat of the running attempt ``seq``; returns its call (None: stale)."""
-        found = self._current(wid, seq)
+        found = self.workers.current(wid, seq)
         if found is None:
             return None
         call = found[1]
@@ -590,14 +552,14 @@ class Scheduler:
     def setup_started(self, wid: int, seq: int) -> None:
         """The worker is running user setup (Depends factories) before the activity: hold its
         heartbeat deadline until :meth:`entered`."""
-        found = self._current(wid, seq)
+        found = self.workers.current(wid, seq)
         if found is not None and found[1].defn.heartbeat_timeout is not None:
             found[1].heartbeat_held = True
 
     def entered(self, wid: int, seq: int, now: float) -> None:
         """The worker entered the activity at ``now``: the first heartbeat is due a heartbeat
         timeout later (details unchanged)."""
-        found = self._current(wid, seq)
+        found = self.workers.current(wid, seq)
         if found is None:
             return
         call = found[1]
@@ -610,7 +572,7 @@ class Scheduler:
             self.deadlines.push(call.heartbeat_deadline, Deadline.HEARTBEAT, call, call.gen)
 
     def _attempt_failed(self, call: Call, exc: BaseException, now: float) -> None:
-        if self.events:
+        if self._events:
             self._attempt_event("attempt_failed", call.worker, call, call.attempt, error=exc)
         delay = call.policy.next_delay(exc, call.attempt)
         if delay is None:
@@ -619,7 +581,7 @@ class Scheduler:
         call.state = CallState.BACKOFF
         call.gen += 1
         call.worker = None
-        if self.events:
+        if self._events:
             self.fx.event(
                 "retry_scheduled",
                 activity=call.defn.name,
@@ -650,7 +612,7 @@ class Scheduler:
             self.fx.resolve(call, value)
         if after is not None and after.state is CallState.QUEUED:
             self._place(after, self._now, True)
-        if self.closed and not self.calls:
+        if not self.calls and self.workers.closed:
             self._maybe_retire_all()
 
     # -- cancellation --------------------------------------------------------------------
@@ -666,7 +628,7 @@ class Scheduler:
         if state in (CallState.QUEUED, CallState.BACKOFF):
             self._finish(call, error=cause)
             return
-        slot = self.workers[call.worker] if call.worker is not None else None
+        slot = self.workers.get(call.worker) if call.worker is not None else None
         if call.session is not None and slot is not None and state is CallState.RUNNING:
             # sticky: the session's state in that worker is now unknown; the worker goes
             self._worker_gone(slot, now, kill=True, cause=cause, reason="cancel")
@@ -693,34 +655,19 @@ class Scheduler:
         if slot is not None and slot.state is not WorkerState.DEAD:
             slot.sessions.discard(session.id)
             self.fx.close_session(slot.id, session.id)
-            if self.events:
+            if self._events:
                 self.fx.event("session_closed", worker_id=slot.id, session_id=session.id)
             if slot.recycle and slot.state is WorkerState.IDLE:
-                self._maybe_recycle(slot, self._now)
+                self._recycle(slot, self._now)
 
     # -- workers leaving -----------------------------------------------------------------
     def worker_exited(self, wid: int, crash: WorkerCrashedError, now: float) -> None:
         """The process is gone (pipe EOF and reaped). Expected after retire/kill; else a crash."""
         self._now = now
-        slot = self.workers.get(wid)
-        if slot is None:
-            return
-        if slot.state is WorkerState.DEAD or slot.state is WorkerState.RETIRING:
-            slot.state = WorkerState.DEAD
-            del self.workers[wid]
-            return
-        if slot.state is WorkerState.STARTING:
-            self._consecutive_start_failures += 1
-            if self._consecutive_start_failures >= MAX_STARTUP_FAILURES:
-                self.broken = WorkerCrashedError(
-                    f"workers keep dying before they are ready (last: {crash})",
-                    exitcode=crash.exitcode,
-                    signal=crash.signal,
-                    pid=crash.pid,
-                    worker_id=wid,
-                )
-        self._worker_gone(slot, now, kill=False, cause=crash, reason="crash")
-        del self.workers[wid]
+        slot = self.workers.exited(wid, crash)
+        if slot is not None:
+            self._worker_gone(slot, now, kill=False, cause=crash, reason="crash")
+            self.workers.remove(wid)
 
     def kill_worker(
         self, wid: int, cause: BaseException, now: float, reason: str = "protocol_error"
@@ -742,20 +689,7 @@ class Scheduler:
     ) -> None:
         """Take a worker out: its attempt fails with ``cause``; prefetched work goes back.
         ``reason`` names why in the event (see ``PoolEvent``)."""
-        was = slot.state
-        if was is WorkerState.STARTING:
-            self.n_starting -= 1
-        slot.state = WorkerState.DEAD
-        slot.gen += 1
-        if kill:
-            self.fx.kill(slot.id)
-        if self.events:
-            self.fx.event(
-                "worker_killed" if kill else "worker_exited",
-                worker_id=slot.id,
-                cause=cause,
-                reason=reason,
-            )
+        was = self.workers.gone(slot, kill=kill, cause=cause, reason=reason)
         running, slot.running = slot.running, None
         lost = self.sessions.lose(slot, lambda: cause or stopped(slot))
         # Every call of a lost session that has not ended fails now, in submission order: the
@@ -768,23 +702,24 @@ class Scheduler:
             call.attempt -= 1
             if call.state is not CallState.DONE:
                 self._requeue_front(call, now)
-                if self.events:
+                if self._events:
                     self._attempt_event("attempt_requeued", slot.id, call, call.attempt + 1)
         slot.sent.clear()
         slot.sticky.clear()  # each was its session's next call: failed with the session above
         if running is not None and running.state is not CallState.DONE:
             self._attempt_failed(running, cause or stopped(slot), now)
-        if self.events:
+        if self._events:
             for sid in slot.sessions:
                 self.fx.event("session_lost", worker_id=slot.id, session_id=sid, cause=cause)
         slot.sessions.clear()
-        if respawn and not self.closed and self.broken is None and was is not WorkerState.RETIRING:
+        workers = self.workers
+        if respawn and not workers.closed and workers.broken is None:
             if was is WorkerState.SPARE:
-                self._spawn(now)
-            else:
+                workers.spawn(now)
+            elif was is not WorkerState.RETIRING:
                 self._replace(now)
-        elif self.broken is not None:
-            self._fail_queue(self.broken)
+        elif workers.broken is not None:
+            self._fail_queue(workers.broken)
         self._pump(now)
 
     def _requeue_front(self, call: Call, now: float) -> None:
@@ -823,10 +758,7 @@ class Scheduler:
             return
         if kind is Deadline.WORKER_START:
             slot: WorkerSlot = obj
-            crash = start_timeout_error(slot, self.start_timeout)
-            self._consecutive_start_failures += 1
-            if self._consecutive_start_failures >= MAX_STARTUP_FAILURES:
-                self.broken = crash
+            crash = self.workers.start_timed_out(slot)
             self._worker_gone(slot, now, kill=True, cause=crash, reason="start_timeout")
             return
         call: Call = obj
@@ -861,7 +793,8 @@ class Scheduler:
             self.fx.send_cancel(call.worker, call.seq)
             return
         if call.state is CallState.RUNNING and call.worker is not None:
-            slot = self.workers[call.worker]
+            slot = self.workers.get(call.worker)
+            assert slot is not None  # a running attempt's worker is known until it is reaped
             if type is TimeoutType.SCHEDULE_TO_CLOSE and call.session is None:
                 # the call is over whatever the policy says; the worker must stop running it
                 self._finish(call, error=self._final_error(call, exc))
