@@ -34,11 +34,11 @@ from pool._calls_state import (
 )
 from pool._deadlines import Deadline, Deadlines
 from pool._dispatch import Dispatcher
-from pool._sessions import Sessions, lost_error
+from pool._loss import WorkerLoss
+from pool._sessions import Sessions
 from pool._timeouts import (
     KILL_REASON,
     still_valid,
-    stopped,
     timeout_error,
 )
 from pool._workers import Workers
@@ -94,6 +94,8 @@ class Scheduler:
             prefetch=prefetch,
             cancel_grace=cancel_grace,
         )
+        # a worker leaving against the pool's will (pool._loss)
+        self.loss = WorkerLoss(effects, self, self.workers, self.dispatch, self.sessions)
         self._now = 0.0  # the time of the event being handled, for paths that need it
         self.events = events
 
@@ -105,7 +107,7 @@ class Scheduler:
 
     @events.setter
     def events(self, on: bool) -> None:
-        self._events = self.workers.events = self.dispatch.events = on
+        self._events = self.workers.events = self.dispatch.events = self.loss.events = on
 
     @property
     def broken(self) -> BaseException | None:
@@ -157,9 +159,7 @@ class Scheduler:
             )
         for slot in list(self.workers.slots()):
             if slot.state in (WorkerState.BUSY, WorkerState.STARTING):
-                self._worker_gone(
-                    slot, now, kill=True, cause=None, respawn=False, reason="shutdown"
-                )
+                self.loss.gone(slot, now, kill=True, cause=None, respawn=False, reason="shutdown")
         self._maybe_retire_all()
 
     def _maybe_retire_all(self) -> None:
@@ -353,7 +353,7 @@ class Scheduler:
         slot = self.workers.get(call.worker) if call.worker is not None else None
         if call.session is not None and slot is not None and state is CallState.RUNNING:
             # sticky: the session's state in that worker is now unknown; the worker goes
-            self._worker_gone(slot, now, kill=True, cause=cause, reason="cancel")
+            self.loss.gone(slot, now, kill=True, cause=cause, reason="cancel")
             return
         # The caller is answered now. The call stays the worker's running (or prefetched)
         # attempt in slot.running / slot.sent until the worker answers or is killed.
@@ -386,63 +386,13 @@ class Scheduler:
     def worker_exited(self, wid: int, crash: WorkerCrashedError, now: float) -> None:
         """The process is gone (pipe EOF and reaped). Expected after retire/kill; else a crash."""
         self._now = now
-        slot = self.workers.exited(wid, crash)
-        if slot is not None:
-            self._worker_gone(slot, now, kill=False, cause=crash, reason="crash")
-            self.workers.remove(wid)
+        self.loss.exited(wid, crash, now)
 
     def kill_worker(
         self, wid: int, cause: BaseException, now: float, reason: str = "protocol_error"
     ) -> None:
         """The shell found the worker unusable (a protocol error): kill it, fail its attempt."""
-        slot = self.workers.get(wid)
-        if slot is not None and slot.state is not WorkerState.DEAD:
-            self._worker_gone(slot, now, kill=True, cause=cause, reason=reason)
-
-    def _worker_gone(
-        self,
-        slot: WorkerSlot,
-        now: float,
-        *,
-        kill: bool,
-        cause: BaseException | None,
-        reason: str,
-        respawn: bool = True,
-    ) -> None:
-        """Take a worker out: its attempt fails with ``cause``; prefetched work goes back.
-        ``reason`` names why in the event (see ``PoolEvent``)."""
-        was = self.workers.gone(slot, kill=kill, cause=cause, reason=reason)
-        running, slot.running = slot.running, None
-        lost = self.sessions.lose(slot, lambda: cause or stopped(slot))
-        # Every call of a lost session that has not ended fails now, in submission order: the
-        # running one, those waiting their turn, one in backoff. None of them runs anywhere.
-        for session in lost:
-            for call in list(session.order):
-                self.finish(call, error=lost_error(session))
-        # prefetched attempts never started: back to the head of the queue, attempt not counted
-        for call in reversed(slot.sent):
-            call.attempt -= 1
-            if call.state is not CallState.DONE:
-                self.dispatch.requeue_front(call)
-                if self._events:
-                    attempt_event(self.fx, "attempt_requeued", slot.id, call, call.attempt + 1)
-        slot.sent.clear()
-        slot.sticky.clear()  # each was its session's next call: failed with the session above
-        if running is not None and running.state is not CallState.DONE:
-            self.attempt_failed(running, cause or stopped(slot), now)
-        if self._events:
-            for sid in slot.sessions:
-                self.fx.event("session_lost", worker_id=slot.id, session_id=sid, cause=cause)
-        slot.sessions.clear()
-        workers = self.workers
-        if respawn and not workers.closed and workers.broken is None:
-            if was is WorkerState.SPARE:
-                workers.spawn(now)
-            elif was is not WorkerState.RETIRING:
-                self.dispatch.replace(now)
-        elif workers.broken is not None:
-            self.fail_waiting(workers.broken)
-        self.dispatch.pump(now)
+        self.loss.kill(wid, cause, now, reason)
 
     def fail_waiting(self, exc: BaseException) -> None:
         self.sessions.forget_order()
@@ -475,7 +425,7 @@ class Scheduler:
         if kind is Deadline.WORKER_START:
             slot: WorkerSlot = obj
             crash = self.workers.start_timed_out(slot)
-            self._worker_gone(slot, now, kill=True, cause=crash, reason="start_timeout")
+            self.loss.gone(slot, now, kill=True, cause=crash, reason="start_timeout")
             return
         call: Call = obj
         if kind is Deadline.SCHEDULE_TO_CLOSE:
@@ -484,7 +434,7 @@ class Scheduler:
         if kind is Deadline.CANCEL_GRACE:
             owner = self.workers.get(call.worker) if call.worker is not None else None
             if owner is not None and owner.running is call and owner.state is WorkerState.BUSY:
-                self._worker_gone(owner, now, kill=True, cause=None, reason="cancel")
+                self.loss.gone(owner, now, kill=True, cause=None, reason="cancel")
             return
         if call.state is not CallState.RUNNING:
             return
@@ -514,6 +464,6 @@ class Scheduler:
             if type is TimeoutType.SCHEDULE_TO_CLOSE and call.session is None:
                 # the call is over whatever the policy says; the worker must stop running it
                 self.finish(call, error=self._final_error(call, exc))
-            self._worker_gone(slot, now, kill=True, cause=exc, reason=KILL_REASON[type])
+            self.loss.gone(slot, now, kill=True, cause=exc, reason=KILL_REASON[type])
             return
         self.finish(call, error=self._final_error(call, exc))
