@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sdk._definition import ActivityDefinition
-from sdk._retry import RetryPolicy
+from sdk._retry import RetryPolicy, final_error
 
 
 class CallState(enum.Enum):
@@ -150,6 +150,13 @@ def attempt_event(
         attempt=attempt,
         **more,
     )
+
+
+def final_call_error(call: Call, exc: BaseException) -> BaseException:
+    """What the caller of ``call`` gets when the failure ``exc`` of its current attempt ends
+    it (``sdk._retry.final_error``: the attempts, the remote traceback, the last output)."""
+    text = getattr(exc, "remote_traceback_text", None)
+    return final_error(call.defn.name, call.attempt, exc, text, call.output)
 
 
 # worker states that take work (and, with STARTING, that a session may bind to)

@@ -7,12 +7,20 @@ that call...). Unit tests drive it with a fake port and a fake clock.
 
 ``Scheduler`` is the one object the shell talks to. It owns the table of calls not yet done and
 ends them (``finish``, and the retry decision in ``attempt_failed``), and composes parts that
-each own one piece of state: the worker registry (``pool._workers``), the dispatcher that
-decides which call runs where (``pool._dispatch``: the queue, idle workers, prefetch,
-withdrawal), the sticky sessions (``pool._sessions``) and the pool's only deadline structure
-(``pool._deadlines``). The parts end calls through the ``Outcomes`` port the scheduler
-implements. The supervisor arms one timer for ``next_deadline()``. The shell asks questions
-(``ready()``, ``starting()``, ``wants_process()``, ``in_flight()``...) rather than reading state.
+each own one piece of state or one path:
+
+- ``pool._workers.Workers``: the worker slots and their lifecycle (spawn, spare, recycle,
+  retire, gone), ``closed`` and ``broken``;
+- ``pool._dispatch.Dispatcher``: which call runs where (the queue, the idle workers, prefetch,
+  withdrawal, rate limits): the hot path;
+- ``pool._loss.WorkerLoss``: what becomes of a lost worker's attempts and sessions;
+- ``pool._watchdog.Watchdog``: the deadlines that stop attempts and workers, and heartbeats;
+- ``pool._sessions.Sessions`` and ``pool._deadlines.Deadlines`` (the pool's only deadline
+  structure; the supervisor arms one timer for ``next_deadline()``).
+
+The parts end calls through the ``Outcomes`` port the scheduler implements, and call each other
+only downwards (dispatcher, then loss, then watchdog). The shell asks questions (``ready()``,
+``starting()``, ``wants_process()``, ``in_flight()``...) rather than reading state.
 
 A sticky session's calls run one at a time in submission order: only the first of them that has
 not ended is queued for the session's worker (``Session.order``).
@@ -28,29 +36,27 @@ from pool._calls_state import (
     CallState,
     Effects,
     Session,
-    WorkerSlot,
     WorkerState,
     attempt_event,
+    final_call_error,
 )
 from pool._deadlines import Deadline, Deadlines
 from pool._dispatch import Dispatcher
 from pool._loss import WorkerLoss
 from pool._sessions import Sessions
-from pool._timeouts import (
-    KILL_REASON,
-    still_valid,
-    timeout_error,
-)
+from pool._timeouts import still_valid
+from pool._watchdog import Watchdog
 from pool._workers import Workers
-from sdk._errors import (
-    PoolClosedError,
-    TimeoutType,
-    WorkerCrashedError,
-)
-from sdk._retry import final_error
+from sdk._errors import PoolClosedError, WorkerCrashedError
 
 
 class Scheduler:
+    """The pool's decisions: the shell's events in, ``Effects`` out (see the module docstring).
+
+    Each public method is an event or a question of the shell; ``finish``, ``attempt_failed``
+    and ``fail_waiting`` are the ``Outcomes`` port its parts end calls through.
+    """
+
     def __init__(
         self,
         effects: Effects,
@@ -96,6 +102,8 @@ class Scheduler:
         )
         # a worker leaving against the pool's will (pool._loss)
         self.loss = WorkerLoss(effects, self, self.workers, self.dispatch, self.sessions)
+        # the deadlines that stop attempts and workers, and heartbeats (pool._watchdog)
+        self.watchdog = Watchdog(effects, self, self.workers, self.loss, self.deadlines)
         self._now = 0.0  # the time of the event being handled, for paths that need it
         self.events = events
 
@@ -196,17 +204,6 @@ class Scheduler:
                 return
         self.dispatch.enqueue(call, now)
 
-    def withdrawn(self, wid: int, seq: int, now: float) -> None:
-        """The worker confirms it dropped RUN ``seq`` unstarted: the call may go elsewhere."""
-        self._now = now
-        self.dispatch.withdrawn(wid, seq, now)
-
-    def request_recycle(self, wid: int, now: float, reason: str = "memory_recycle") -> None:
-        """Recycle a worker (e.g. over its memory limit) as soon as it is free and unpinned."""
-        slot = self.workers.request_recycle(wid, reason)
-        if slot is not None:
-            self.dispatch.recycle(slot, now)
-
     # -- replies -------------------------------------------------------------------------
     def average_duration(self, name: str) -> float | None:
         """Moving average of how long attempts of activity ``name`` took, from the RUN being
@@ -259,46 +256,34 @@ class Scheduler:
             self.attempt_failed(call, exc, now)
         self.dispatch.became_idle(slot, now)
 
+    def withdrawn(self, wid: int, seq: int, now: float) -> None:
+        """The worker confirms it dropped RUN ``seq`` unstarted: the call may go elsewhere."""
+        self._now = now
+        self.dispatch.withdrawn(wid, seq, now)
+
     def heartbeat(self, wid: int, seq: int, details: Any, now: float) -> Call | None:
         """A heartbeat of the running attempt ``seq``; returns its call (None: stale)."""
-        found = self.workers.current(wid, seq)
-        if found is None:
-            return None
-        call = found[1]
-        call.heartbeat_details = details
-        if call.defn.heartbeat_timeout is not None:
-            # the heap entry is re-pushed lazily when it fires early (see _fire)
-            call.heartbeat_deadline = now + call.defn.heartbeat_timeout
-        return call
+        return self.watchdog.heartbeat(wid, seq, details, now)
 
     def setup_started(self, wid: int, seq: int) -> None:
         """The worker is running user setup (Depends factories) before the activity: hold its
         heartbeat deadline until :meth:`entered`."""
-        found = self.workers.current(wid, seq)
-        if found is not None and found[1].defn.heartbeat_timeout is not None:
-            found[1].heartbeat_held = True
+        self.watchdog.setup_started(wid, seq)
 
     def entered(self, wid: int, seq: int, now: float) -> None:
         """The worker entered the activity at ``now``: the first heartbeat is due a heartbeat
-        timeout later (details unchanged)."""
-        found = self.workers.current(wid, seq)
-        if found is None:
-            return
-        call = found[1]
-        if call.defn.heartbeat_timeout is None:
-            return
-        call.heartbeat_held = False
-        call.heartbeat_deadline = now + call.defn.heartbeat_timeout
-        if call.heartbeat_parked:
-            call.heartbeat_parked = False
-            self.deadlines.push(call.heartbeat_deadline, Deadline.HEARTBEAT, call, call.gen)
+        timeout later."""
+        self.watchdog.entered(wid, seq, now)
 
+    # -- outcomes (the Outcomes port: the parts end calls here) ---------------------------
     def attempt_failed(self, call: Call, exc: BaseException, now: float) -> None:
+        """The running attempt of ``call`` failed with ``exc``: the retry decision (the call's
+        ``RetryPolicy``) puts it in backoff until a RETRY deadline, or finishes it."""
         if self._events:
             attempt_event(self.fx, "attempt_failed", call.worker, call, call.attempt, error=exc)
         delay = call.policy.next_delay(exc, call.attempt)
         if delay is None:
-            self.finish(call, error=self._final_error(call, exc))
+            self.finish(call, error=final_call_error(call, exc))
             return
         call.state = CallState.BACKOFF
         call.gen += 1
@@ -313,11 +298,9 @@ class Scheduler:
             )
         self.deadlines.push(now + delay, Deadline.RETRY, call, call.gen)
 
-    def _final_error(self, call: Call, exc: BaseException) -> BaseException:
-        text = getattr(exc, "remote_traceback_text", None)
-        return final_error(call.defn.name, call.attempt, exc, text, call.output)
-
     def finish(self, call: Call, value: Any = None, error: BaseException | None = None) -> None:
+        """Answer the caller, once: ``call`` leaves the table, its session lets the next call
+        through, and the last call of a closed pool retires the workers."""
         if call.state is CallState.DONE:
             return
         call.state = CallState.DONE
@@ -336,6 +319,13 @@ class Scheduler:
             self.dispatch.place(after, self._now, True)
         if not self.calls and self.workers.closed:
             self._maybe_retire_all()
+
+    def fail_waiting(self, exc: BaseException) -> None:
+        """Fail every call not running anywhere (queued or in backoff): the pool is broken."""
+        self.sessions.forget_order()
+        for call in list(self.calls.values()):
+            if call.state in (CallState.QUEUED, CallState.BACKOFF):
+                self.finish(call, error=exc)
 
     # -- cancellation --------------------------------------------------------------------
     def cancel(self, call_id: int, now: float) -> None:
@@ -394,11 +384,11 @@ class Scheduler:
         """The shell found the worker unusable (a protocol error): kill it, fail its attempt."""
         self.loss.kill(wid, cause, now, reason)
 
-    def fail_waiting(self, exc: BaseException) -> None:
-        self.sessions.forget_order()
-        for call in list(self.calls.values()):
-            if call.state in (CallState.QUEUED, CallState.BACKOFF):
-                self.finish(call, error=exc)
+    def request_recycle(self, wid: int, now: float, reason: str = "memory_recycle") -> None:
+        """Recycle a worker (e.g. over its memory limit) as soon as it is free and unpinned."""
+        slot = self.workers.request_recycle(wid, reason)
+        if slot is not None:
+            self.dispatch.recycle(slot, now)
 
     # -- deadlines -----------------------------------------------------------------------
     def next_deadline(self) -> float | None:
@@ -408,62 +398,14 @@ class Scheduler:
     def advance(self, now: float) -> None:
         """The clock reached ``now``: fire every deadline due."""
         self._now = now
+        dispatch = self.dispatch
         for kind, obj, gen in self.deadlines.due(now):
-            self._fire(kind, obj, gen, now)
-
-    def _fire(self, kind: Deadline, obj: Any, gen: int, now: float) -> None:
-        if kind is Deadline.RATE:
-            self.dispatch.release(obj, now)
-            return
-        if kind is Deadline.WITHDRAW:
-            self.dispatch.rebalance(now)
-            return
-        if kind is Deadline.RETRY:
-            if obj.state is CallState.BACKOFF:
-                self.dispatch.enqueue(obj, now)
-            return
-        if kind is Deadline.WORKER_START:
-            slot: WorkerSlot = obj
-            crash = self.workers.start_timed_out(slot)
-            self.loss.gone(slot, now, kill=True, cause=crash, reason="start_timeout")
-            return
-        call: Call = obj
-        if kind is Deadline.SCHEDULE_TO_CLOSE:
-            self._timeout(call, TimeoutType.SCHEDULE_TO_CLOSE, now)
-            return
-        if kind is Deadline.CANCEL_GRACE:
-            owner = self.workers.get(call.worker) if call.worker is not None else None
-            if owner is not None and owner.running is call and owner.state is WorkerState.BUSY:
-                self.loss.gone(owner, now, kill=True, cause=None, reason="cancel")
-            return
-        if call.state is not CallState.RUNNING:
-            return
-        if kind is Deadline.HEARTBEAT and call.heartbeat_held:
-            call.heartbeat_parked = True  # entered() pushes it again
-            return
-        if kind is Deadline.HEARTBEAT and now < call.heartbeat_deadline:
-            self.deadlines.push(call.heartbeat_deadline, Deadline.HEARTBEAT, call, gen)
-            return
-        self._timeout(
-            call,
-            TimeoutType.HEARTBEAT if kind is Deadline.HEARTBEAT else TimeoutType.START_TO_CLOSE,
-            now,
-        )
-
-    def _timeout(self, call: Call, type: TimeoutType, now: float) -> None:
-        exc = timeout_error(call, type)
-        if call.state is CallState.SENT and call.worker is not None:
-            # queued in a worker's pipe: answer now, and have the worker skip it
-            call.cancelled = True
-            self.finish(call, error=self._final_error(call, exc))
-            self.fx.send_cancel(call.worker, call.seq)
-            return
-        if call.state is CallState.RUNNING and call.worker is not None:
-            slot = self.workers.get(call.worker)
-            assert slot is not None  # a running attempt's worker is known until it is reaped
-            if type is TimeoutType.SCHEDULE_TO_CLOSE and call.session is None:
-                # the call is over whatever the policy says; the worker must stop running it
-                self.finish(call, error=self._final_error(call, exc))
-            self.loss.gone(slot, now, kill=True, cause=exc, reason=KILL_REASON[type])
-            return
-        self.finish(call, error=self._final_error(call, exc))
+            if kind is Deadline.RATE:
+                dispatch.release(obj, now)
+            elif kind is Deadline.WITHDRAW:
+                dispatch.rebalance(now)
+            elif kind is Deadline.RETRY:
+                if obj.state is CallState.BACKOFF:
+                    dispatch.enqueue(obj, now)
+            else:  # the deadlines that stop attempts and workers
+                self.watchdog.fire(kind, obj, gen, now)
