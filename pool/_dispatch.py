@@ -49,6 +49,8 @@ from sdk._errors import PoolClosedError
 
 
 class Dispatcher:
+    """The queue, the idle workers, and what each worker was sent (see the module docstring)."""
+
     def __init__(
         self,
         effects: Effects,

@@ -30,6 +30,8 @@ from sdk._errors import WorkerCrashedError
 
 
 class WorkerLoss:
+    """Settles what a worker held when it leaves (see the module docstring)."""
+
     def __init__(
         self,
         effects: Effects,

@@ -36,6 +36,8 @@ from sdk._errors import TimeoutType
 
 
 class Watchdog:
+    """Acts on the due deadlines of attempts and workers (see the module docstring)."""
+
     def __init__(
         self,
         effects: Effects,
