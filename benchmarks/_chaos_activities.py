@@ -9,8 +9,10 @@ handed to the wrong caller, or a payload mixed up on the way, is seen by the cal
 Each execution appends one line to the execution log, before doing anything else:
 ``key attempt pid in_order``. The log counts executions (repeated ones are by design after a
 kill) and carries what only the worker can see: whether a sticky call started in its session's
-order. Lines are short single ``write``s to a file opened with ``O_APPEND``: concurrent writers
-never interleave inside a line, and a line written survives a SIGKILL a moment later.
+order. Lines are single ``write``s to a file opened with ``O_APPEND``, padded to
+``LOG_RECORD`` bytes, which divides the page size: concurrent writers never interleave inside a
+line, and a SIGKILL cannot tear one (the kernel may stop a write between two pages of the file,
+and a record never spans two).
 
 No type hints on the activities: they would have each fresh worker import pydantic, which is not
 what this run is about.
@@ -25,6 +27,8 @@ import time
 from typing import NamedTuple
 
 from sdk import ApplicationError, activity
+
+LOG_RECORD = 64  # bytes per line of the execution log (see above)
 
 # A hang is caught by this heartbeat timeout; calls that do not hang finish well within it.
 HEARTBEAT_TIMEOUT = 0.1
@@ -69,7 +73,7 @@ def _begin(spec: Spec) -> int:
     in_order = 1
     if spec.seq >= 0:
         in_order = int(activity.session_state().get("next", 0) == spec.seq)
-    line = f"{spec.key} {attempt} {os.getpid()} {in_order}\n".encode()
+    line = f"{spec.key} {attempt} {os.getpid()} {in_order}".ljust(LOG_RECORD - 1).encode() + b"\n"
     fd = os.open(spec.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, line)

@@ -1,11 +1,14 @@
-"""The records the scheduler keeps, and the port it talks to the world through.
+"""The records the scheduler keeps, the port it talks to the world through, and the one its
+parts end calls through.
 
 ``Call`` (one caller's request across its attempts), ``WorkerSlot`` (what the scheduler sent to
 one worker and in which order) and ``Session`` (a sticky session's binding and call order) are
-owned by ``pool._scheduler.Scheduler``: only it changes them. The shell holds ``Call`` objects
-it submitted (to reach the caller when the scheduler resolves them) and reads the fields the
-scheduler documents for it; it never changes their state. ``Effects`` is the narrow port through
-which the scheduler asks the shell for I/O.
+owned by ``pool._scheduler.Scheduler`` and changed only by it and its parts (``pool._workers``,
+``pool._dispatch``, ``pool._loss``, ``pool._watchdog``, ``pool._sessions``). The shell holds
+``Call`` objects it submitted (to reach the caller when the scheduler resolves them) and reads
+the fields the scheduler documents for it; it never changes their state. ``Effects`` is the
+narrow port through which the scheduler asks the shell for I/O; ``Outcomes`` is how its parts
+hand a call's or an attempt's end to the scheduler, which owns the table of calls.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sdk._definition import ActivityDefinition
-from sdk._retry import RetryPolicy
+from sdk._retry import RetryPolicy, final_error
 
 
 class CallState(enum.Enum):
@@ -97,7 +100,12 @@ def run_meta(call: Call, attempt: int | None = None) -> tuple[Any, ...]:
 
 @dataclass(eq=False, slots=True)
 class WorkerSlot:
-    """What the scheduler sent to one worker, in pipe order, and its lifecycle state."""
+    """What the scheduler sent to one worker, in pipe order, and its lifecycle state.
+
+    The registry (``pool._workers``) sets the lifecycle states; the dispatcher
+    (``pool._dispatch``) moves an active worker between IDLE and BUSY and fills ``running``,
+    ``sent`` and ``sticky``; the loss path (``pool._loss``) empties them when the worker goes.
+    """
 
     id: int
     state: WorkerState = WorkerState.STARTING
@@ -139,6 +147,43 @@ class Effects(Protocol):
     def resolve(self, call: Call, value: Any) -> None: ...
     def reject(self, call: Call, exc: BaseException) -> None: ...
     def event(self, kind: str, **fields: Any) -> None: ...
+
+
+class Outcomes(Protocol):
+    """How the scheduler's parts end a call or an attempt (``pool._scheduler.Scheduler``)."""
+
+    def finish(self, call: Call, value: Any = None, error: BaseException | None = None) -> None:
+        """Answer the caller (once): ``call`` is done."""
+        ...
+
+    def attempt_failed(self, call: Call, exc: BaseException, now: float) -> None:
+        """The running attempt of ``call`` failed with ``exc``: retry it later, or finish."""
+        ...
+
+    def fail_waiting(self, exc: BaseException) -> None:
+        """Finish every call not running anywhere (queued or in backoff) with ``exc``."""
+        ...
+
+
+def attempt_event(
+    fx: Effects, kind: str, worker_id: int | None, call: Call, attempt: int, **more: Any
+) -> None:
+    """Tell the event stream about an attempt of ``call`` (called only with events on)."""
+    fx.event(
+        kind,
+        worker_id=worker_id,
+        activity=call.defn.name,
+        call_id=call.id,
+        attempt=attempt,
+        **more,
+    )
+
+
+def final_call_error(call: Call, exc: BaseException) -> BaseException:
+    """What the caller of ``call`` gets when the failure ``exc`` of its current attempt ends
+    it (``sdk._retry.final_error``: the attempts, the remote traceback, the last output)."""
+    text = getattr(exc, "remote_traceback_text", None)
+    return final_error(call.defn.name, call.attempt, exc, text, call.output)
 
 
 # worker states that take work (and, with STARTING, that a session may bind to)

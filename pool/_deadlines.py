@@ -24,7 +24,8 @@ COMPACT_RATIO = 4
 
 
 class Deadline(enum.IntEnum):
-    """What falls due. The scheduler decides what each means (``Scheduler._fire``)."""
+    """What falls due. The scheduler decides what each means (``Scheduler.advance``, and
+    ``pool._watchdog`` for those that stop attempts and workers)."""
 
     START_TO_CLOSE = 1  # an attempt ran too long
     HEARTBEAT = 2  # a running attempt sent no heartbeat in time

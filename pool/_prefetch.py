@@ -2,10 +2,10 @@
 pipe are asked back, which ones, and which call a confirmation is about. Pure functions of the
 scheduler's records.
 
-The scheduler (``pool._scheduler``) owns the records and acts on these answers: it sends the
-RUNs and WITHDRAWs, arms the WITHDRAW deadlines and requeues what comes back. Which busy pipe
-takes one more call stays inline in ``Scheduler._prefetch`` (it runs on every submission and
-result; a call per worker there costs about 10% of the scheduler's hot path).
+The dispatcher (``pool._dispatch``) acts on these answers: it sends the RUNs and WITHDRAWs,
+arms the WITHDRAW deadlines and requeues what comes back. Which busy pipe takes one more call
+stays inline in ``Dispatcher._prefetch`` (it runs on every submission and result; a call per
+worker there costs about 10% of the scheduler's hot path).
 """
 
 from __future__ import annotations

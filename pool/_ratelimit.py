@@ -1,10 +1,11 @@
 """Rate limits (``@activity(rate_limit=RateLimit(...))``): attempt starts per sliding window.
 
-Owned by the scheduler, pure like it. A call is counted when it is about to start on an idle
-worker (rate-limited calls are never prefetched, so dispatch is the start, give or take a
-pipe's latency). A call over its limit is parked in its bucket; when the window has room again
-(the scheduler's ``RATE`` deadline, at ``Bucket.reopens``) the parked calls go back to the head
-of their queues, in order, and are counted (or parked again) when a worker takes them.
+Owned by the scheduler's dispatcher (``pool._dispatch``), pure like it. A call is counted when
+it is about to start on an idle worker (rate-limited calls are never prefetched, so dispatch is
+the start, give or take a pipe's latency). A call over its limit is parked in its bucket; when
+the window has room again (the scheduler's ``RATE`` deadline, at ``Bucket.reopens``) the parked
+calls go back to the head of their queues, in order, and are counted (or parked again) when a
+worker takes them.
 """
 
 from __future__ import annotations

@@ -5,19 +5,22 @@ gone, the clock reaching the next deadline) with the current monotonic time, and
 through the narrow ``Effects`` port (send this attempt to that worker, kill that worker, resolve
 that call...). Unit tests drive it with a fake port and a fake clock.
 
-It owns the only deadline structure of the pool (``pool._deadlines``: start-to-close,
-heartbeat, schedule-to-close, retry-backoff, cancel-grace, worker-start, rate-limit and
-withdraw deadlines, with generation numbers) and the rate-limit buckets (``pool._ratelimit``).
-The supervisor arms one timer for ``next_deadline()``. The shell asks questions (``ready()``,
-``starting()``, ``wants_process()``, ``in_flight()``...) rather than reading the dicts.
+``Scheduler`` is the one object the shell talks to. It owns the table of calls not yet done and
+ends them (``finish``, and the retry decision in ``attempt_failed``), and composes parts that
+each own one piece of state or one path:
 
-Per worker the scheduler keeps what it sent and in which order: the running attempt and up to
-``prefetch`` attempts queued in the worker's pipe (sent while it was busy, so the worker starts
-the next one without a round trip). A worker answers every RUN exactly once, in order, so when a
-reply comes the next queued attempt is the one now running. The exception is WITHDRAWN: while
-another worker is idle, calls waiting behind an attempt that runs long are asked back, and the
-worker confirms each one it had not started (see _rebalance). When a worker dies, or confirms a
-withdrawal, those attempts go back to the head of the queue without counting an attempt.
+- ``pool._workers.Workers``: the worker slots and their lifecycle (spawn, spare, recycle,
+  retire, gone), ``closed`` and ``broken``;
+- ``pool._dispatch.Dispatcher``: which call runs where (the queue, the idle workers, prefetch,
+  withdrawal, rate limits): the hot path;
+- ``pool._loss.WorkerLoss``: what becomes of a lost worker's attempts and sessions;
+- ``pool._watchdog.Watchdog``: the deadlines that stop attempts and workers, and heartbeats;
+- ``pool._sessions.Sessions`` and ``pool._deadlines.Deadlines`` (the pool's only deadline
+  structure; the supervisor arms one timer for ``next_deadline()``).
+
+The parts end calls through the ``Outcomes`` port the scheduler implements, and call each other
+only downwards (dispatcher, then loss, then watchdog). The shell asks questions (``ready()``,
+``starting()``, ``wants_process()``, ``in_flight()``...) rather than reading state.
 
 A sticky session's calls run one at a time in submission order: only the first of them that has
 not ended is queued for the session's worker (``Session.order``).
@@ -25,50 +28,35 @@ not ended is queued for the session's worker (``Session.order``).
 
 from __future__ import annotations
 
-import itertools
 from asyncio import CancelledError
-from collections import deque
 from typing import Any
 
 from pool._calls_state import (
-    ACTIVE,
     Call,
     CallState,
     Effects,
     Session,
-    WorkerSlot,
     WorkerState,
+    attempt_event,
+    final_call_error,
 )
 from pool._deadlines import Deadline, Deadlines
-from pool._prefetch import (
-    PREFETCH_HORIZON,
-    WITHDRAW_AFTER,
-    take_back,
-    to_withdraw,
-    withdraw_due,
-)
-from pool._ratelimit import Bucket, RateLimits
-from pool._sessions import Sessions, choose_worker, lost_error
-from pool._timeouts import (
-    KILL_REASON,
-    start_timeout_error,
-    still_valid,
-    stopped,
-    timeout_error,
-)
-from sdk._errors import (
-    PoolClosedError,
-    TimeoutType,
-    WorkerCrashedError,
-)
-from sdk._retry import final_error
-
-# After this many workers in a row die before their handshake, the pool stops respawning and
-# fails what is queued: a broken environment must surface as an error, not a fork loop.
-MAX_STARTUP_FAILURES = 3
+from pool._dispatch import Dispatcher
+from pool._loss import WorkerLoss
+from pool._sessions import Sessions
+from pool._timeouts import still_valid
+from pool._watchdog import Watchdog
+from pool._workers import Workers
+from sdk._errors import PoolClosedError, WorkerCrashedError
 
 
 class Scheduler:
+    """The pool's decisions: the shell's events in, ``Effects`` out (see the module docstring).
+
+    Each public method is an event or a question of the shell; ``finish``, ``attempt_failed``
+    and ``fail_waiting`` are the ``Outcomes`` port its parts end calls through.
+    """
+
     def __init__(
         self,
         effects: Effects,
@@ -85,50 +73,66 @@ class Scheduler:
             raise ValueError("workers must be >= 1")
         if spares < 0:
             raise ValueError("spares must be >= 0")
-        self.spares = spares
         self.fx = effects
-        self.size = workers
-        self.prefetch = prefetch
         self.cancel_grace = cancel_grace
-        self.start_timeout = start_timeout
-        self.max_tasks = max_tasks_per_worker
-        self.events = events
-        self.workers: dict[int, WorkerSlot] = {}
-        self.idle: deque[WorkerSlot] = deque()
-        self.queue: deque[Call] = deque()
         self.sessions = Sessions()  # sticky sessions: order, binding, loss (pool._sessions)
         self.calls: dict[int, Call] = {}  # every call not yet DONE
-        self.closed = False
-        self.broken: BaseException | None = None
         # every timeout, backoff and grace period (see pool._deadlines)
         self.deadlines = Deadlines(still_valid, lambda: len(self.calls) + len(self.workers))
-        self._wids = itertools.count(1)
-        self._seqs = itertools.count(1)
-        self._consecutive_start_failures = 0
-        self.n_starting = 0  # workers spawned but not yet ready (no prefetch until all are up)
-        self._now = 0.0  # the time of the event being handled, for paths that need it
+        # the worker slots and their lifecycle; closed and broken (pool._workers)
+        self.workers = Workers(
+            effects,
+            self.deadlines,
+            size=workers,
+            spares=spares,
+            start_timeout=start_timeout,
+            max_tasks=max_tasks_per_worker,
+        )
         self._durations: dict[str, float] = {}  # moving average run time per activity name
-        self._rates = RateLimits()
+        # which call runs where: the queue, idle workers, prefetch, withdrawal (pool._dispatch)
+        self.dispatch = Dispatcher(
+            effects,
+            self,
+            self.workers,
+            self.sessions,
+            self.deadlines,
+            self._durations,
+            prefetch=prefetch,
+            cancel_grace=cancel_grace,
+        )
+        # a worker leaving against the pool's will (pool._loss)
+        self.loss = WorkerLoss(effects, self, self.workers, self.dispatch, self.sessions)
+        # the deadlines that stop attempts and workers, and heartbeats (pool._watchdog)
+        self.watchdog = Watchdog(effects, self, self.workers, self.loss, self.deadlines)
+        self._now = 0.0  # the time of the event being handled, for paths that need it
+        self.events = events
+
+    @property
+    def events(self) -> bool:
+        """Whether the scheduler tells the event stream (``Effects.event``) what happens; the
+        supervisor turns it on and off. Its parts keep a copy, for their hot paths."""
+        return self._events
+
+    @events.setter
+    def events(self, on: bool) -> None:
+        self._events = self.workers.events = self.dispatch.events = self.loss.events = on
+
+    @property
+    def broken(self) -> BaseException | None:
+        """Why the pool cannot start workers (then every call fails with it), or None."""
+        return self.workers.broken
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, now: float) -> None:
-        for _ in range(self.size + self.spares):
-            self._spawn(now)
-
-    def _spawn(self, now: float) -> None:
-        slot = WorkerSlot(next(self._wids))
-        self.workers[slot.id] = slot
-        self.n_starting += 1
-        self.deadlines.push(now + self.start_timeout, Deadline.WORKER_START, slot, slot.gen)
-        self.fx.spawn(slot.id)
+        self.workers.start(now)
 
     # -- questions (the supervisor asks; nothing outside reads the state itself) ---------
     def live_workers(self) -> int:
-        return sum(1 for w in self.workers.values() if w.state is not WorkerState.DEAD)
+        return self.workers.live()
 
     def starting(self) -> int:
         """Workers spawned that have not finished their handshake yet."""
-        return sum(1 for w in self.workers.values() if w.state is WorkerState.STARTING)
+        return self.workers.starting()
 
     def ready(self) -> bool:
         """Is every worker started so far ready (or gone)?"""
@@ -136,8 +140,7 @@ class Scheduler:
 
     def wants_process(self, wid: int) -> bool:
         """Is worker ``wid`` still starting, so that a process made for it is wanted?"""
-        slot = self.workers.get(wid)
-        return slot is not None and slot.state is WorkerState.STARTING
+        return self.workers.wants_process(wid)
 
     def in_flight(self) -> int:
         """Calls submitted and not yet answered."""
@@ -145,62 +148,31 @@ class Scheduler:
 
     def worker_ready(self, wid: int, now: float) -> None:
         self._now = now
-        slot = self.workers.get(wid)
-        if slot is None or slot.state is not WorkerState.STARTING:
-            return
-        self._consecutive_start_failures = 0
-        self.n_starting -= 1
-        slot.gen += 1
-        active = sum(1 for w in self.workers.values() if w.state in ACTIVE)
-        if active >= self.size:
-            slot.state = WorkerState.SPARE
-            if self.events:
-                self.fx.event("spare_ready", worker_id=wid)
-            return
-        self._activate(slot, now)
-
-    def _activate(self, slot: WorkerSlot, now: float) -> None:
-        slot.state = WorkerState.IDLE
-        if self.events:
-            self.fx.event("worker_started", worker_id=slot.id)
-        self._became_idle(slot, now)
-
-    def _replace(self, now: float) -> None:
-        """A worker is gone for good: a ready spare takes its place at once; start another."""
-        for slot in self.workers.values():
-            if slot.state is WorkerState.SPARE:
-                self._activate(slot, now)
-                break
-        self._spawn(now)
+        slot = self.workers.ready(wid)
+        if slot is not None:
+            self.dispatch.became_idle(slot, now)
 
     def close(self) -> None:
         """No more submissions; workers retire once everything in flight is done."""
-        self.closed = True
+        self.workers.close()
         self._maybe_retire_all()
 
     def cancel_all(self, now: float) -> None:
         """Close and fail everything outstanding with PoolClosedError; kill busy workers."""
-        self.closed = True
+        self.workers.close()
         self.sessions.forget_order()
         for call in list(self.calls.values()):
-            self._finish(
+            self.finish(
                 call, error=PoolClosedError("the pool was closed before this call finished")
             )
-        for slot in list(self.workers.values()):
+        for slot in list(self.workers.slots()):
             if slot.state in (WorkerState.BUSY, WorkerState.STARTING):
-                self._worker_gone(
-                    slot, now, kill=True, cause=None, respawn=False, reason="shutdown"
-                )
+                self.loss.gone(slot, now, kill=True, cause=None, respawn=False, reason="shutdown")
         self._maybe_retire_all()
 
     def _maybe_retire_all(self) -> None:
-        if not self.closed or self.calls:
-            return
-        for slot in self.workers.values():
-            if slot.state in (WorkerState.IDLE, WorkerState.STARTING, WorkerState.SPARE):
-                slot.state = WorkerState.RETIRING
-                slot.gen += 1
-                self.fx.retire(slot.id)
+        if self.workers.closed and not self.calls:
+            self.workers.retire_all()
 
     def queued(self) -> int:
         """Calls waiting for a worker (not running, not in a pipe, not in backoff)."""
@@ -208,16 +180,17 @@ class Scheduler:
 
     @property
     def drained(self) -> bool:
-        return self.closed and not self.calls
+        return self.workers.closed and not self.calls
 
     # -- submissions ---------------------------------------------------------------------
     def submit(self, call: Call, now: float) -> None:
         self._now = now
-        if self.closed:
+        workers = self.workers
+        if workers.closed:
             self.fx.reject(call, PoolClosedError("the pool is closed"))
             return
-        if self.broken is not None:
-            self.fx.reject(call, self.broken)
+        if workers.broken is not None:
+            self.fx.reject(call, workers.broken)
             return
         call.submitted_at = now
         self.calls[call.id] = call
@@ -227,350 +200,44 @@ class Scheduler:
         if call.session is not None:
             lost = self.sessions.join(call)
             if lost is not None:
-                self._finish(call, error=lost)
+                self.finish(call, error=lost)
                 return
-        self._enqueue(call, now)
-
-    def _enqueue(self, call: Call, now: float, front: bool = False) -> None:
-        call.state = CallState.QUEUED
-        call.gen += 1
-        call.worker = None
-        self._place(call, now, front)
-
-    def _release(self, bucket: Bucket, now: float) -> None:
-        """A rate limit's window moved on: parked calls go back to the head of their queues,
-        in order; they are admitted (or parked again) when a worker takes them."""
-        for call in reversed(bucket.release()):
-            if call.state is CallState.QUEUED:  # not cancelled or timed out meanwhile
-                self._place(call, now, True, pump=False)
-        self._pump(now)
-
-    def _place(self, call: Call, now: float, front: bool, pump: bool = True) -> None:
-        if call.session is None:
-            if front:
-                self.queue.appendleft(call)
-            else:
-                self.queue.append(call)
-            if pump:
-                self._pump(now)
-            return
-        lost = self.sessions.lost_error_for(call)
-        if lost is not None:
-            self._finish(call, error=lost)
-            return
-        session = self.sessions[call.session]
-        if session.order and session.order[0] is not call:
-            return  # an earlier call of the session has not ended; _finish places this one
-        if session.worker is not None:
-            slot = self.workers[session.worker]
-        else:
-            chosen = choose_worker(self.workers.values())
-            if chosen is None:  # every worker is gone: the pool is closing or broken
-                self._finish(call, error=self.broken or PoolClosedError("no worker to bind to"))
-                return
-            slot = chosen
-            self.sessions.bind(session, slot)
-            if self.events:
-                self.fx.event("session_bound", worker_id=slot.id, session_id=session.id)
-        if front:
-            slot.sticky.appendleft(call)
-        else:
-            slot.sticky.append(call)
-        if pump and slot.state is WorkerState.IDLE:
-            self._pump(now)
-
-    # -- dispatch ------------------------------------------------------------------------
-    def _pump(self, now: float) -> None:
-        """Give work to idle workers, then prefetch onto busy ones."""
-        idle = self.idle
-        for _ in range(len(idle)):
-            slot = idle.popleft()
-            if slot.state is not WorkerState.IDLE:
-                continue  # stale entry
-            call = self._next_for(slot, now)
-            if call is None:
-                idle.append(slot)
-                continue
-            self._start(slot, call, now)
-        if idle:
-            self._rebalance(now)
-        elif self.prefetch and self.queue and not self.n_starting:
-            self._prefetch(now)
-
-    def _prefetch(self, now: float) -> None:
-        """Queue work in busy workers' pipes, about ``PREFETCH_HORIZON`` seconds of it each.
-
-        Depth adapts to how long the activity at the head of the queue takes: no-op calls fill
-        the pipe (the worker never waits for a round trip), long calls get one spare at most.
-        An activity with no history yet is not prefetched, so that a first batch of long calls
-        spreads over the workers; nor is anything queued behind an attempt that has run for
-        WITHDRAW_AFTER already. What still ends up behind a long call is withdrawn when a
-        worker goes idle (see _rebalance).
-        """
-        max_tasks = self.max_tasks
-        head = self.queue[0]
-        if head.defn.rate_limit is not None:
-            return  # rate-limited calls start only on idle workers (see _next_for)
-        avg = self._durations.get(head.defn.name)
-        if avg is None:
-            return
-        # inline rather than a call per worker: this runs on every submission and result
-        depth = max(1, min(self.prefetch, int(PREFETCH_HORIZON / max(avg, 1e-6))))
-        fresh = now - WITHDRAW_AFTER
-        progress = True
-        while progress and self.queue:
-            progress = False
-            for slot in self.workers.values():
-                if (
-                    slot.state is WorkerState.BUSY
-                    and len(slot.sent) < depth
-                    and not slot.recycle
-                    and not slot.sticky
-                    and (max_tasks is None or slot.tasks_done + 1 + len(slot.sent) < max_tasks)
-                    and (slot.running is None or slot.running.started_at > fresh)
-                ):
-                    if self.queue and self.queue[0].defn.rate_limit is not None:
-                        return
-                    call = self._pop_queue()
-                    if call is None:
-                        return
-                    self._dispatch(slot, call)
-                    call.state = CallState.SENT
-                    slot.sent.append(call)
-                    progress = True
-
-    def _pop_queue(self) -> Call | None:
-        queue = self.queue
-        while queue:
-            call = queue.popleft()
-            if call.state is CallState.QUEUED:
-                return call
-        return None
-
-    def _next_for(self, slot: WorkerSlot, now: float) -> Call | None:
-        while True:
-            while slot.sticky and slot.sticky[0].state is not CallState.QUEUED:
-                slot.sticky.popleft()
-            while self.queue and self.queue[0].state is not CallState.QUEUED:
-                self.queue.popleft()
-            sticky = slot.sticky[0] if slot.sticky else None
-            plain = self.queue[0] if self.queue else None
-            if sticky is not None and (plain is None or sticky.id < plain.id):
-                call = slot.sticky.popleft()
-            elif plain is not None:
-                call = self.queue.popleft()
-            else:
-                return None
-            limit = call.defn.rate_limit
-            if limit is None:
-                return call
-            parked = self._rates.admit(call, call.defn.name, limit, now)
-            if parked is None:
-                return call
-            if len(parked.waiting) == 1:  # the first parked: wake up when the window has room
-                self.deadlines.push(parked.reopens, Deadline.RATE, parked, -1)
-
-    def _dispatch(self, slot: WorkerSlot, call: Call) -> None:
-        call.attempt += 1
-        call.seq = next(self._seqs)
-        call.gen += 1
-        call.worker = slot.id
-        call.withdrawing = False  # a WITHDRAW is about one dispatch (seq)
-        self.fx.send_run(slot.id, call)
-
-    def _start(self, slot: WorkerSlot, call: Call, now: float) -> None:
-        """``call`` becomes the running attempt of an idle worker."""
-        self._dispatch(slot, call)
-        slot.state = WorkerState.BUSY
-        self._running(slot, call, now)
-
-    def _running(self, slot: WorkerSlot, call: Call, now: float) -> None:
-        slot.running = call
-        call.started_at = now
-        gen = call.gen
-        if call.cancelled:  # already answered; it only occupies the worker until it stops
-            self.deadlines.push(now + self.cancel_grace, Deadline.CANCEL_GRACE, call, gen)
-            return
-        call.state = CallState.RUNNING
-        defn = call.defn
-        if call.start_to_close is not None:
-            self.deadlines.push(now + call.start_to_close, Deadline.START_TO_CLOSE, call, gen)
-        if defn.heartbeat_timeout is not None:
-            call.heartbeat_held = call.heartbeat_parked = False
-            call.heartbeat_deadline = now + defn.heartbeat_timeout
-            self.deadlines.push(call.heartbeat_deadline, Deadline.HEARTBEAT, call, gen)
-        if self.events:
-            self._attempt_event("attempt_started", slot.id, call, call.attempt)
-
-    def _attempt_event(
-        self, kind: str, worker_id: int | None, call: Call, attempt: int, **more: Any
-    ) -> None:
-        """Tell the event stream about an attempt of ``call`` (called only with events on)."""
-        self.fx.event(
-            kind,
-            worker_id=worker_id,
-            activity=call.defn.name,
-            call_id=call.id,
-            attempt=attempt,
-            **more,
-        )
-
-    def _became_idle(self, slot: WorkerSlot, now: float) -> None:
-        """The running attempt ended; promote what was prefetched or take new work."""
-        slot.running = None
-        if slot.sent:
-            self._running(slot, slot.sent.popleft(), now)
-            if self.queue:
-                self._pump(now)  # keep the pipe full: the worker should never wait for us
-            elif self.idle and slot.sent:
-                self._rebalance(now)  # what is left in this pipe waits behind a new attempt
-            return
-        if self._maybe_recycle(slot, now):
-            return
-        slot.state = WorkerState.IDLE
-        if self.closed and not self.calls:
-            self._maybe_retire_all()
-            return
-        call = self._next_for(slot, now)
-        if call is not None:
-            self._start(slot, call, now)
-            if self.queue and self.prefetch:
-                self._pump(now)
-        else:
-            self.idle.append(slot)
-            self._rebalance(now)
+        self.dispatch.enqueue(call, now)
 
     # -- lending (pool._lane) --------------------------------------------------------------
     def lendable(self, prefer: int | None) -> int | None:
-        """An idle worker a calling thread may borrow now (``prefer`` if it may: the one that
-        ran the last call has its activity imported), or None: only a pool with nothing else
-        to do lends, and only a worker no session is bound to."""
-        if self.closed or self.broken is not None or self.calls or self.events:
+        """An idle worker a calling thread may borrow now, or None: only a pool with nothing
+        else to do lends (see ``Dispatcher.lendable``)."""
+        workers = self.workers
+        if workers.closed or workers.broken is not None or self.calls or self._events:
             return None
-        free = [s.id for s in self.idle if s.state is WorkerState.IDLE and not s.sessions]
-        if prefer in free:
-            return prefer
-        return free[0] if free else None
+        return self.dispatch.lendable(prefer)
 
     def wants_lent_back(self) -> bool:
         """Whether a lent worker should come back: work waits, the pool closes, or events are
         on (a borrower's calls make none)."""
-        return self.closed or bool(self.queue) or self.events
+        return self.workers.closed or bool(self.dispatch.queue) or self._events
 
     def lend(self, wid: int) -> None:
-        """Worker ``wid`` (``lendable``) is lent: nothing is sent to it until ``unlend`` or
-        ``adopt`` (its idle entry goes stale)."""
-        self.workers[wid].state = WorkerState.LENT
+        self.dispatch.lend(wid)
 
     def unlend(self, wid: int, now: float) -> None:
-        """Worker ``wid`` is back, idle."""
-        slot = self.workers[wid]
-        if slot.state is WorkerState.LENT:
-            self._now = now
-            self._became_idle(slot, now)
+        self._now = now
+        self.dispatch.unlend(wid, now)
 
     def adopt(self, wid: int, call: Call, seq: int, started_at: float, now: float) -> None:
         """A borrower of worker ``wid`` sent attempt 1 of ``call`` as RUN ``seq`` at
-        ``started_at`` and hands it over unanswered: it runs on as if dispatched then, so a
-        deadline already past fires at once."""
+        ``started_at`` and hands it over unanswered: it is submitted and runs on as if
+        dispatched then, so a deadline already past fires at once."""
         self._now = now
-        slot = self.workers[wid]
         call.submitted_at = started_at
         self.calls[call.id] = call
-        timeout = call.schedule_to_close
-        if timeout is not None:
-            call.schedule_deadline = started_at + timeout
+        if call.schedule_to_close is not None:
+            call.schedule_deadline = started_at + call.schedule_to_close
             self.deadlines.push(call.schedule_deadline, Deadline.SCHEDULE_TO_CLOSE, call, -1)
-        call.attempt = 1
-        call.seq = seq
-        call.gen += 1
-        call.worker = wid
-        slot.state = WorkerState.BUSY
-        self._running(slot, call, started_at)
-
-    # -- withdrawal ----------------------------------------------------------------------
-    def _rebalance(self, now: float) -> None:
-        """A worker is idle: take back what waits in the pipes of workers whose running attempt
-        has run WITHDRAW_AFTER, or arm a deadline for when it will have.
-
-        So a call never waits behind a running one for more than WITHDRAW_AFTER (plus a round
-        trip) while another worker is idle, however long that running call turns out to take.
-        """
-        if not any(s.state is WorkerState.IDLE for s in self.idle):
-            return
-        for slot in self.workers.values():
-            due = withdraw_due(slot)
-            if due is None:
-                continue
-            running = slot.running
-            assert running is not None
-            if now >= due:
-                seqs = to_withdraw(slot)
-                if seqs:
-                    self.fx.send_withdraw(slot.id, seqs)
-            elif slot.withdraw_armed != running.seq:
-                slot.withdraw_armed = running.seq
-                self.deadlines.push(due, Deadline.WITHDRAW, running, running.gen)
-
-    def withdrawn(self, wid: int, seq: int, now: float) -> None:
-        """The worker confirms it dropped RUN ``seq`` unstarted: the call may go elsewhere."""
-        self._now = now
-        slot = self.workers.get(wid)
-        if slot is None or slot.state is WorkerState.DEAD:
-            return
-        found = take_back(slot, seq)
-        if found is None:
-            return
-        call, promoted = found
-        call.withdrawing = False
-        call.attempt -= 1
-        if call.state is not CallState.DONE:
-            self._requeue_front(call, now)
-            if self.events:
-                self._attempt_event("attempt_withdrawn", wid, call, call.attempt + 1)
-        if promoted:
-            self._became_idle(slot, now)
-        else:
-            self._pump(now)
-
-    def _maybe_recycle(self, slot: WorkerSlot, now: float) -> bool:
-        if self.max_tasks is not None and slot.tasks_done >= self.max_tasks and not slot.recycle:
-            slot.recycle = True
-            slot.recycle_reason = "tasks_recycle"
-        if not slot.recycle or slot.sessions:
-            return False
-        slot.state = WorkerState.RETIRING
-        slot.gen += 1
-        if self.events:
-            self.fx.event(
-                "worker_recycled",
-                worker_id=slot.id,
-                tasks=slot.tasks_done,
-                reason=slot.recycle_reason,
-            )
-        self.fx.retire(slot.id)
-        if not self.closed:
-            self._replace(now)
-        return True
-
-    def request_recycle(self, wid: int, now: float, reason: str = "memory_recycle") -> None:
-        """Recycle a worker (e.g. over its memory limit) as soon as it is free and unpinned."""
-        slot = self.workers.get(wid)
-        if slot is None or slot.state in (WorkerState.DEAD, WorkerState.SPARE):
-            return
-        if not slot.recycle:
-            slot.recycle_reason = reason
-        slot.recycle = True
-        if slot.state is WorkerState.IDLE and self._maybe_recycle(slot, now):
-            pass
+        self.dispatch.adopt(wid, call, seq, started_at)
 
     # -- replies -------------------------------------------------------------------------
-    def _current(self, wid: int, seq: int) -> tuple[WorkerSlot, Call] | None:
-        slot = self.workers.get(wid)
-        if slot is None or slot.running is None or slot.running.seq != seq:
-            return None
-        return slot, slot.running
-
     def average_duration(self, name: str) -> float | None:
         """Moving average of how long attempts of activity ``name`` took, from the RUN being
         sent (or its worker starting it, when prefetched) to the result; None before one."""
@@ -578,12 +245,12 @@ class Scheduler:
 
     def running_call(self, wid: int, seq: int) -> Call | None:
         """The call whose attempt ``seq`` worker ``wid`` runs now, or None (a stale reply)."""
-        found = self._current(wid, seq)
+        found = self.workers.current(wid, seq)
         return found[1] if found is not None else None
 
     def result(self, wid: int, seq: int, value: Any, now: float) -> None:
         self._now = now
-        found = self._current(wid, seq)
+        found = self.workers.current(wid, seq)
         if found is None:
             return
         slot, call = found
@@ -592,8 +259,9 @@ class Scheduler:
         took = now - call.started_at
         avg = self._durations.get(name)
         self._durations[name] = took if avg is None else avg + (took - avg) * 0.2
-        if self.events:
-            self._attempt_event(
+        if self._events:
+            attempt_event(
+                self.fx,
                 "attempt_completed",
                 wid,
                 call,
@@ -602,14 +270,14 @@ class Scheduler:
                 latency=now - call.submitted_at,
             )
         if not call.cancelled:
-            self._finish(call, value=value)
+            self.finish(call, value=value)
         else:
             call.gen += 1
-        self._became_idle(slot, now)
+        self.dispatch.became_idle(slot, now)
 
     def failure(self, wid: int, seq: int, exc: BaseException, now: float) -> None:
         self._now = now
-        found = self._current(wid, seq)
+        found = self.workers.current(wid, seq)
         if found is None:
             return
         slot, call = found
@@ -618,54 +286,42 @@ class Scheduler:
             call.gen += 1
         else:
             # an ordinary exception keeps a sticky session on its worker: retry there
-            self._attempt_failed(call, exc, now)
-        self._became_idle(slot, now)
+            self.attempt_failed(call, exc, now)
+        self.dispatch.became_idle(slot, now)
+
+    def withdrawn(self, wid: int, seq: int, now: float) -> None:
+        """The worker confirms it dropped RUN ``seq`` unstarted: the call may go elsewhere."""
+        self._now = now
+        self.dispatch.withdrawn(wid, seq, now)
 
     def heartbeat(self, wid: int, seq: int, details: Any, now: float) -> Call | None:
         """A heartbeat of the running attempt ``seq``; returns its call (None: stale)."""
-        found = self._current(wid, seq)
-        if found is None:
-            return None
-        call = found[1]
-        call.heartbeat_details = details
-        if call.defn.heartbeat_timeout is not None:
-            # the heap entry is re-pushed lazily when it fires early (see _fire)
-            call.heartbeat_deadline = now + call.defn.heartbeat_timeout
-        return call
+        return self.watchdog.heartbeat(wid, seq, details, now)
 
     def setup_started(self, wid: int, seq: int) -> None:
         """The worker is running user setup (Depends factories) before the activity: hold its
         heartbeat deadline until :meth:`entered`."""
-        found = self._current(wid, seq)
-        if found is not None and found[1].defn.heartbeat_timeout is not None:
-            found[1].heartbeat_held = True
+        self.watchdog.setup_started(wid, seq)
 
     def entered(self, wid: int, seq: int, now: float) -> None:
         """The worker entered the activity at ``now``: the first heartbeat is due a heartbeat
-        timeout later (details unchanged)."""
-        found = self._current(wid, seq)
-        if found is None:
-            return
-        call = found[1]
-        if call.defn.heartbeat_timeout is None:
-            return
-        call.heartbeat_held = False
-        call.heartbeat_deadline = now + call.defn.heartbeat_timeout
-        if call.heartbeat_parked:
-            call.heartbeat_parked = False
-            self.deadlines.push(call.heartbeat_deadline, Deadline.HEARTBEAT, call, call.gen)
+        timeout later."""
+        self.watchdog.entered(wid, seq, now)
 
-    def _attempt_failed(self, call: Call, exc: BaseException, now: float) -> None:
-        if self.events:
-            self._attempt_event("attempt_failed", call.worker, call, call.attempt, error=exc)
+    # -- outcomes (the Outcomes port: the parts end calls here) ---------------------------
+    def attempt_failed(self, call: Call, exc: BaseException, now: float) -> None:
+        """The running attempt of ``call`` failed with ``exc``: the retry decision (the call's
+        ``RetryPolicy``) puts it in backoff until a RETRY deadline, or finishes it."""
+        if self._events:
+            attempt_event(self.fx, "attempt_failed", call.worker, call, call.attempt, error=exc)
         delay = call.policy.next_delay(exc, call.attempt)
         if delay is None:
-            self._finish(call, error=self._final_error(call, exc))
+            self.finish(call, error=final_call_error(call, exc))
             return
         call.state = CallState.BACKOFF
         call.gen += 1
         call.worker = None
-        if self.events:
+        if self._events:
             self.fx.event(
                 "retry_scheduled",
                 activity=call.defn.name,
@@ -675,11 +331,9 @@ class Scheduler:
             )
         self.deadlines.push(now + delay, Deadline.RETRY, call, call.gen)
 
-    def _final_error(self, call: Call, exc: BaseException) -> BaseException:
-        text = getattr(exc, "remote_traceback_text", None)
-        return final_error(call.defn.name, call.attempt, exc, text, call.output)
-
-    def _finish(self, call: Call, value: Any = None, error: BaseException | None = None) -> None:
+    def finish(self, call: Call, value: Any = None, error: BaseException | None = None) -> None:
+        """Answer the caller, once: ``call`` leaves the table, its session lets the next call
+        through, and the last call of a closed pool retires the workers."""
         if call.state is CallState.DONE:
             return
         call.state = CallState.DONE
@@ -695,9 +349,16 @@ class Scheduler:
         else:
             self.fx.resolve(call, value)
         if after is not None and after.state is CallState.QUEUED:
-            self._place(after, self._now, True)
-        if self.closed and not self.calls:
+            self.dispatch.place(after, self._now, True)
+        if not self.calls and self.workers.closed:
             self._maybe_retire_all()
+
+    def fail_waiting(self, exc: BaseException) -> None:
+        """Fail every call not running anywhere (queued or in backoff): the pool is broken."""
+        self.sessions.forget_order()
+        for call in list(self.calls.values()):
+            if call.state in (CallState.QUEUED, CallState.BACKOFF):
+                self.finish(call, error=exc)
 
     # -- cancellation --------------------------------------------------------------------
     def cancel(self, call_id: int, now: float) -> None:
@@ -710,16 +371,16 @@ class Scheduler:
         state = call.state
         call.cancelled = True
         if state in (CallState.QUEUED, CallState.BACKOFF):
-            self._finish(call, error=cause)
+            self.finish(call, error=cause)
             return
-        slot = self.workers[call.worker] if call.worker is not None else None
+        slot = self.workers.get(call.worker) if call.worker is not None else None
         if call.session is not None and slot is not None and state is CallState.RUNNING:
             # sticky: the session's state in that worker is now unknown; the worker goes
-            self._worker_gone(slot, now, kill=True, cause=cause, reason="cancel")
+            self.loss.gone(slot, now, kill=True, cause=cause, reason="cancel")
             return
         # The caller is answered now. The call stays the worker's running (or prefetched)
         # attempt in slot.running / slot.sent until the worker answers or is killed.
-        self._finish(call, error=cause)
+        self.finish(call, error=cause)
         if slot is not None:
             self.fx.send_cancel(slot.id, call.seq)
             if state is CallState.RUNNING:
@@ -739,111 +400,28 @@ class Scheduler:
         if slot is not None and slot.state is not WorkerState.DEAD:
             slot.sessions.discard(session.id)
             self.fx.close_session(slot.id, session.id)
-            if self.events:
+            if self._events:
                 self.fx.event("session_closed", worker_id=slot.id, session_id=session.id)
             if slot.recycle and slot.state is WorkerState.IDLE:
-                self._maybe_recycle(slot, self._now)
+                self.dispatch.recycle(slot, self._now)
 
     # -- workers leaving -----------------------------------------------------------------
     def worker_exited(self, wid: int, crash: WorkerCrashedError, now: float) -> None:
         """The process is gone (pipe EOF and reaped). Expected after retire/kill; else a crash."""
         self._now = now
-        slot = self.workers.get(wid)
-        if slot is None:
-            return
-        if slot.state is WorkerState.DEAD or slot.state is WorkerState.RETIRING:
-            slot.state = WorkerState.DEAD
-            del self.workers[wid]
-            return
-        if slot.state is WorkerState.STARTING:
-            self._consecutive_start_failures += 1
-            if self._consecutive_start_failures >= MAX_STARTUP_FAILURES:
-                self.broken = WorkerCrashedError(
-                    f"workers keep dying before they are ready (last: {crash})",
-                    exitcode=crash.exitcode,
-                    signal=crash.signal,
-                    pid=crash.pid,
-                    worker_id=wid,
-                )
-        self._worker_gone(slot, now, kill=False, cause=crash, reason="crash")
-        del self.workers[wid]
+        self.loss.exited(wid, crash, now)
 
     def kill_worker(
         self, wid: int, cause: BaseException, now: float, reason: str = "protocol_error"
     ) -> None:
         """The shell found the worker unusable (a protocol error): kill it, fail its attempt."""
-        slot = self.workers.get(wid)
-        if slot is not None and slot.state is not WorkerState.DEAD:
-            self._worker_gone(slot, now, kill=True, cause=cause, reason=reason)
+        self.loss.kill(wid, cause, now, reason)
 
-    def _worker_gone(
-        self,
-        slot: WorkerSlot,
-        now: float,
-        *,
-        kill: bool,
-        cause: BaseException | None,
-        reason: str,
-        respawn: bool = True,
-    ) -> None:
-        """Take a worker out: its attempt fails with ``cause``; prefetched work goes back.
-        ``reason`` names why in the event (see ``PoolEvent``)."""
-        was = slot.state
-        if was is WorkerState.STARTING:
-            self.n_starting -= 1
-        slot.state = WorkerState.DEAD
-        slot.gen += 1
-        if kill:
-            self.fx.kill(slot.id)
-        if self.events:
-            self.fx.event(
-                "worker_killed" if kill else "worker_exited",
-                worker_id=slot.id,
-                cause=cause,
-                reason=reason,
-            )
-        running, slot.running = slot.running, None
-        lost = self.sessions.lose(slot, lambda: cause or stopped(slot))
-        # Every call of a lost session that has not ended fails now, in submission order: the
-        # running one, those waiting their turn, one in backoff. None of them runs anywhere.
-        for session in lost:
-            for call in list(session.order):
-                self._finish(call, error=lost_error(session))
-        # prefetched attempts never started: back to the head of the queue, attempt not counted
-        for call in reversed(slot.sent):
-            call.attempt -= 1
-            if call.state is not CallState.DONE:
-                self._requeue_front(call, now)
-                if self.events:
-                    self._attempt_event("attempt_requeued", slot.id, call, call.attempt + 1)
-        slot.sent.clear()
-        slot.sticky.clear()  # each was its session's next call: failed with the session above
-        if running is not None and running.state is not CallState.DONE:
-            self._attempt_failed(running, cause or stopped(slot), now)
-        if self.events:
-            for sid in slot.sessions:
-                self.fx.event("session_lost", worker_id=slot.id, session_id=sid, cause=cause)
-        slot.sessions.clear()
-        if respawn and not self.closed and self.broken is None and was is not WorkerState.RETIRING:
-            if was is WorkerState.SPARE:
-                self._spawn(now)
-            else:
-                self._replace(now)
-        elif self.broken is not None:
-            self._fail_queue(self.broken)
-        self._pump(now)
-
-    def _requeue_front(self, call: Call, now: float) -> None:
-        call.state = CallState.QUEUED
-        call.gen += 1
-        call.worker = None
-        self.queue.appendleft(call)
-
-    def _fail_queue(self, exc: BaseException) -> None:
-        self.sessions.forget_order()
-        for call in list(self.calls.values()):
-            if call.state in (CallState.QUEUED, CallState.BACKOFF):
-                self._finish(call, error=exc)
+    def request_recycle(self, wid: int, now: float, reason: str = "memory_recycle") -> None:
+        """Recycle a worker (e.g. over its memory limit) as soon as it is free and unpinned."""
+        slot = self.workers.request_recycle(wid, reason)
+        if slot is not None:
+            self.dispatch.recycle(slot, now)
 
     # -- deadlines -----------------------------------------------------------------------
     def next_deadline(self) -> float | None:
@@ -853,64 +431,14 @@ class Scheduler:
     def advance(self, now: float) -> None:
         """The clock reached ``now``: fire every deadline due."""
         self._now = now
+        dispatch = self.dispatch
         for kind, obj, gen in self.deadlines.due(now):
-            self._fire(kind, obj, gen, now)
-
-    def _fire(self, kind: Deadline, obj: Any, gen: int, now: float) -> None:
-        if kind is Deadline.RATE:
-            self._release(obj, now)
-            return
-        if kind is Deadline.WITHDRAW:
-            self._rebalance(now)
-            return
-        if kind is Deadline.RETRY:
-            if obj.state is CallState.BACKOFF:
-                self._enqueue(obj, now)
-            return
-        if kind is Deadline.WORKER_START:
-            slot: WorkerSlot = obj
-            crash = start_timeout_error(slot, self.start_timeout)
-            self._consecutive_start_failures += 1
-            if self._consecutive_start_failures >= MAX_STARTUP_FAILURES:
-                self.broken = crash
-            self._worker_gone(slot, now, kill=True, cause=crash, reason="start_timeout")
-            return
-        call: Call = obj
-        if kind is Deadline.SCHEDULE_TO_CLOSE:
-            self._timeout(call, TimeoutType.SCHEDULE_TO_CLOSE, now)
-            return
-        if kind is Deadline.CANCEL_GRACE:
-            owner = self.workers.get(call.worker) if call.worker is not None else None
-            if owner is not None and owner.running is call and owner.state is WorkerState.BUSY:
-                self._worker_gone(owner, now, kill=True, cause=None, reason="cancel")
-            return
-        if call.state is not CallState.RUNNING:
-            return
-        if kind is Deadline.HEARTBEAT and call.heartbeat_held:
-            call.heartbeat_parked = True  # entered() pushes it again
-            return
-        if kind is Deadline.HEARTBEAT and now < call.heartbeat_deadline:
-            self.deadlines.push(call.heartbeat_deadline, Deadline.HEARTBEAT, call, gen)
-            return
-        self._timeout(
-            call,
-            TimeoutType.HEARTBEAT if kind is Deadline.HEARTBEAT else TimeoutType.START_TO_CLOSE,
-            now,
-        )
-
-    def _timeout(self, call: Call, type: TimeoutType, now: float) -> None:
-        exc = timeout_error(call, type)
-        if call.state is CallState.SENT and call.worker is not None:
-            # queued in a worker's pipe: answer now, and have the worker skip it
-            call.cancelled = True
-            self._finish(call, error=self._final_error(call, exc))
-            self.fx.send_cancel(call.worker, call.seq)
-            return
-        if call.state is CallState.RUNNING and call.worker is not None:
-            slot = self.workers[call.worker]
-            if type is TimeoutType.SCHEDULE_TO_CLOSE and call.session is None:
-                # the call is over whatever the policy says; the worker must stop running it
-                self._finish(call, error=self._final_error(call, exc))
-            self._worker_gone(slot, now, kill=True, cause=exc, reason=KILL_REASON[type])
-            return
-        self._finish(call, error=self._final_error(call, exc))
+            if kind is Deadline.RATE:
+                dispatch.release(obj, now)
+            elif kind is Deadline.WITHDRAW:
+                dispatch.rebalance(now)
+            elif kind is Deadline.RETRY:
+                if obj.state is CallState.BACKOFF:
+                    dispatch.enqueue(obj, now)
+            else:  # the deadlines that stop attempts and workers
+                self.watchdog.fire(kind, obj, gen, now)

@@ -1,8 +1,9 @@
 """Sticky-session bookkeeping: each session's calls in submission order, its worker, its loss.
 
 ``Sessions`` is owned by ``pool._scheduler.Scheduler`` and is the only code that changes a
-``Session``. It does no I/O and reads no clock: the scheduler tells it what happened (a call
-joined, a call ended, the worker was lost, the caller closed the session) and acts on what it
+``Session``. It does no I/O and reads no clock: the scheduler and its parts tell it what
+happened (a call joined, a call ended, the dispatcher bound the session, the worker was lost
+(``pool._loss``), the caller closed the session) and act on what it
 answers (the session's next call to place, a session to drop, the error to fail calls with).
 A session's calls run one at a time: only the head of ``Session.order`` may be queued for the
 worker, so a call in backoff keeps its place and the next one waits until it has ended.

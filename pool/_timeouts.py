@@ -2,8 +2,9 @@
 whether an entry still guards the state it was armed for, and the errors a timeout or a
 stopped worker is reported with.
 
-``pool._scheduler.Scheduler`` owns the deadline heap (``pool._deadlines``) and acts on a due
-entry; this module only answers questions about its records and builds exceptions.
+``pool._scheduler.Scheduler`` owns the deadline heap (``pool._deadlines``) and, with its
+``pool._watchdog``, acts on a due entry; this module only answers questions about their records
+and builds exceptions.
 """
 
 from __future__ import annotations

@@ -13,12 +13,12 @@ import pytest
 import sdk
 from pool._prefetch import WITHDRAW_AFTER
 from pool._scheduler import (
-    MAX_STARTUP_FAILURES,
     Call,
     CallState,
     Scheduler,
     WorkerState,
 )
+from pool._workers import MAX_STARTUP_FAILURES
 from sdk import (
     ActivityError,
     ActivityTimeoutError,
@@ -245,7 +245,7 @@ class Harness:
     def learn(self, fn: Any = plain, took: float = 0.001) -> None:
         """Give ``fn`` a timing history (prefetch needs one): one call per worker, run from
         ``-took`` to 0, so each worker is idle again and in its first order."""
-        calls = [self.submit(fn, now=-took) for _ in self.sched.workers]
+        calls = [self.submit(fn, now=-took) for _ in self.sched.workers.slots()]
         for call in calls:
             self.finish(call, None, 0.0)
         self.fx.new()
@@ -256,7 +256,9 @@ class Harness:
         return call
 
     def worker(self, wid: int) -> Any:
-        return self.sched.workers[wid]
+        slot = self.sched.workers.get(wid)
+        assert slot is not None, f"no worker {wid}"
+        return slot
 
     def finish(self, call: Call, value: Any = None, now: float = 0.0) -> None:
         assert call.worker is not None
@@ -294,7 +296,7 @@ def test_start_spawns_the_requested_number_of_workers() -> None:
     h = Harness(workers=3, ready=False)
     assert h.fx.of("spawn") == [("spawn", 1), ("spawn", 2), ("spawn", 3)]
     assert h.sched.live_workers() == 3
-    assert all(w.state is WorkerState.STARTING for w in h.sched.workers.values())
+    assert all(w.state is WorkerState.STARTING for w in h.sched.workers.slots())
 
 
 def test_calls_wait_for_ready_workers_then_dispatch_fifo() -> None:
@@ -316,7 +318,7 @@ def test_one_attempt_per_worker_and_third_call_waits_without_prefetch() -> None:
     c1, c2, c3 = h.submit(), h.submit(), h.submit()
     assert h.fx.new() == [("send_run", 1, c1.id, 1, c1.seq), ("send_run", 2, c2.id, 1, c2.seq)]
     assert c3.state is CallState.QUEUED
-    assert list(h.sched.queue) == [c3]
+    assert h.sched.queued() == 1  # c3, waiting for any worker
     assert h.worker(1).running is c1 and h.worker(2).running is c2
     assert not h.worker(1).sent and not h.worker(2).sent
     h.finish(c2, "two", 1.0)
@@ -851,7 +853,7 @@ def test_worker_crash_fails_attempt_retries_and_requeues_prefetched_call() -> No
     assert c3.state is CallState.QUEUED and c3.attempt == 0
     # the other worker's call is unaffected
     assert c2.state is CallState.RUNNING and h.worker(2).running is c2
-    assert 1 not in h.sched.workers
+    assert h.sched.workers.get(1) is None
     h.finish(c2, "two", 1.05)
     # worker 2 is free: it takes c3 as its first attempt
     assert h.fx.new() == [("resolve", c2.id, "two"), ("send_run", 2, c3.id, 1, c3.seq)]
@@ -1098,7 +1100,7 @@ def test_close_session_sends_close_and_unpins() -> None:
     h.finish(b, None, 2.1)
     h.sched.close_session("s2")
     assert h.fx.of("close_session")[-1] == ("close_session", b.worker, "s2")
-    assert all(not w.sessions for w in h.sched.workers.values())
+    assert all(not w.sessions for w in h.sched.workers.slots())
 
 
 # -- cancellation -------------------------------------------------------------------------------
@@ -1267,7 +1269,7 @@ def test_close_drains_then_retires_workers() -> None:
     assert h.sched.drained
     for wid in (1, 2):
         h.sched.worker_exited(wid, crash(wid, sig=None), 3.0)
-    assert h.sched.workers == {}
+    assert len(h.sched.workers) == 0
     assert h.fx.of("spawn") == [("spawn", 1), ("spawn", 2)]
     assert h.fx.of("kill") == []
 
@@ -1441,7 +1443,8 @@ def test_retries_count_against_the_rate_limit() -> None:
 
 def test_spare_is_held_back_then_replaces_a_dead_worker_at_once() -> None:
     h = Harness(workers=2, ready=False, spares=1, prefetch=0, events=True)
-    assert sorted(h.sched.workers) == [1, 2, 3]  # two workers and one spare were spawned
+    # two workers and one spare were spawned
+    assert sorted(w.id for w in h.sched.workers.slots()) == [1, 2, 3]
     for wid in (1, 2, 3):
         h.sched.worker_ready(wid, 0.0)
     assert h.worker(3).state is WorkerState.SPARE
