@@ -49,6 +49,8 @@ from pool._protocol import Frame, Kind, ProtocolError, encode_small
 
 if TYPE_CHECKING:
     from pool._channel import Channel
+    from pool._config import PoolConfig
+    from pool._faults import FaultRules
     from pool._loop import Inbox
     from pool._scheduler import Scheduler
 
@@ -242,7 +244,8 @@ def _released(channel: Channel) -> bool:
 class LenderHost(Protocol):
     """What the lender needs of the supervisor (loop thread)."""
 
-    def lane_allowed(self) -> bool: ...
+    faults: FaultRules | None
+
     def after(self) -> None: ...
     def replay_exit(self, channel: Channel) -> None: ...
 
@@ -251,21 +254,47 @@ class Lender:
     """The loop's side of the lane: lends, takes back, adopts; defers a lent worker's exit."""
 
     def __init__(
-        self, lane: Lane, scheduler: Scheduler, handles: dict[int, Channel], host: LenderHost
+        self,
+        lane: Lane,
+        scheduler: Scheduler,
+        handles: dict[int, Channel],
+        config: PoolConfig,
+        host: LenderHost,
     ) -> None:
         self.lane = lane
         self._sched = scheduler
         self._handles = handles
         self._host = host
+        # what never changes of the pool and rules lending out
+        self._enabled = (
+            config.direct_run > 0
+            and config.max_tasks_per_worker is None
+            and config.max_memory_per_worker is None
+        )
+        self.hint = False  # an event answered a thread blocked in pool.run: lend after it
         self.lent: Channel | None = None  # the worker out on loan (until back or adopted)
         self._exited: Channel | None = None  # its exit, reported while it was out
         self.last_worker: int | None = None  # the worker of the last call answered
         lane.adopt = self.adopt
         lane.give_back = self.reclaim
 
+    def allowed(self) -> bool:
+        """Whether a worker may be lent (or stay lent) now."""
+        return self._enabled and self._host.faults is None and not self._sched.wants_lent_back()
+
+    def review(self) -> None:
+        """At the end of an event: take the lent worker back if lending is now wrong, or lend
+        one if the event answered a thread blocked in ``pool.run``."""
+        if self.lent is not None:
+            if not self.allowed():
+                self.reclaim()
+        elif self.hint:
+            self.hint = False
+            self.maybe_lend()
+
     def maybe_lend(self) -> None:
         """Lend an idle worker, if the pool has nothing else to do."""
-        if self.lent is not None or not self._host.lane_allowed():
+        if self.lent is not None or not self.allowed():
             return
         wid = self._sched.lendable(self.last_worker)
         if wid is None:

@@ -105,6 +105,7 @@ class Scheduler:
         # the deadlines that stop attempts and workers, and heartbeats (pool._watchdog)
         self.watchdog = Watchdog(effects, self, self.workers, self.loss, self.deadlines)
         self._now = 0.0  # the time of the event being handled, for paths that need it
+        self.cancelling = False  # closed with cancel_all
         self.events = events
 
     @property
@@ -160,6 +161,7 @@ class Scheduler:
     def cancel_all(self, now: float) -> None:
         """Close and fail everything outstanding with PoolClosedError; kill busy workers."""
         self.workers.close()
+        self.cancelling = True
         self.sessions.forget_order()
         for call in list(self.calls.values()):
             self.finish(
@@ -236,6 +238,8 @@ class Scheduler:
             call.schedule_deadline = started_at + call.schedule_to_close
             self.deadlines.push(call.schedule_deadline, Deadline.SCHEDULE_TO_CLOSE, call, -1)
         self.dispatch.adopt(wid, call, seq, started_at)
+        if self.cancelling:  # the pool closed with cancel while the borrower ran it
+            self.cancel_all(now)
 
     # -- replies -------------------------------------------------------------------------
     def average_duration(self, name: str) -> float | None:

@@ -100,11 +100,9 @@ class Supervisor:
         self.wake_later = self._wakes.later
         self.inbox = Inbox(loop, self)  # calls and actions other threads hand to the loop
         self.reply_spin = ReplySpin(config.reply_spin, self.scheduler, self.inbox)
-        # an idle worker lent to threads blocked in pool.run (pool._lane); lent after an event
-        # that answered such a thread (_lend_hint), while the pool has nothing else to do
+        # an idle worker lent to threads blocked in pool.run (pool._lane)
         self.lane = Lane(config.direct_run, self.inbox)
-        self.lender = Lender(self.lane, self.scheduler, self.handles, self)
-        self._lend_hint = False
+        self.lender = Lender(self.lane, self.scheduler, self.handles, config, self)
 
     # -- lifecycle (loop thread) -----------------------------------------------------------
     async def start(self) -> None:
@@ -185,14 +183,12 @@ class Supervisor:
 
     # -- callers (loop thread) -------------------------------------------------------------
     def submit(self, call: Call) -> None:
-        if self.lender.lent is not None:
-            self.lender.reclaim()  # the scheduler places calls knowing every worker
+        self.lender.reclaim()  # the scheduler places calls knowing every worker
         self.scheduler.submit(call, time.monotonic())
         self.after()
 
     def submit_many(self, calls: list[Call]) -> None:
-        if self.lender.lent is not None:
-            self.lender.reclaim()
+        self.lender.reclaim()
         now = time.monotonic()
         for call in calls:
             self.scheduler.submit(call, now)
@@ -226,19 +222,8 @@ class Supervisor:
     def wake_blocking(self, wake: Callable[[], None]) -> None:
         """``wake_later`` for a thread blocked in ``pool.run``: the pool may lend it a worker
         for its next call (see ``pool._lane``)."""
-        self._lend_hint = True
+        self.lender.hint = True
         self.wake_later(wake)
-
-    def lane_allowed(self) -> bool:
-        """Whether a worker may be lent (or stay lent): see ``pool._lane``."""
-        config = self.config
-        return (
-            config.direct_run > 0
-            and self.faults is None
-            and config.max_tasks_per_worker is None
-            and config.max_memory_per_worker is None
-            and not self.scheduler.wants_lent_back()
-        )
 
     def replay_exit(self, channel: Channel) -> None:
         """The exit of a worker reported while it was lent, now that it is back."""
@@ -249,12 +234,8 @@ class Supervisor:
         queued, wake the callers it answered, re-arm the timer for the next deadline; then
         perhaps wait for a quick reply on the CPU."""
         lender = self.lender
-        if lender.lent is not None:
-            if not self.lane_allowed():
-                lender.reclaim()  # (its own ``after`` sends what that starts)
-        elif self._lend_hint:
-            self._lend_hint = False
-            lender.maybe_lend()
+        if lender.lent is not None or lender.hint:
+            lender.review()  # lend, or take back (its own ``after`` sends what that starts)
         spin = None
         batch = self._batch
         if batch:

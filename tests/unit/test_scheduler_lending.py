@@ -4,7 +4,7 @@ back idle, and a call handed over runs on with its deadlines counted from its st
 from __future__ import annotations
 
 from pool._calls_state import CallState, WorkerState
-from sdk import ActivityTimeoutError, TimeoutType
+from sdk import ActivityTimeoutError, PoolClosedError, TimeoutType
 from tests.unit.test_scheduler import Harness, crash, plain, s2c, stc, sticky
 
 
@@ -91,3 +91,13 @@ def test_a_lent_worker_that_dies_is_replaced() -> None:
     h.sched.lend(1)
     h.sched.worker_exited(1, crash(1), 0.1)
     assert ("spawn", 2) in h.fx.new()
+
+
+def test_a_call_handed_over_after_a_cancelling_close_is_failed_and_its_worker_killed() -> None:
+    h = Harness(workers=1)
+    h.sched.lend(1)
+    h.sched.cancel_all(0.1)
+    c = h.call(plain)
+    h.sched.adopt(1, c, 1 << 48, 0.05, 0.2)
+    assert isinstance(h.fx.rejection(c), PoolClosedError)
+    assert ("kill", 1) in h.fx.of("kill")
