@@ -483,7 +483,7 @@ class ForkServer:
         reaps it all, then exits."""
         with contextlib.suppress(OSError):
             self.sock.close()
-        self.dead = True
+        self.lost()  # (dead now) our ends of the pipes of requests it never answered
         if self.pidfd is not None and not select.select([self.pidfd], [], [], timeout)[0]:
             with contextlib.suppress(OSError):  # it would not stop: it is ours to kill
                 os.kill(self.pid, signal.SIGKILL)

@@ -3,6 +3,7 @@ replaced by spawning, and nothing it forked outlives the pool."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -188,3 +189,27 @@ def test_the_fork_servers_ready_report_is_handled_not_dropped(method, caplog):
     assert [r.getMessage().split(" is ready")[0] for r in ready] == [
         f"the fork server (pid {server})"
     ]
+
+
+def test_closing_a_fork_server_closes_our_ends_of_requests_it_never_answered():
+    # a pool closed while a replacement worker is asked for: the pipes made for that worker
+    # must not outlive the server (seen as three pipes left open after a session pool closed)
+    from pool._config import PoolConfig
+    from pool._process import ForkServer
+    from pool._spawner import worker_environment
+
+    def pipes() -> set[str]:
+        found = set()
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                if target.startswith("pipe:"):
+                    found.add(target)
+        return found
+
+    before = pipes()
+    server = ForkServer(worker_environment(PoolConfig(workers=1)))
+    server.request(1)  # (not read: the answer never comes in)
+    assert len(pipes() - before) == 3
+    server.close()
+    assert pipes() - before == set()
