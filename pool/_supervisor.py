@@ -183,7 +183,8 @@ class Supervisor:
 
     # -- callers (loop thread) -------------------------------------------------------------
     def submit(self, call: Call) -> None:
-        self.lender.reclaim()  # the scheduler places calls knowing every worker
+        if self.lender.lent is not None:  # (inline: every awaited call passes here)
+            self.lender.reclaim()  # the scheduler places calls knowing every worker
         self.scheduler.submit(call, time.monotonic())
         self.after()
 
