@@ -65,10 +65,14 @@ HANDED_OVER: Any = object()  # the loop has the call now: wait for its waiter
 class Lane:
     """A worker lent to the calling threads (or none), and what they did with it."""
 
-    def __init__(self, window: float, inbox: Inbox) -> None:
+    def __init__(self, window: float, spin: float, inbox: Inbox) -> None:
         """``window``: seconds a borrower waits for a reply before it hands the call to the
-        loop; ``inbox``: how it hands things to the loop thread, in order."""
+        loop; ``spin``: how long it waits on the CPU first, for an activity that usually
+        answers within that (``reply_spin``); ``inbox``: how it hands things to the loop
+        thread, in order."""
         self.window = window
+        self.spin = spin
+        self._took: dict[str, float] = {}  # moving average of a lane call's time, by activity
         self._inbox = inbox
         self._post = inbox.put
         self._lock = threading.Lock()
@@ -137,8 +141,10 @@ class Lane:
         )
         frames: list[Frame] | tuple[()] | None = ()
         error: ProtocolError | None = None
+        took = self._took.get(defn.name)
+        spin = self.spin if took is not None and took < self.spin else 0.0
         try:
-            frames = self._wait(channel, started + limit)
+            frames = self._wait(channel, started + limit, started + spin)
         except ProtocolError as exc:
             frames, error = exc.frames, exc
         except BaseException:  # Ctrl-C: the loop cancels it as any call (see Pool.run_call)
@@ -156,7 +162,11 @@ class Lane:
                 else:
                     channel.lent_run = None
                     self.n_completed += 1
-                    self.latencies.append(time.monotonic() - started)
+                    latency = time.monotonic() - started
+                    self.latencies.append(latency)
+                    self._took[defn.name] = (
+                        latency if took is None else took + (latency - took) * 0.2
+                    )
                     return value
         elif not frames and error is None:  # no answer within the window
             key = (channel.id, defn.name)
@@ -166,12 +176,18 @@ class Lane:
         self._hand_over(channel, call, seq, started, frames, error)
         return HANDED_OVER
 
-    def _wait(self, channel: Channel, end: float) -> list[Frame] | tuple[()] | None:
+    def _wait(
+        self, channel: Channel, end: float, spin_until: float
+    ) -> list[Frame] | tuple[()] | None:
         """The frames the worker sent, once it sent any; () when ``end`` passed, None when its
-        reply pipe ended."""
+        reply pipe ended. Until ``spin_until`` it polls without sleeping: a quick reply then
+        costs this thread no wake-up (as the loop's reply spin, ``pool._spin``)."""
         poller = self._poll
         fd = channel.proc.from_worker
         reader = channel.reader
+        clock = time.monotonic
+        while not poller.poll(0) and clock() < spin_until:
+            pass
         while True:
             left = end - time.monotonic()
             if left <= 0 or not poller.poll(math.ceil(left * 1000)):

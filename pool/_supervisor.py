@@ -101,7 +101,7 @@ class Supervisor:
         self.inbox = Inbox(loop, self)  # calls and actions other threads hand to the loop
         self.reply_spin = ReplySpin(config.reply_spin, self.scheduler, self.inbox)
         # an idle worker lent to threads blocked in pool.run (pool._lane)
-        self.lane = Lane(config.direct_run, self.inbox)
+        self.lane = Lane(config.direct_run, config.reply_spin, self.inbox)
         self.lender = Lender(self.lane, self.scheduler, self.handles, config, self)
 
     # -- lifecycle (loop thread) -----------------------------------------------------------
