@@ -130,6 +130,9 @@ class Lane:
             written = os.write(channel.proc.to_worker, frame)
         except OSError:  # (full: it cannot be; gone: the loop sees its exit)
             written = 0
+        except BaseException:  # Ctrl-C: perhaps sent; the loop cancels it as a running call
+            self._hand_over(channel, call, seq, started, (), None)
+            raise
         if written != len(frame):  # all or nothing (PIPE_BUF): nothing was sent
             channel.lent_run = None
             return NOT_TAKEN
