@@ -720,7 +720,7 @@ def row_memory(cfg: Config, row: RowResult) -> None:
 
 def _forked_caller(c: ActivityPool) -> bool:
     sup = c.pool._sup
-    return bool(sup and sup.forked_caller())
+    return bool(sup and sup.spawner.forked_caller())
 
 
 def _start_method(pid: int) -> str:

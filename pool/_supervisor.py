@@ -129,13 +129,9 @@ class Supervisor:
         self.after()
         self._check_all_gone()
         if not self._all_gone.done():
-            try:
-                if cancel:
-                    await asyncio.wait_for(
-                        asyncio.shield(self._all_gone), self.config.shutdown_timeout
-                    )
-                else:
-                    await asyncio.shield(self._all_gone)
+            gone = asyncio.shield(self._all_gone)
+            try:  # a cancelling close waits for the workers at most shutdown_timeout
+                await (asyncio.wait_for(gone, self.config.shutdown_timeout) if cancel else gone)
             except TimeoutError:
                 pass
             except asyncio.CancelledError:
@@ -168,13 +164,6 @@ class Supervisor:
         if server is not None:
             pids.append(server)
         return pids
-
-    def forkserver_pid(self) -> int | None:
-        return self.spawner.forkserver_pid()
-
-    def forked_caller(self) -> bool:
-        """Whether the fork server was forked from the caller (start_method="fork")."""
-        return self.spawner.forked_caller()
 
     def stats_snapshot(self) -> PoolStats:
         n, latencies = self.lane.drain_stats()

@@ -50,8 +50,8 @@ CALLER = textwrap.dedent(
 
     def after(pool, workers):
         res = {{"workers": workers}}
-        res["forked_caller"] = pool._sup.forked_caller()
-        res["server_pid"] = pool._sup.forkserver_pid()
+        res["forked_caller"] = pool._sup.spawner.forked_caller()
+        res["server_pid"] = pool._sup.spawner.forkserver_pid()
         os.close(w)  # nobody else may hold the write end: EOF now
         res["eof"] = bool(select.select([r], [], [], 2.0)[0]) and os.read(r, 1) == b""
         return res
@@ -152,10 +152,10 @@ def test_an_in_process_pool_uses_the_fork_path_only_when_it_is_safe():
     # must have chosen by it, and work
     expected = caller_can_fork()
     with Pool([fca], workers=1, start_method="fork") as pool:
-        assert pool._sup is not None and pool._sup.forkserver_pid() is not None
-        assert pool._sup.forked_caller() is expected
+        assert pool._sup is not None and pool._sup.spawner.forkserver_pid() is not None
+        assert pool._sup.spawner.forked_caller() is expected
         worker = pool.run(fca.pid)
         assert worker in pool.worker_pids()
         # either way the workers are the fork server's children, and it is ours
-        assert psutil.Process(worker).ppid() == pool._sup.forkserver_pid()
-        assert psutil.Process(pool._sup.forkserver_pid()).ppid() == os.getpid()
+        assert psutil.Process(worker).ppid() == pool._sup.spawner.forkserver_pid()
+        assert psutil.Process(pool._sup.spawner.forkserver_pid()).ppid() == os.getpid()

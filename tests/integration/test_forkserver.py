@@ -129,8 +129,8 @@ def test_a_spawned_fork_server_imports_the_stdlib_modules_workers_need():
     # itself, it imports before the first fork; `fractions`, imported by a module the activity
     # module imports, the first worker reports at READY, and a replacement has it
     with Pool([warm_activities], workers=1) as pool:
-        assert pool._sup is not None and pool._sup.forkserver_pid() is not None
-        assert not pool._sup.forked_caller()
+        assert pool._sup is not None and pool._sup.spawner.forkserver_pid() is not None
+        assert not pool._sup.spawner.forked_caller()
         first, preloaded = pool.run(warm_activities.preloaded)
         assert preloaded == {"decimal": True, "fractions": False}
         os.kill(first, signal.SIGKILL)

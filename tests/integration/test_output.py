@@ -159,7 +159,7 @@ def test_a_worker_forked_from_a_caller_with_logging_configured_forwards_once(tmp
         logging.basicConfig(format="%(levelname)s %(name)s %(activity)s: %(message)s")
         if __name__ == "__main__":
             with Pool([lazy], workers=1, start_method="fork") as pool:
-                assert pool._sup.forked_caller()
+                assert pool._sup.spawner.forked_caller()
                 print(pool.run(lazy.log_lazily, 3))
         """,
     )

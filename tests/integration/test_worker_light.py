@@ -110,8 +110,8 @@ def _fresh_worker_pool(module: object) -> Iterator[Pool]:
     """A default pool: its fork server is a fresh interpreter (with ``start_method="fork"`` a
     worker would have this process's modules, by design)."""
     with Pool([module], workers=1) as pool:
-        assert pool._sup is not None and pool._sup.forkserver_pid() is not None
-        assert not pool._sup.forked_caller()
+        assert pool._sup is not None and pool._sup.spawner.forkserver_pid() is not None
+        assert not pool._sup.spawner.forked_caller()
         yield pool
 
 
