@@ -152,7 +152,7 @@ class Supervisor:
         if not self._all_gone.done() and self.scheduler.drained and not self.handles:
             self._all_gone.set_result(None)
 
-    # -- what the pool asks (any thread: through Pool._on_loop_call) -----------------------
+    # -- what the pool asks (any thread: through Lifecycle.ask) ----------------------------
     def worker_pids(self) -> list[int]:
         """Pids of the live workers."""
         return [ch.proc.pid for ch in self.handles.values() if not ch.proc.reaped and not ch.eof]
