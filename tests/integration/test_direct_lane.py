@@ -6,7 +6,9 @@ the loop gives, and a call that is anything but a quick RESULT is handed to the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import random
 import signal
 import threading
 import time
@@ -211,3 +213,45 @@ def test_close_with_a_lent_worker_leaves_nothing_behind():
         pool.run(acts.add, 1, 1)
         assert _lane(pool).channel is not None
     # (the autouse leak check fails the test if a worker or the fork server is left)
+
+
+def test_calls_on_the_lane_under_random_kills_get_their_own_answer():
+    # one thread calls pool.run in a loop (the lane lends a worker between calls) while another
+    # SIGKILLs a random worker every 30-80 ms (slower, and the pool would rightly call itself
+    # broken: three workers killed before they are ready): every call ends with its own value or a
+    # crash error, none with another call's value, none hangs
+    stop = threading.Event()
+    kills = 0
+
+    def killer(pool: Pool) -> None:
+        nonlocal kills
+        rng = random.Random(7)
+        while not stop.wait(rng.uniform(0.03, 0.08)):
+            pids = pool.worker_pids()
+            if pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rng.choice(pids), signal.SIGKILL)
+                    kills += 1
+
+    outcomes: dict[str, int] = {"ok": 0, "crashed": 0}
+    with Pool([acts], workers=2) as pool:
+        t = threading.Thread(target=killer, args=(pool,))
+        t.start()
+        try:
+            i = 0
+            while kills < 15 or i < 1000:  # (about 1 s: a kill every ~55 ms)
+                i += 1
+                try:
+                    got = pool.run(acts.echo, f"call-{i}")
+                except ActivityError as exc:
+                    assert isinstance(exc.__cause__, WorkerCrashedError), exc
+                    outcomes["crashed"] += 1
+                else:
+                    assert got == f"call-{i}"
+                    outcomes["ok"] += 1
+        finally:
+            stop.set()
+            t.join()
+        lane_answered = _lane(pool).n_completed
+    assert lane_answered > i // 2  # the lane was in use between kills
+    assert outcomes["ok"] > i // 2
