@@ -304,10 +304,15 @@ class Dispatcher:
 
     def lend(self, wid: int) -> None:
         """Worker ``wid`` (``lendable``) is lent: nothing is sent to it until ``unlend`` or
-        ``adopt`` (its idle entry goes stale)."""
+        ``adopt``."""
         slot = self.workers.get(wid)
         assert slot is not None and slot.state is WorkerState.IDLE
         slot.state = WorkerState.LENT
+        idle = self.idle  # out of the idle list now: unlend appends it again (no stale pile)
+        for _ in range(len(idle)):
+            entry = idle.popleft()
+            if entry is not slot and entry.state is WorkerState.IDLE:
+                idle.append(entry)
 
     def unlend(self, wid: int, now: float) -> None:
         """Worker ``wid`` is back, idle."""

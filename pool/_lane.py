@@ -92,13 +92,14 @@ class Lane:
 
     # -- calling threads -----------------------------------------------------------------
     def run(self, call: Call) -> Any:
-        """Run ``call`` on the lent worker: its value, ``NOT_TAKEN`` or ``HANDED_OVER``."""
+        """Run ``call`` (one that ``fits``) on the lent worker: its value, ``NOT_TAKEN`` or
+        ``HANDED_OVER``."""
         lock = self._lock
         if not lock.acquire(False):
             return NOT_TAKEN  # another thread runs a call on it
         try:
             channel = self.channel
-            if channel is None or self.wanted or self._inbox.pending or not self._fits(call):
+            if channel is None or self.wanted or self._inbox.pending:
                 return NOT_TAKEN
             return self._run(channel, call)
         finally:
@@ -106,7 +107,10 @@ class Lane:
             if self.wanted and self.channel is not None and self.give_back is not None:
                 self._post(self.give_back)  # the loop asked while we held it
 
-    def _fits(self, call: Call) -> bool:
+    def fits(self, call: Call) -> bool:
+        """Whether the lane takes calls like ``call`` (asked before ``run``): not sticky,
+        rate-limited or traced, no out-of-band buffers, an activity that did not miss the
+        window twice on one worker."""
         defn = call.defn
         return (
             call.session is None

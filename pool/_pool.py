@@ -227,17 +227,19 @@ class Pool(PoolCalls):
         life = self._life
         life.refuse_on_loop("run")
         sup = life.check_open()
-        waiter = BlockingWaiter(sup.wake_blocking)
+        waiter = BlockingWaiter(sup.wake_later)
         call = self._make(fn, args, kwargs, session, waiter)
+        lane = sup.lane  # a worker lent to threads like this one (pool._lane)
         try:
-            if sup.lane.channel is not None:  # a worker is lent to callers (pool._lane)
-                value = sup.lane.run(call)
-                if value is NOT_TAKEN:
-                    sup.inbox.put(call)
-                elif value is not HANDED_OVER:
-                    return value
-            else:
-                sup.inbox.put(call)
+            if lane.fits(call):
+                waiter.wake_later = sup.wake_blocking  # its answer may lend one for the next
+                if lane.channel is not None:
+                    value = lane.run(call)
+                    if value is HANDED_OVER:
+                        return waiter.wait()
+                    if value is not NOT_TAKEN:
+                        return value
+            sup.inbox.put(call)
             return waiter.wait()
         except BaseException:
             if not waiter.done:  # interrupted (Ctrl-C): the activity is cancelled too
