@@ -255,3 +255,11 @@ def test_calls_on_the_lane_under_random_kills_get_their_own_answer():
         lane_answered = _lane(pool).n_completed
     assert lane_answered > i // 2  # the lane was in use between kills
     assert outcomes["ok"] > i // 2
+
+
+def test_no_lending_with_a_task_limit_per_worker():
+    # the lane's calls would not count towards max_tasks_per_worker: it stays off
+    with Pool([acts], workers=1, max_tasks_per_worker=5) as pool:
+        pids = {pool.run(acts.pid_of) for _ in range(20)}
+        assert _lane(pool).n_completed == 0 and _lane(pool).channel is None
+    assert len(pids) >= 4  # recycled every 5 attempts
