@@ -101,7 +101,9 @@ class Supervisor:
         self.inbox = Inbox(loop, self)  # calls and actions other threads hand to the loop
         self.reply_spin = ReplySpin(config.reply_spin, self.scheduler, self.inbox)
         # an idle worker lent to threads blocked in pool.run (pool._lane)
-        self.lane = Lane(config.direct_run, config.reply_spin, self.inbox)
+        # (a borrower hands its call back well within a cancelling close's wait for workers)
+        window = min(config.direct_run, config.shutdown_timeout / 2)
+        self.lane = Lane(window, config.reply_spin, self.inbox)
         self.lender = Lender(self.lane, self.scheduler, self.handles, config, self)
 
     # -- lifecycle (loop thread) -----------------------------------------------------------

@@ -16,7 +16,13 @@ import time
 import pytest
 
 from pool import Pool
-from sdk import ActivityError, ActivityTimeoutError, TimeoutType, WorkerCrashedError
+from sdk import (
+    ActivityError,
+    ActivityTimeoutError,
+    PoolClosedError,
+    TimeoutType,
+    WorkerCrashedError,
+)
 from tests.integration import activities as acts
 
 pytestmark = pytest.mark.timeout(60)
@@ -263,3 +269,29 @@ def test_no_lending_with_a_task_limit_per_worker():
         pids = {pool.run(acts.pid_of) for _ in range(20)}
         assert _lane(pool).n_completed == 0 and _lane(pool).channel is None
     assert len(pids) >= 4  # recycled every 5 attempts
+
+
+def test_a_cancelling_close_during_a_long_lane_call_answers_it():
+    # the borrower hands its call back within half the close's wait for workers, whatever
+    # direct_run says, so the call is failed by the close instead of waiting for a dead loop
+    pool = Pool([acts], workers=1, direct_run=1.0, shutdown_timeout=0.4)
+    pool.__enter__()
+    try:
+        pool.run(acts.add, 1, 1)
+        assert _lane(pool).channel is not None
+        outcome: list[BaseException] = []
+
+        def caller() -> None:
+            try:
+                pool.run(acts.sleep_for, 30.0)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        t = threading.Thread(target=caller)
+        t.start()
+        time.sleep(0.05)  # (it is on the lane now)
+    finally:
+        pool.close(cancel=True)
+    t.join(10)
+    assert not t.is_alive()
+    assert outcome and isinstance(outcome[0], PoolClosedError), outcome
