@@ -62,7 +62,8 @@ class PoolConfig:
     direct_run: float = 0.0
     """``pool.run`` from a thread, while the pool has nothing else to do: the thread writes the
     call to a worker lent to it and reads the reply itself (see ``pool._lane``), and hands the
-    call to the loop if it has not answered within this many seconds (0: never lend)."""
+    call to the loop if it has not answered within this many seconds, or half of
+    ``shutdown_timeout`` if that is less (0: never lend)."""
     pool_id: str = field(default_factory=new_pool_id)
     """In the environment of every process the pool starts (``pool._tree.POOL_MARKER``)."""
 
