@@ -291,6 +291,7 @@ class Lender:
         # what never changes of the pool and rules lending out
         self._enabled = (
             config.direct_run > 0
+            and hasattr(select, "poll")  # (not on every platform: then the loop does it all)
             and config.max_tasks_per_worker is None
             and config.max_memory_per_worker is None
         )
