@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pool._calls_state import Call, run_meta
 from pool._protocol import Frame, Kind, ProtocolError, encode_small
+from pool._spin import poll_until
 
 if TYPE_CHECKING:
     from pool._channel import Channel
@@ -65,11 +66,18 @@ HANDED_OVER: Any = object()  # the loop has the call now: wait for its waiter
 class Lane:
     """A worker lent to the calling threads (or none), and what they did with it."""
 
-    def __init__(self, window: float, spin: float, inbox: Inbox) -> None:
+    def __init__(
+        self,
+        window: float,
+        spin: float,
+        inbox: Inbox,
+        adopt: Callable[..., None],
+        give_back: Callable[[], None],
+    ) -> None:
         """``window``: seconds a borrower waits for a reply before it hands the call to the
         loop; ``spin``: how long it waits on the CPU first, for an activity that usually
         answers within that (``reply_spin``); ``inbox``: how it hands things to the loop
-        thread, in order."""
+        thread, in order; ``adopt`` and ``give_back``: what it posts there (``Lender``'s)."""
         self.window = window
         self.spin = spin
         self._took: dict[str, float] = {}  # moving average of a lane call's time, by activity
@@ -78,8 +86,8 @@ class Lane:
         self._lock = threading.Lock()
         self.channel: Channel | None = None  # the lent worker
         self.wanted = False  # the loop wants it back (set by the loop, read by borrowers)
-        self.adopt: Callable[..., None] | None = None  # Lender.adopt
-        self.give_back: Callable[[], None] | None = None  # Lender.reclaim
+        self._adopt = adopt
+        self._give_back = give_back
         self._poll: Any = None  # a poll object on the lent worker's reply pipe
         self._seqs = itertools.count(LANE_SEQ0)
         # activities that ran past the window: they go through the loop. One miss per worker
@@ -104,8 +112,8 @@ class Lane:
             return self._run(channel, call)
         finally:
             lock.release()
-            if self.wanted and self.channel is not None and self.give_back is not None:
-                self._post(self.give_back)  # the loop asked while we held it
+            if self.wanted and self.channel is not None:
+                self._post(self._give_back)  # the loop asked while we held it
 
     def fits(self, call: Call) -> bool:
         """Whether the lane takes calls like ``call`` (asked before ``run``): not sticky,
@@ -188,13 +196,11 @@ class Lane:
     ) -> list[Frame] | tuple[()] | None:
         """The frames the worker sent, once it sent any; () when ``end`` passed, None when its
         reply pipe ended. Until ``spin_until`` it polls without sleeping: a quick reply then
-        costs this thread no wake-up (as the loop's reply spin, ``pool._spin``)."""
+        costs this thread no wake-up (the loop's reply spin does the same, ``pool._spin``)."""
         poller = self._poll
         fd = channel.proc.from_worker
         reader = channel.reader
-        clock = time.monotonic
-        while not poller.poll(0) and clock() < spin_until:
-            pass
+        poll_until(poller, spin_until)
         while True:
             left = end - time.monotonic()
             if left <= 0 or not poller.poll(math.ceil(left * 1000)):
@@ -222,8 +228,7 @@ class Lane:
         error: ProtocolError | None,
     ) -> None:
         self.channel = None
-        assert self.adopt is not None
-        self._post(partial(self.adopt, channel, call, seq, started, list(frames), error))
+        self._post(partial(self._adopt, channel, call, seq, started, list(frames), error))
 
     # -- the loop thread -----------------------------------------------------------------
     def lend(self, channel: Channel) -> None:
@@ -278,13 +283,15 @@ class Lender:
 
     def __init__(
         self,
-        lane: Lane,
         scheduler: Scheduler,
         handles: dict[int, Channel],
         config: PoolConfig,
+        inbox: Inbox,
         host: LenderHost,
     ) -> None:
-        self.lane = lane
+        # (a borrower hands its call back well within a cancelling close's wait for workers)
+        window = min(config.direct_run, config.shutdown_timeout / 2)
+        self.lane = Lane(window, config.reply_spin, inbox, self.adopt, self.reclaim)
         self._sched = scheduler
         self._handles = handles
         self._host = host
@@ -299,8 +306,6 @@ class Lender:
         self.lent: Channel | None = None  # the worker out on loan (until back or adopted)
         self._exited: Channel | None = None  # its exit, reported while it was out
         self.last_worker: int | None = None  # the worker of the last call answered
-        lane.adopt = self.adopt
-        lane.give_back = self.reclaim
 
     def allowed(self) -> bool:
         """Whether a worker may be lent (or stay lent) now."""

@@ -75,13 +75,20 @@ class ReplySpin:
             self._polled = fd
         self.spinning = True
         try:
-            clock = time.monotonic
-            end = clock() + self.seconds
-            while not poller.poll(0):
-                if clock() >= end:
-                    self.missed += 1
-                    return
+            if not poll_until(poller, time.monotonic() + self.seconds):
+                self.missed += 1
+                return
             channel.on_readable()
             self.caught += 1
         finally:
             self.spinning = False
+
+
+def poll_until(poller: select.poll, end: float) -> bool:
+    """Poll without sleeping until ``poller`` has an event (True) or the monotonic clock
+    reaches ``end`` (False). Each ``poll(0)`` lets go of the GIL."""
+    clock = time.monotonic
+    while not poller.poll(0):
+        if clock() >= end:
+            return False
+    return True

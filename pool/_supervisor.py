@@ -47,7 +47,7 @@ from pool._channel import Channel
 from pool._config import PoolConfig
 from pool._events import EventSink, PoolEvent, PoolStats, Stats
 from pool._faults import FaultRule, FaultRules
-from pool._lane import Lane, Lender
+from pool._lane import Lender
 from pool._loop import DeadlineTimer, Inbox, Wakes
 from pool._output import OutputCallback
 from pool._process import ForkServer, WorkerProcess
@@ -101,10 +101,8 @@ class Supervisor:
         self.inbox = Inbox(loop, self)  # calls and actions other threads hand to the loop
         self.reply_spin = ReplySpin(config.reply_spin, self.scheduler, self.inbox)
         # an idle worker lent to threads blocked in pool.run (pool._lane)
-        # (a borrower hands its call back well within a cancelling close's wait for workers)
-        window = min(config.direct_run, config.shutdown_timeout / 2)
-        self.lane = Lane(window, config.reply_spin, self.inbox)
-        self.lender = Lender(self.lane, self.scheduler, self.handles, config, self)
+        self.lender = Lender(self.scheduler, self.handles, config, self.inbox, self)
+        self.lane = self.lender.lane
 
     # -- lifecycle (loop thread) -----------------------------------------------------------
     async def start(self) -> None:
